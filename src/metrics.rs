@@ -1,0 +1,192 @@
+//! Prometheus metrics: decisions, Check latency, cache, database queries, pool and policy state.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::authorizer::{CheckObserver, DenyReason};
+use crate::cache::CacheOutcome;
+use crate::grpc::ext_authz::DecisionObserver;
+use crate::store::postgres::{PoolState, QueryObserver};
+
+/// Check latencies are tens of microseconds on a hit and milliseconds on a miss.
+const CHECK_BUCKETS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01,
+    0.025, 0.05, 0.1, 0.25, 1.0,
+];
+const QUERY_BUCKETS: &[f64] = &[
+    0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// Every metric the service exports, registered in its own registry (no globals).
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    allowed: IntCounter,
+    denied: Vec<IntCounter>,
+    failed: IntCounter,
+    check_seconds: Histogram,
+    cache_hit: IntCounter,
+    cache_negative_hit: IntCounter,
+    cache_miss: IntCounter,
+    cache_entries: IntGaugeVec,
+    query_seconds: HistogramVec,
+    query_errors: IntCounterVec,
+    pool_connections: IntGaugeVec,
+    policy_reloads: IntCounterVec,
+    policy_objects: IntGaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("maas_authz".into()), None)?;
+        let decisions = IntCounterVec::new(
+            Opts::new("check_decisions_total", "Check decisions by outcome and reason"),
+            &["outcome", "reason"],
+        )?;
+        let check_seconds = Histogram::with_opts(
+            HistogramOpts::new("check_duration_seconds", "Time to decide one Check request")
+                .buckets(CHECK_BUCKETS.to_vec()),
+        )?;
+        let cache_lookups = IntCounterVec::new(
+            Opts::new("cache_lookups_total", "Key cache lookups by result"),
+            &["result"],
+        )?;
+        let cache_entries = IntGaugeVec::new(
+            Opts::new("cache_entries", "Entries in the key caches"),
+            &["cache"],
+        )?;
+        let query_seconds = HistogramVec::new(
+            HistogramOpts::new("db_query_duration_seconds", "Database statement latency")
+                .buckets(QUERY_BUCKETS.to_vec()),
+            &["statement"],
+        )?;
+        let query_errors = IntCounterVec::new(
+            Opts::new("db_query_errors_total", "Database statements that failed"),
+            &["statement"],
+        )?;
+        let pool_connections = IntGaugeVec::new(
+            Opts::new("db_pool_connections", "Connection pool state"),
+            &["state"],
+        )?;
+        let policy_reloads = IntCounterVec::new(
+            Opts::new("policy_reloads_total", "Policy reload attempts by result"),
+            &["result"],
+        )?;
+        let policy_objects = IntGaugeVec::new(
+            Opts::new("policy_objects", "Objects in the active policy"),
+            &["kind"],
+        )?;
+        registry.register(Box::new(decisions.clone()))?;
+        registry.register(Box::new(check_seconds.clone()))?;
+        registry.register(Box::new(cache_lookups.clone()))?;
+        registry.register(Box::new(cache_entries.clone()))?;
+        registry.register(Box::new(query_seconds.clone()))?;
+        registry.register(Box::new(query_errors.clone()))?;
+        registry.register(Box::new(pool_connections.clone()))?;
+        registry.register(Box::new(policy_reloads.clone()))?;
+        registry.register(Box::new(policy_objects.clone()))?;
+        // Children resolved once, so the hot path does no label lookups.
+        let denied = DenyReason::ALL
+            .iter()
+            .map(|reason| decisions.with_label_values(&["deny", reason.as_str()]))
+            .collect();
+        Ok(Self {
+            allowed: decisions.with_label_values(&["allow", ""]),
+            failed: decisions.with_label_values(&["error", "store_unavailable"]),
+            denied,
+            check_seconds,
+            cache_hit: cache_lookups.with_label_values(&["hit"]),
+            cache_negative_hit: cache_lookups.with_label_values(&["negative_hit"]),
+            cache_miss: cache_lookups.with_label_values(&["miss"]),
+            cache_entries,
+            query_seconds,
+            query_errors,
+            pool_connections,
+            policy_reloads,
+            policy_objects,
+            registry,
+        })
+    }
+
+    /// Sets the gauges that are read rather than counted.
+    pub fn set_state(&self, cache_sizes: (u64, u64), pool: PoolState) {
+        let gauge = |vec: &IntGaugeVec, label: &str, value: usize| {
+            vec.with_label_values(&[label])
+                .set(i64::try_from(value).unwrap_or(i64::MAX));
+        };
+        gauge(&self.cache_entries, "known", cache_sizes.0 as usize);
+        gauge(&self.cache_entries, "unknown", cache_sizes.1 as usize);
+        gauge(&self.pool_connections, "open", pool.size);
+        gauge(&self.pool_connections, "idle", pool.available);
+        gauge(&self.pool_connections, "waiting", pool.waiting);
+        gauge(&self.pool_connections, "max", pool.max_size);
+    }
+
+    pub fn observe_policy_reload(&self, accepted: bool) {
+        let result = if accepted { "accepted" } else { "rejected" };
+        self.policy_reloads.with_label_values(&[result]).inc();
+    }
+
+    pub fn set_policy_counts(&self, models: usize, subscriptions: usize, auth_policies: usize) {
+        for (kind, count) in [
+            ("models", models),
+            ("subscriptions", subscriptions),
+            ("auth_policies", auth_policies),
+        ] {
+            self.policy_objects
+                .with_label_values(&[kind])
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(error) = encoder.encode(&self.registry.gather(), &mut buffer) {
+            tracing::error!(%error, "cannot encode metrics");
+        }
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+impl DecisionObserver for std::sync::Arc<Metrics> {
+    fn observe_allow(&self, elapsed: Duration) {
+        self.allowed.inc();
+        self.check_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    fn observe_deny(&self, reason: DenyReason, elapsed: Duration) {
+        self.denied[reason as usize].inc();
+        self.check_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    fn observe_error(&self, elapsed: Duration) {
+        self.failed.inc();
+        self.check_seconds.observe(elapsed.as_secs_f64());
+    }
+}
+
+impl CheckObserver for std::sync::Arc<Metrics> {
+    fn observe_cache(&self, outcome: CacheOutcome) {
+        match outcome {
+            CacheOutcome::Hit => self.cache_hit.inc(),
+            CacheOutcome::NegativeHit => self.cache_negative_hit.inc(),
+            CacheOutcome::Miss => self.cache_miss.inc(),
+        }
+    }
+}
+
+impl QueryObserver for std::sync::Arc<Metrics> {
+    fn observe_query(&self, statement: &'static str, elapsed: Duration, ok: bool) {
+        self.query_seconds
+            .with_label_values(&[statement])
+            .observe(elapsed.as_secs_f64());
+        if !ok {
+            self.query_errors.with_label_values(&[statement]).inc();
+        }
+    }
+}

@@ -1,0 +1,436 @@
+//! Watches the policy path and swaps in a new `Policy` when its contents change and validate.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::time::MissedTickBehavior;
+
+use super::source::{fingerprint, read_sources};
+use super::{Policy, PolicyCounts, compile};
+
+/// What a poll of the policy path found, when it found anything new.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadEvent {
+    /// The files now hold the policy in force: a new one was swapped in, or the files went back
+    /// to the contents of the current one after a rejected change.
+    Reloaded {
+        fingerprint: String,
+        counts: PolicyCounts,
+    },
+    /// The files changed but could not be read or did not validate; the last good policy stays.
+    Rejected { error: String },
+}
+
+/// Polls a policy file or directory and keeps a shared [`Policy`] up to date with it.
+///
+/// Polling with a content hash rather than file-system notifications catches Kubernetes ConfigMap
+/// updates, which swap a symlink instead of writing the files in place.
+#[derive(Debug)]
+pub struct PolicyReloader {
+    path: PathBuf,
+    shared: Arc<ArcSwap<Policy>>,
+    last_seen: LastSeen,
+}
+
+impl PolicyReloader {
+    /// Starts from the shared policy as the last good one; if it was loaded from `path`, the
+    /// first poll finds nothing new.
+    pub fn new(path: PathBuf, shared: Arc<ArcSwap<Policy>>) -> Self {
+        let last_seen = LastSeen::Contents(shared.load().fingerprint().to_owned());
+        PolicyReloader {
+            path,
+            shared,
+            last_seen,
+        }
+    }
+
+    /// Polls `path` every `interval` (at least 1 ms) until `shutdown` completes, reporting each
+    /// change through `on_event`.
+    pub async fn run(
+        path: PathBuf,
+        interval: Duration,
+        shared: Arc<ArcSwap<Policy>>,
+        on_event: impl Fn(ReloadEvent) + Send + Sync + 'static,
+        shutdown: impl Future<Output = ()> + Send,
+    ) {
+        let mut reloader = PolicyReloader::new(path, shared);
+        // tokio's interval panics on a zero period.
+        let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(1)));
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut shutdown = pin!(shutdown);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                _ = ticker.tick() => {
+                    if let Some(event) = reloader.check().await {
+                        on_event(event);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the path once; swaps in and reports a new policy if the contents changed and
+    /// validate, reports the problem if they do not, and returns `None` if nothing changed.
+    pub async fn check(&mut self) -> Option<ReloadEvent> {
+        let path = self.path.clone();
+        let last_seen = self.last_seen.clone();
+        let active_fingerprint = self.shared.load().fingerprint().to_owned();
+        // File reads and YAML parsing block; keep them off the async workers.
+        let outcome = tokio::task::spawn_blocking(move || {
+            poll_files(&path, &last_seen, &active_fingerprint)
+        })
+        .await
+        .unwrap_or_else(|error| Outcome::ReadFailed(format!("policy reload task failed: {error}")));
+
+        match outcome {
+            Outcome::Unchanged => None,
+            Outcome::BackToActive(digest) => {
+                self.last_seen = LastSeen::Contents(digest);
+                let policy = self.shared.load();
+                tracing::info!(
+                    path = %self.path.display(),
+                    fingerprint = policy.fingerprint(),
+                    "policy files match the policy in force again"
+                );
+                Some(ReloadEvent::Reloaded {
+                    fingerprint: policy.fingerprint().to_owned(),
+                    counts: policy.counts(),
+                })
+            }
+            Outcome::Loaded(policy) => {
+                let event = ReloadEvent::Reloaded {
+                    fingerprint: policy.fingerprint().to_owned(),
+                    counts: policy.counts(),
+                };
+                let counts = policy.counts();
+                tracing::info!(
+                    path = %self.path.display(),
+                    fingerprint = policy.fingerprint(),
+                    models = counts.models,
+                    subscriptions = counts.subscriptions,
+                    auth_policies = counts.auth_policies,
+                    "policy reloaded"
+                );
+                self.last_seen = LastSeen::Contents(policy.fingerprint().to_owned());
+                self.shared.store(Arc::new(policy));
+                Some(event)
+            }
+            Outcome::Invalid { digest, error } => {
+                self.last_seen = LastSeen::Contents(digest);
+                Some(self.reject(error))
+            }
+            Outcome::ReadFailed(error) => {
+                if self.last_seen == LastSeen::ReadFailure(error.clone()) {
+                    return None;
+                }
+                self.last_seen = LastSeen::ReadFailure(error.clone());
+                Some(self.reject(error))
+            }
+        }
+    }
+
+    fn reject(&self, error: String) -> ReloadEvent {
+        tracing::error!(
+            path = %self.path.display(),
+            active_fingerprint = self.shared.load().fingerprint(),
+            "policy change rejected, keeping the last good policy: {error}"
+        );
+        ReloadEvent::Rejected { error }
+    }
+}
+
+/// What the last poll saw, so that an unchanged state is neither reloaded nor reported again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LastSeen {
+    Contents(String),
+    ReadFailure(String),
+}
+
+enum Outcome {
+    Unchanged,
+    BackToActive(String),
+    Loaded(Policy),
+    Invalid { digest: String, error: String },
+    ReadFailed(String),
+}
+
+fn poll_files(path: &std::path::Path, last_seen: &LastSeen, active_fingerprint: &str) -> Outcome {
+    let sources = match read_sources(path) {
+        Ok(sources) => sources,
+        Err(error) => return Outcome::ReadFailed(error.to_string()),
+    };
+    let digest = fingerprint(&sources);
+    if *last_seen == LastSeen::Contents(digest.clone()) {
+        return Outcome::Unchanged;
+    }
+    if digest == active_fingerprint {
+        return Outcome::BackToActive(digest);
+    }
+    match compile::compile(&sources) {
+        Ok(policy) => Outcome::Loaded(policy),
+        Err(error) => Outcome::Invalid {
+            digest,
+            error: error.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::path::Path;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    const ONE_MODEL: &str = "\
+apiVersion: maas.opendatahub.io/v1alpha1
+kind: MaaSModelRef
+metadata:
+  name: simulator
+spec:
+  modelRef: {kind: LLMInferenceService, name: simulator, namespace: llm}
+";
+
+    const TWO_MODELS: &str = "\
+apiVersion: maas.opendatahub.io/v1alpha1
+kind: MaaSModelRef
+metadata:
+  name: simulator
+spec:
+  modelRef: {kind: LLMInferenceService, name: simulator, namespace: llm}
+---
+apiVersion: maas.opendatahub.io/v1alpha1
+kind: MaaSModelRef
+metadata:
+  name: qwen3
+spec:
+  modelRef: {kind: LLMInferenceService, name: qwen3, namespace: llm}
+";
+
+    const BROKEN: &str = "\
+apiVersion: maas.opendatahub.io/v1alpha1
+kind: MaaSModelRef
+metadata:
+  name: simulator
+";
+
+    fn shared_policy_from(dir: &Path) -> Arc<ArcSwap<Policy>> {
+        Arc::new(ArcSwap::from_pointee(Policy::load(dir).unwrap()))
+    }
+
+    /// Waits, in short steps and for a bounded time, until `condition` holds.
+    async fn eventually(what: &str, condition: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if condition() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("gave up waiting for: {what}");
+    }
+
+    struct RunningReloader {
+        events: Arc<Mutex<Vec<ReloadEvent>>>,
+        stop: tokio::sync::oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    fn start_reloader(dir: &Path, shared: &Arc<ArcSwap<Policy>>) -> RunningReloader {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let recorded = Arc::clone(&events);
+        let task = tokio::spawn(PolicyReloader::run(
+            dir.to_path_buf(),
+            Duration::from_millis(20),
+            Arc::clone(shared),
+            move |event| recorded.lock().unwrap().push(event),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        RunningReloader { events, stop, task }
+    }
+
+    impl RunningReloader {
+        fn events(&self) -> Vec<ReloadEvent> {
+            self.events.lock().unwrap().clone()
+        }
+
+        async fn stop(self) {
+            self.stop.send(()).unwrap();
+            self.task.await.unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_reloader_picks_up_a_valid_change() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("models.yaml"), ONE_MODEL).unwrap();
+        let shared = shared_policy_from(dir.path());
+        let reloader = start_reloader(dir.path(), &shared);
+
+        fs::write(dir.path().join("models.yaml"), TWO_MODELS).unwrap();
+        eventually("the second model to appear", || {
+            shared.load().counts().models == 2
+        })
+        .await;
+        reloader.stop().await;
+
+        let policy = shared.load();
+        assert_eq!(policy.counts().models, 2);
+        assert!(policy.find_model(None, "qwen3").is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_reloader_reports_each_change_through_the_callback() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("models.yaml"), ONE_MODEL).unwrap();
+        let shared = shared_policy_from(dir.path());
+        let reloader = start_reloader(dir.path(), &shared);
+
+        fs::write(dir.path().join("models.yaml"), TWO_MODELS).unwrap();
+        eventually("a reload event", || !reloader.events().is_empty()).await;
+        let events = reloader.events();
+        reloader.stop().await;
+
+        let expected = ReloadEvent::Reloaded {
+            fingerprint: shared.load().fingerprint().to_owned(),
+            counts: PolicyCounts {
+                models: 2,
+                subscriptions: 0,
+                auth_policies: 0,
+            },
+        };
+        assert_eq!(events, [expected]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_reloader_keeps_the_last_good_policy_on_an_invalid_change() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("models.yaml"), ONE_MODEL).unwrap();
+        let shared = shared_policy_from(dir.path());
+        let good_fingerprint = shared.load().fingerprint().to_owned();
+        let reloader = start_reloader(dir.path(), &shared);
+
+        fs::write(dir.path().join("models.yaml"), BROKEN).unwrap();
+        eventually("a rejection", || !reloader.events().is_empty()).await;
+        let after_broken = reloader.events();
+        let fingerprint_after_broken = shared.load().fingerprint().to_owned();
+        fs::write(dir.path().join("models.yaml"), TWO_MODELS).unwrap();
+        eventually("the valid change to load", || {
+            shared.load().counts().models == 2
+        })
+        .await;
+        let events = reloader.events();
+        reloader.stop().await;
+
+        let file = dir.path().join("models.yaml").display().to_string();
+        assert_eq!(
+            after_broken,
+            [ReloadEvent::Rejected {
+                error: format!(
+                    "invalid policy (1 problem):\n{file}: document 1 (MaaSModelRef simulator): spec: required field is missing"
+                )
+            }]
+        );
+        assert_eq!(fingerprint_after_broken, good_fingerprint);
+        assert_eq!(events.len(), 2);
+        assert!(matches!(events[1], ReloadEvent::Reloaded { .. }));
+    }
+
+    #[tokio::test]
+    async fn a_check_without_changes_reports_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("models.yaml"), ONE_MODEL).unwrap();
+        let shared = shared_policy_from(dir.path());
+        let mut reloader = PolicyReloader::new(dir.path().to_path_buf(), Arc::clone(&shared));
+
+        let event = reloader.check().await;
+
+        assert_eq!(event, None);
+    }
+
+    #[tokio::test]
+    async fn a_rejected_change_is_reported_once_and_reverting_it_reports_recovery() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("models.yaml"), ONE_MODEL).unwrap();
+        let shared = shared_policy_from(dir.path());
+        let good_fingerprint = shared.load().fingerprint().to_owned();
+        let mut reloader = PolicyReloader::new(dir.path().to_path_buf(), Arc::clone(&shared));
+
+        fs::write(dir.path().join("models.yaml"), BROKEN).unwrap();
+        let first = reloader.check().await;
+        let second = reloader.check().await;
+        fs::write(dir.path().join("models.yaml"), ONE_MODEL).unwrap();
+        let reverted = reloader.check().await;
+
+        assert!(matches!(first, Some(ReloadEvent::Rejected { .. })));
+        assert_eq!(second, None);
+        assert_eq!(
+            reverted,
+            Some(ReloadEvent::Reloaded {
+                fingerprint: good_fingerprint.clone(),
+                counts: PolicyCounts {
+                    models: 1,
+                    subscriptions: 0,
+                    auth_policies: 0
+                },
+            })
+        );
+        assert_eq!(shared.load().fingerprint(), good_fingerprint);
+    }
+
+    #[tokio::test]
+    async fn a_vanished_path_is_rejected_and_the_policy_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("policy.yaml");
+        fs::write(&file, ONE_MODEL).unwrap();
+        let shared = Arc::new(ArcSwap::from_pointee(Policy::load(&file).unwrap()));
+        let mut reloader = PolicyReloader::new(file.clone(), Arc::clone(&shared));
+
+        fs::remove_file(&file).unwrap();
+        let event = reloader.check().await;
+        let repeated = reloader.check().await;
+
+        let Some(ReloadEvent::Rejected { error }) = event else {
+            panic!("expected a rejection, got {event:?}");
+        };
+        assert!(
+            error.starts_with(&format!("cannot read policy at {}: ", file.display())),
+            "{error}"
+        );
+        assert_eq!(repeated, None);
+        assert_eq!(shared.load().counts().models, 1);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_configmap_symlink_swap_is_picked_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join("..2026_01_01_00_00_00.000000001");
+        let second = dir.path().join("..2026_01_02_00_00_00.000000002");
+        fs::create_dir(&first).unwrap();
+        fs::create_dir(&second).unwrap();
+        fs::write(first.join("models.yaml"), ONE_MODEL).unwrap();
+        fs::write(second.join("models.yaml"), TWO_MODELS).unwrap();
+        std::os::unix::fs::symlink(&first, dir.path().join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/models.yaml", dir.path().join("models.yaml")).unwrap();
+        let shared = shared_policy_from(dir.path());
+        let mut reloader = PolicyReloader::new(dir.path().to_path_buf(), Arc::clone(&shared));
+
+        // Kubernetes swaps the ..data link atomically by renaming a new link over it.
+        std::os::unix::fs::symlink(&second, dir.path().join("..data_tmp")).unwrap();
+        fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+        let event = reloader.check().await;
+
+        assert!(matches!(event, Some(ReloadEvent::Reloaded { .. })), "{event:?}");
+        assert_eq!(shared.load().counts().models, 2);
+    }
+}

@@ -1,0 +1,295 @@
+//! `maas-authz serve`: wires store, cache, policy, authorizer and the listeners, and shuts down cleanly.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+
+use crate::authorizer::Authorizer;
+use crate::cache::{CacheSettings, KeyCache};
+use crate::config::{DatabaseConfig, ServeConfig};
+use crate::grpc::ext_authz::ExtAuthzService;
+use crate::grpc::key_validation::KeyValidationService;
+use crate::metrics::Metrics;
+use crate::pb::key_validation_server::KeyValidationServer;
+use crate::policy::Policy;
+use crate::policy::{PolicyReloader, ReloadEvent};
+use crate::store::migrate::run_migrations;
+use crate::store::postgres::{PgKeyStore, PgSettings};
+
+/// The key store as `serve` runs it: PostgreSQL, observed by the metrics.
+pub type ServedStore = PgKeyStore<Arc<Metrics>>;
+
+/// A running server: its bound addresses and a handle to stop it.
+#[derive(Debug)]
+pub struct RunningServer {
+    pub grpc_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    grace: Duration,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    authorizer: Arc<Authorizer<ServedStore, Arc<Metrics>>>,
+}
+
+impl RunningServer {
+    /// The authorizer behind Check, for in-process callers such as tests and the REST API.
+    pub fn authorizer(&self) -> &Arc<Authorizer<ServedStore, Arc<Metrics>>> {
+        &self.authorizer
+    }
+
+    /// Stops accepting, lets in-flight requests finish within the grace period, and waits
+    /// for every task; whatever is still running after the grace period is cut off.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        let deadline = tokio::time::Instant::now() + self.grace;
+        for mut task in self.tasks {
+            match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(joined) => joined.context("a server task panicked")??,
+                Err(_) => {
+                    tracing::warn!(grace = ?self.grace, "grace period over: closing remaining connections");
+                    task.abort();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Settings for the pool, from the shared database configuration.
+pub fn pg_settings(database: &DatabaseConfig) -> PgSettings {
+    PgSettings {
+        database_url: database.database_url.clone(),
+        tenant: database.tenant.clone(),
+        pool_size: usize::from(database.db_pool_size),
+        query_timeout: database.db_query_timeout,
+        connect_timeout: database.db_connect_timeout,
+    }
+}
+
+/// Applies pending migrations on a dedicated connection, retrying until `deadline` while the
+/// database is not yet reachable (replicas and the database often start together).
+pub async fn migrate(database: &DatabaseConfig, patience: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + patience;
+    let mut delay = Duration::from_millis(100);
+    let mut pg_config = crate::store::postgres::parse_database_url(&database.database_url)?;
+    pg_config.connect_timeout(database.db_connect_timeout);
+    let (mut client, connection) = loop {
+        match pg_config.connect(tokio_postgres::NoTls).await {
+            Ok(connected) => break connected,
+            Err(error) if Instant::now() + delay < deadline => {
+                tracing::warn!(%error, retry_in = ?delay, "database not reachable yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(error) => {
+                return Err(error).context("cannot connect to the database named by DATABASE_URL");
+            }
+        }
+    };
+    let connection_task = tokio::spawn(connection);
+    let report = run_migrations(&mut client).await?;
+    drop(client);
+    let _ = connection_task.await;
+    tracing::info!(
+        applied = ?report.applied,
+        already_applied = report.already_applied,
+        "database schema is current"
+    );
+    Ok(())
+}
+
+/// Starts every listener and background task; returns once they accept connections.
+pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
+    let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
+    if !config.skip_migrations {
+        migrate(&config.database, config.startup_timeout).await?;
+    }
+    let policy = Policy::load(&config.policy_path).with_context(|| {
+        format!(
+            "MAAS_AUTHZ_POLICY_PATH={}: the policy is invalid",
+            config.policy_path.display()
+        )
+    })?;
+    let counts = policy.counts();
+    metrics.set_policy_counts(counts.models, counts.subscriptions, counts.auth_policies);
+    tracing::info!(
+        path = %config.policy_path.display(),
+        fingerprint = policy.fingerprint(),
+        models = counts.models,
+        subscriptions = counts.subscriptions,
+        auth_policies = counts.auth_policies,
+        "policy loaded"
+    );
+    let shared_policy = Arc::new(ArcSwap::from_pointee(policy));
+
+    let store = Arc::new(PgKeyStore::connect(&pg_settings(&config.database), metrics.clone())?);
+    let cache = KeyCache::new(CacheSettings {
+        capacity: config.cache_capacity,
+        ttl: config.cache_ttl,
+        negative_capacity: config.negative_cache_capacity,
+        negative_ttl: config.negative_cache_ttl,
+    });
+    let authorizer = Arc::new(Authorizer::new(
+        store.clone(),
+        cache,
+        shared_policy.clone(),
+        metrics.clone(),
+    ));
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    let reload_metrics = metrics.clone();
+    let reloader = PolicyReloader::run(
+        config.policy_path.clone(),
+        config.policy_reload_interval,
+        shared_policy,
+        move |event| match event {
+            ReloadEvent::Reloaded { counts, .. } => {
+                reload_metrics.observe_policy_reload(true);
+                reload_metrics.set_policy_counts(
+                    counts.models,
+                    counts.subscriptions,
+                    counts.auth_policies,
+                );
+            }
+            ReloadEvent::Rejected { .. } => reload_metrics.observe_policy_reload(false),
+        },
+        wait_for(shutdown_rx.clone()),
+    );
+    tasks.push(tokio::spawn(async move {
+        reloader.await;
+        Ok(())
+    }));
+
+    let grpc_listener = TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on MAAS_AUTHZ_GRPC_ADDR={}", config.grpc_addr))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let metrics_listener = TcpListener::bind(config.metrics_addr)
+        .await
+        .with_context(|| {
+            format!("cannot listen on MAAS_AUTHZ_METRICS_ADDR={}", config.metrics_addr)
+        })?;
+    let metrics_addr = metrics_listener.local_addr()?;
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<AuthorizationServer<ExtAuthzService<ServedStore, Arc<Metrics>, Arc<Metrics>>>>()
+        .await;
+    health
+        .set_serving::<KeyValidationServer<KeyValidationService<ServedStore, Arc<Metrics>>>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("cannot build gRPC reflection")?;
+    let grpc = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(AuthorizationServer::new(ExtAuthzService::new(
+            authorizer.clone(),
+            metrics.clone(),
+        )))
+        .add_service(KeyValidationServer::new(KeyValidationService::new(
+            authorizer.clone(),
+            config.database.tenant.clone(),
+        )));
+    let grpc_shutdown = wait_for(shutdown_rx.clone());
+    tasks.push(tokio::spawn(async move {
+        let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+        grpc.serve_with_incoming_shutdown(incoming, grpc_shutdown)
+            .await
+            .context("gRPC server failed")
+    }));
+
+    let metrics_router = metrics_router(metrics.clone(), authorizer.clone(), store);
+    let metrics_shutdown = wait_for(shutdown_rx.clone());
+    tasks.push(tokio::spawn(async move {
+        axum::serve(metrics_listener, metrics_router)
+            .with_graceful_shutdown(metrics_shutdown)
+            .await
+            .context("metrics server failed")
+    }));
+
+    tracing::info!(%grpc_addr, %metrics_addr, "maas-authz serving");
+    Ok(RunningServer {
+        grpc_addr,
+        metrics_addr,
+        shutdown: shutdown_tx,
+        grace: config.shutdown_grace,
+        tasks,
+        authorizer,
+    })
+}
+
+/// Runs until SIGTERM or Ctrl-C, then drains and stops.
+pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
+    let server = start(config).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    server.shutdown().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn metrics_router(
+    metrics: Arc<Metrics>,
+    authorizer: Arc<Authorizer<ServedStore, Arc<Metrics>>>,
+    store: Arc<ServedStore>,
+) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let (metrics, authorizer, store) = (metrics.clone(), authorizer.clone(), store.clone());
+            async move {
+                metrics.set_state(authorizer.cache().sizes(), store.pool_state());
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    metrics.render(),
+                )
+            }
+        }),
+    )
+}
+
+/// Resolves once shutdown was requested.
+async fn wait_for(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

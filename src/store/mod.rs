@@ -1,0 +1,155 @@
+//! The key store boundary: what the domain asks of persistence, in domain types only.
+//!
+//! The PostgreSQL implementation lives in [`postgres`], its SQL in [`sql`], its schema in
+//! `migrations/` applied by [`migrate`].
+
+pub mod migrate;
+pub mod postgres;
+mod sql;
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+
+use crate::key::KeyHash;
+
+/// The database id of a key (`api_keys.id`, a UUIDv4); distinct from the key id in the key text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyRecordId(uuid::Uuid);
+
+impl KeyRecordId {
+    pub fn new_random() -> Self {
+        Self(uuid::Uuid::new_v4())
+    }
+
+    pub fn parse(text: &str) -> Result<Self, uuid::Error> {
+        uuid::Uuid::parse_str(text).map(Self)
+    }
+}
+
+impl std::fmt::Display for KeyRecordId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// The stored status; one-way `active → revoked | expired`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyStatus {
+    Active,
+    Revoked,
+    Expired,
+}
+
+impl KeyStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Revoked => "revoked",
+            KeyStatus::Expired => "expired",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "active" => Some(KeyStatus::Active),
+            "revoked" => Some(KeyStatus::Revoked),
+            "expired" => Some(KeyStatus::Expired),
+            _ => None,
+        }
+    }
+}
+
+/// One row of `api_keys`, as the hot path and the admin tools need it. Holds no secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub id: KeyRecordId,
+    pub username: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub key_hash: KeyHash,
+    pub status: KeyStatus,
+    pub groups: Vec<String>,
+    pub subscription: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub ephemeral: bool,
+}
+
+impl KeyRecord {
+    /// The status that counts at `now`: an active key past its expiry is expired, whatever the
+    /// row says, so cached entries need no refresh to stop working on time.
+    pub fn effective_status(&self, now: DateTime<Utc>) -> KeyStatus {
+        match (self.status, self.expires_at) {
+            (KeyStatus::Active, Some(expires_at)) if expires_at <= now => KeyStatus::Expired,
+            (status, _) => status,
+        }
+    }
+}
+
+/// What minting writes. The caller has validated every field.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub id: KeyRecordId,
+    pub username: String,
+    pub name: String,
+    pub description: Option<String>,
+    pub key_hash: KeyHash,
+    pub groups: Vec<String>,
+    pub subscription: String,
+    pub expires_at: DateTime<Utc>,
+    pub ephemeral: bool,
+}
+
+/// Why the store could not answer. `transient` tells callers whether retrying (or Envoy's
+/// failure mode) is the right reaction, as opposed to a bug or corrupt data.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database query timed out after {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("corrupt row in api_keys: {0}")]
+    CorruptRow(String),
+    #[error("database error: {0}")]
+    Query(String),
+    #[error("a key with this hash already exists")]
+    DuplicateHash,
+}
+
+impl StoreError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_) | StoreError::Timeout(_))
+    }
+}
+
+/// Persistence of API keys for one tenant.
+pub trait KeyStore: Send + Sync + 'static {
+    /// The hot-path lookup: by `(key_hash, tenant)`. `Ok(None)` means no such key.
+    fn find_by_hash(
+        &self,
+        hash: &KeyHash,
+    ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send;
+
+    fn insert_key(&self, key: &NewKey) -> impl Future<Output = Result<KeyRecord, StoreError>> + Send;
+
+    fn find_by_id(
+        &self,
+        id: KeyRecordId,
+    ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send;
+
+    /// Revokes an active key; `Ok(None)` when there is no active key with that id. Returns the
+    /// revoked row so callers can evict its hash from caches.
+    fn revoke_key(
+        &self,
+        id: KeyRecordId,
+    ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send;
+
+    /// A user's keys, newest first.
+    fn list_keys_of_user(
+        &self,
+        username: &str,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send;
+}

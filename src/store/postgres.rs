@@ -1,0 +1,257 @@
+//! [`KeyStore`] on PostgreSQL: a deadpool connection pool, per-query timeouts, row mapping.
+
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::{NoTls, Row};
+
+use super::sql;
+use super::{KeyRecord, KeyRecordId, KeyStatus, KeyStore, NewKey, StoreError};
+use crate::key::KeyHash;
+
+/// How the pool connects and how long anything may take.
+#[derive(Debug, Clone)]
+pub struct PgSettings {
+    pub database_url: String,
+    pub tenant: String,
+    pub pool_size: usize,
+    /// Upper bound for one statement including waiting for a pooled connection, so a slow or
+    /// unreachable database answers the hot path with an error quickly instead of piling up.
+    pub query_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+/// Observes query latency and outcomes (implemented by the metrics module).
+pub trait QueryObserver: Send + Sync + 'static {
+    fn observe_query(&self, statement: &'static str, elapsed: Duration, ok: bool);
+}
+
+/// Observes nothing; for tools and tests.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoQueryObserver;
+
+impl QueryObserver for NoQueryObserver {
+    fn observe_query(&self, _: &'static str, _: Duration, _: bool) {}
+}
+
+/// The PostgreSQL-backed key store of one tenant.
+pub struct PgKeyStore<O: QueryObserver = NoQueryObserver> {
+    pool: Pool,
+    tenant: String,
+    query_timeout: Duration,
+    observer: O,
+}
+
+impl<O: QueryObserver> std::fmt::Debug for PgKeyStore<O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgKeyStore")
+            .field("tenant", &self.tenant)
+            .field("pool", &self.pool.status())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Pool occupancy, for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolState {
+    pub size: usize,
+    pub available: usize,
+    pub waiting: usize,
+    pub max_size: usize,
+}
+
+/// Parses a `postgres://` URL (or key=value string) into a driver config, naming the variable in errors.
+pub fn parse_database_url(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+    url.parse::<tokio_postgres::Config>()
+        .map_err(|e| StoreError::Query(format!("DATABASE_URL is not a valid PostgreSQL URL: {e}")))
+}
+
+impl<O: QueryObserver> PgKeyStore<O> {
+    /// Builds the pool; connections are made lazily, so this succeeds while the database is down.
+    pub fn connect(settings: &PgSettings, observer: O) -> Result<Self, StoreError> {
+        let mut pg_config = parse_database_url(&settings.database_url)?;
+        pg_config.connect_timeout(settings.connect_timeout);
+        if pg_config.get_application_name().is_none() {
+            pg_config.application_name("maas-authz");
+        }
+        let manager = Manager::from_config(
+            pg_config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(settings.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(settings.query_timeout))
+            .create_timeout(Some(settings.connect_timeout))
+            .recycle_timeout(Some(settings.query_timeout))
+            .build()
+            .map_err(|e| StoreError::Query(format!("cannot build the connection pool: {e}")))?;
+        Ok(Self {
+            pool,
+            tenant: settings.tenant.clone(),
+            query_timeout: settings.query_timeout,
+            observer,
+        })
+    }
+
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
+    pub fn pool_state(&self) -> PoolState {
+        let status = self.pool.status();
+        PoolState {
+            size: status.size,
+            available: status.available,
+            waiting: status.waiting,
+            max_size: status.max_size,
+        }
+    }
+
+    /// One round trip, for readiness.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.run("ping", async |client| sql::select_one(client).await)
+            .await
+    }
+
+    /// Runs one statement on a pooled connection within the query timeout, recording its latency.
+    async fn run<T>(
+        &self,
+        statement: &'static str,
+        body: impl AsyncFnOnce(&deadpool_postgres::Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(self.query_timeout, async {
+            let client = self.pool.get().await.map_err(pool_error)?;
+            body(&client).await.map_err(query_error)
+        })
+        .await
+        .unwrap_or(Err(StoreError::Timeout(self.query_timeout)));
+        self.observer
+            .observe_query(statement, started.elapsed(), outcome.is_ok());
+        outcome
+    }
+}
+
+impl<O: QueryObserver> KeyStore for PgKeyStore<O> {
+    async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
+        let hex = hash.to_hex();
+        let row = self
+            .run("select_key_by_hash", async |client| {
+                sql::select_key_by_hash(client, &hex, &self.tenant).await
+            })
+            .await?;
+        row.map(|row| row_to_record(&row)).transpose()
+    }
+
+    async fn insert_key(&self, key: &NewKey) -> Result<KeyRecord, StoreError> {
+        let id = key.id.to_string();
+        let key_hash = key.key_hash.to_hex();
+        let params = sql::InsertKeyParams {
+            id: &id,
+            username: &key.username,
+            name: &key.name,
+            description: key.description.as_deref(),
+            key_hash: &key_hash,
+            groups: &key.groups,
+            subscription: &key.subscription,
+            tenant: &self.tenant,
+            expires_at: key.expires_at,
+            ephemeral: key.ephemeral,
+        };
+        let row = self
+            .run("insert_key", async |client| sql::insert_key(client, &params).await)
+            .await?;
+        row_to_record(&row)
+    }
+
+    async fn find_by_id(&self, id: KeyRecordId) -> Result<Option<KeyRecord>, StoreError> {
+        let id = id.to_string();
+        let row = self
+            .run("select_key_by_id", async |client| {
+                sql::select_key_by_id(client, &id, &self.tenant).await
+            })
+            .await?;
+        row.map(|row| row_to_record(&row)).transpose()
+    }
+
+    async fn revoke_key(&self, id: KeyRecordId) -> Result<Option<KeyRecord>, StoreError> {
+        let id = id.to_string();
+        let row = self
+            .run("revoke_key_by_id", async |client| {
+                sql::revoke_key_by_id(client, &id, &self.tenant).await
+            })
+            .await?;
+        row.map(|row| row_to_record(&row)).transpose()
+    }
+
+    async fn list_keys_of_user(
+        &self,
+        username: &str,
+        limit: i64,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        let rows = self
+            .run("select_keys_of_user", async |client| {
+                sql::select_keys_of_user(client, username, &self.tenant, limit).await
+            })
+            .await?;
+        rows.iter().map(row_to_record).collect()
+    }
+}
+
+/// Maps one row (columns as in `sql::key_columns!`) to a record, refusing corrupt data.
+fn row_to_record(row: &Row) -> Result<KeyRecord, StoreError> {
+    let get_text = |index: usize| -> Result<String, StoreError> {
+        row.try_get::<_, String>(index)
+            .map_err(|e| StoreError::CorruptRow(e.to_string()))
+    };
+    let id_text = get_text(0)?;
+    let id = KeyRecordId::parse(&id_text)
+        .map_err(|_| StoreError::CorruptRow(format!("id {id_text:?} is not a UUID")))?;
+    let hash_text = get_text(4)?;
+    let key_hash = KeyHash::from_hex(&hash_text)
+        .map_err(|e| StoreError::CorruptRow(format!("key {id}: {e}")))?;
+    let status_text = get_text(5)?;
+    let status = KeyStatus::parse(&status_text)
+        .ok_or_else(|| StoreError::CorruptRow(format!("key {id}: unknown status {status_text:?}")))?;
+    let corrupt = |e: tokio_postgres::Error| StoreError::CorruptRow(format!("key {id}: {e}"));
+    Ok(KeyRecord {
+        id,
+        username: get_text(1)?,
+        name: get_text(2)?,
+        description: row.try_get(3).map_err(corrupt)?,
+        key_hash,
+        status,
+        groups: row.try_get(6).map_err(corrupt)?,
+        subscription: get_text(7)?,
+        created_at: row.try_get(8).map_err(corrupt)?,
+        expires_at: row.try_get(9).map_err(corrupt)?,
+        last_used_at: row.try_get(10).map_err(corrupt)?,
+        ephemeral: row.try_get(11).map_err(corrupt)?,
+    })
+}
+
+fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
+    match error {
+        deadpool_postgres::PoolError::Timeout(_) => {
+            StoreError::Unavailable("no database connection available in time".into())
+        }
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+fn query_error(error: tokio_postgres::Error) -> StoreError {
+    if let Some(db_error) = error.as_db_error() {
+        if db_error.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION {
+            return StoreError::DuplicateHash;
+        }
+        return StoreError::Query(format!("{}: {}", db_error.code().code(), db_error.message()));
+    }
+    if error.is_closed() {
+        return StoreError::Unavailable("database connection closed".into());
+    }
+    StoreError::Unavailable(error.to_string())
+}
