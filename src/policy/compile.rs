@@ -119,12 +119,8 @@ fn build_subscription(
         let position = match resolved {
             Ok(position) => position,
             Err(error) => {
-                let message = unresolved_message(
-                    error,
-                    &reference.name,
-                    Some(&reference.namespace),
-                    policy,
-                );
+                let message =
+                    unresolved_message(error, &reference.name, Some(&reference.namespace), policy);
                 issues.push(origin.order(), origin.issue(&reference.path, message));
                 continue;
             }
@@ -160,7 +156,12 @@ fn build_subscription(
     }
 }
 
-fn grant_access(policy: &mut Policy, origin: &Origin, spec: &AuthPolicySpec, issues: &mut IssueLog) {
+fn grant_access(
+    policy: &mut Policy,
+    origin: &Origin,
+    spec: &AuthPolicySpec,
+    issues: &mut IssueLog,
+) {
     for reference in &spec.model_refs {
         let resolved = policy.model_position(reference.namespace.as_deref(), &reference.name);
         let position = match resolved {

@@ -116,6 +116,9 @@ mod tests {
 
         let text = error.to_string();
 
-        assert_eq!(text, "invalid policy (2 problems):\na.yaml: first\na.yaml: second");
+        assert_eq!(
+            text,
+            "invalid policy (2 problems):\na.yaml: first\na.yaml: second"
+        );
     }
 }

@@ -212,9 +212,15 @@ mod tests {
         let root = Field::root(&value).object(&mut issues).unwrap();
         let spec = root.required("spec", &mut issues).unwrap();
         let spec = spec.object(&mut issues).unwrap();
-        let items = spec.required("modelRefs", &mut issues).unwrap().items(&mut issues);
+        let items = spec
+            .required("modelRefs", &mut issues)
+            .unwrap()
+            .items(&mut issues);
         let item = items[0].object(&mut issues).unwrap();
-        let name = item.required("name", &mut issues).unwrap().string(&mut issues);
+        let name = item
+            .required("name", &mut issues)
+            .unwrap()
+            .string(&mut issues);
         item.required("namespace", &mut issues);
 
         assert_eq!(name, None);
@@ -250,7 +256,10 @@ mod tests {
 
         let root = Field::root(&value).object(&mut issues).unwrap();
         let annotations = root.required("annotations", &mut issues).unwrap();
-        let entries = annotations.object(&mut issues).unwrap().string_entries(&mut issues);
+        let entries = annotations
+            .object(&mut issues)
+            .unwrap()
+            .string_entries(&mut issues);
 
         assert_eq!(entries, [("a", "x")]);
         assert_eq!(
@@ -268,8 +277,14 @@ mod tests {
         let mut issues = FieldIssues::default();
 
         let root = Field::root(&value).object(&mut issues).unwrap();
-        let a = root.required("a", &mut issues).unwrap().integer(&mut issues);
-        let b = root.required("b", &mut issues).unwrap().integer(&mut issues);
+        let a = root
+            .required("a", &mut issues)
+            .unwrap()
+            .integer(&mut issues);
+        let b = root
+            .required("b", &mut issues)
+            .unwrap()
+            .integer(&mut issues);
 
         assert_eq!((a, b), (None, None));
         assert_eq!(

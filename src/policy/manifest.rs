@@ -26,7 +26,6 @@ const MAX_LIMIT: i64 = 1_000_000_000;
 const WINDOW_PATTERN: &str = r"^[1-9]\d{0,3}(s|m|h)$";
 /// Upstream's controller caps windows at 366 days.
 const MAX_WINDOW_HOURS: u64 = 8784;
-const GROUP_PATTERN: &str = "^[a-zA-Z0-9:._-]+$";
 
 /// The three MaaS kinds a policy is made of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -392,11 +391,23 @@ fn read_header<'v>(object: &Object<'v>, found: &mut FieldIssues) -> Option<(&'v 
 }
 
 fn read_metadata(metadata: &Object<'_>, found: &mut FieldIssues) -> Option<Metadata> {
-    let name = metadata
-        .required("name", found)
-        .and_then(|field| checked(&field, field.string(found), is_object_name, NAME_RULE, found));
+    let name = metadata.required("name", found).and_then(|field| {
+        checked(
+            &field,
+            field.string(found),
+            is_object_name,
+            NAME_RULE,
+            found,
+        )
+    });
     let namespace = match metadata.optional("namespace") {
-        Some(field) => checked(&field, field.string(found), is_namespace, NAMESPACE_RULE, found),
+        Some(field) => checked(
+            &field,
+            field.string(found),
+            is_namespace,
+            NAMESPACE_RULE,
+            found,
+        ),
         None => Some(DEFAULT_NAMESPACE),
     };
     let annotations: BTreeMap<&str, &str> = metadata
@@ -441,8 +452,13 @@ fn read_model_ref(spec: &Object<'_>, found: &mut FieldIssues) -> Option<ModelRef
             .and_then(|field| field.non_empty_string(found));
         let namespace_ok = match backend.optional("namespace") {
             Some(field) => {
-                backend_namespace =
-                    checked(&field, field.string(found), is_namespace, NAMESPACE_RULE, found);
+                backend_namespace = checked(
+                    &field,
+                    field.string(found),
+                    is_namespace,
+                    NAMESPACE_RULE,
+                    found,
+                );
                 backend_namespace.is_some()
             }
             None => true,
@@ -501,7 +517,10 @@ fn read_subscription(spec: &Object<'_>, found: &mut FieldIssues) -> Option<Subsc
     if let Some(metadata) = &token_metadata {
         organization_id = optional_string(metadata, "organizationId", found);
         cost_center = optional_string(metadata, "costCenter", found);
-        if let Some(labels) = metadata.optional("labels").and_then(|field| field.object(found)) {
+        if let Some(labels) = metadata
+            .optional("labels")
+            .and_then(|field| field.object(found))
+        {
             labels.string_entries(found);
         }
     }
@@ -559,7 +578,11 @@ fn read_subscription_model_ref(
     })
 }
 
-fn read_rate_limits(field: &Field<'_>, at_least_one: bool, found: &mut FieldIssues) -> Vec<RateLimit> {
+fn read_rate_limits(
+    field: &Field<'_>,
+    at_least_one: bool,
+    found: &mut FieldIssues,
+) -> Vec<RateLimit> {
     let items = field.items(found);
     if at_least_one && items.is_empty() && field.value().is_sequence() {
         found.at(field.path(), "must list at least one limit");
@@ -660,7 +683,10 @@ fn read_auth_model_ref(item: &Field<'_>, found: &mut FieldIssues) -> Option<Auth
 
 /// Reads `users[]` and `groups[].name` (subscription owners and auth-policy subjects share this
 /// shape) and insists on at least one of them, since an empty list grants nothing to anyone.
-fn read_subjects(subjects: &Object<'_>, found: &mut FieldIssues) -> Option<(Vec<String>, Vec<String>)> {
+fn read_subjects(
+    subjects: &Object<'_>,
+    found: &mut FieldIssues,
+) -> Option<(Vec<String>, Vec<String>)> {
     let mut complete = true;
     let mut list = |key: &str, found: &mut FieldIssues| match subjects.optional(key) {
         Some(field) => {
@@ -686,7 +712,13 @@ fn read_subjects(subjects: &Object<'_>, found: &mut FieldIssues) -> Option<(Vec<
                 .object(found)
                 .and_then(|entry| entry.required("name", found))
                 .and_then(|field| {
-                    checked(&field, field.string(found), is_group_name, GROUP_RULE, found)
+                    checked(
+                        &field,
+                        field.string(found),
+                        is_group_name,
+                        GROUP_RULE,
+                        found,
+                    )
                 })
                 .map(str::to_owned);
             complete &= group.is_some();
@@ -789,7 +821,9 @@ mod tests {
 
     #[test]
     fn windows_outside_the_pattern_are_rejected() {
-        for window in ["", "m", "0m", "01m", "10000s", "1d", "1.5m", "-1m", "1 m", "1M", "1é"] {
+        for window in [
+            "", "m", "0m", "01m", "10000s", "1d", "1.5m", "-1m", "1 m", "1M", "1é",
+        ] {
             let result = parse_window(window);
 
             assert_eq!(

@@ -230,7 +230,9 @@ impl Policy {
 
     /// Whether some `MaaSAuthPolicy` lists `model` for the user or one of `groups`.
     pub fn auth_policy_allows(&self, model: &Model, username: &str, groups: &[String]) -> bool {
-        let Some(grant) = self.position_of(model).and_then(|position| self.grants.get(position))
+        let Some(grant) = self
+            .position_of(model)
+            .and_then(|position| self.grants.get(position))
         else {
             return false;
         };
@@ -263,7 +265,11 @@ impl Policy {
 
     /// Subscriptions the user owns, by priority (highest first), then by the largest token limit
     /// across their models (largest first), then by name, then by namespace.
-    pub fn accessible_subscriptions(&self, username: &str, groups: &[String]) -> Vec<&Subscription> {
+    pub fn accessible_subscriptions(
+        &self,
+        username: &str,
+        groups: &[String],
+    ) -> Vec<&Subscription> {
         self.ranked()
             .filter(|subscription| self.subscription_accessible(subscription, username, groups))
             .collect()

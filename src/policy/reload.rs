@@ -82,11 +82,12 @@ impl PolicyReloader {
         let last_seen = self.last_seen.clone();
         let active_fingerprint = self.shared.load().fingerprint().to_owned();
         // File reads and YAML parsing block; keep them off the async workers.
-        let outcome = tokio::task::spawn_blocking(move || {
-            poll_files(&path, &last_seen, &active_fingerprint)
-        })
-        .await
-        .unwrap_or_else(|error| Outcome::ReadFailed(format!("policy reload task failed: {error}")));
+        let outcome =
+            tokio::task::spawn_blocking(move || poll_files(&path, &last_seen, &active_fingerprint))
+                .await
+                .unwrap_or_else(|error| {
+                    Outcome::ReadFailed(format!("policy reload task failed: {error}"))
+                });
 
         match outcome {
             Outcome::Unchanged => None,
@@ -118,7 +119,7 @@ impl PolicyReloader {
                     "policy reloaded"
                 );
                 self.last_seen = LastSeen::Contents(policy.fingerprint().to_owned());
-                self.shared.store(Arc::new(policy));
+                self.shared.store(Arc::from(policy));
                 Some(event)
             }
             Outcome::Invalid { digest, error } => {
@@ -155,7 +156,7 @@ enum LastSeen {
 enum Outcome {
     Unchanged,
     BackToActive(String),
-    Loaded(Policy),
+    Loaded(Box<Policy>),
     Invalid { digest: String, error: String },
     ReadFailed(String),
 }
@@ -173,7 +174,7 @@ fn poll_files(path: &std::path::Path, last_seen: &LastSeen, active_fingerprint: 
         return Outcome::BackToActive(digest);
     }
     match compile::compile(&sources) {
-        Ok(policy) => Outcome::Loaded(policy),
+        Ok(policy) => Outcome::Loaded(Box::new(policy)),
         Err(error) => Outcome::Invalid {
             digest,
             error: error.to_string(),
@@ -430,7 +431,10 @@ metadata:
         fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
         let event = reloader.check().await;
 
-        assert!(matches!(event, Some(ReloadEvent::Reloaded { .. })), "{event:?}");
+        assert!(
+            matches!(event, Some(ReloadEvent::Reloaded { .. })),
+            "{event:?}"
+        );
         assert_eq!(shared.load().counts().models, 2);
     }
 }

@@ -112,7 +112,10 @@ mod tests {
 
         let keys: Vec<&str> = sources.iter().map(|source| source.key.as_str()).collect();
         assert_eq!(keys, ["a.yaml", "b.yml"]);
-        assert_eq!(sources[0].display, dir.path().join("a.yaml").display().to_string());
+        assert_eq!(
+            sources[0].display,
+            dir.path().join("a.yaml").display().to_string()
+        );
     }
 
     #[cfg(unix)]

@@ -1,0 +1,408 @@
+//! Envoy's Check through the real gRPC server: allows, every denial, and failure modes.
+
+use envoy_types::pb::envoy::config::core::v3::HeaderValueOption;
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::google::protobuf::value::Kind;
+use maas_authz::store::KeyStore;
+
+use crate::support::*;
+
+const CHAT: &str = "/simulator/v1/chat/completions";
+
+fn header<'a>(options: &'a [HeaderValueOption], name: &str) -> Option<&'a str> {
+    options
+        .iter()
+        .filter_map(|o| o.header.as_ref())
+        .find(|h| h.key.eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str())
+}
+
+/// The HTTP status, headers and parsed JSON body of a denial.
+fn denial(response: &CheckResponse) -> (i32, &[HeaderValueOption], serde_json::Value) {
+    match response.http_response.as_ref() {
+        Some(HttpResponse::DeniedResponse(denied)) => (
+            denied.status.as_ref().map_or(0, |s| s.code),
+            &denied.headers,
+            serde_json::from_str(&denied.body).expect("denial body is JSON"),
+        ),
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+fn assert_denied(response: &CheckResponse, status: i32, reason: &str, error_type: &str, code: &str) {
+    let (http_status, headers, body) = denial(response);
+    assert_eq!(http_status, status, "status for {reason}");
+    assert_eq!(header(headers, "x-ext-auth-reason"), Some(reason));
+    assert_eq!(header(headers, "content-type"), Some("application/json"));
+    assert_eq!(body["error"]["type"], error_type);
+    assert_eq!(body["error"]["code"], code);
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert_ne!(response.status.as_ref().map(|s| s.code), Some(0));
+}
+
+fn assert_unauthenticated(response: &CheckResponse, reason: &str) {
+    assert_denied(response, 401, reason, "invalid_request_error", "invalid_api_key");
+    let (_, headers, _) = denial(response);
+    assert_eq!(header(headers, "www-authenticate"), Some("Bearer"));
+}
+
+#[tokio::test]
+async fn check_allows_a_valid_key_and_stamps_identity_headers() {
+    let server = TestServer::start().await;
+    let (key, record) = mint(&server.db.store(), &FREE_USER).await;
+    let mut client = server.check_client().await;
+
+    let response = client
+        .check(check_request(
+            CHAT,
+            &[
+                ("authorization", &bearer(&key)),
+                ("x-maas-username", "mallory"),
+                ("x-maas-group", "[\"admins\"]"),
+            ],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert_eq!(response.status.as_ref().map(|s| s.code), Some(0));
+    let Some(HttpResponse::OkResponse(ok)) = response.http_response.as_ref() else {
+        panic!("expected ok_response, got {response:?}");
+    };
+    assert_eq!(header(&ok.headers, "x-maas-username"), Some("alice"));
+    assert_eq!(header(&ok.headers, "x-maas-group"), Some("[\"system:authenticated\"]"));
+    assert_eq!(header(&ok.headers, "x-maas-subscription"), Some("free"));
+    assert_eq!(header(&ok.headers, "x-maas-tier"), Some("free"));
+    assert_eq!(header(&ok.headers, "x-maas-key-id"), Some(record.id.to_string().as_str()));
+    // Every stamped header replaces whatever the client sent under that name.
+    assert!(ok.headers.iter().all(
+        |h| h.append_action == HeaderAppendAction::OverwriteIfExistsOrAdd as i32
+    ));
+    assert_eq!(ok.headers_to_remove, vec!["authorization".to_owned()]);
+    let metadata = response.dynamic_metadata.expect("dynamic metadata");
+    let field = |name: &str| match metadata.fields.get(name).and_then(|v| v.kind.as_ref()) {
+        Some(Kind::StringValue(text)) => text.clone(),
+        other => panic!("{name}: {other:?}"),
+    };
+    assert_eq!(field("user"), "alice");
+    assert_eq!(field("subscription"), "free");
+    assert_eq!(field("tier"), "free");
+    assert_eq!(field("model"), "models-as-a-service/simulator");
+    assert_eq!(field("key_id"), record.id.to_string());
+    assert_eq!(
+        field("selected_subscription_key"),
+        "models-as-a-service/free@models-as-a-service/simulator"
+    );
+    assert!(matches!(
+        metadata.fields.get("groups").and_then(|v| v.kind.as_ref()),
+        Some(Kind::ListValue(list)) if list.values.len() == 1
+    ));
+}
+
+#[tokio::test]
+async fn check_accepts_the_key_from_x_api_key_and_removes_that_header() {
+    let server = TestServer::start().await;
+    let (key, _) = mint(&server.db.store(), &FREE_USER).await;
+    let mut client = server.check_client().await;
+
+    let response = client
+        .check(check_request(CHAT, &[("x-api-key", &key)]))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let Some(HttpResponse::OkResponse(ok)) = response.http_response else {
+        panic!("expected ok_response");
+    };
+    assert_eq!(ok.headers_to_remove, vec!["x-api-key".to_owned()]);
+}
+
+#[tokio::test]
+async fn check_denies_a_revoked_key() {
+    let server = TestServer::start().await;
+    let store = server.db.store();
+    let (key, record) = mint(&store, &FREE_USER).await;
+    store.revoke_key(record.id).await.unwrap().expect("revoked");
+    let mut client = server.check_client().await;
+
+    let response = client
+        .check(check_request(CHAT, &[("authorization", &bearer(&key))]))
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert_unauthenticated(&response, "key_revoked");
+}
+
+#[tokio::test]
+async fn check_denies_an_expired_key() {
+    let server = TestServer::start().await;
+    let (key, _) = insert_raw(
+        &server.db.store(),
+        &FREE_USER,
+        chrono::Utc::now() - chrono::Duration::minutes(1),
+    )
+    .await;
+    let mut client = server.check_client().await;
+
+    let response = client
+        .check(check_request(CHAT, &[("authorization", &bearer(&key))]))
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert_unauthenticated(&response, "key_expired");
+}
+
+#[tokio::test]
+async fn check_judges_expiry_at_request_time_even_for_a_cached_key() {
+    let server = TestServer::start().await;
+    let (key, record) = mint(&server.db.store(), &FREE_USER).await;
+    let authorizer = server.server.authorizer();
+    let authorization = bearer(&key);
+    let input = maas_authz::authorizer::CheckInput {
+        authorization: Some(&authorization),
+        path: CHAT,
+        ..Default::default()
+    };
+    let first = authorizer.check(&input, chrono::Utc::now()).await.unwrap();
+    assert!(matches!(first, maas_authz::authorizer::Decision::Allow(_)));
+
+    let after_expiry = record.expires_at.unwrap() + chrono::Duration::seconds(1);
+    let second = authorizer.check(&input, after_expiry).await.unwrap();
+
+    assert!(matches!(
+        second,
+        maas_authz::authorizer::Decision::Deny(d) if d.reason == maas_authz::authorizer::DenyReason::KeyExpired
+    ));
+}
+
+#[tokio::test]
+async fn check_denies_an_unknown_key_and_remembers_it_briefly() {
+    let server = TestServer::start().await;
+    let unknown = maas_authz::key::ApiKey::generate().unwrap();
+    let mut client = server.check_client().await;
+    let request = || check_request(CHAT, &[("authorization", &bearer(unknown.expose()))]);
+
+    let first = client.check(request()).await.unwrap().into_inner();
+    let second = client.check(request()).await.unwrap().into_inner();
+
+    assert_unauthenticated(&first, "key_not_found");
+    assert_unauthenticated(&second, "key_not_found");
+    let metrics = http_get(server.server.metrics_addr, "/metrics").await;
+    assert!(metrics.contains("maas_authz_cache_lookups_total{result=\"negative_hit\"} 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn check_refuses_malformed_credentials_without_touching_the_database() {
+    let server = TestServer::start().await;
+    let mut client = server.check_client().await;
+    let oversized = format!("sk-oai-abc_{}", "a".repeat(100_000));
+    let cases: Vec<(Vec<(&str, String)>, &str)> = vec![
+        (vec![], "missing_credentials"),
+        (vec![("authorization", "Bearer ".into())], "malformed_authorization"),
+        (vec![("authorization", "Bearer".into())], "malformed_authorization"),
+        (vec![("authorization", "sk-oai-abc_def".into())], "malformed_authorization"),
+        (vec![("authorization", "Basic dXNlcjpwYXNz".into())], "malformed_authorization"),
+        (vec![("authorization", "Bearer sk-oai-abc".into())], "invalid_key_format"),
+        (vec![("authorization", "Bearer sk-oai-abc_".into())], "invalid_key_format"),
+        (vec![("authorization", "Bearer sk-oai-ab\u{e9}c_def".into())], "invalid_key_format"),
+        (vec![("authorization", "Bearer not-a-key".into())], "invalid_key_format"),
+        (vec![("authorization", format!("Bearer {oversized}"))], "invalid_key_format"),
+        (vec![("authorization", "Bearer sk-oai-a_b,Bearer sk-oai-c_d".into())], "invalid_key_format"),
+        (
+            vec![("authorization", "Bearer sk-oai-a_b".into()), ("x-api-key", "sk-oai-c_d".into())],
+            "conflicting_credentials",
+        ),
+        (vec![("x-api-key", "   ".into())], "missing_credentials"),
+    ];
+
+    for (headers, reason) in cases {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let response = client.check(check_request(CHAT, &headers)).await.unwrap().into_inner();
+        assert_unauthenticated(&response, reason);
+    }
+    let metrics = http_get(server.server.metrics_addr, "/metrics").await;
+    assert!(!metrics.contains("statement=\"select_key_by_hash\""), "no lookup expected:\n{metrics}");
+}
+
+#[tokio::test]
+async fn check_forbids_a_model_outside_the_keys_subscription() {
+    let server = TestServer::start().await;
+    let (key, _) = mint(&server.db.store(), &FREE_USER).await;
+    let mut client = server.check_client().await;
+
+    let response = client
+        .check(check_request("/qwen3/v1/chat/completions", &[("authorization", &bearer(&key))]))
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert_denied(&response, 403, "model_not_in_subscription", "permission_error", "access_denied");
+}
+
+#[tokio::test]
+async fn check_forbids_a_subscription_the_key_holder_cannot_access() {
+    let server = TestServer::start().await;
+    // Bound to premium, but the snapshot lacks the premium group.
+    let owner = KeyOwner { user: "carol", groups: &["system:authenticated"], subscription: "premium" };
+    let (key, _) = insert_raw(&server.db.store(), &owner, chrono::Utc::now() + chrono::Duration::hours(1)).await;
+    let mut client = server.check_client().await;
+
+    let response = client
+        .check(check_request("/qwen3/v1/chat/completions", &[("authorization", &bearer(&key))]))
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert_denied(&response, 403, "subscription_access_denied", "permission_error", "access_denied");
+}
+
+#[tokio::test]
+async fn check_forbids_a_key_bound_to_a_subscription_the_policy_no_longer_has() {
+    let server = TestServer::start().await;
+    let owner = KeyOwner { user: "dave", groups: &["system:authenticated"], subscription: "retired" };
+    let (key, _) = insert_raw(&server.db.store(), &owner, chrono::Utc::now() + chrono::Duration::hours(1)).await;
+    let mut client = server.check_client().await;
+
+    let response = client
+        .check(check_request(CHAT, &[("authorization", &bearer(&key))]))
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert_denied(&response, 403, "subscription_not_found", "permission_error", "access_denied");
+}
+
+#[tokio::test]
+async fn check_answers_404_for_an_unknown_model() {
+    let server = TestServer::start().await;
+    let (key, _) = mint(&server.db.store(), &PREMIUM_USER).await;
+    let mut client = server.check_client().await;
+
+    for path in ["/gpt-17/v1/chat/completions", "/llm/gpt-17/v1/chat/completions", "/nope/simulator/v1/x"] {
+        let response = client
+            .check(check_request(path, &[("authorization", &bearer(&key))]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_denied(&response, 404, "model_not_found", "invalid_request_error", "model_not_found");
+    }
+}
+
+#[tokio::test]
+async fn check_allows_premium_models_for_a_premium_key_by_path_header_and_body() {
+    let server = TestServer::start().await;
+    let (key, _) = mint(&server.db.store(), &PREMIUM_USER).await;
+    let mut client = server.check_client().await;
+    let auth = bearer(&key);
+    let requests = [
+        check_request("/qwen3/v1/chat/completions", &[("authorization", &auth)]),
+        check_request("/llm/qwen3/v1/chat/completions", &[("authorization", &auth)]),
+        check_request("/v1/chat/completions", &[("authorization", &auth), ("x-gateway-model-name", "qwen3")]),
+        check_request_with_body(
+            "/v1/chat/completions",
+            &[("authorization", &auth)],
+            r#"{"model":"qwen3","messages":[{"role":"user","content":"hi"}]}"#,
+        ),
+    ];
+
+    for request in requests {
+        let response = client.check(request).await.unwrap().into_inner();
+        let Some(HttpResponse::OkResponse(ok)) = response.http_response else {
+            panic!("expected ok_response, got {:?}", response.http_response);
+        };
+        assert_eq!(header(&ok.headers, "x-maas-tier"), Some("premium"));
+        let model = response.dynamic_metadata.unwrap().fields["model"].clone();
+        assert_eq!(model.kind, Some(Kind::StringValue("models-as-a-service/qwen3".into())));
+    }
+}
+
+#[tokio::test]
+async fn check_needs_only_a_valid_key_on_paths_that_name_no_model() {
+    let server = TestServer::start().await;
+    let (key, _) = mint(&server.db.store(), &FREE_USER).await;
+    let mut client = server.check_client().await;
+
+    for path in ["/v1/models", "/maas-api/v1/api-keys", "/", "", "/%%%/../"] {
+        let response = client
+            .check(check_request(path, &[("authorization", &bearer(&key))]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            matches!(response.http_response, Some(HttpResponse::OkResponse(_))),
+            "{path:?}: {response:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn check_refuses_a_legacy_key_with_no_subscription_bound() {
+    let server = TestServer::start().await;
+    let owner = KeyOwner { user: "erin", groups: &["system:authenticated"], subscription: "" };
+    let (key, _) = insert_raw(&server.db.store(), &owner, chrono::Utc::now() + chrono::Duration::hours(1)).await;
+    let mut client = server.check_client().await;
+
+    let response = client
+        .check(check_request("/v1/models", &[("authorization", &bearer(&key))]))
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert_unauthenticated(&response, "no_subscription_bound");
+}
+
+#[tokio::test]
+async fn check_survives_an_empty_or_garbage_request() {
+    let server = TestServer::start().await;
+    let mut client = server.check_client().await;
+
+    let empty = client
+        .check(envoy_types::pb::envoy::service::auth::v3::CheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let garbage_body = client
+        .check(check_request_with_body("/v1/chat/completions", &[("authorization", "Bearer sk-oai-a_b")], "\u{0}{{{"))
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert_unauthenticated(&empty, "missing_credentials");
+    assert_unauthenticated(&garbage_body, "key_not_found");
+}
+
+#[tokio::test]
+async fn check_answers_unavailable_when_the_database_is_unreachable_for_an_uncached_key() {
+    let db = TestDb::migrated().await;
+    let mut config = serve_config(&db);
+    config.skip_migrations = true;
+    // A port nothing listens on: connections are refused at once.
+    config.database.database_url = "postgres://postgres@127.0.0.1:9/none".to_owned();
+    let server = maas_authz::serve::start(config).await.unwrap();
+    let mut client = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(
+        format!("http://{}", server.grpc_addr),
+    )
+    .await
+    .unwrap();
+    let key = maas_authz::key::ApiKey::generate().unwrap();
+
+    let status = client
+        .check(check_request(CHAT, &[("authorization", &bearer(key.expose()))]))
+        .await
+        .expect_err("must not decide without the database");
+
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(status.message(), "key store unavailable");
+    server.shutdown().await.unwrap();
+}
+
+/// A bare HTTP/1.1 GET over loopback, returning the body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let response = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+    assert!(response.status().is_success(), "GET {path}: {}", response.status());
+    response.text().await.unwrap()
+}

@@ -1,0 +1,294 @@
+//! Shared test fixtures: a fresh PostgreSQL database per test, the real server on free ports,
+//! and clients for it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use maas_authz::config::{DatabaseConfig, ServeConfig};
+use maas_authz::key::ApiKey;
+use maas_authz::minting::{MintRequest, mint_key};
+use maas_authz::serve::{RunningServer, start};
+use maas_authz::store::postgres::{NoQueryObserver, PgKeyStore, PgSettings};
+use maas_authz::store::{KeyRecord, KeyRecordId, KeyStore, NewKey};
+use tonic::transport::Channel;
+
+/// The admin URL the test command exports; a local default for plain `cargo test`.
+pub fn admin_url() -> String {
+    std::env::var("MAAS_AUTHZ_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// `url` with its database name replaced.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |i| authority_start + i);
+    let mut out = format!("{}/{database}", &base[..path_start]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+async fn admin_client() -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot reach PostgreSQL at MAAS_AUTHZ_TEST_DATABASE_URL={}: {e}. Run the tests through scripts/test.sh, which finds or starts one.",
+                admin_url()
+            )
+        });
+    tokio::spawn(connection);
+    client
+}
+
+/// A database that exists for one test and is dropped after it.
+#[derive(Debug)]
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    /// An empty database (no migrations applied).
+    pub async fn empty() -> Self {
+        let name = format!("maas_authz_test_{}", uuid_simple());
+        admin_client()
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create test database");
+        let url = with_database(&admin_url(), &name);
+        Self { name, url }
+    }
+
+    /// A database with every migration applied.
+    pub async fn migrated() -> Self {
+        let db = Self::empty().await;
+        maas_authz::serve::migrate(&db.database_config(), Duration::from_secs(10))
+            .await
+            .expect("migrate test database");
+        db
+    }
+
+    pub fn database_config(&self) -> DatabaseConfig {
+        DatabaseConfig {
+            database_url: self.url.clone(),
+            tenant: "models-as-a-service".to_owned(),
+            db_pool_size: 4,
+            db_query_timeout: Duration::from_secs(2),
+            db_connect_timeout: Duration::from_secs(2),
+        }
+    }
+
+    pub fn store(&self) -> PgKeyStore {
+        PgKeyStore::connect(
+            &PgSettings {
+                database_url: self.url.clone(),
+                tenant: "models-as-a-service".to_owned(),
+                pool_size: 2,
+                query_timeout: Duration::from_secs(2),
+                connect_timeout: Duration::from_secs(2),
+            },
+            NoQueryObserver,
+        )
+        .expect("pool")
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .expect("connect test database");
+        tokio::spawn(connection);
+        client
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside async context; a short-lived runtime on its own thread does the work.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                if let Ok((client, connection)) =
+                    tokio_postgres::connect(&admin_url(), tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(connection);
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub fn uuid_simple() -> String {
+    KeyRecordId::new_random().to_string().replace('-', "")
+}
+
+pub fn example_policy_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/policy")
+}
+
+/// Serve configuration on free loopback ports against `db`, with the example policy.
+pub fn serve_config(db: &TestDb) -> ServeConfig {
+    ServeConfig {
+        database: db.database_config(),
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        policy_path: example_policy_path(),
+        policy_reload_interval: Duration::from_millis(50),
+        skip_migrations: false,
+        cache_capacity: 1_000,
+        cache_ttl: Duration::from_secs(30),
+        negative_cache_capacity: 1_000,
+        negative_cache_ttl: Duration::from_secs(5),
+        startup_timeout: Duration::from_secs(10),
+        shutdown_grace: Duration::from_secs(2),
+    }
+}
+
+/// A migrated database and the real server on it.
+pub struct TestServer {
+    pub db: TestDb,
+    pub server: RunningServer,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        let db = TestDb::migrated().await;
+        let server = start(serve_config(&db)).await.expect("server starts");
+        Self { db, server }
+    }
+
+    pub async fn check_client(&self) -> AuthorizationClient<Channel> {
+        AuthorizationClient::connect(format!("http://{}", self.server.grpc_addr))
+            .await
+            .expect("connect gRPC")
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.server.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect gRPC")
+    }
+}
+
+/// Who a test key belongs to.
+pub struct KeyOwner<'a> {
+    pub user: &'a str,
+    pub groups: &'a [&'a str],
+    pub subscription: &'a str,
+}
+
+pub const FREE_USER: KeyOwner<'static> = KeyOwner {
+    user: "alice",
+    groups: &["system:authenticated"],
+    subscription: "free",
+};
+
+pub const PREMIUM_USER: KeyOwner<'static> = KeyOwner {
+    user: "bob",
+    groups: &["system:authenticated", "premium-users"],
+    subscription: "premium",
+};
+
+/// Mints a key the way the API and CLI do; returns its plaintext and record.
+pub async fn mint(store: &impl KeyStore, owner: &KeyOwner<'_>) -> (String, KeyRecord) {
+    let minted = mint_key(
+        store,
+        MintRequest {
+            username: owner.user.to_owned(),
+            groups: owner.groups.iter().map(|g| (*g).to_owned()).collect(),
+            name: "test key".to_owned(),
+            description: None,
+            subscription: owner.subscription.to_owned(),
+            lifetime: Duration::from_secs(3_600),
+            ephemeral: false,
+        },
+        Utc::now(),
+    )
+    .await
+    .expect("mint");
+    (minted.key.expose().to_owned(), minted.record)
+}
+
+/// Inserts a key row directly (e.g. already expired), bypassing the minting rules.
+pub async fn insert_raw(
+    store: &impl KeyStore,
+    owner: &KeyOwner<'_>,
+    expires_at: chrono::DateTime<Utc>,
+) -> (String, KeyRecord) {
+    let key = ApiKey::generate().unwrap();
+    let record = store
+        .insert_key(&NewKey {
+            id: KeyRecordId::new_random(),
+            username: owner.user.to_owned(),
+            name: "raw".to_owned(),
+            description: None,
+            key_hash: key.hash(),
+            groups: owner.groups.iter().map(|g| (*g).to_owned()).collect(),
+            subscription: owner.subscription.to_owned(),
+            expires_at,
+            ephemeral: false,
+        })
+        .await
+        .expect("insert");
+    (key.expose().to_owned(), record)
+}
+
+/// A CheckRequest as Envoy sends it: lowercase header names, path with query.
+pub fn check_request(path: &str, headers: &[(&str, &str)]) -> CheckRequest {
+    check_request_with_body(path, headers, "")
+}
+
+pub fn check_request_with_body(path: &str, headers: &[(&str, &str)], body: &str) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "POST".to_owned(),
+                    path: path.to_owned(),
+                    host: "gateway.local".to_owned(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                    body: body.to_owned(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+pub fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
+}
+
+/// Shares a value between a test and tasks it spawns.
+pub fn shared<T>(value: T) -> Arc<T> {
+    Arc::new(value)
+}
