@@ -116,7 +116,6 @@ main() {
     if is_true "${CI:-}"; then
         export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
     fi
-    export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
     banner "PostgreSQL"
     local admin_url

@@ -280,8 +280,16 @@ impl<S: KeyStore, O: CheckObserver> Authorizer<S, O> {
         match authorize_model(&policy, &record, input) {
             Ok((model, subscription)) => {
                 let (subscription_name, subscription_namespace, tier) = match subscription {
-                    Some(sub) => (sub.name.clone(), Some(sub.namespace.clone()), sub.tier.clone()),
-                    None => (record.subscription.clone(), None, record.subscription.clone()),
+                    Some(sub) => (
+                        sub.name.clone(),
+                        Some(sub.namespace.clone()),
+                        sub.tier.clone(),
+                    ),
+                    None => (
+                        record.subscription.clone(),
+                        None,
+                        record.subscription.clone(),
+                    ),
                 };
                 Ok(Decision::Allow(Box::new(Allowed {
                     key: record,
@@ -438,7 +446,13 @@ fn authorize_model<'p>(
     policy: &'p Policy,
     record: &KeyRecord,
     input: &CheckInput<'_>,
-) -> Result<(Option<ResolvedModel>, Option<&'p crate::policy::Subscription>), DenyReason> {
+) -> Result<
+    (
+        Option<ResolvedModel>,
+        Option<&'p crate::policy::Subscription>,
+    ),
+    DenyReason,
+> {
     let subscription = policy.find_subscription(&record.subscription);
     let body_model;
     let requested = match model_from_path(input.path) {
@@ -491,11 +505,17 @@ mod tests {
     fn model_from_path_reads_namespace_and_name_forms() {
         assert_eq!(
             model_from_path("/llm/simulator/v1/chat/completions"),
-            Some(ModelName { namespace: Some("llm"), name: "simulator" })
+            Some(ModelName {
+                namespace: Some("llm"),
+                name: "simulator"
+            })
         );
         assert_eq!(
             model_from_path("/simulator/v1/chat/completions?x=1"),
-            Some(ModelName { namespace: None, name: "simulator" })
+            Some(ModelName {
+                namespace: None,
+                name: "simulator"
+            })
         );
         assert_eq!(model_from_path("/v1/models"), None);
         assert_eq!(model_from_path("/maas-api/v1/api-keys"), None);
@@ -503,7 +523,13 @@ mod tests {
         assert_eq!(model_from_path(""), None);
         assert_eq!(model_from_path("/simulator"), None);
         assert_eq!(model_from_path("/a/b/c/v1"), None);
-        assert_eq!(model_from_path("//simulator//v1/x"), Some(ModelName { namespace: None, name: "simulator" }));
+        assert_eq!(
+            model_from_path("//simulator//v1/x"),
+            Some(ModelName {
+                namespace: None,
+                name: "simulator"
+            })
+        );
     }
 
     #[test]
@@ -518,21 +544,47 @@ mod tests {
 
     #[test]
     fn credentials_prefer_authorization_and_refuse_conflicts() {
-        let both_same = CheckInput { authorization: Some("Bearer k"), x_api_key: Some("k"), ..Default::default() };
+        let both_same = CheckInput {
+            authorization: Some("Bearer k"),
+            x_api_key: Some("k"),
+            ..Default::default()
+        };
         assert_eq!(extract_credential(&both_same).map(|c| c.0), Ok("k"));
-        let conflict = CheckInput { authorization: Some("Bearer k"), x_api_key: Some("j"), ..Default::default() };
-        assert_eq!(extract_credential(&conflict).err(), Some(DenyReason::ConflictingCredentials));
-        let only_header = CheckInput { x_api_key: Some(" k "), ..Default::default() };
+        let conflict = CheckInput {
+            authorization: Some("Bearer k"),
+            x_api_key: Some("j"),
+            ..Default::default()
+        };
+        assert_eq!(
+            extract_credential(&conflict).err(),
+            Some(DenyReason::ConflictingCredentials)
+        );
+        let only_header = CheckInput {
+            x_api_key: Some(" k "),
+            ..Default::default()
+        };
         assert_eq!(extract_credential(&only_header).map(|c| c.0), Ok("k"));
         let none = CheckInput::default();
-        assert_eq!(extract_credential(&none).err(), Some(DenyReason::MissingCredentials));
-        let empty_bearer = CheckInput { authorization: Some("Bearer "), ..Default::default() };
-        assert_eq!(extract_credential(&empty_bearer).err(), Some(DenyReason::MalformedAuthorization));
+        assert_eq!(
+            extract_credential(&none).err(),
+            Some(DenyReason::MissingCredentials)
+        );
+        let empty_bearer = CheckInput {
+            authorization: Some("Bearer "),
+            ..Default::default()
+        };
+        assert_eq!(
+            extract_credential(&empty_bearer).err(),
+            Some(DenyReason::MalformedAuthorization)
+        );
     }
 
     #[test]
     fn model_from_body_reads_only_a_top_level_string() {
-        assert_eq!(model_from_body(br#"{"model":"qwen3","messages":[]}"#), Some("qwen3".into()));
+        assert_eq!(
+            model_from_body(br#"{"model":"qwen3","messages":[]}"#),
+            Some("qwen3".into())
+        );
         assert_eq!(model_from_body(br#"{"model":3}"#), None);
         assert_eq!(model_from_body(b"not json"), None);
         assert_eq!(model_from_body(br#"{"messages":[{"model":"x"}]}"#), None);
@@ -540,7 +592,8 @@ mod tests {
 
     #[test]
     fn every_reason_has_a_distinct_label() {
-        let labels: std::collections::HashSet<_> = DenyReason::ALL.iter().map(|r| r.as_str()).collect();
+        let labels: std::collections::HashSet<_> =
+            DenyReason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(labels.len(), DenyReason::ALL.len());
     }
 }

@@ -17,15 +17,23 @@ pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
 
 /// Runs one `keys` action, writing results to `out` (standard output in production).
 pub async fn run_keys(command: KeysCommand, out: &mut impl Write) -> anyhow::Result<()> {
-    let store = PgKeyStore::connect(&pg_settings(&command.database), crate::store::postgres::NoQueryObserver)?;
+    let store = PgKeyStore::connect(
+        &pg_settings(&command.database),
+        crate::store::postgres::NoQueryObserver,
+    )?;
     match command.action {
         KeysAction::Create(create) => create_key(&store, create, out).await,
         KeysAction::Revoke { id } => {
-            let id = KeyRecordId::parse(&id)
-                .map_err(|_| anyhow::anyhow!("{id:?} is not a key id (a UUID as printed by `keys create`)"))?;
+            let id = KeyRecordId::parse(&id).map_err(|_| {
+                anyhow::anyhow!("{id:?} is not a key id (a UUID as printed by `keys create`)")
+            })?;
             match store.revoke_key(id).await? {
                 Some(record) => {
-                    writeln!(out, "revoked {} ({}, user {})", record.id, record.name, record.username)?;
+                    writeln!(
+                        out,
+                        "revoked {} ({}, user {})",
+                        record.id, record.name, record.username
+                    )?;
                     Ok(())
                 }
                 None => bail!("no active key with id {id}"),
@@ -34,10 +42,16 @@ pub async fn run_keys(command: KeysCommand, out: &mut impl Write) -> anyhow::Res
         KeysAction::List { user, limit } => {
             let now = Utc::now();
             let keys = store.list_keys_of_user(&user, limit).await?;
-            writeln!(out, "ID\tNAME\tSTATUS\tSUBSCRIPTION\tCREATED\tEXPIRES\tLAST_USED")?;
+            writeln!(
+                out,
+                "ID\tNAME\tSTATUS\tSUBSCRIPTION\tCREATED\tEXPIRES\tLAST_USED"
+            )?;
             for key in keys {
                 let when = |t: Option<chrono::DateTime<Utc>>| {
-                    t.map_or_else(|| "-".to_owned(), |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    t.map_or_else(
+                        || "-".to_owned(),
+                        |t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    )
                 };
                 writeln!(
                     out,
@@ -65,7 +79,12 @@ async fn create_key(
     if !groups.iter().any(|g| g == AUTHENTICATED_GROUP) {
         groups.insert(0, AUTHENTICATED_GROUP.to_owned());
     }
-    let subscription = choose_subscription(&create.user, &groups, create.subscription, create.policy_path.as_deref())?;
+    let subscription = choose_subscription(
+        &create.user,
+        &groups,
+        create.subscription,
+        create.policy_path.as_deref(),
+    )?;
     let minted = mint_key(
         store,
         MintRequest {
@@ -105,7 +124,12 @@ fn choose_subscription(
 ) -> anyhow::Result<String> {
     let policy = policy_path
         .map(|path| {
-            Policy::load(path).with_context(|| format!("MAAS_AUTHZ_POLICY_PATH={}: the policy is invalid", path.display()))
+            Policy::load(path).with_context(|| {
+                format!(
+                    "MAAS_AUTHZ_POLICY_PATH={}: the policy is invalid",
+                    path.display()
+                )
+            })
         })
         .transpose()?;
     match (requested, policy) {

@@ -38,7 +38,13 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct LogSettings {
     /// Log line format. Levels come from RUST_LOG (default "info").
-    #[arg(long, global = true, env = "MAAS_AUTHZ_LOG_FORMAT", value_name = "MAAS_AUTHZ_LOG_FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        global = true,
+        env = "MAAS_AUTHZ_LOG_FORMAT",
+        value_name = "MAAS_AUTHZ_LOG_FORMAT",
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
 }
 
@@ -46,10 +52,20 @@ pub struct LogSettings {
 #[derive(Debug, Clone, Args)]
 pub struct DatabaseConfig {
     /// PostgreSQL URL, e.g. postgres://user:pass@host:5432/maas.
-    #[arg(long, env = "DATABASE_URL", value_name = "DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        value_name = "DATABASE_URL",
+        hide_env_values = true
+    )]
     pub database_url: String,
     /// Tenant whose keys this instance serves; every query is filtered by it.
-    #[arg(long, env = "MAAS_AUTHZ_TENANT", value_name = "MAAS_AUTHZ_TENANT", default_value = "models-as-a-service")]
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_TENANT",
+        value_name = "MAAS_AUTHZ_TENANT",
+        default_value = "models-as-a-service"
+    )]
     pub tenant: String,
     /// Connections in the query pool.
     #[arg(long, env = "MAAS_AUTHZ_DB_POOL_SIZE", value_name = "MAAS_AUTHZ_DB_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1000))]
@@ -68,19 +84,38 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub database: DatabaseConfig,
     /// Envoy ext_authz and KeyValidation gRPC listener.
-    #[arg(long, env = "MAAS_AUTHZ_GRPC_ADDR", value_name = "MAAS_AUTHZ_GRPC_ADDR", default_value = "0.0.0.0:50051")]
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_GRPC_ADDR",
+        value_name = "MAAS_AUTHZ_GRPC_ADDR",
+        default_value = "0.0.0.0:50051"
+    )]
     pub grpc_addr: SocketAddr,
     /// Prometheus listener (`/metrics`).
-    #[arg(long, env = "MAAS_AUTHZ_METRICS_ADDR", value_name = "MAAS_AUTHZ_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_METRICS_ADDR",
+        value_name = "MAAS_AUTHZ_METRICS_ADDR",
+        default_value = "0.0.0.0:9090"
+    )]
     pub metrics_addr: SocketAddr,
     /// A MaaS manifest file or a directory of them (MaaSModelRef, MaaSSubscription, MaaSAuthPolicy).
-    #[arg(long, env = "MAAS_AUTHZ_POLICY_PATH", value_name = "MAAS_AUTHZ_POLICY_PATH")]
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_POLICY_PATH",
+        value_name = "MAAS_AUTHZ_POLICY_PATH"
+    )]
     pub policy_path: PathBuf,
     /// How often the policy files are checked for changes.
     #[arg(long, env = "MAAS_AUTHZ_POLICY_RELOAD_INTERVAL", value_name = "MAAS_AUTHZ_POLICY_RELOAD_INTERVAL", default_value = "2s", value_parser = positive_duration)]
     pub policy_reload_interval: Duration,
     /// Do not apply pending migrations at start-up (run `maas-authz migrate` yourself).
-    #[arg(long, env = "MAAS_AUTHZ_SKIP_MIGRATIONS", value_name = "MAAS_AUTHZ_SKIP_MIGRATIONS", default_value_t = false)]
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_SKIP_MIGRATIONS",
+        value_name = "MAAS_AUTHZ_SKIP_MIGRATIONS",
+        default_value_t = false
+    )]
     pub skip_migrations: bool,
     /// Keys held in the cache.
     #[arg(long, env = "MAAS_AUTHZ_CACHE_CAPACITY", value_name = "MAAS_AUTHZ_CACHE_CAPACITY", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
@@ -146,7 +181,11 @@ pub struct KeysCreate {
     #[arg(long, default_value = "90d", value_parser = positive_duration)]
     pub expires_in: Duration,
     /// Policy used to choose and check the subscription.
-    #[arg(long, env = "MAAS_AUTHZ_POLICY_PATH", value_name = "MAAS_AUTHZ_POLICY_PATH")]
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_POLICY_PATH",
+        value_name = "MAAS_AUTHZ_POLICY_PATH"
+    )]
     pub policy_path: Option<PathBuf>,
 }
 

@@ -8,7 +8,9 @@ use std::time::Duration;
 /// Why a duration string was refused; the message names the offending text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DurationError {
-    #[error("invalid duration {0:?}: expected a number with a unit, like 30s, 15m, 2h30m, 1.5h or 90d")]
+    #[error(
+        "invalid duration {0:?}: expected a number with a unit, like 30s, 15m, 2h30m, 1.5h or 90d"
+    )]
     Invalid(String),
     #[error("invalid duration {0:?}: negative durations are not allowed")]
     Negative(String),
@@ -113,7 +115,11 @@ mod tests {
             ("0", 0),
         ];
         for (text, seconds) in cases {
-            assert_eq!(parse_duration(text), Ok(Duration::from_secs(seconds)), "{text}");
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_secs(seconds)),
+                "{text}"
+            );
         }
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("1us"), Ok(Duration::from_micros(1)));
@@ -121,14 +127,31 @@ mod tests {
 
     #[test]
     fn refuses_what_go_and_upstream_refuse() {
-        for text in ["", "10", "1d12h", "h", "1x", "1.2.3s", ".s", "d", "1 h", "ten minutes"] {
+        for text in [
+            "",
+            "10",
+            "1d12h",
+            "h",
+            "1x",
+            "1.2.3s",
+            ".s",
+            "d",
+            "1 h",
+            "ten minutes",
+        ] {
             assert!(
                 matches!(parse_duration(text), Err(DurationError::Invalid(_))),
                 "{text:?} should be invalid"
             );
         }
-        assert_eq!(parse_duration("-1h"), Err(DurationError::Negative("-1h".into())));
-        assert!(matches!(parse_duration("9999999999h"), Err(DurationError::Overflow(_))));
+        assert_eq!(
+            parse_duration("-1h"),
+            Err(DurationError::Negative("-1h".into()))
+        );
+        assert!(matches!(
+            parse_duration("9999999999h"),
+            Err(DurationError::Overflow(_))
+        ));
     }
 
     #[test]

@@ -230,7 +230,11 @@ mod tests {
             let key = ApiKey::generate().unwrap();
             let text = key.expose();
             assert!(text.starts_with("sk-oai-"));
-            assert!((14..=MAX_KEY_ID_LEN).contains(&key.key_id().len()), "{}", key.key_id().len());
+            assert!(
+                (14..=MAX_KEY_ID_LEN).contains(&key.key_id().len()),
+                "{}",
+                key.key_id().len()
+            );
             assert!((38..=MAX_SECRET_LEN).contains(&key.secret().len()));
             let reparsed = ApiKey::parse(text).unwrap();
             assert_eq!(reparsed.hash(), key.hash());
@@ -275,13 +279,23 @@ mod tests {
             ("sk-oai-abc_dé", KeyFormatError::NotBase62),
             ("sk-oai-ab c_def", KeyFormatError::NotBase62),
             ("sk-oai-abc_def\n", KeyFormatError::NotBase62),
-            ("sk-oai-aaaaaaaaaaaaaaaaaa_def", KeyFormatError::BadKeyIdLength),
+            (
+                "sk-oai-aaaaaaaaaaaaaaaaaa_def",
+                KeyFormatError::BadKeyIdLength,
+            ),
         ];
         for (candidate, expected) in cases {
-            assert_eq!(ApiKey::parse(candidate).err(), Some(*expected), "{candidate:?}");
+            assert_eq!(
+                ApiKey::parse(candidate).err(),
+                Some(*expected),
+                "{candidate:?}"
+            );
         }
         let oversized = format!("sk-oai-abc_{}", "a".repeat(10_000));
-        assert_eq!(ApiKey::parse(&oversized).err(), Some(KeyFormatError::TooLong));
+        assert_eq!(
+            ApiKey::parse(&oversized).err(),
+            Some(KeyFormatError::TooLong)
+        );
     }
 
     #[test]

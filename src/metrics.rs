@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::authorizer::{CheckObserver, DenyReason};
@@ -13,8 +14,8 @@ use crate::store::postgres::{PoolState, QueryObserver};
 
 /// Check latencies are tens of microseconds on a hit and milliseconds on a miss.
 const CHECK_BUCKETS: &[f64] = &[
-    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01,
-    0.025, 0.05, 0.1, 0.25, 1.0,
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 1.0,
 ];
 const QUERY_BUCKETS: &[f64] = &[
     0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -43,7 +44,10 @@ impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new_custom(Some("maas_authz".into()), None)?;
         let decisions = IntCounterVec::new(
-            Opts::new("check_decisions_total", "Check decisions by outcome and reason"),
+            Opts::new(
+                "check_decisions_total",
+                "Check decisions by outcome and reason",
+            ),
             &["outcome", "reason"],
         )?;
         let check_seconds = Histogram::with_opts(

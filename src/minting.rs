@@ -112,8 +112,8 @@ pub async fn mint_key<S: KeyStore>(
         validate_group_name(group)?;
     }
     let key = ApiKey::generate().map_err(|e| MintError::Randomness(e.to_string()))?;
-    let lifetime = chrono::Duration::from_std(request.lifetime)
-        .map_err(|_| MintError::NonPositiveLifetime)?;
+    let lifetime =
+        chrono::Duration::from_std(request.lifetime).map_err(|_| MintError::NonPositiveLifetime)?;
     let new_key = NewKey {
         id: KeyRecordId::new_random(),
         username: request.username,
@@ -136,10 +136,19 @@ mod tests {
     #[test]
     fn key_names_follow_upstream_rules() {
         assert_eq!(validate_key_name("  bot  ").unwrap(), "bot");
-        assert!(matches!(validate_key_name("   "), Err(MintError::BlankName)));
-        assert!(matches!(validate_key_name(&"é".repeat(129)), Err(MintError::NameTooLong)));
+        assert!(matches!(
+            validate_key_name("   "),
+            Err(MintError::BlankName)
+        ));
+        assert!(matches!(
+            validate_key_name(&"é".repeat(129)),
+            Err(MintError::NameTooLong)
+        ));
         assert!(validate_key_name(&"é".repeat(128)).is_ok());
-        assert!(matches!(validate_key_name("a\u{7f}b"), Err(MintError::NameHasControlCharacters)));
+        assert!(matches!(
+            validate_key_name("a\u{7f}b"),
+            Err(MintError::NameHasControlCharacters)
+        ));
     }
 
     #[test]
@@ -155,7 +164,10 @@ mod tests {
     fn lifetimes_must_be_positive_and_within_the_maximum() {
         let day = Duration::from_secs(86_400);
         assert!(validate_lifetime(day, 90 * day).is_ok());
-        assert!(matches!(validate_lifetime(Duration::ZERO, day), Err(MintError::NonPositiveLifetime)));
+        assert!(matches!(
+            validate_lifetime(Duration::ZERO, day),
+            Err(MintError::NonPositiveLifetime)
+        ));
         let error = validate_lifetime(91 * day, 90 * day).unwrap_err();
         assert_eq!(
             error.to_string(),

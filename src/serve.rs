@@ -129,7 +129,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     );
     let shared_policy = Arc::new(ArcSwap::from_pointee(policy));
 
-    let store = Arc::new(PgKeyStore::connect(&pg_settings(&config.database), metrics.clone())?);
+    let store = Arc::new(PgKeyStore::connect(
+        &pg_settings(&config.database),
+        metrics.clone(),
+    )?);
     let cache = KeyCache::new(CacheSettings {
         capacity: config.cache_capacity,
         ttl: config.cache_ttl,
@@ -176,7 +179,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     let metrics_listener = TcpListener::bind(config.metrics_addr)
         .await
         .with_context(|| {
-            format!("cannot listen on MAAS_AUTHZ_METRICS_ADDR={}", config.metrics_addr)
+            format!(
+                "cannot listen on MAAS_AUTHZ_METRICS_ADDR={}",
+                config.metrics_addr
+            )
         })?;
     let metrics_addr = metrics_listener.local_addr()?;
 

@@ -1,1 +1,783 @@
-fn main() {}
+//! maas-authz-loadgen: drives Envoy-style ext_authz Check load at a real maas-authz (and optionally a do-nothing baseline server).
+//!
+//! Without `--target` it creates a throw-away database from the admin `--database-url`, starts
+//! maas-authz in-process on a loopback port (which migrates the database), mints `--keys` keys,
+//! runs the load and drops the database. With `--baseline` it first runs the identical load
+//! against a do-nothing ext_authz server in the same process, then prints both and the ratio.
+//!
+//! Client and server share the machine (and, in-process, the tokio runtime): on a small box the
+//! client's own CPU use caps the figures, which is why the baseline ratio matters more than the
+//! absolute requests per second.
+
+#![allow(clippy::print_stdout)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chrono::Utc;
+use clap::{Parser, ValueEnum};
+use envoy_types::pb::envoy::config::core::v3::{
+    HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
+};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
+    Authorization, AuthorizationServer,
+};
+use envoy_types::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest, CheckResponse, OkHttpResponse, check_response::HttpResponse,
+};
+use envoy_types::pb::google::rpc;
+use maas_authz::config::{DatabaseConfig, ServeConfig};
+use maas_authz::key::ApiKey;
+use maas_authz::minting::{MintRequest, mint_key};
+use maas_authz::serve::{RunningServer, start};
+use maas_authz::store::postgres::{NoQueryObserver, PgKeyStore, PgSettings};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Channel, Endpoint};
+
+const DEFAULT_TENANT: &str = "models-as-a-service";
+
+/// Load generator for maas-authz's Envoy ext_authz Check endpoint.
+#[derive(Debug, Parser)]
+#[command(name = "maas-authz-loadgen", version, about)]
+struct Args {
+    /// An already running maas-authz gRPC listener (HOST:PORT). Without it, one is started
+    /// in-process against a fresh database created from --database-url.
+    #[arg(long, value_name = "HOST:PORT")]
+    target: Option<String>,
+    /// Without --target: an admin PostgreSQL URL; a database `maas_authz_loadgen_<random>` is
+    /// created from it and dropped at the end. With --target: the target's own (migrated)
+    /// database, into which the `hit` keys are minted (they expire after one hour).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Tenant of the minted keys (with --target it must be the target's MAAS_AUTHZ_TENANT).
+    #[arg(long, default_value = DEFAULT_TENANT)]
+    tenant: String,
+    /// Keys minted for the `hit` scenario (free-tier user), used round-robin.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    keys: u32,
+    /// With --target and no --database-url: existing keys to use for `hit` (repeatable).
+    #[arg(long = "key", value_name = "KEY")]
+    existing_keys: Vec<String>,
+    /// Concurrent in-flight requests (client tasks), spread over the connections.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    streams: u32,
+    /// HTTP/2 connections (one tonic Channel each).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    connections: u32,
+    /// Measured time per run, e.g. 10s, 1m.
+    #[arg(long, default_value = "10s", value_parser = duration_arg)]
+    duration: Duration,
+    /// Unmeasured load before each run (fills caches, opens streams).
+    #[arg(long, default_value = "2s", value_parser = duration_arg)]
+    warmup: Duration,
+    /// The request path Envoy would report.
+    #[arg(long, default_value = "/simulator/v1/chat/completions")]
+    path: String,
+    /// hit: minted keys round-robin; unknown: well-formed keys that do not exist;
+    /// malformed: `Authorization: Bearer nope`.
+    #[arg(long, value_enum, default_value = "hit")]
+    scenario: Scenario,
+    /// For `unknown`: cycle over this many pre-generated keys (repeats hit the negative cache);
+    /// 0 sends a fresh random key every time (every request reaches the database).
+    #[arg(long, default_value_t = 0)]
+    unknown_keys: u32,
+    /// First run the identical load against a do-nothing ext_authz server in this process.
+    #[arg(long)]
+    baseline: bool,
+    /// Policy for the in-process server.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/policy"))]
+    policy_path: PathBuf,
+    /// Tokio worker threads shared by client and in-process servers (default: CPUs).
+    #[arg(long)]
+    worker_threads: Option<usize>,
+    /// Print one JSON object with every figure instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    Hit,
+    Unknown,
+    Malformed,
+}
+
+impl Scenario {
+    fn as_str(self) -> &'static str {
+        match self {
+            Scenario::Hit => "hit",
+            Scenario::Unknown => "unknown",
+            Scenario::Malformed => "malformed",
+        }
+    }
+}
+
+fn duration_arg(text: &str) -> Result<Duration, String> {
+    match maas_authz::duration::parse_duration(text) {
+        Ok(duration) => Ok(duration),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(threads) = args.worker_threads {
+        builder.worker_threads(threads);
+    }
+    let runtime = builder.build().context("cannot build the tokio runtime")?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    match &args.target {
+        Some(target) => {
+            let keys = match (args.scenario, &args.database_url) {
+                (Scenario::Hit, Some(url)) => mint_keys(url, &args.tenant, args.keys).await?,
+                (Scenario::Hit, None) if !args.existing_keys.is_empty() => args.existing_keys.clone(),
+                (Scenario::Hit, None) => bail!(
+                    "--scenario hit with --target needs keys: --database-url of the target's database (keys are minted there) or --key"
+                ),
+                _ => Vec::new(),
+            };
+            let target = target.clone();
+            measure_all(&args, &target, &keys).await
+        }
+        None => {
+            let admin_url = args.database_url.clone().context(
+                "without --target, --database-url (or DATABASE_URL) must name a PostgreSQL admin URL",
+            )?;
+            let database = ScratchDatabase::create(&admin_url).await?;
+            let outcome = with_server(&args, &database.url).await;
+            let dropped = database.drop_now().await;
+            outcome?;
+            dropped
+        }
+    }
+}
+
+/// Starts maas-authz on the scratch database, mints keys and runs the load; always stops it.
+async fn with_server(args: &Args, database_url: &str) -> anyhow::Result<()> {
+    let server = start(serve_config(args, database_url)).await?;
+    let outcome = async {
+        let keys = match args.scenario {
+            Scenario::Hit => mint_keys(database_url, &args.tenant, args.keys).await?,
+            _ => Vec::new(),
+        };
+        measure_all(args, &server.grpc_addr.to_string(), &keys).await
+    }
+    .await;
+    stop(server).await;
+    outcome
+}
+
+async fn stop(server: RunningServer) {
+    if let Err(error) = server.shutdown().await {
+        eprintln!("warning: maas-authz did not stop cleanly: {error:#}");
+    }
+}
+
+fn serve_config(args: &Args, database_url: &str) -> ServeConfig {
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    ServeConfig {
+        database: DatabaseConfig {
+            database_url: database_url.to_owned(),
+            tenant: args.tenant.clone(),
+            db_pool_size: 16,
+            db_query_timeout: Duration::from_secs(1),
+            db_connect_timeout: Duration::from_secs(3),
+        },
+        grpc_addr: loopback,
+        metrics_addr: loopback,
+        policy_path: args.policy_path.clone(),
+        policy_reload_interval: Duration::from_secs(2),
+        skip_migrations: false,
+        cache_capacity: 100_000,
+        cache_ttl: Duration::from_secs(30),
+        negative_cache_capacity: 10_000,
+        negative_cache_ttl: Duration::from_secs(5),
+        startup_timeout: Duration::from_secs(30),
+        shutdown_grace: Duration::from_secs(5),
+    }
+}
+
+/// Mints `count` free-tier keys (user `loadgen`, subscription `free`) and returns their plaintext.
+async fn mint_keys(database_url: &str, tenant: &str, count: u32) -> anyhow::Result<Vec<String>> {
+    let store = PgKeyStore::connect(
+        &PgSettings {
+            database_url: database_url.to_owned(),
+            tenant: tenant.to_owned(),
+            pool_size: 2,
+            query_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+        },
+        NoQueryObserver,
+    )?;
+    let mut keys = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        let minted = mint_key(
+            &store,
+            MintRequest {
+                username: "loadgen".to_owned(),
+                groups: vec!["system:authenticated".to_owned()],
+                name: format!("loadgen-{i}"),
+                description: Some("maas-authz-loadgen".to_owned()),
+                subscription: "free".to_owned(),
+                lifetime: Duration::from_secs(3_600),
+                ephemeral: false,
+            },
+            Utc::now(),
+        )
+        .await
+        .context("cannot mint a load-test key")?;
+        keys.push(minted.key.expose().to_owned());
+    }
+    Ok(keys)
+}
+
+/// A database that lives for one run.
+struct ScratchDatabase {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl ScratchDatabase {
+    async fn create(admin_url: &str) -> anyhow::Result<Self> {
+        let mut random = [0u8; 8];
+        getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("randomness: {e}"))?;
+        let name = format!("maas_authz_loadgen_{}", hex::encode(random));
+        admin_client(admin_url)
+            .await?
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .with_context(|| format!("cannot create database {name}"))?;
+        let url = with_database(admin_url, &name);
+        Ok(Self {
+            admin_url: admin_url.to_owned(),
+            name,
+            url,
+        })
+    }
+
+    async fn drop_now(self) -> anyhow::Result<()> {
+        admin_client(&self.admin_url)
+            .await?
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .await
+            .with_context(|| format!("cannot drop database {}", self.name))
+    }
+}
+
+async fn admin_client(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .context("cannot connect to the admin database URL")?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// `url` with its database name replaced.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |i| authority_start + i);
+    let mut out = format!("{}/{database}", &base[..path_start]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+/// The baseline (when asked) and then the target, under identical load; prints the report.
+async fn measure_all(args: &Args, target: &str, keys: &[String]) -> anyhow::Result<()> {
+    let baseline = if args.baseline {
+        let server = BaselineServer::start().await?;
+        let result = measure(args, &server.addr.to_string(), keys).await;
+        server.stop().await;
+        Some(result?)
+    } else {
+        None
+    };
+    let measured = measure(args, target, keys).await?;
+    report(args, baseline.as_ref(), &measured);
+    Ok(())
+}
+
+/// What one stream saw in the measured window.
+#[derive(Debug, Default)]
+struct StreamTally {
+    latencies_us: Vec<u32>,
+    allowed: u64,
+    denied: u64,
+    errors: u64,
+}
+
+/// Figures of one run.
+#[derive(Debug)]
+struct RunResult {
+    target: String,
+    requests: u64,
+    seconds: f64,
+    allowed: u64,
+    denied: u64,
+    errors: u64,
+    p50_us: u32,
+    p99_us: u32,
+    p999_us: u32,
+    max_us: u32,
+    mean_us: f64,
+    /// Process CPU (user + system, client and any in-process servers) per measured request.
+    cpu_us_per_request: Option<f64>,
+    /// Process CPU over wall time in the measured window (2.0 = both cores busy on 2 CPUs).
+    cpu_utilisation: Option<f64>,
+    first_error: Option<String>,
+}
+
+impl RunResult {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+}
+
+/// Where requests come from: pre-built CheckRequests cycled per stream, or fresh unknown keys.
+#[derive(Clone)]
+enum RequestSource {
+    Fixed(Arc<Vec<CheckRequest>>),
+    FreshUnknown(Arc<str>),
+}
+
+impl RequestSource {
+    fn new(args: &Args, keys: &[String]) -> anyhow::Result<Self> {
+        let bearer = |key: &str| format!("Bearer {key}");
+        let fixed = |headers: Vec<String>| {
+            Self::Fixed(Arc::new(
+                headers.iter().map(|h| check_request(&args.path, h)).collect(),
+            ))
+        };
+        Ok(match args.scenario {
+            Scenario::Hit => {
+                if keys.is_empty() {
+                    bail!("no keys for the hit scenario");
+                }
+                fixed(keys.iter().map(|k| bearer(k)).collect())
+            }
+            Scenario::Malformed => fixed(vec!["Bearer nope".to_owned()]),
+            Scenario::Unknown if args.unknown_keys == 0 => {
+                Self::FreshUnknown(Arc::from(args.path.as_str()))
+            }
+            Scenario::Unknown => {
+                let mut headers = Vec::with_capacity(args.unknown_keys as usize);
+                for _ in 0..args.unknown_keys {
+                    headers.push(bearer(generate_key()?.expose()));
+                }
+                fixed(headers)
+            }
+        })
+    }
+
+    fn request(&self, n: usize) -> anyhow::Result<CheckRequest> {
+        Ok(match self {
+            Self::Fixed(requests) => requests[n % requests.len()].clone(),
+            Self::FreshUnknown(path) => {
+                check_request(path, &format!("Bearer {}", generate_key()?.expose()))
+            }
+        })
+    }
+}
+
+fn generate_key() -> anyhow::Result<ApiKey> {
+    ApiKey::generate().map_err(|e| anyhow::anyhow!("randomness: {e}"))
+}
+
+/// A CheckRequest as Envoy sends it for a chat call: pseudo-headers and a few client headers.
+fn check_request(path: &str, authorization: &str) -> CheckRequest {
+    let headers = [
+        (":authority", "gateway.local"),
+        (":method", "POST"),
+        (":path", path),
+        (":scheme", "https"),
+        ("authorization", authorization),
+        ("content-type", "application/json"),
+        ("user-agent", "maas-authz-loadgen"),
+        ("x-request-id", "5b3c6f8e-5f3a-4e4b-9d8a-7a1e2f0c9b11"),
+    ];
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "POST".to_owned(),
+                    path: path.to_owned(),
+                    host: "gateway.local".to_owned(),
+                    scheme: "https".to_owned(),
+                    protocol: "HTTP/1.1".to_owned(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Runs warm-up then the measured window against `target` and collects every stream's tally.
+async fn measure(args: &Args, target: &str, keys: &[String]) -> anyhow::Result<RunResult> {
+    let source = RequestSource::new(args, keys)?;
+    let uri = format!("http://{target}");
+    let mut channels = Vec::with_capacity(args.connections as usize);
+    for _ in 0..args.connections {
+        // One Channel is one HTTP/2 connection; clones share it.
+        let channel = Endpoint::from_shared(uri.clone())
+            .context("invalid --target")?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to {target}"))?;
+        channels.push(channel);
+    }
+    let started = Instant::now();
+    let window_start = started + args.warmup;
+    let window_end = window_start + args.duration;
+    let (first_error_tx, first_error_rx) = watch::channel(None::<String>);
+    let mut tasks = Vec::with_capacity(args.streams as usize);
+    for stream in 0..args.streams as usize {
+        let channel = channels[stream % channels.len()].clone();
+        let source = source.clone();
+        let first_error = first_error_tx.clone();
+        // Each stream starts at a different key so the load spreads over all of them.
+        let offset = stream * 7919;
+        tasks.push(tokio::spawn(drive_stream(
+            channel,
+            source,
+            offset,
+            window_start,
+            window_end,
+            first_error,
+        )));
+    }
+    drop(first_error_tx);
+    let cpu_before = wait_until_and_read_cpu(window_start).await;
+    let cpu_after = wait_until_and_read_cpu(window_end).await;
+    let mut latencies = Vec::new();
+    let (mut allowed, mut denied, mut errors) = (0, 0, 0);
+    for task in tasks {
+        let tally = task.await.context("a client stream panicked")??;
+        latencies.extend_from_slice(&tally.latencies_us);
+        allowed += tally.allowed;
+        denied += tally.denied;
+        errors += tally.errors;
+    }
+    latencies.sort_unstable();
+    let requests = latencies.len() as u64;
+    let seconds = args.duration.as_secs_f64();
+    let percentile = |p: f64| -> u32 {
+        if latencies.is_empty() {
+            return 0;
+        }
+        let rank = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
+        latencies[rank - 1]
+    };
+    let mean_us = if latencies.is_empty() {
+        0.0
+    } else {
+        latencies.iter().map(|&l| f64::from(l)).sum::<f64>() / latencies.len() as f64
+    };
+    let cpu_seconds = match (cpu_before, cpu_after) {
+        (Some(before), Some(after)) => Some(after - before),
+        _ => None,
+    };
+    let first_error = first_error_rx.borrow().clone();
+    Ok(RunResult {
+        target: target.to_owned(),
+        requests,
+        seconds,
+        allowed,
+        denied,
+        errors,
+        p50_us: percentile(0.50),
+        p99_us: percentile(0.99),
+        p999_us: percentile(0.999),
+        max_us: latencies.last().copied().unwrap_or(0),
+        mean_us,
+        cpu_us_per_request: cpu_seconds
+            .filter(|_| requests > 0)
+            .map(|cpu| cpu * 1e6 / requests as f64),
+        cpu_utilisation: cpu_seconds.map(|cpu| cpu / seconds),
+        first_error,
+    })
+}
+
+/// One in-flight request at a time, back to back, until the window closes. Only requests sent
+/// and answered inside the window are counted.
+async fn drive_stream(
+    channel: Channel,
+    source: RequestSource,
+    offset: usize,
+    window_start: Instant,
+    window_end: Instant,
+    first_error: watch::Sender<Option<String>>,
+) -> anyhow::Result<StreamTally> {
+    let mut client = AuthorizationClient::new(channel);
+    let mut tally = StreamTally::default();
+    let mut n = offset;
+    loop {
+        let request = tonic::Request::new(source.request(n)?);
+        n = n.wrapping_add(1);
+        let sent = Instant::now();
+        if sent >= window_end {
+            break;
+        }
+        let outcome = client.check(request).await;
+        let done = Instant::now();
+        if sent < window_start || done > window_end {
+            continue;
+        }
+        let micros = u32::try_from(done.duration_since(sent).as_micros()).unwrap_or(u32::MAX);
+        tally.latencies_us.push(micros);
+        match outcome {
+            Ok(response) => {
+                let code = response.get_ref().status.as_ref().map_or(0, |s| s.code);
+                if code == 0 {
+                    tally.allowed += 1;
+                } else {
+                    tally.denied += 1;
+                }
+            }
+            Err(status) => {
+                tally.errors += 1;
+                first_error.send_if_modified(|first| {
+                    if first.is_none() {
+                        *first = Some(format!("{}: {}", status.code(), status.message()));
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
+        }
+    }
+    Ok(tally)
+}
+
+async fn wait_until_and_read_cpu(when: Instant) -> Option<f64> {
+    tokio::time::sleep_until(when.into()).await;
+    process_cpu_seconds()
+}
+
+/// User + system CPU of this process (all threads), from /proc; `None` off Linux.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    // USER_HZ is 100 on every Linux architecture tokio supports.
+    Some((utime + stime) / 100.0)
+}
+
+/// An ext_authz server that does no work: OK with one header, for the comparison.
+#[derive(Debug, Clone, Copy)]
+struct DoNothing;
+
+#[tonic::async_trait]
+impl Authorization for DoNothing {
+    async fn check(
+        &self,
+        _request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        Ok(tonic::Response::new(CheckResponse {
+            status: Some(rpc::Status {
+                code: 0,
+                ..Default::default()
+            }),
+            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+                headers: vec![HeaderValueOption {
+                    header: Some(HeaderValue {
+                        key: "x-maas-username".to_owned(),
+                        value: "baseline".to_owned(),
+                        ..Default::default()
+                    }),
+                    append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })),
+            dynamic_metadata: None,
+        }))
+    }
+}
+
+/// The do-nothing server on a free loopback port, served like maas-authz serves (tonic, nodelay).
+struct BaselineServer {
+    addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl BaselineServer {
+    async fn start() -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .context("cannot bind the baseline server")?;
+        let addr = listener.local_addr()?;
+        let (shutdown, mut stop) = watch::channel(false);
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let task = tokio::spawn(
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(AuthorizationServer::new(DoNothing))
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                }),
+        );
+        Ok(Self {
+            addr,
+            shutdown,
+            task,
+        })
+    }
+
+    async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        match tokio::time::timeout(Duration::from_secs(5), self.task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => eprintln!("warning: baseline server failed: {error}"),
+            Ok(Err(error)) => eprintln!("warning: baseline server panicked: {error}"),
+            Err(_) => eprintln!("warning: baseline server did not stop within 5s"),
+        }
+    }
+}
+
+fn caveat(cpus: usize, in_process: bool) -> String {
+    let runtime = if in_process { " and one tokio runtime" } else { "" };
+    format!(
+        "client and server(s) share this machine ({cpus} CPUs){runtime} and talk over loopback: \
+         figures are a lower bound for the server alone"
+    )
+}
+
+fn report(args: &Args, baseline: Option<&RunResult>, measured: &RunResult) {
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let ratio = baseline.map(|b| measured.rps() / b.rps());
+    if args.json {
+        let run_json = |r: &RunResult| {
+            serde_json::json!({
+                "target": r.target,
+                "requests": r.requests,
+                "seconds": r.seconds,
+                "rps": r.rps(),
+                "allowed": r.allowed,
+                "denied": r.denied,
+                "errors": r.errors,
+                "first_error": r.first_error,
+                "latency_us": {
+                    "mean": r.mean_us,
+                    "p50": r.p50_us,
+                    "p99": r.p99_us,
+                    "p99_9": r.p999_us,
+                    "max": r.max_us,
+                },
+                "cpu_us_per_request": r.cpu_us_per_request,
+                "cpu_utilisation": r.cpu_utilisation,
+            })
+        };
+        let object = serde_json::json!({
+            "scenario": args.scenario.as_str(),
+            "path": args.path,
+            "streams": args.streams,
+            "connections": args.connections,
+            "warmup_s": args.warmup.as_secs_f64(),
+            "duration_s": args.duration.as_secs_f64(),
+            "keys": if args.scenario == Scenario::Hit { Some(args.keys) } else { None },
+            "in_process_server": args.target.is_none(),
+            "cpus": cpus,
+            "worker_threads": args.worker_threads.unwrap_or(cpus),
+            "caveat": caveat(cpus, args.target.is_none()),
+            "baseline": baseline.map(run_json),
+            "maas_authz": run_json(measured),
+            "ratio_rps_vs_baseline": ratio,
+        });
+        println!("{object}");
+        return;
+    }
+    println!(
+        "scenario={} path={} streams={} connections={} warmup={:?} duration={:?}{}",
+        args.scenario.as_str(),
+        args.path,
+        args.streams,
+        args.connections,
+        args.warmup,
+        args.duration,
+        if args.scenario == Scenario::Hit {
+            format!(" keys={}", args.keys)
+        } else {
+            String::new()
+        }
+    );
+    println!("note: {}", caveat(cpus, args.target.is_none()));
+    println!(
+        "{:<12} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9}",
+        "server", "req/s", "mean", "p50", "p99", "p99.9", "max", "allowed", "denied", "errors", "cpu/req"
+    );
+    let line = |name: &str, r: &RunResult| {
+        println!(
+            "{:<12} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9}",
+            name,
+            r.rps(),
+            micros(r.mean_us),
+            micros(f64::from(r.p50_us)),
+            micros(f64::from(r.p99_us)),
+            micros(f64::from(r.p999_us)),
+            micros(f64::from(r.max_us)),
+            r.allowed,
+            r.denied,
+            r.errors,
+            r.cpu_us_per_request.map_or_else(|| "-".to_owned(), micros),
+        );
+        if let Some(error) = &r.first_error {
+            println!("{:<12} first error: {error}", "");
+        }
+    };
+    if let Some(baseline) = baseline {
+        line("baseline", baseline);
+    }
+    line("maas-authz", measured);
+    if let Some(ratio) = ratio {
+        println!("throughput ratio maas-authz/baseline: {ratio:.3}");
+    }
+}
+
+fn micros(us: f64) -> String {
+    if us >= 1_000.0 {
+        format!("{:.2}ms", us / 1_000.0)
+    } else {
+        format!("{us:.0}µs")
+    }
+}

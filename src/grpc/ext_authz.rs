@@ -7,11 +7,11 @@ use std::time::Instant;
 use envoy_types::pb::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
 };
-use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode as HttpStatusCode};
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::{
     CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response::HttpResponse,
 };
+use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode as HttpStatusCode};
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
@@ -66,8 +66,13 @@ impl<S, O, D> ExtAuthzService<S, O, D> {
 }
 
 #[tonic::async_trait]
-impl<S: KeyStore, O: CheckObserver, D: DecisionObserver> Authorization for ExtAuthzService<S, O, D> {
-    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+impl<S: KeyStore, O: CheckObserver, D: DecisionObserver> Authorization
+    for ExtAuthzService<S, O, D>
+{
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
         let started = Instant::now();
         let request = request.into_inner();
         let http = request
@@ -161,7 +166,10 @@ fn allow_response(allowed: &Allowed) -> CheckResponse {
             ("groups_str".to_owned(), string_value(&key.groups.join(","))),
             ("key_id".to_owned(), string_value(&key_id)),
             ("key_name".to_owned(), string_value(&key.name)),
-            ("subscription".to_owned(), string_value(&allowed.subscription)),
+            (
+                "subscription".to_owned(),
+                string_value(&allowed.subscription),
+            ),
             ("tier".to_owned(), string_value(&allowed.tier)),
             ("model".to_owned(), string_value(&model)),
             (

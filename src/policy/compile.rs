@@ -6,12 +6,13 @@ use std::collections::hash_map::Entry;
 
 use super::error::IssueLog;
 use super::manifest::{
-    AuthPolicySpec, Document, Kind, Manifest, ModelRefSpec, Origin, SubscriptionSpec, parse_source,
+    AuthPolicySpec, Document, Kind, Manifest, Metadata, ModelRefSpec, Origin, SubscriptionSpec,
+    parse_source,
 };
 use super::source::{SourceFile, fingerprint};
 use super::{
-    Grant, Model, ModelIndex, ModelLookupError, Policy, PolicyError, Subscription,
-    SubscriptionModel,
+    DEFAULT_NAMESPACE, Grant, Model, ModelIndex, ModelLookupError, Policy, PolicyError,
+    Subscription, SubscriptionModel,
 };
 
 /// Parses every source and compiles them into one policy, or reports every problem found.
@@ -88,7 +89,7 @@ fn without_duplicates(documents: Vec<Document>, issues: &mut IssueLog) -> Vec<Do
     unique
 }
 
-fn add_model(policy: &mut Policy, metadata: &super::manifest::Metadata, spec: ModelRefSpec) {
+fn add_model(policy: &mut Policy, metadata: &Metadata, spec: ModelRefSpec) {
     let position = policy.models.len();
     policy.models.push(Model {
         namespace: metadata.namespace.clone(),
@@ -108,7 +109,7 @@ fn add_model(policy: &mut Policy, metadata: &super::manifest::Metadata, spec: Mo
 fn build_subscription(
     policy: &Policy,
     origin: &Origin,
-    metadata: super::manifest::Metadata,
+    metadata: Metadata,
     spec: SubscriptionSpec,
     issues: &mut IssueLog,
 ) -> Subscription {
@@ -227,9 +228,10 @@ fn index_subscriptions(policy: &mut Policy) {
     for (name, positions) in positions_by_name {
         let chosen = match positions.as_slice() {
             [only] => Some(*only),
-            several => several.iter().copied().find(|&position| {
-                policy.subscriptions[position].namespace == super::DEFAULT_NAMESPACE
-            }),
+            several => several
+                .iter()
+                .copied()
+                .find(|&position| policy.subscriptions[position].namespace == DEFAULT_NAMESPACE),
         };
         if let Some(position) = chosen {
             policy

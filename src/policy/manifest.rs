@@ -1,7 +1,7 @@
 //! Turns YAML documents into typed MaaS manifests, reporting every problem with its field path.
 
 use std::collections::BTreeMap;
-use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::panic::catch_unwind;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -178,7 +178,7 @@ pub(super) fn parse_source(
 
     // The parser has panicking paths for malformed event streams; a policy file must never be
     // able to take the process down, so a panic becomes one more issue.
-    let (values, yaml_error) = match catch_unwind(AssertUnwindSafe(|| split_documents(text))) {
+    let (values, yaml_error) = match catch_unwind(|| split_documents(text)) {
         Ok(split) => split,
         Err(_) => {
             let message = "the YAML parser failed on this file".to_owned();
@@ -286,15 +286,11 @@ fn parse_document(
         return None;
     }
     let mut found = FieldIssues::default();
-    let root = Field::root(value);
-    let (object, header) = match root.object(&mut found) {
-        Some(object) => {
-            let header = read_header(&object, &mut found);
-            (Some(object), header)
-        }
-        None => (None, None),
+    let Some(object) = Field::root(value).object(&mut found) else {
+        flush(context, None, found, issues);
+        return None;
     };
-    let (Some(object), Some((api_version, kind_name))) = (object, header) else {
+    let Some((api_version, kind_name)) = read_header(&object, &mut found) else {
         flush(context, None, found, issues);
         return None;
     };
@@ -438,55 +434,55 @@ fn read_metadata(metadata: &Object<'_>, found: &mut FieldIssues) -> Option<Metad
 }
 
 fn read_model_ref(spec: &Object<'_>, found: &mut FieldIssues) -> Option<ModelRefSpec> {
-    let backend = spec
+    let backend_namespace = spec
         .required("modelRef", found)
-        .and_then(|field| field.object(found));
-    let mut backend_namespace = None;
-    let mut backend_complete = false;
-    if let Some(backend) = backend {
-        let kind = backend
-            .required("kind", found)
-            .and_then(|field| field.non_empty_string(found));
-        let name = backend
-            .required("name", found)
-            .and_then(|field| field.non_empty_string(found));
-        let namespace_ok = match backend.optional("namespace") {
-            Some(field) => {
-                backend_namespace = checked(
-                    &field,
-                    field.string(found),
-                    is_namespace,
-                    NAMESPACE_RULE,
-                    found,
-                );
-                backend_namespace.is_some()
-            }
-            None => true,
-        };
-        backend_complete = kind.is_some() && name.is_some() && namespace_ok;
-    }
-
-    let mut endpoint_ok = true;
-    let endpoint = spec.optional("endpoint").and_then(|field| {
-        let text = field.non_empty_string(found);
-        endpoint_ok = text.is_some();
-        let text = text?;
-        if is_http_url(text) {
-            Some(text.to_owned())
-        } else {
-            found.at(
-                field.path(),
-                format!("{text:?} is not an absolute http:// or https:// URL"),
-            );
-            endpoint_ok = false;
-            None
-        }
-    });
-
-    (backend_complete && endpoint_ok).then(|| ModelRefSpec {
-        backend_namespace: backend_namespace.map(str::to_owned),
-        endpoint,
+        .and_then(|field| field.object(found))
+        .and_then(|backend| read_backend_namespace(&backend, found));
+    let endpoint = match spec.optional("endpoint") {
+        Some(field) => read_endpoint(&field, found).map(Some),
+        None => Some(None),
+    };
+    Some(ModelRefSpec {
+        backend_namespace: backend_namespace?,
+        endpoint: endpoint?,
     })
+}
+
+/// Checks `spec.modelRef` and returns its optional namespace; `None` when the block is invalid.
+fn read_backend_namespace(backend: &Object<'_>, found: &mut FieldIssues) -> Option<Option<String>> {
+    let kind = backend
+        .required("kind", found)
+        .and_then(|field| field.non_empty_string(found));
+    let name = backend
+        .required("name", found)
+        .and_then(|field| field.non_empty_string(found));
+    let namespace = match backend.optional("namespace") {
+        Some(field) => checked(
+            &field,
+            field.string(found),
+            is_namespace,
+            NAMESPACE_RULE,
+            found,
+        )
+        .map(|namespace| Some(namespace.to_owned())),
+        None => Some(None),
+    };
+    kind?;
+    name?;
+    namespace
+}
+
+fn read_endpoint(field: &Field<'_>, found: &mut FieldIssues) -> Option<String> {
+    let text = field.non_empty_string(found)?;
+    if is_http_url(text) {
+        Some(text.to_owned())
+    } else {
+        found.at(
+            field.path(),
+            format!("{text:?} is not an absolute http:// or https:// URL"),
+        );
+        None
+    }
 }
 
 fn read_subscription(spec: &Object<'_>, found: &mut FieldIssues) -> Option<SubscriptionSpec> {

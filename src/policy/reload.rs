@@ -1,7 +1,7 @@
 //! Watches the policy path and swaps in a new `Policy` when its contents change and validate.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,10 +105,6 @@ impl PolicyReloader {
                 })
             }
             Outcome::Loaded(policy) => {
-                let event = ReloadEvent::Reloaded {
-                    fingerprint: policy.fingerprint().to_owned(),
-                    counts: policy.counts(),
-                };
                 let counts = policy.counts();
                 tracing::info!(
                     path = %self.path.display(),
@@ -118,16 +114,20 @@ impl PolicyReloader {
                     auth_policies = counts.auth_policies,
                     "policy reloaded"
                 );
-                self.last_seen = LastSeen::Contents(policy.fingerprint().to_owned());
+                let fingerprint = policy.fingerprint().to_owned();
+                self.last_seen = LastSeen::Contents(fingerprint.clone());
                 self.shared.store(Arc::from(policy));
-                Some(event)
+                Some(ReloadEvent::Reloaded {
+                    fingerprint,
+                    counts,
+                })
             }
             Outcome::Invalid { digest, error } => {
                 self.last_seen = LastSeen::Contents(digest);
                 Some(self.reject(error))
             }
             Outcome::ReadFailed(error) => {
-                if self.last_seen == LastSeen::ReadFailure(error.clone()) {
+                if matches!(&self.last_seen, LastSeen::ReadFailure(seen) if *seen == error) {
                     return None;
                 }
                 self.last_seen = LastSeen::ReadFailure(error.clone());
@@ -161,13 +161,13 @@ enum Outcome {
     ReadFailed(String),
 }
 
-fn poll_files(path: &std::path::Path, last_seen: &LastSeen, active_fingerprint: &str) -> Outcome {
+fn poll_files(path: &Path, last_seen: &LastSeen, active_fingerprint: &str) -> Outcome {
     let sources = match read_sources(path) {
         Ok(sources) => sources,
         Err(error) => return Outcome::ReadFailed(error.to_string()),
     };
     let digest = fingerprint(&sources);
-    if *last_seen == LastSeen::Contents(digest.clone()) {
+    if matches!(last_seen, LastSeen::Contents(seen) if *seen == digest) {
         return Outcome::Unchanged;
     }
     if digest == active_fingerprint {
@@ -185,7 +185,6 @@ fn poll_files(path: &std::path::Path, last_seen: &LastSeen, active_fingerprint: 
 #[cfg(test)]
 mod tests {
     use std::fs;
-    use std::path::Path;
     use std::sync::Mutex;
 
     use super::*;
@@ -221,6 +220,13 @@ kind: MaaSModelRef
 metadata:
   name: simulator
 ";
+
+    /// Replaces a file in one step, as a poll may land halfway through a plain write.
+    fn replace_file(path: &Path, text: &str) {
+        let staging = path.with_file_name(".staging");
+        fs::write(&staging, text).unwrap();
+        fs::rename(&staging, path).unwrap();
+    }
 
     fn shared_policy_from(dir: &Path) -> Arc<ArcSwap<Policy>> {
         Arc::new(ArcSwap::from_pointee(Policy::load(dir).unwrap()))
@@ -277,7 +283,7 @@ metadata:
         let shared = shared_policy_from(dir.path());
         let reloader = start_reloader(dir.path(), &shared);
 
-        fs::write(dir.path().join("models.yaml"), TWO_MODELS).unwrap();
+        replace_file(&dir.path().join("models.yaml"), TWO_MODELS);
         eventually("the second model to appear", || {
             shared.load().counts().models == 2
         })
@@ -296,7 +302,7 @@ metadata:
         let shared = shared_policy_from(dir.path());
         let reloader = start_reloader(dir.path(), &shared);
 
-        fs::write(dir.path().join("models.yaml"), TWO_MODELS).unwrap();
+        replace_file(&dir.path().join("models.yaml"), TWO_MODELS);
         eventually("a reload event", || !reloader.events().is_empty()).await;
         let events = reloader.events();
         reloader.stop().await;
@@ -320,11 +326,11 @@ metadata:
         let good_fingerprint = shared.load().fingerprint().to_owned();
         let reloader = start_reloader(dir.path(), &shared);
 
-        fs::write(dir.path().join("models.yaml"), BROKEN).unwrap();
+        replace_file(&dir.path().join("models.yaml"), BROKEN);
         eventually("a rejection", || !reloader.events().is_empty()).await;
         let after_broken = reloader.events();
         let fingerprint_after_broken = shared.load().fingerprint().to_owned();
-        fs::write(dir.path().join("models.yaml"), TWO_MODELS).unwrap();
+        replace_file(&dir.path().join("models.yaml"), TWO_MODELS);
         eventually("the valid change to load", || {
             shared.load().counts().models == 2
         })
@@ -366,7 +372,7 @@ metadata:
         let good_fingerprint = shared.load().fingerprint().to_owned();
         let mut reloader = PolicyReloader::new(dir.path().to_path_buf(), Arc::clone(&shared));
 
-        fs::write(dir.path().join("models.yaml"), BROKEN).unwrap();
+        replace_file(&dir.path().join("models.yaml"), BROKEN);
         let first = reloader.check().await;
         let second = reloader.check().await;
         fs::write(dir.path().join("models.yaml"), ONE_MODEL).unwrap();

@@ -6,6 +6,8 @@
 
 use tokio_postgres::Client;
 
+use super::sql;
+
 /// One embedded migration.
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {
@@ -16,19 +18,43 @@ pub struct Migration {
 
 /// Every migration, in order. Append only: never edit or renumber a released file.
 pub const MIGRATIONS: &[Migration] = &[
-    migration(1, "create_api_keys", include_str!("../../migrations/0001_create_api_keys.sql")),
-    migration(2, "ephemeral_keys", include_str!("../../migrations/0002_ephemeral_keys.sql")),
-    migration(3, "subscription_binding", include_str!("../../migrations/0003_subscription_binding.sql")),
-    migration(4, "tenant", include_str!("../../migrations/0004_tenant.sql")),
-    migration(5, "key_hash_unique_per_tenant", include_str!("../../migrations/0005_key_hash_unique_per_tenant.sql")),
-    migration(6, "labels", include_str!("../../migrations/0006_labels.sql")),
+    migration(
+        1,
+        "create_api_keys",
+        include_str!("../../migrations/0001_create_api_keys.sql"),
+    ),
+    migration(
+        2,
+        "ephemeral_keys",
+        include_str!("../../migrations/0002_ephemeral_keys.sql"),
+    ),
+    migration(
+        3,
+        "subscription_binding",
+        include_str!("../../migrations/0003_subscription_binding.sql"),
+    ),
+    migration(
+        4,
+        "tenant",
+        include_str!("../../migrations/0004_tenant.sql"),
+    ),
+    migration(
+        5,
+        "key_hash_unique_per_tenant",
+        include_str!("../../migrations/0005_key_hash_unique_per_tenant.sql"),
+    ),
+    migration(
+        6,
+        "labels",
+        include_str!("../../migrations/0006_labels.sql"),
+    ),
 ];
 
 /// The upstream golang-migrate version whose schema ours includes.
 const UPSTREAM_SCHEMA_VERSION: i64 = 6;
 
 /// Arbitrary but fixed: every replica takes this advisory lock around migrating.
-const MIGRATION_LOCK_KEY: i64 = 0x6d61_6173_6d69_67; // "maasmig"
+const MIGRATION_LOCK_KEY: i64 = 0x006d_6161_736d_6967; // "maasmig"
 
 const fn migration(version: i32, name: &'static str, sql: &'static str) -> Migration {
     Migration { version, name, sql }
@@ -51,7 +77,9 @@ pub enum MigrateError {
     },
     #[error("migration bookkeeping failed: {0}")]
     Bookkeeping(#[from] tokio_postgres::Error),
-    #[error("the database has migration {0} which this build does not know; refusing to run an older build against a newer schema")]
+    #[error(
+        "the database has migration {0} which this build does not know; refusing to run an older build against a newer schema"
+    )]
     UnknownVersion(i32),
 }
 
@@ -59,24 +87,9 @@ pub enum MigrateError {
 /// concurrent callers wait and then find nothing left to do.
 pub async fn run_migrations(client: &mut Client) -> Result<MigrationReport, MigrateError> {
     let transaction = client.transaction().await?;
-    transaction
-        .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
-        .await?;
-    transaction
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS maas_authz_schema_migrations (
-                 version    INTEGER PRIMARY KEY,
-                 name       TEXT NOT NULL,
-                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
-             )",
-        )
-        .await?;
-    let applied_versions: Vec<i32> = transaction
-        .query("SELECT version FROM maas_authz_schema_migrations", &[])
-        .await?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
+    sql::lock_migrations(&transaction, MIGRATION_LOCK_KEY).await?;
+    sql::create_migrations_table(&transaction).await?;
+    let applied_versions = sql::select_applied_migrations(&transaction).await?;
     if let Some(unknown) = applied_versions
         .iter()
         .find(|v| !MIGRATIONS.iter().any(|m| m.version == **v))
@@ -96,12 +109,7 @@ pub async fn run_migrations(client: &mut Client) -> Result<MigrationReport, Migr
                 name: migration.name,
                 source,
             })?;
-        transaction
-            .execute(
-                "INSERT INTO maas_authz_schema_migrations (version, name) VALUES ($1, $2)",
-                &[&migration.version, &migration.name],
-            )
-            .await?;
+        sql::insert_applied_migration(&transaction, migration.version, migration.name).await?;
         applied.push(migration.version);
     }
     record_upstream_version(&transaction).await?;
@@ -116,33 +124,9 @@ pub async fn run_migrations(client: &mut Client) -> Result<MigrationReport, Migr
 async fn record_upstream_version(
     transaction: &tokio_postgres::Transaction<'_>,
 ) -> Result<(), tokio_postgres::Error> {
-    transaction
-        .batch_execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
-                 version BIGINT NOT NULL PRIMARY KEY,
-                 dirty   BOOLEAN NOT NULL
-             )",
-        )
-        .await?;
-    let current: Option<i64> = transaction
-        .query_opt("SELECT version FROM schema_migrations LIMIT 1", &[])
-        .await?
-        .map(|row| row.get(0));
-    match current {
+    sql::create_upstream_migrations_table(transaction).await?;
+    match sql::select_upstream_migration_version(transaction).await? {
         Some(version) if version >= UPSTREAM_SCHEMA_VERSION => Ok(()),
-        Some(_) => transaction
-            .execute(
-                "UPDATE schema_migrations SET version = $1, dirty = false",
-                &[&UPSTREAM_SCHEMA_VERSION],
-            )
-            .await
-            .map(drop),
-        None => transaction
-            .execute(
-                "INSERT INTO schema_migrations (version, dirty) VALUES ($1, false)",
-                &[&UPSTREAM_SCHEMA_VERSION],
-            )
-            .await
-            .map(drop),
+        _ => sql::set_upstream_migration_version(transaction, UPSTREAM_SCHEMA_VERSION).await,
     }
 }

@@ -132,7 +132,10 @@ pub trait KeyStore: Send + Sync + 'static {
         hash: &KeyHash,
     ) -> impl Future<Output = Result<Option<KeyRecord>, StoreError>> + Send;
 
-    fn insert_key(&self, key: &NewKey) -> impl Future<Output = Result<KeyRecord, StoreError>> + Send;
+    fn insert_key(
+        &self,
+        key: &NewKey,
+    ) -> impl Future<Output = Result<KeyRecord, StoreError>> + Send;
 
     fn find_by_id(
         &self,

@@ -163,7 +163,9 @@ impl<O: QueryObserver> KeyStore for PgKeyStore<O> {
             ephemeral: key.ephemeral,
         };
         let row = self
-            .run("insert_key", async |client| sql::insert_key(client, &params).await)
+            .run("insert_key", async |client| {
+                sql::insert_key(client, &params).await
+            })
             .await?;
         row_to_record(&row)
     }
@@ -215,8 +217,9 @@ fn row_to_record(row: &Row) -> Result<KeyRecord, StoreError> {
     let key_hash = KeyHash::from_hex(&hash_text)
         .map_err(|e| StoreError::CorruptRow(format!("key {id}: {e}")))?;
     let status_text = get_text(5)?;
-    let status = KeyStatus::parse(&status_text)
-        .ok_or_else(|| StoreError::CorruptRow(format!("key {id}: unknown status {status_text:?}")))?;
+    let status = KeyStatus::parse(&status_text).ok_or_else(|| {
+        StoreError::CorruptRow(format!("key {id}: unknown status {status_text:?}"))
+    })?;
     let corrupt = |e: tokio_postgres::Error| StoreError::CorruptRow(format!("key {id}: {e}"));
     Ok(KeyRecord {
         id,
@@ -248,7 +251,11 @@ fn query_error(error: tokio_postgres::Error) -> StoreError {
         if db_error.code() == &tokio_postgres::error::SqlState::UNIQUE_VIOLATION {
             return StoreError::DuplicateHash;
         }
-        return StoreError::Query(format!("{}: {}", db_error.code().code(), db_error.message()));
+        return StoreError::Query(format!(
+            "{}: {}",
+            db_error.code().code(),
+            db_error.message()
+        ));
     }
     if error.is_closed() {
         return StoreError::Unavailable("database connection closed".into());

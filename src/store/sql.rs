@@ -114,10 +114,102 @@ pub(super) async fn select_keys_of_user(
              ORDER BY created_at DESC LIMIT $3"
         ))
         .await?;
-    client.query(&statement, &[&username, &tenant, &limit]).await
+    client
+        .query(&statement, &[&username, &tenant, &limit])
+        .await
 }
 
 /// A cheap round trip, for readiness checks.
 pub(super) async fn select_one(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
     client.query_one("SELECT 1", &[]).await.map(drop)
+}
+
+// Migration bookkeeping: run inside the migration transaction.
+
+/// Serialises concurrent migration runs until the transaction ends.
+pub(super) async fn lock_migrations(
+    transaction: &tokio_postgres::Transaction<'_>,
+    lock_key: i64,
+) -> Result<(), tokio_postgres::Error> {
+    transaction
+        .execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key])
+        .await
+        .map(drop)
+}
+
+pub(super) async fn create_migrations_table(
+    transaction: &tokio_postgres::Transaction<'_>,
+) -> Result<(), tokio_postgres::Error> {
+    transaction
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS maas_authz_schema_migrations (
+                 version    INTEGER PRIMARY KEY,
+                 name       TEXT NOT NULL,
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+             )",
+        )
+        .await
+}
+
+pub(super) async fn select_applied_migrations(
+    transaction: &tokio_postgres::Transaction<'_>,
+) -> Result<Vec<i32>, tokio_postgres::Error> {
+    let rows = transaction
+        .query("SELECT version FROM maas_authz_schema_migrations", &[])
+        .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
+pub(super) async fn insert_applied_migration(
+    transaction: &tokio_postgres::Transaction<'_>,
+    version: i32,
+    name: &str,
+) -> Result<(), tokio_postgres::Error> {
+    transaction
+        .execute(
+            "INSERT INTO maas_authz_schema_migrations (version, name) VALUES ($1, $2)",
+            &[&version, &name],
+        )
+        .await
+        .map(drop)
+}
+
+/// golang-migrate's table, as upstream maas-api keeps it.
+pub(super) async fn create_upstream_migrations_table(
+    transaction: &tokio_postgres::Transaction<'_>,
+) -> Result<(), tokio_postgres::Error> {
+    transaction
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version BIGINT NOT NULL PRIMARY KEY,
+                 dirty   BOOLEAN NOT NULL
+             )",
+        )
+        .await
+}
+
+pub(super) async fn select_upstream_migration_version(
+    transaction: &tokio_postgres::Transaction<'_>,
+) -> Result<Option<i64>, tokio_postgres::Error> {
+    let row = transaction
+        .query_opt("SELECT version FROM schema_migrations LIMIT 1", &[])
+        .await?;
+    Ok(row.map(|row| row.get(0)))
+}
+
+/// Replaces golang-migrate's single row with `version`, clean.
+pub(super) async fn set_upstream_migration_version(
+    transaction: &tokio_postgres::Transaction<'_>,
+    version: i64,
+) -> Result<(), tokio_postgres::Error> {
+    transaction
+        .execute("DELETE FROM schema_migrations", &[])
+        .await?;
+    transaction
+        .execute(
+            "INSERT INTO schema_migrations (version, dirty) VALUES ($1, false)",
+            &[&version],
+        )
+        .await
+        .map(drop)
 }

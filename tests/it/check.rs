@@ -31,19 +31,35 @@ fn denial(response: &CheckResponse) -> (i32, &[HeaderValueOption], serde_json::V
     }
 }
 
-fn assert_denied(response: &CheckResponse, status: i32, reason: &str, error_type: &str, code: &str) {
+fn assert_denied(
+    response: &CheckResponse,
+    status: i32,
+    reason: &str,
+    error_type: &str,
+    code: &str,
+) {
     let (http_status, headers, body) = denial(response);
     assert_eq!(http_status, status, "status for {reason}");
     assert_eq!(header(headers, "x-ext-auth-reason"), Some(reason));
     assert_eq!(header(headers, "content-type"), Some("application/json"));
     assert_eq!(body["error"]["type"], error_type);
     assert_eq!(body["error"]["code"], code);
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
     assert_ne!(response.status.as_ref().map(|s| s.code), Some(0));
 }
 
 fn assert_unauthenticated(response: &CheckResponse, reason: &str) {
-    assert_denied(response, 401, reason, "invalid_request_error", "invalid_api_key");
+    assert_denied(
+        response,
+        401,
+        reason,
+        "invalid_request_error",
+        "invalid_api_key",
+    );
     let (_, headers, _) = denial(response);
     assert_eq!(header(headers, "www-authenticate"), Some("Bearer"));
 }
@@ -72,14 +88,22 @@ async fn check_allows_a_valid_key_and_stamps_identity_headers() {
         panic!("expected ok_response, got {response:?}");
     };
     assert_eq!(header(&ok.headers, "x-maas-username"), Some("alice"));
-    assert_eq!(header(&ok.headers, "x-maas-group"), Some("[\"system:authenticated\"]"));
+    assert_eq!(
+        header(&ok.headers, "x-maas-group"),
+        Some("[\"system:authenticated\"]")
+    );
     assert_eq!(header(&ok.headers, "x-maas-subscription"), Some("free"));
     assert_eq!(header(&ok.headers, "x-maas-tier"), Some("free"));
-    assert_eq!(header(&ok.headers, "x-maas-key-id"), Some(record.id.to_string().as_str()));
+    assert_eq!(
+        header(&ok.headers, "x-maas-key-id"),
+        Some(record.id.to_string().as_str())
+    );
     // Every stamped header replaces whatever the client sent under that name.
-    assert!(ok.headers.iter().all(
-        |h| h.append_action == HeaderAppendAction::OverwriteIfExistsOrAdd as i32
-    ));
+    assert!(
+        ok.headers
+            .iter()
+            .all(|h| h.append_action == HeaderAppendAction::OverwriteIfExistsOrAdd as i32)
+    );
     assert_eq!(ok.headers_to_remove, vec!["authorization".to_owned()]);
     let metadata = response.dynamic_metadata.expect("dynamic metadata");
     let field = |name: &str| match metadata.fields.get(name).and_then(|v| v.kind.as_ref()) {
@@ -192,7 +216,10 @@ async fn check_denies_an_unknown_key_and_remembers_it_briefly() {
     assert_unauthenticated(&first, "key_not_found");
     assert_unauthenticated(&second, "key_not_found");
     let metrics = http_get(server.server.metrics_addr, "/metrics").await;
-    assert!(metrics.contains("maas_authz_cache_lookups_total{result=\"negative_hit\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("maas_authz_cache_lookups_total{result=\"negative_hit\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -202,18 +229,54 @@ async fn check_refuses_malformed_credentials_without_touching_the_database() {
     let oversized = format!("sk-oai-abc_{}", "a".repeat(100_000));
     let cases: Vec<(Vec<(&str, String)>, &str)> = vec![
         (vec![], "missing_credentials"),
-        (vec![("authorization", "Bearer ".into())], "malformed_authorization"),
-        (vec![("authorization", "Bearer".into())], "malformed_authorization"),
-        (vec![("authorization", "sk-oai-abc_def".into())], "malformed_authorization"),
-        (vec![("authorization", "Basic dXNlcjpwYXNz".into())], "malformed_authorization"),
-        (vec![("authorization", "Bearer sk-oai-abc".into())], "invalid_key_format"),
-        (vec![("authorization", "Bearer sk-oai-abc_".into())], "invalid_key_format"),
-        (vec![("authorization", "Bearer sk-oai-ab\u{e9}c_def".into())], "invalid_key_format"),
-        (vec![("authorization", "Bearer not-a-key".into())], "invalid_key_format"),
-        (vec![("authorization", format!("Bearer {oversized}"))], "invalid_key_format"),
-        (vec![("authorization", "Bearer sk-oai-a_b,Bearer sk-oai-c_d".into())], "invalid_key_format"),
         (
-            vec![("authorization", "Bearer sk-oai-a_b".into()), ("x-api-key", "sk-oai-c_d".into())],
+            vec![("authorization", "Bearer ".into())],
+            "malformed_authorization",
+        ),
+        (
+            vec![("authorization", "Bearer".into())],
+            "malformed_authorization",
+        ),
+        (
+            vec![("authorization", "sk-oai-abc_def".into())],
+            "malformed_authorization",
+        ),
+        (
+            vec![("authorization", "Basic dXNlcjpwYXNz".into())],
+            "malformed_authorization",
+        ),
+        (
+            vec![("authorization", "Bearer sk-oai-abc".into())],
+            "invalid_key_format",
+        ),
+        (
+            vec![("authorization", "Bearer sk-oai-abc_".into())],
+            "invalid_key_format",
+        ),
+        (
+            vec![("authorization", "Bearer sk-oai-ab\u{e9}c_def".into())],
+            "invalid_key_format",
+        ),
+        (
+            vec![("authorization", "Bearer not-a-key".into())],
+            "invalid_key_format",
+        ),
+        (
+            vec![("authorization", format!("Bearer {oversized}"))],
+            "invalid_key_format",
+        ),
+        (
+            vec![(
+                "authorization",
+                "Bearer sk-oai-a_b,Bearer sk-oai-c_d".into(),
+            )],
+            "invalid_key_format",
+        ),
+        (
+            vec![
+                ("authorization", "Bearer sk-oai-a_b".into()),
+                ("x-api-key", "sk-oai-c_d".into()),
+            ],
             "conflicting_credentials",
         ),
         (vec![("x-api-key", "   ".into())], "missing_credentials"),
@@ -221,11 +284,18 @@ async fn check_refuses_malformed_credentials_without_touching_the_database() {
 
     for (headers, reason) in cases {
         let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let response = client.check(check_request(CHAT, &headers)).await.unwrap().into_inner();
+        let response = client
+            .check(check_request(CHAT, &headers))
+            .await
+            .unwrap()
+            .into_inner();
         assert_unauthenticated(&response, reason);
     }
     let metrics = http_get(server.server.metrics_addr, "/metrics").await;
-    assert!(!metrics.contains("statement=\"select_key_by_hash\""), "no lookup expected:\n{metrics}");
+    assert!(
+        !metrics.contains("statement=\"select_key_by_hash\""),
+        "no lookup expected:\n{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -235,36 +305,72 @@ async fn check_forbids_a_model_outside_the_keys_subscription() {
     let mut client = server.check_client().await;
 
     let response = client
-        .check(check_request("/qwen3/v1/chat/completions", &[("authorization", &bearer(&key))]))
+        .check(check_request(
+            "/qwen3/v1/chat/completions",
+            &[("authorization", &bearer(&key))],
+        ))
         .await
         .unwrap()
         .into_inner();
 
-    assert_denied(&response, 403, "model_not_in_subscription", "permission_error", "access_denied");
+    assert_denied(
+        &response,
+        403,
+        "model_not_in_subscription",
+        "permission_error",
+        "access_denied",
+    );
 }
 
 #[tokio::test]
 async fn check_forbids_a_subscription_the_key_holder_cannot_access() {
     let server = TestServer::start().await;
     // Bound to premium, but the snapshot lacks the premium group.
-    let owner = KeyOwner { user: "carol", groups: &["system:authenticated"], subscription: "premium" };
-    let (key, _) = insert_raw(&server.db.store(), &owner, chrono::Utc::now() + chrono::Duration::hours(1)).await;
+    let owner = KeyOwner {
+        user: "carol",
+        groups: &["system:authenticated"],
+        subscription: "premium",
+    };
+    let (key, _) = insert_raw(
+        &server.db.store(),
+        &owner,
+        chrono::Utc::now() + chrono::Duration::hours(1),
+    )
+    .await;
     let mut client = server.check_client().await;
 
     let response = client
-        .check(check_request("/qwen3/v1/chat/completions", &[("authorization", &bearer(&key))]))
+        .check(check_request(
+            "/qwen3/v1/chat/completions",
+            &[("authorization", &bearer(&key))],
+        ))
         .await
         .unwrap()
         .into_inner();
 
-    assert_denied(&response, 403, "subscription_access_denied", "permission_error", "access_denied");
+    assert_denied(
+        &response,
+        403,
+        "subscription_access_denied",
+        "permission_error",
+        "access_denied",
+    );
 }
 
 #[tokio::test]
 async fn check_forbids_a_key_bound_to_a_subscription_the_policy_no_longer_has() {
     let server = TestServer::start().await;
-    let owner = KeyOwner { user: "dave", groups: &["system:authenticated"], subscription: "retired" };
-    let (key, _) = insert_raw(&server.db.store(), &owner, chrono::Utc::now() + chrono::Duration::hours(1)).await;
+    let owner = KeyOwner {
+        user: "dave",
+        groups: &["system:authenticated"],
+        subscription: "retired",
+    };
+    let (key, _) = insert_raw(
+        &server.db.store(),
+        &owner,
+        chrono::Utc::now() + chrono::Duration::hours(1),
+    )
+    .await;
     let mut client = server.check_client().await;
 
     let response = client
@@ -273,7 +379,13 @@ async fn check_forbids_a_key_bound_to_a_subscription_the_policy_no_longer_has() 
         .unwrap()
         .into_inner();
 
-    assert_denied(&response, 403, "subscription_not_found", "permission_error", "access_denied");
+    assert_denied(
+        &response,
+        403,
+        "subscription_not_found",
+        "permission_error",
+        "access_denied",
+    );
 }
 
 #[tokio::test]
@@ -282,13 +394,23 @@ async fn check_answers_404_for_an_unknown_model() {
     let (key, _) = mint(&server.db.store(), &PREMIUM_USER).await;
     let mut client = server.check_client().await;
 
-    for path in ["/gpt-17/v1/chat/completions", "/llm/gpt-17/v1/chat/completions", "/nope/simulator/v1/x"] {
+    for path in [
+        "/gpt-17/v1/chat/completions",
+        "/llm/gpt-17/v1/chat/completions",
+        "/nope/simulator/v1/x",
+    ] {
         let response = client
             .check(check_request(path, &[("authorization", &bearer(&key))]))
             .await
             .unwrap()
             .into_inner();
-        assert_denied(&response, 404, "model_not_found", "invalid_request_error", "model_not_found");
+        assert_denied(
+            &response,
+            404,
+            "model_not_found",
+            "invalid_request_error",
+            "model_not_found",
+        );
     }
 }
 
@@ -300,8 +422,14 @@ async fn check_allows_premium_models_for_a_premium_key_by_path_header_and_body()
     let auth = bearer(&key);
     let requests = [
         check_request("/qwen3/v1/chat/completions", &[("authorization", &auth)]),
-        check_request("/llm/qwen3/v1/chat/completions", &[("authorization", &auth)]),
-        check_request("/v1/chat/completions", &[("authorization", &auth), ("x-gateway-model-name", "qwen3")]),
+        check_request(
+            "/llm/qwen3/v1/chat/completions",
+            &[("authorization", &auth)],
+        ),
+        check_request(
+            "/v1/chat/completions",
+            &[("authorization", &auth), ("x-gateway-model-name", "qwen3")],
+        ),
         check_request_with_body(
             "/v1/chat/completions",
             &[("authorization", &auth)],
@@ -316,7 +444,10 @@ async fn check_allows_premium_models_for_a_premium_key_by_path_header_and_body()
         };
         assert_eq!(header(&ok.headers, "x-maas-tier"), Some("premium"));
         let model = response.dynamic_metadata.unwrap().fields["model"].clone();
-        assert_eq!(model.kind, Some(Kind::StringValue("models-as-a-service/qwen3".into())));
+        assert_eq!(
+            model.kind,
+            Some(Kind::StringValue("models-as-a-service/qwen3".into()))
+        );
     }
 }
 
@@ -342,12 +473,24 @@ async fn check_needs_only_a_valid_key_on_paths_that_name_no_model() {
 #[tokio::test]
 async fn check_refuses_a_legacy_key_with_no_subscription_bound() {
     let server = TestServer::start().await;
-    let owner = KeyOwner { user: "erin", groups: &["system:authenticated"], subscription: "" };
-    let (key, _) = insert_raw(&server.db.store(), &owner, chrono::Utc::now() + chrono::Duration::hours(1)).await;
+    let owner = KeyOwner {
+        user: "erin",
+        groups: &["system:authenticated"],
+        subscription: "",
+    };
+    let (key, _) = insert_raw(
+        &server.db.store(),
+        &owner,
+        chrono::Utc::now() + chrono::Duration::hours(1),
+    )
+    .await;
     let mut client = server.check_client().await;
 
     let response = client
-        .check(check_request("/v1/models", &[("authorization", &bearer(&key))]))
+        .check(check_request(
+            "/v1/models",
+            &[("authorization", &bearer(&key))],
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -366,7 +509,11 @@ async fn check_survives_an_empty_or_garbage_request() {
         .unwrap()
         .into_inner();
     let garbage_body = client
-        .check(check_request_with_body("/v1/chat/completions", &[("authorization", "Bearer sk-oai-a_b")], "\u{0}{{{"))
+        .check(check_request_with_body(
+            "/v1/chat/completions",
+            &[("authorization", "Bearer sk-oai-a_b")],
+            "\u{0}{{{",
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -391,7 +538,10 @@ async fn check_answers_unavailable_when_the_database_is_unreachable_for_an_uncac
     let key = maas_authz::key::ApiKey::generate().unwrap();
 
     let status = client
-        .check(check_request(CHAT, &[("authorization", &bearer(key.expose()))]))
+        .check(check_request(
+            CHAT,
+            &[("authorization", &bearer(key.expose()))],
+        ))
         .await
         .expect_err("must not decide without the database");
 
@@ -403,6 +553,10 @@ async fn check_answers_unavailable_when_the_database_is_unreachable_for_an_uncac
 /// A bare HTTP/1.1 GET over loopback, returning the body.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     let response = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
-    assert!(response.status().is_success(), "GET {path}: {}", response.status());
+    assert!(
+        response.status().is_success(),
+        "GET {path}: {}",
+        response.status()
+    );
     response.text().await.unwrap()
 }

@@ -6,7 +6,10 @@ use crate::support::*;
 
 fn maas_authz(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_maas-authz"));
-    command.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
     for (name, value) in env {
         command.env(name, value);
     }
@@ -26,19 +29,44 @@ async fn keys_create_prints_the_key_once_and_check_accepts_it() {
         ("MAAS_AUTHZ_POLICY_PATH", policy.to_str().unwrap()),
     ];
 
-    let output = maas_authz(&["keys", "create", "--user", "ops", "--group", "premium-users", "--expires-in", "1h"], &env);
+    let output = maas_authz(
+        &[
+            "keys",
+            "create",
+            "--user",
+            "ops",
+            "--group",
+            "premium-users",
+            "--expires-in",
+            "1h",
+        ],
+        &env,
+    );
 
     assert!(output.status.success(), "{}", stderr(&output));
-    let key = String::from_utf8(output.stdout.clone()).unwrap().trim().to_owned();
+    let key = String::from_utf8(output.stdout.clone())
+        .unwrap()
+        .trim()
+        .to_owned();
     assert!(key.starts_with("sk-oai-"), "{key}");
-    assert!(!stderr(&output).contains(&key), "the key must not be logged");
+    assert!(
+        !stderr(&output).contains(&key),
+        "the key must not be logged"
+    );
     let mut client = server.check_client().await;
     let response = client
-        .check(check_request("/qwen3/v1/chat/completions", &[("authorization", &bearer(&key))]))
+        .check(check_request(
+            "/qwen3/v1/chat/completions",
+            &[("authorization", &bearer(&key))],
+        ))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(response.status.unwrap().code, 0, "premium is the highest-priority subscription for premium-users");
+    assert_eq!(
+        response.status.unwrap().code,
+        0,
+        "premium is the highest-priority subscription for premium-users"
+    );
 }
 
 #[tokio::test]
@@ -53,23 +81,51 @@ async fn keys_list_and_revoke_manage_a_users_keys() {
     let listed_after = maas_authz(&["keys", "list", "--user", "alice"], &env);
 
     let listing = String::from_utf8(listed.stdout).unwrap();
-    assert!(listing.contains(&record.id.to_string()) && listing.contains("\tactive\t"), "{listing}");
+    assert!(
+        listing.contains(&record.id.to_string()) && listing.contains("\tactive\t"),
+        "{listing}"
+    );
     assert!(revoked.status.success(), "{}", stderr(&revoked));
     assert!(!revoked_again.status.success());
-    assert!(stderr(&revoked_again).contains("no active key with id"), "{}", stderr(&revoked_again));
-    assert!(String::from_utf8(listed_after.stdout).unwrap().contains("\trevoked\t"));
+    assert!(
+        stderr(&revoked_again).contains("no active key with id"),
+        "{}",
+        stderr(&revoked_again)
+    );
+    assert!(
+        String::from_utf8(listed_after.stdout)
+            .unwrap()
+            .contains("\trevoked\t")
+    );
 }
 
 #[tokio::test]
 async fn keys_create_refuses_a_subscription_the_user_cannot_access() {
     let db = TestDb::migrated().await;
     let policy = example_policy_path();
-    let env = [("DATABASE_URL", db.url.as_str()), ("MAAS_AUTHZ_POLICY_PATH", policy.to_str().unwrap())];
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("MAAS_AUTHZ_POLICY_PATH", policy.to_str().unwrap()),
+    ];
 
-    let output = maas_authz(&["keys", "create", "--user", "eve", "--subscription", "enterprise"], &env);
+    let output = maas_authz(
+        &[
+            "keys",
+            "create",
+            "--user",
+            "eve",
+            "--subscription",
+            "enterprise",
+        ],
+        &env,
+    );
 
     assert!(!output.status.success());
-    assert!(stderr(&output).contains("subscription \"enterprise\" is not accessible to user \"eve\""), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("subscription \"enterprise\" is not accessible to user \"eve\""),
+        "{}",
+        stderr(&output)
+    );
     assert!(output.stdout.is_empty());
 }
 
@@ -78,11 +134,43 @@ async fn keys_create_refuses_bad_group_names_and_lifetimes() {
     let db = TestDb::migrated().await;
     let env = [("DATABASE_URL", db.url.as_str())];
 
-    let bad_group = maas_authz(&["keys", "create", "--user", "u", "--subscription", "free", "--group", "a b"], &env);
-    let bad_lifetime = maas_authz(&["keys", "create", "--user", "u", "--subscription", "free", "--expires-in", "soon"], &env);
+    let bad_group = maas_authz(
+        &[
+            "keys",
+            "create",
+            "--user",
+            "u",
+            "--subscription",
+            "free",
+            "--group",
+            "a b",
+        ],
+        &env,
+    );
+    let bad_lifetime = maas_authz(
+        &[
+            "keys",
+            "create",
+            "--user",
+            "u",
+            "--subscription",
+            "free",
+            "--expires-in",
+            "soon",
+        ],
+        &env,
+    );
 
-    assert!(stderr(&bad_group).contains("group name \"a b\" is not allowed"), "{}", stderr(&bad_group));
-    assert!(stderr(&bad_lifetime).contains("invalid duration \"soon\""), "{}", stderr(&bad_lifetime));
+    assert!(
+        stderr(&bad_group).contains("group name \"a b\" is not allowed"),
+        "{}",
+        stderr(&bad_group)
+    );
+    assert!(
+        stderr(&bad_lifetime).contains("invalid duration \"soon\""),
+        "{}",
+        stderr(&bad_lifetime)
+    );
 }
 
 #[test]
@@ -90,14 +178,26 @@ fn serve_without_database_url_names_the_variable() {
     let output = maas_authz(&["serve"], &[("MAAS_AUTHZ_POLICY_PATH", "examples/policy")]);
 
     assert!(!output.status.success());
-    assert!(stderr(&output).contains("DATABASE_URL"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("DATABASE_URL"),
+        "{}",
+        stderr(&output)
+    );
 }
 
 #[test]
 fn serve_with_a_bad_setting_names_the_variable() {
     let cases = [
-        ("MAAS_AUTHZ_CACHE_TTL", "forever", "invalid duration \"forever\""),
-        ("MAAS_AUTHZ_GRPC_ADDR", "localhost", "invalid socket address"),
+        (
+            "MAAS_AUTHZ_CACHE_TTL",
+            "forever",
+            "invalid duration \"forever\"",
+        ),
+        (
+            "MAAS_AUTHZ_GRPC_ADDR",
+            "localhost",
+            "invalid socket address",
+        ),
         ("MAAS_AUTHZ_DB_POOL_SIZE", "0", "0 is not in 1..=1000"),
         ("MAAS_AUTHZ_CACHE_CAPACITY", "-5", "invalid value"),
         ("MAAS_AUTHZ_LOG_FORMAT", "xml", "invalid value 'xml'"),
@@ -106,7 +206,11 @@ fn serve_with_a_bad_setting_names_the_variable() {
     for (variable, value, message) in cases {
         let output = maas_authz(
             &["serve"],
-            &[("DATABASE_URL", "postgres://x@127.0.0.1:9/x"), ("MAAS_AUTHZ_POLICY_PATH", "examples/policy"), (variable, value)],
+            &[
+                ("DATABASE_URL", "postgres://x@127.0.0.1:9/x"),
+                ("MAAS_AUTHZ_POLICY_PATH", "examples/policy"),
+                (variable, value),
+            ],
         );
         let text = stderr(&output);
         assert!(!output.status.success(), "{variable}");
@@ -122,8 +226,18 @@ async fn serve_refuses_to_start_with_an_invalid_policy_and_says_where() {
     std::fs::write(dir.path().join("bad.yaml"), "apiVersion: maas.opendatahub.io/v1alpha1\nkind: MaaSSubscription\nmetadata:\n  name: x\nspec:\n  priority: high\n").unwrap();
 
     let output = maas_authz(
-        &["serve", "--skip-migrations", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"],
-        &[("DATABASE_URL", db.url.as_str()), ("MAAS_AUTHZ_POLICY_PATH", dir.path().to_str().unwrap())],
+        &[
+            "serve",
+            "--skip-migrations",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+        &[
+            ("DATABASE_URL", db.url.as_str()),
+            ("MAAS_AUTHZ_POLICY_PATH", dir.path().to_str().unwrap()),
+        ],
     );
 
     let text = stderr(&output);
@@ -134,8 +248,15 @@ async fn serve_refuses_to_start_with_an_invalid_policy_and_says_where() {
 
 #[tokio::test]
 async fn migrate_reports_an_unreachable_database() {
-    let output = maas_authz(&["migrate", "--db-connect-timeout", "1s"], &[("DATABASE_URL", "postgres://postgres@127.0.0.1:9/none")]);
+    let output = maas_authz(
+        &["migrate", "--db-connect-timeout", "1s"],
+        &[("DATABASE_URL", "postgres://postgres@127.0.0.1:9/none")],
+    );
 
     assert!(!output.status.success());
-    assert!(stderr(&output).contains("cannot connect to the database named by DATABASE_URL"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("cannot connect to the database named by DATABASE_URL"),
+        "{}",
+        stderr(&output)
+    );
 }

@@ -10,8 +10,12 @@ async fn migrations_apply_once_and_then_find_nothing_to_do() {
     let db = TestDb::empty().await;
     let mut client = db.client().await;
 
-    let first = maas_authz::store::migrate::run_migrations(&mut client).await.unwrap();
-    let second = maas_authz::store::migrate::run_migrations(&mut client).await.unwrap();
+    let first = maas_authz::store::migrate::run_migrations(&mut client)
+        .await
+        .unwrap();
+    let second = maas_authz::store::migrate::run_migrations(&mut client)
+        .await
+        .unwrap();
 
     assert_eq!(first.applied.len(), MIGRATIONS.len());
     assert!(second.applied.is_empty());
@@ -62,7 +66,10 @@ async fn schema_has_upstreams_columns_indexes_and_checks() {
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect();
     let indexes: Vec<String> = client
-        .query("SELECT indexname FROM pg_indexes WHERE tablename = 'api_keys' ORDER BY 1", &[])
+        .query(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'api_keys' ORDER BY 1",
+            &[],
+        )
         .await
         .unwrap()
         .iter()

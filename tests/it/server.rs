@@ -11,9 +11,15 @@ async fn health_reports_serving_for_check_and_validate() {
     let server = TestServer::start().await;
     let mut client = HealthClient::new(server.channel().await);
 
-    for service in ["", "envoy.service.auth.v3.Authorization", "maas.authz.v1.KeyValidation"] {
+    for service in [
+        "",
+        "envoy.service.auth.v3.Authorization",
+        "maas.authz.v1.KeyValidation",
+    ] {
         let response = client
-            .check(HealthCheckRequest { service: service.to_owned() })
+            .check(HealthCheckRequest {
+                service: service.to_owned(),
+            })
             .await
             .unwrap()
             .into_inner();
@@ -23,10 +29,10 @@ async fn health_reports_serving_for_check_and_validate() {
 
 #[tokio::test]
 async fn reflection_lists_our_services_for_grpcurl() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
     let server = TestServer::start().await;
     let mut client = ServerReflectionClient::new(server.channel().await);
     let request = ServerReflectionRequest {
@@ -55,11 +61,17 @@ async fn metrics_count_decisions_and_report_cache_pool_and_policy_state() {
     let mut client = server.check_client().await;
     for _ in 0..3 {
         client
-            .check(check_request("/simulator/v1/chat/completions", &[("authorization", &bearer(&key))]))
+            .check(check_request(
+                "/simulator/v1/chat/completions",
+                &[("authorization", &bearer(&key))],
+            ))
             .await
             .unwrap();
     }
-    client.check(check_request("/v1/models", &[])).await.unwrap();
+    client
+        .check(check_request("/v1/models", &[]))
+        .await
+        .unwrap();
 
     let metrics = http_get(server.server.metrics_addr, "/metrics").await;
 
@@ -97,13 +109,24 @@ async fn policy_changes_are_picked_up_and_an_invalid_change_keeps_the_last_good_
     )
     .await
     .unwrap();
-    let qwen3 = || check_request("/qwen3/v1/chat/completions", &[("authorization", &bearer(&key))]);
-    let allowed = |r: &envoy_types::pb::envoy::service::auth::v3::CheckResponse| r.status.as_ref().unwrap().code == 0;
+    let qwen3 = || {
+        check_request(
+            "/qwen3/v1/chat/completions",
+            &[("authorization", &bearer(&key))],
+        )
+    };
+    let allowed = |r: &envoy_types::pb::envoy::service::auth::v3::CheckResponse| {
+        r.status.as_ref().unwrap().code == 0
+    };
     assert!(!allowed(&client.check(qwen3()).await.unwrap().into_inner()));
 
     // An invalid edit is rejected and changes nothing.
     std::fs::write(dir.path().join("broken.yaml"), "kind: MaaSSubscription\napiVersion: maas.opendatahub.io/v1alpha1\nmetadata: {name: x}\nspec: {}\n").unwrap();
-    wait_for_metric(server.metrics_addr, "maas_authz_policy_reloads_total{result=\"rejected\"}").await;
+    wait_for_metric(
+        server.metrics_addr,
+        "maas_authz_policy_reloads_total{result=\"rejected\"}",
+    )
+    .await;
     assert!(!allowed(&client.check(qwen3()).await.unwrap().into_inner()));
 
     // A valid edit granting qwen3 to the free tier takes effect without a restart.
@@ -115,7 +138,15 @@ async fn policy_changes_are_picked_up_and_an_invalid_change_keeps_the_last_good_
         "    - name: qwen3\n      namespace: llm\n      tokenRateLimits:\n        - limit: 100\n          window: 1m\n    - name: simulator\n      namespace: llm\n",
         1,
     )).unwrap();
-    std::fs::write(dir.path().join("auth-policies.yaml"), auth.replacen("    - name: simulator\n      namespace: llm\n", "    - name: simulator\n      namespace: llm\n    - qwen3\n", 1)).unwrap();
+    std::fs::write(
+        dir.path().join("auth-policies.yaml"),
+        auth.replacen(
+            "    - name: simulator\n      namespace: llm\n",
+            "    - name: simulator\n      namespace: llm\n    - qwen3\n",
+            1,
+        ),
+    )
+    .unwrap();
     let mut granted = false;
     for _ in 0..100 {
         if allowed(&client.check(qwen3()).await.unwrap().into_inner()) {
@@ -124,7 +155,10 @@ async fn policy_changes_are_picked_up_and_an_invalid_change_keeps_the_last_good_
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert!(granted, "the new policy should grant qwen3 to the free tier");
+    assert!(
+        granted,
+        "the new policy should grant qwen3 to the free tier"
+    );
     server.shutdown().await.unwrap();
 }
 

@@ -2,7 +2,6 @@
 //! and clients for it.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -286,9 +285,4 @@ pub fn check_request_with_body(path: &str, headers: &[(&str, &str)], body: &str)
 
 pub fn bearer(key: &str) -> String {
     format!("Bearer {key}")
-}
-
-/// Shares a value between a test and tasks it spawns.
-pub fn shared<T>(value: T) -> Arc<T> {
-    Arc::new(value)
 }
