@@ -34,7 +34,7 @@ pub struct RunningServer {
     pub metrics_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     grace: Duration,
-    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
     authorizer: Arc<Authorizer<ServedStore, Arc<Metrics>>>,
 }
 
@@ -49,11 +49,11 @@ impl RunningServer {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
         let deadline = tokio::time::Instant::now() + self.grace;
-        for mut task in self.tasks {
+        for (name, mut task) in self.tasks {
             match tokio::time::timeout_at(deadline, &mut task).await {
-                Ok(joined) => joined.context("a server task panicked")??,
+                Ok(joined) => joined.with_context(|| format!("the {name} task panicked"))??,
                 Err(_) => {
-                    tracing::warn!(grace = ?self.grace, "grace period over: closing remaining connections");
+                    tracing::warn!(task = name, grace = ?self.grace, "grace period over: closing remaining connections");
                     task.abort();
                 }
             }
@@ -167,10 +167,13 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         },
         wait_for(shutdown_rx.clone()),
     );
-    tasks.push(tokio::spawn(async move {
-        reloader.await;
-        Ok(())
-    }));
+    tasks.push((
+        "policy reloader",
+        tokio::spawn(async move {
+            reloader.await;
+            Ok(())
+        }),
+    ));
 
     let grpc_listener = TcpListener::bind(config.grpc_addr)
         .await
@@ -211,21 +214,27 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
             config.database.tenant.clone(),
         )));
     let grpc_shutdown = wait_for(shutdown_rx.clone());
-    tasks.push(tokio::spawn(async move {
-        let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-        grpc.serve_with_incoming_shutdown(incoming, grpc_shutdown)
-            .await
-            .context("gRPC server failed")
-    }));
+    tasks.push((
+        "gRPC server",
+        tokio::spawn(async move {
+            let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+            grpc.serve_with_incoming_shutdown(incoming, grpc_shutdown)
+                .await
+                .context("gRPC server failed")
+        }),
+    ));
 
     let metrics_router = metrics_router(metrics.clone(), authorizer.clone(), store);
     let metrics_shutdown = wait_for(shutdown_rx.clone());
-    tasks.push(tokio::spawn(async move {
-        axum::serve(metrics_listener, metrics_router)
-            .with_graceful_shutdown(metrics_shutdown)
-            .await
-            .context("metrics server failed")
-    }));
+    tasks.push((
+        "metrics server",
+        tokio::spawn(async move {
+            axum::serve(metrics_listener, metrics_router)
+                .with_graceful_shutdown(metrics_shutdown)
+                .await
+                .context("metrics server failed")
+        }),
+    ));
 
     tracing::info!(%grpc_addr, %metrics_addr, "maas-authz serving");
     Ok(RunningServer {

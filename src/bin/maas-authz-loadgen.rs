@@ -149,7 +149,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(target) => {
             let keys = match (args.scenario, &args.database_url) {
                 (Scenario::Hit, Some(url)) => mint_keys(url, &args.tenant, args.keys).await?,
-                (Scenario::Hit, None) if !args.existing_keys.is_empty() => args.existing_keys.clone(),
+                (Scenario::Hit, None) if !args.existing_keys.is_empty() => {
+                    args.existing_keys.clone()
+                }
                 (Scenario::Hit, None) => bail!(
                     "--scenario hit with --target needs keys: --database-url of the target's database (keys are minted there) or --key"
                 ),
@@ -278,7 +280,10 @@ impl ScratchDatabase {
     async fn drop_now(self) -> anyhow::Result<()> {
         admin_client(&self.admin_url)
             .await?
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
             .await
             .with_context(|| format!("cannot drop database {}", self.name))
     }
@@ -373,7 +378,10 @@ impl RequestSource {
         let bearer = |key: &str| format!("Bearer {key}");
         let fixed = |headers: Vec<String>| {
             Self::Fixed(Arc::new(
-                headers.iter().map(|h| check_request(&args.path, h)).collect(),
+                headers
+                    .iter()
+                    .map(|h| check_request(&args.path, h))
+                    .collect(),
             ))
         };
         Ok(match args.scenario {
@@ -676,7 +684,11 @@ impl BaselineServer {
 }
 
 fn caveat(cpus: usize, in_process: bool) -> String {
-    let runtime = if in_process { " and one tokio runtime" } else { "" };
+    let runtime = if in_process {
+        " and one tokio runtime"
+    } else {
+        ""
+    };
     format!(
         "client and server(s) share this machine ({cpus} CPUs){runtime} and talk over loopback: \
          figures are a lower bound for the server alone"
@@ -744,7 +756,17 @@ fn report(args: &Args, baseline: Option<&RunResult>, measured: &RunResult) {
     println!("note: {}", caveat(cpus, args.target.is_none()));
     println!(
         "{:<12} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9}",
-        "server", "req/s", "mean", "p50", "p99", "p99.9", "max", "allowed", "denied", "errors", "cpu/req"
+        "server",
+        "req/s",
+        "mean",
+        "p50",
+        "p99",
+        "p99.9",
+        "max",
+        "allowed",
+        "denied",
+        "errors",
+        "cpu/req"
     );
     let line = |name: &str, r: &RunResult| {
         println!(

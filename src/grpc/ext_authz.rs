@@ -7,6 +7,7 @@ use std::time::Instant;
 use envoy_types::pb::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
 };
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::{
     CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response::HttpResponse,
@@ -80,8 +81,7 @@ impl<S: KeyStore, O: CheckObserver, D: DecisionObserver> Authorization
             .as_ref()
             .and_then(|a| a.request.as_ref())
             .and_then(|r| r.http.as_ref());
-        let headers = http.map(|h| &h.headers);
-        let header = |name: &str| headers.and_then(|h| h.get(name)).map(String::as_str);
+        let header = |name: &str| http.and_then(|h| request_header(h, name));
         let body = http.and_then(|h| {
             if !h.raw_body.is_empty() {
                 Some(h.raw_body.as_slice())
@@ -107,6 +107,25 @@ impl<S: KeyStore, O: CheckObserver, D: DecisionObserver> Authorization
         }
         check_response(outcome).map(Response::new)
     }
+}
+
+/// A request header by lowercase name: from `headers`, or from `header_map` when Envoy is set to
+/// `encode_raw_headers` (values that are not UTF-8 count as absent).
+fn request_header<'a>(http: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    if let Some(value) = http.headers.get(name) {
+        return Some(value);
+    }
+    let raw = http.header_map.as_ref()?;
+    raw.headers
+        .iter()
+        .find(|h| h.key.eq_ignore_ascii_case(name))
+        .and_then(|h| {
+            if h.raw_value.is_empty() {
+                Some(h.value.as_str())
+            } else {
+                std::str::from_utf8(&h.raw_value).ok()
+            }
+        })
 }
 
 /// Maps a decision to what Envoy does with it:

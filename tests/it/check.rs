@@ -560,3 +560,32 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     );
     response.text().await.unwrap()
 }
+
+#[tokio::test]
+async fn check_reads_headers_from_the_raw_header_map_when_envoy_encodes_raw_headers() {
+    use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+    let server = TestServer::start().await;
+    let (key, _) = mint(&server.db.store(), &FREE_USER).await;
+    let mut request = check_request(CHAT, &[]);
+    let http = request
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+        .unwrap();
+    http.header_map = Some(HeaderMap {
+        headers: vec![HeaderValue {
+            key: "authorization".to_owned(),
+            raw_value: bearer(&key).into_bytes(),
+            ..Default::default()
+        }],
+    });
+    let mut client = server.check_client().await;
+
+    let response = client.check(request).await.unwrap().into_inner();
+
+    assert!(
+        matches!(response.http_response, Some(HttpResponse::OkResponse(_))),
+        "{response:?}"
+    );
+}

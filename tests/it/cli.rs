@@ -260,3 +260,69 @@ async fn migrate_reports_an_unreachable_database() {
         stderr(&output)
     );
 }
+
+// Multi-threaded so the client's connection task can close its socket while this test blocks
+// on the child process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_binary_answers_check_and_stops_cleanly_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    let db = TestDb::migrated().await;
+    let (key, _) = mint(&db.store(), &FREE_USER).await;
+    let policy = example_policy_path();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_maas-authz"))
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .env("DATABASE_URL", &db.url)
+        .env("MAAS_AUTHZ_POLICY_PATH", &policy)
+        .env("MAAS_AUTHZ_LOG_FORMAT", "json")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let grpc_addr = loop {
+        let line = lines.next().expect("server exited before serving").unwrap();
+        let entry: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+        if entry["fields"]["message"] == "maas-authz serving" {
+            break entry["fields"]["grpc_addr"].as_str().unwrap().to_owned();
+        }
+    };
+    let mut client = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(
+        format!("http://{grpc_addr}"),
+    )
+    .await
+    .unwrap();
+    let response = client
+        .check(check_request(
+            "/simulator/v1/chat/completions",
+            &[("authorization", &bearer(&key))],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.status.unwrap().code, 0);
+    drop(client);
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+
+    assert!(killed.success());
+    assert!(status.success(), "exit status {status:?}; log: {rest:?}");
+    assert!(rest.iter().any(|l| l.contains("stopped")), "{rest:?}");
+    assert!(
+        !rest.iter().any(|l| l.contains("grace period over")),
+        "{rest:?}"
+    );
+    assert!(
+        rest.iter().all(|l| !l.contains(&key)),
+        "the key must never be logged"
+    );
+}

@@ -181,3 +181,11 @@ async fn shutdown_stops_the_listeners() {
 
     assert!(tokio::net::TcpStream::connect(grpc_addr).await.is_err());
 }
+
+#[tokio::test]
+async fn shutdown_without_clients_is_prompt() {
+    let server = TestServer::start().await;
+    let started = std::time::Instant::now();
+    server.server.shutdown().await.unwrap();
+    assert!(started.elapsed() < std::time::Duration::from_secs(1), "{:?}", started.elapsed());
+}
