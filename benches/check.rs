@@ -58,6 +58,7 @@ impl KeyStore for MemoryStore {
             expires_at: Some(key.expires_at),
             last_used_at: None,
             ephemeral: key.ephemeral,
+            labels: key.labels.clone(),
         };
         let mut rows = self.rows.write().unwrap();
         if rows.contains_key(&key.key_hash) {
@@ -94,7 +95,7 @@ impl KeyStore for MemoryStore {
             .filter(|r| r.username == username)
             .cloned()
             .collect();
-        keys.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        keys.sort_by_key(|r| std::cmp::Reverse(r.created_at));
         keys.truncate(usize::try_from(limit).unwrap_or(0));
         Ok(keys)
     }

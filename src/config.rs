@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::duration::parse_duration;
+use crate::identity::IdentityArgs;
 
 /// maas-authz: API-key ext_authz server and key tools for an LLM Models-as-a-Service gateway.
 #[derive(Debug, Parser)]
@@ -135,6 +136,45 @@ pub struct ServeConfig {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, env = "MAAS_AUTHZ_SHUTDOWN_GRACE", value_name = "MAAS_AUTHZ_SHUTDOWN_GRACE", default_value = "10s", value_parser = positive_duration)]
     pub shutdown_grace: Duration,
+    #[command(flatten)]
+    pub http: HttpConfig,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+}
+
+/// The REST API: its two listeners and the limits of what it mints.
+#[derive(Debug, Clone, Args)]
+pub struct HttpConfig {
+    /// Public REST API (`/v1/...`, also under `/maas-api`).
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_HTTP_ADDR",
+        value_name = "MAAS_AUTHZ_HTTP_ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub http_addr: SocketAddr,
+    /// Internal API (`/internal/v1/...`: validate, cleanup), never served on the public listener.
+    /// Keep it on loopback or behind a NetworkPolicy: it has no authentication.
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_INTERNAL_ADDR",
+        value_name = "MAAS_AUTHZ_INTERNAL_ADDR",
+        default_value = "127.0.0.1:8081"
+    )]
+    pub internal_addr: SocketAddr,
+    /// Base URL of the gateway for model URLs in `GET /v1/models` (e.g. https://maas.example.com);
+    /// default: derived from each request's `x-forwarded-proto` and `Host`.
+    #[arg(long, env = "MAAS_AUTHZ_PUBLIC_URL", value_name = "MAAS_AUTHZ_PUBLIC_URL", value_parser = http_url)]
+    pub public_url: Option<String>,
+    /// Longest (and default) lifetime of a regular API key, in days.
+    #[arg(long, env = "MAAS_AUTHZ_API_KEY_MAX_EXPIRATION_DAYS", value_name = "MAAS_AUTHZ_API_KEY_MAX_EXPIRATION_DAYS", default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub api_key_max_expiration_days: u32,
+    /// Longest lifetime of an access token from `POST /v1/tokens` (at least 10m).
+    #[arg(long, env = "MAAS_AUTHZ_TOKEN_MAX_EXPIRATION", value_name = "MAAS_AUTHZ_TOKEN_MAX_EXPIRATION", default_value = "24h", value_parser = token_max_expiration)]
+    pub token_max_expiration: Duration,
+    /// Longest a REST request may take, reading its body included.
+    #[arg(long, env = "MAAS_AUTHZ_HTTP_REQUEST_TIMEOUT", value_name = "MAAS_AUTHZ_HTTP_REQUEST_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    pub http_request_timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -187,6 +227,56 @@ pub struct KeysCreate {
         value_name = "MAAS_AUTHZ_POLICY_PATH"
     )]
     pub policy_path: Option<PathBuf>,
+}
+
+impl HttpConfig {
+    /// Both listeners on free loopback ports, every limit at its default: for tools and tests
+    /// that run the server in-process.
+    pub fn on_loopback() -> Self {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            http_addr: loopback,
+            internal_addr: loopback,
+            public_url: None,
+            api_key_max_expiration_days: 90,
+            token_max_expiration: Duration::from_secs(24 * 3_600),
+            http_request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Identity settings with every source off and every flag at its default, ignoring the
+/// environment: for tools and tests that run the server in-process and add what they need.
+pub fn identity_args_without_sources() -> IdentityArgs {
+    use clap::FromArgMatches;
+    let command =
+        IdentityArgs::augment_args(clap::Command::new("identity")).mut_args(|arg| arg.env(None));
+    command
+        .try_get_matches_from(["identity"])
+        .map_err(|e| e.to_string())
+        .and_then(|matches| IdentityArgs::from_arg_matches(&matches).map_err(|e| e.to_string()))
+        .unwrap_or_else(|error| unreachable!("identity flags all have defaults: {error}"))
+}
+
+fn token_max_expiration(text: &str) -> Result<Duration, String> {
+    let duration = positive_duration(text)?;
+    if duration < crate::keys::TOKEN_MIN_LIFETIME {
+        return Err("must be at least 10m (the shortest token lifetime)".to_owned());
+    }
+    Ok(duration)
+}
+
+/// An absolute `http://` or `https://` URL without query or fragment; trailing `/` dropped.
+fn http_url(text: &str) -> Result<String, String> {
+    let rest = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+        .ok_or("must start with http:// or https://")?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() || text.contains(['?', '#', ' ']) {
+        return Err("must be an absolute URL like https://maas.example.com".to_owned());
+    }
+    Ok(text.trim_end_matches('/').to_owned())
 }
 
 fn positive_duration(text: &str) -> Result<Duration, String> {

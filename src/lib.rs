@@ -1,18 +1,24 @@
 //! maas-authz: Envoy ext_authz server and key-management API for an LLM Models-as-a-Service gateway.
 //!
 //! See `ARCHITECTURE.md` for the map. Domain: [`key`], [`policy`], [`authorizer`], [`minting`],
-//! [`cache`], [`duration`]. Edges: [`grpc`], [`store`], [`cli`], [`serve`], [`metrics`].
+//! [`keys`], [`catalog`], [`identity`], [`cache`], [`duration`]. Edges: [`grpc`], [`http`],
+//! [`store`], [`cli`], [`serve`], [`metrics`].
 
 pub mod authorizer;
 pub mod cache;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod duration;
 pub mod grpc;
+pub mod http;
+pub mod identity;
 pub mod key;
+pub mod keys;
 pub mod metrics;
 pub mod minting;
 pub mod pb;
 pub mod policy;
 pub mod serve;
+pub mod simulator;
 pub mod store;

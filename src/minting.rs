@@ -1,5 +1,6 @@
 //! Minting keys: the rules every new key obeys, whoever asks (REST API or operator CLI).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -9,6 +10,18 @@ use crate::store::{KeyRecord, KeyRecordId, KeyStore, NewKey, StoreError};
 
 /// Upstream's limit on key names, in characters.
 pub const MAX_NAME_CHARS: usize = 128;
+/// Our limit on key descriptions, in characters (upstream sets none; the column is TEXT).
+pub const MAX_DESCRIPTION_CHARS: usize = 1024;
+/// Upstream's limits on key labels.
+pub const MAX_LABELS: usize = 50;
+pub const MAX_LABEL_KEY_CHARS: usize = 128;
+pub const MAX_LABEL_VALUE_CHARS: usize = 1024;
+/// Label keys under this prefix are set by the service itself (e.g. on access tokens) and
+/// cannot be given by callers.
+pub const RESERVED_LABEL_PREFIX: &str = "maas-authz.io/";
+
+/// Labels on a key: sorted, so they print and compare deterministically.
+pub type Labels = BTreeMap<String, String>;
 
 /// A validated request to mint one key.
 #[derive(Debug, Clone)]
@@ -42,6 +55,12 @@ pub enum MintError {
     MissingUsername,
     #[error("group name {0:?} is not allowed: group names must match ^[a-zA-Z0-9:._-]+$")]
     BadGroupName(String),
+    #[error("description must be at most {MAX_DESCRIPTION_CHARS} characters")]
+    DescriptionTooLong,
+    #[error("description must not contain control characters other than tab and newline")]
+    DescriptionHasControlCharacters,
+    #[error(transparent)]
+    Label(#[from] LabelError),
     #[error("expiration must be positive")]
     NonPositiveLifetime,
     #[error("requested expiration ({requested}) exceeds maximum allowed ({maximum})")]
@@ -57,6 +76,110 @@ impl MintError {
     pub fn is_invalid_request(&self) -> bool {
         !matches!(self, MintError::Randomness(_) | MintError::Store(_))
     }
+}
+
+/// Why a set of labels was refused; the messages are the ones users see.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LabelError {
+    #[error("too many labels: at most {MAX_LABELS} are allowed")]
+    TooMany,
+    #[error("label key {0:?} is too long: at most {MAX_LABEL_KEY_CHARS} characters")]
+    KeyTooLong(String),
+    #[error(
+        "label key {0:?} is invalid: use an optional DNS subdomain prefix and '/', then a name of \
+         at most 63 characters made of alphanumerics, '-', '_' and '.', starting and ending with \
+         an alphanumeric"
+    )]
+    BadKey(String),
+    #[error("label key {0:?} uses the reserved prefix {RESERVED_LABEL_PREFIX}")]
+    ReservedKey(String),
+    #[error("label {0:?} has an empty value")]
+    EmptyValue(String),
+    #[error("label {0:?} has a value longer than {MAX_LABEL_VALUE_CHARS} characters")]
+    ValueTooLong(String),
+    #[error("label {0:?} has a value with control characters")]
+    ValueHasControlCharacters(String),
+}
+
+/// Checks labels as upstream does: at most [`MAX_LABELS`], Kubernetes label-key syntax capped
+/// at [`MAX_LABEL_KEY_CHARS`], non-empty values of at most [`MAX_LABEL_VALUE_CHARS`] without
+/// control characters. Used for labels on new keys and for search filters alike.
+pub fn validate_labels(labels: &Labels) -> Result<(), LabelError> {
+    if labels.len() > MAX_LABELS {
+        return Err(LabelError::TooMany);
+    }
+    for (key, value) in labels {
+        if key.chars().count() > MAX_LABEL_KEY_CHARS {
+            return Err(LabelError::KeyTooLong(key.clone()));
+        }
+        if !is_kubernetes_label_key(key) {
+            return Err(LabelError::BadKey(key.clone()));
+        }
+        if value.is_empty() {
+            return Err(LabelError::EmptyValue(key.clone()));
+        }
+        if value.chars().count() > MAX_LABEL_VALUE_CHARS {
+            return Err(LabelError::ValueTooLong(key.clone()));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(LabelError::ValueHasControlCharacters(key.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses label keys under [`RESERVED_LABEL_PREFIX`], which only the service may set.
+pub fn reject_reserved_labels(labels: &Labels) -> Result<(), LabelError> {
+    match labels
+        .keys()
+        .find(|key| key.starts_with(RESERVED_LABEL_PREFIX))
+    {
+        Some(key) => Err(LabelError::ReservedKey(key.clone())),
+        None => Ok(()),
+    }
+}
+
+/// `[prefix/]name`: prefix a DNS-1123 subdomain (≤ 253), name ≤ 63 alphanumerics, `-`, `_`, `.`
+/// starting and ending with an alphanumeric.
+fn is_kubernetes_label_key(key: &str) -> bool {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let prefix_ok = prefix.is_none_or(|prefix| {
+        !prefix.is_empty()
+            && prefix.len() <= 253
+            && prefix.split('.').all(|label| {
+                !label.is_empty()
+                    && label.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    && label.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                    && label
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            })
+    });
+    name_ok && prefix_ok
+}
+
+/// Checks a description; empty means none.
+pub fn validate_description(description: &str) -> Result<(), MintError> {
+    if description.chars().count() > MAX_DESCRIPTION_CHARS {
+        return Err(MintError::DescriptionTooLong);
+    }
+    if description
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        return Err(MintError::DescriptionHasControlCharacters);
+    }
+    Ok(())
 }
 
 /// Checks a key name as upstream does and returns it trimmed.
@@ -84,30 +207,71 @@ pub fn validate_group_name(group: &str) -> Result<(), MintError> {
     Ok(())
 }
 
+/// The longest lifetime a kind of credential may have, as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifetimeLimit {
+    /// Regular keys: `MAAS_AUTHZ_API_KEY_MAX_EXPIRATION_DAYS`, shown as "N days".
+    Days(u32),
+    /// Ephemeral keys and access tokens, shown as a Go duration.
+    Exactly(Duration),
+}
+
+impl LifetimeLimit {
+    pub fn duration(self) -> Duration {
+        match self {
+            LifetimeLimit::Days(days) => Duration::from_secs(u64::from(days) * 86_400),
+            LifetimeLimit::Exactly(duration) => duration,
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            LifetimeLimit::Days(1) => "1 day".to_owned(),
+            LifetimeLimit::Days(days) => format!("{days} days"),
+            LifetimeLimit::Exactly(duration) => crate::duration::format_go_duration(duration),
+        }
+    }
+}
+
 /// Checks a requested lifetime against the maximum.
-pub fn validate_lifetime(lifetime: Duration, maximum: Duration) -> Result<(), MintError> {
+pub fn validate_lifetime(lifetime: Duration, maximum: LifetimeLimit) -> Result<(), MintError> {
     if lifetime.is_zero() {
         return Err(MintError::NonPositiveLifetime);
     }
-    if lifetime > maximum {
+    if lifetime > maximum.duration() {
         return Err(MintError::LifetimeTooLong {
             requested: crate::duration::format_go_duration(lifetime),
-            maximum: crate::duration::format_go_duration(maximum),
+            maximum: maximum.describe(),
         });
     }
     Ok(())
 }
 
-/// Mints one key: generates it, stores only its hash, returns the plaintext once.
+/// Mints one key without labels; see [`mint_key_with_labels`].
 pub async fn mint_key<S: KeyStore>(
     store: &S,
     request: MintRequest,
+    now: DateTime<Utc>,
+) -> Result<MintedKey, MintError> {
+    mint_key_with_labels(store, request, Labels::new(), now).await
+}
+
+/// Mints one key: checks every field, generates the key, stores only its hash, returns the
+/// plaintext once.
+pub async fn mint_key_with_labels<S: KeyStore>(
+    store: &S,
+    request: MintRequest,
+    labels: Labels,
     now: DateTime<Utc>,
 ) -> Result<MintedKey, MintError> {
     if request.username.trim().is_empty() {
         return Err(MintError::MissingUsername);
     }
     let name = validate_key_name(&request.name)?;
+    if let Some(description) = &request.description {
+        validate_description(description)?;
+    }
+    validate_labels(&labels)?;
     for group in &request.groups {
         validate_group_name(group)?;
     }
@@ -124,6 +288,7 @@ pub async fn mint_key<S: KeyStore>(
         subscription: request.subscription,
         expires_at: now + lifetime,
         ephemeral: request.ephemeral,
+        labels,
     };
     let record = store.insert_key(&new_key).await?;
     Ok(MintedKey { key, record })
@@ -163,15 +328,110 @@ mod tests {
     #[test]
     fn lifetimes_must_be_positive_and_within_the_maximum() {
         let day = Duration::from_secs(86_400);
-        assert!(validate_lifetime(day, 90 * day).is_ok());
+        assert!(validate_lifetime(90 * day, LifetimeLimit::Days(90)).is_ok());
         assert!(matches!(
-            validate_lifetime(Duration::ZERO, day),
+            validate_lifetime(Duration::ZERO, LifetimeLimit::Days(1)),
             Err(MintError::NonPositiveLifetime)
         ));
-        let error = validate_lifetime(91 * day, 90 * day).unwrap_err();
+        let error = validate_lifetime(91 * day, LifetimeLimit::Days(90)).unwrap_err();
         assert_eq!(
             error.to_string(),
-            "requested expiration (2184h0m0s) exceeds maximum allowed (2160h0m0s)"
+            "requested expiration (2184h0m0s) exceeds maximum allowed (90 days)"
         );
+        let hour = LifetimeLimit::Exactly(Duration::from_secs(3_600));
+        let error = validate_lifetime(Duration::from_secs(7_200), hour).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "requested expiration (2h0m0s) exceeds maximum allowed (1h0m0s)"
+        );
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn label_keys_follow_kubernetes_syntax() {
+        for good in [
+            "team",
+            "app.kubernetes.io/name",
+            "a",
+            "A_b-c.D",
+            "example.com/Team_1",
+            "maas-authz.io/credential",
+        ] {
+            assert_eq!(validate_labels(&labels(&[(good, "x")])), Ok(()), "{good:?}");
+        }
+        for bad in [
+            "",
+            "-team",
+            "team-",
+            "a b",
+            "/name",
+            "prefix/",
+            "UPPER.com/name",
+            "a/b/c",
+            "é",
+            "x..y/name",
+        ] {
+            assert_eq!(
+                validate_labels(&labels(&[(bad, "x")])),
+                Err(LabelError::BadKey(bad.to_owned())),
+                "{bad:?}"
+            );
+        }
+        let long_name = "a".repeat(64);
+        assert!(validate_labels(&labels(&[(&long_name, "x")])).is_err());
+        let too_long = format!("{}/{}", "a".repeat(100), "b".repeat(28));
+        assert_eq!(
+            validate_labels(&labels(&[(&too_long, "x")])),
+            Err(LabelError::KeyTooLong(too_long.clone()))
+        );
+    }
+
+    #[test]
+    fn label_values_and_counts_are_bounded() {
+        assert_eq!(
+            validate_labels(&labels(&[("k", "")])),
+            Err(LabelError::EmptyValue("k".into()))
+        );
+        assert!(validate_labels(&labels(&[("k", &"v".repeat(1024))])).is_ok());
+        assert_eq!(
+            validate_labels(&labels(&[("k", &"v".repeat(1025))])),
+            Err(LabelError::ValueTooLong("k".into()))
+        );
+        assert_eq!(
+            validate_labels(&labels(&[("k", "a\nb")])),
+            Err(LabelError::ValueHasControlCharacters("k".into()))
+        );
+        let fifty: Labels = (0..50).map(|i| (format!("k{i}"), "v".to_owned())).collect();
+        assert!(validate_labels(&fifty).is_ok());
+        let fifty_one: Labels = (0..51).map(|i| (format!("k{i}"), "v".to_owned())).collect();
+        assert_eq!(validate_labels(&fifty_one), Err(LabelError::TooMany));
+    }
+
+    #[test]
+    fn reserved_label_prefix_is_refused_for_callers() {
+        assert_eq!(
+            reject_reserved_labels(&labels(&[("maas-authz.io/credential", "x")])),
+            Err(LabelError::ReservedKey("maas-authz.io/credential".into()))
+        );
+        assert_eq!(reject_reserved_labels(&labels(&[("team", "x")])), Ok(()));
+    }
+
+    #[test]
+    fn descriptions_are_bounded() {
+        assert!(validate_description("line one\nline two\ttab").is_ok());
+        assert!(matches!(
+            validate_description("bell\u{7}"),
+            Err(MintError::DescriptionHasControlCharacters)
+        ));
+        assert!(matches!(
+            validate_description(&"d".repeat(1025)),
+            Err(MintError::DescriptionTooLong)
+        ));
     }
 }

@@ -17,6 +17,9 @@ use crate::cache::{CacheSettings, KeyCache};
 use crate::config::{DatabaseConfig, ServeConfig};
 use crate::grpc::ext_authz::ExtAuthzService;
 use crate::grpc::key_validation::KeyValidationService;
+use crate::http::{ApiState, internal_router, public_router, serve_http};
+use crate::identity::IdentityResolver;
+use crate::keys::{KeyManager, KeyPolicySettings};
 use crate::metrics::Metrics;
 use crate::pb::key_validation_server::KeyValidationServer;
 use crate::policy::Policy;
@@ -32,6 +35,10 @@ pub type ServedStore = PgKeyStore<Arc<Metrics>>;
 pub struct RunningServer {
     pub grpc_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// The public REST API.
+    pub http_addr: SocketAddr,
+    /// The internal REST API (validate, cleanup).
+    pub internal_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     grace: Duration,
     tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
@@ -146,6 +153,23 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         metrics.clone(),
     ));
 
+    let identity = IdentityResolver::from_args(&config.identity, authorizer.clone())
+        .await
+        .context("cannot set up the identity sources of the REST API")?;
+    let api_state = Arc::new(ApiState {
+        keys: KeyManager::new(
+            authorizer.clone(),
+            KeyPolicySettings {
+                max_expiration_days: config.http.api_key_max_expiration_days,
+                token_max_lifetime: config.http.token_max_expiration,
+            },
+        ),
+        identity,
+        public_url: config.http.public_url.clone(),
+        tenant: config.database.tenant.clone(),
+        request_timeout: config.http.http_request_timeout,
+    });
+
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
 
@@ -224,6 +248,40 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         }),
     ));
 
+    let http_listener = TcpListener::bind(config.http.http_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on MAAS_AUTHZ_HTTP_ADDR={}",
+                config.http.http_addr
+            )
+        })?;
+    let http_addr = http_listener.local_addr()?;
+    let internal_listener = TcpListener::bind(config.http.internal_addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on MAAS_AUTHZ_INTERNAL_ADDR={}",
+                config.http.internal_addr
+            )
+        })?;
+    let internal_addr = internal_listener.local_addr()?;
+    let (public_routes, _) = public_router(api_state.clone());
+    let http_shutdown = wait_for(shutdown_rx.clone());
+    tasks.push((
+        "REST API server",
+        tokio::spawn(serve_http(http_listener, public_routes, http_shutdown)),
+    ));
+    let internal_shutdown = wait_for(shutdown_rx.clone());
+    tasks.push((
+        "internal REST API server",
+        tokio::spawn(serve_http(
+            internal_listener,
+            internal_router(api_state),
+            internal_shutdown,
+        )),
+    ));
+
     let metrics_router = metrics_router(metrics.clone(), authorizer.clone(), store);
     let metrics_shutdown = wait_for(shutdown_rx.clone());
     tasks.push((
@@ -236,10 +294,12 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         }),
     ));
 
-    tracing::info!(%grpc_addr, %metrics_addr, "maas-authz serving");
+    tracing::info!(%grpc_addr, %metrics_addr, %http_addr, %internal_addr, "maas-authz serving");
     Ok(RunningServer {
         grpc_addr,
         metrics_addr,
+        http_addr,
+        internal_addr,
         shutdown: shutdown_tx,
         grace: config.shutdown_grace,
         tasks,

@@ -11,6 +11,7 @@
 
 #![allow(clippy::print_stdout)]
 
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,7 +24,6 @@ use envoy_types::pb::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
 };
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
     Authorization, AuthorizationServer,
 };
@@ -31,13 +31,17 @@ use envoy_types::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest, CheckResponse, OkHttpResponse, check_response::HttpResponse,
 };
 use envoy_types::pb::google::rpc;
-use maas_authz::config::{DatabaseConfig, ServeConfig};
+use maas_authz::config::{DatabaseConfig, HttpConfig, ServeConfig, identity_args_without_sources};
 use maas_authz::key::ApiKey;
 use maas_authz::minting::{MintRequest, mint_key};
 use maas_authz::serve::{RunningServer, start};
 use maas_authz::store::postgres::{NoQueryObserver, PgKeyStore, PgSettings};
+use prost::Message as _;
+use prost::bytes::{BufMut as _, Bytes};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint};
 
@@ -45,7 +49,7 @@ const DEFAULT_TENANT: &str = "models-as-a-service";
 
 /// Load generator for maas-authz's Envoy ext_authz Check endpoint.
 #[derive(Debug, Parser)]
-#[command(name = "maas-authz-loadgen", version, about)]
+#[command(name = "maas-authz-loadgen", version)]
 struct Args {
     /// An already running maas-authz gRPC listener (HOST:PORT). Without it, one is started
     /// in-process against a fresh database created from --database-url.
@@ -91,6 +95,17 @@ struct Args {
     /// First run the identical load against a do-nothing ext_authz server in this process.
     #[arg(long)]
     baseline: bool,
+    /// Measured rounds (each with its own warm-up); with --baseline the two servers alternate
+    /// round by round, so interference from other work on the machine hits both alike.
+    /// Requests per second and the ratio are medians over rounds; latency percentiles are over
+    /// every round's requests.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
+    /// How much of each CheckResponse the client decodes: `status` (only the gRPC status
+    /// field; prost skips the rest without allocating, so the client stays lean) or `full`
+    /// (headers and dynamic metadata too, as Envoy does on its own CPUs).
+    #[arg(long, value_enum, default_value = "status")]
+    decode: DecodeMode,
     /// Policy for the in-process server.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/policy"))]
     policy_path: PathBuf,
@@ -100,6 +115,21 @@ struct Args {
     /// Print one JSON object with every figure instead of text.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum DecodeMode {
+    Status,
+    Full,
+}
+
+impl DecodeMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            DecodeMode::Status => "status",
+            DecodeMode::Full => "full",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -215,6 +245,8 @@ fn serve_config(args: &Args, database_url: &str) -> ServeConfig {
         negative_cache_ttl: Duration::from_secs(5),
         startup_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(5),
+        http: HttpConfig::on_loopback(),
+        identity: identity_args_without_sources(),
     }
 }
 
@@ -315,17 +347,32 @@ fn with_database(url: &str, database: &str) -> String {
     out
 }
 
-/// The baseline (when asked) and then the target, under identical load; prints the report.
+/// The baseline (when asked) and the target under identical load, alternating round by round;
+/// prints the report.
 async fn measure_all(args: &Args, target: &str, keys: &[String]) -> anyhow::Result<()> {
     let baseline = if args.baseline {
-        let server = BaselineServer::start().await?;
-        let result = measure(args, &server.addr.to_string(), keys).await;
-        server.stop().await;
-        Some(result?)
+        Some(BaselineServer::start().await?)
     } else {
         None
     };
-    let measured = measure(args, target, keys).await?;
+    let outcome = async {
+        let (mut baseline_rounds, mut rounds) = (Vec::new(), Vec::new());
+        for _ in 0..args.rounds {
+            if let Some(server) = &baseline {
+                baseline_rounds.push(measure(args, &server.addr.to_string(), keys).await?);
+            }
+            rounds.push(measure(args, target, keys).await?);
+        }
+        anyhow::Ok((baseline_rounds, rounds))
+    }
+    .await;
+    if let Some(server) = baseline {
+        server.stop().await;
+    }
+    let (baseline_rounds, rounds) = outcome?;
+    let baseline =
+        (!baseline_rounds.is_empty()).then(|| Summary::new("baseline", &baseline_rounds));
+    let measured = Summary::new(target, &rounds);
     report(args, baseline.as_ref(), &measured);
     Ok(())
 }
@@ -339,37 +386,111 @@ struct StreamTally {
     errors: u64,
 }
 
-/// Figures of one run.
+/// What one measured round saw.
 #[derive(Debug)]
-struct RunResult {
+struct Round {
+    seconds: f64,
+    allowed: u64,
+    denied: u64,
+    errors: u64,
+    /// Every counted request's latency in microseconds, sorted.
+    latencies_us: Vec<u32>,
+    /// Process CPU (user + system: client and in-process servers) in the measured window.
+    cpu_seconds: Option<f64>,
+    first_error: Option<String>,
+}
+
+impl Round {
+    fn rps(&self) -> f64 {
+        self.latencies_us.len() as f64 / self.seconds
+    }
+}
+
+/// Figures over every round against one server.
+#[derive(Debug)]
+struct Summary {
     target: String,
+    /// Requests per second of each round, in order.
+    round_rps: Vec<f64>,
+    /// Median of `round_rps`.
+    rps: f64,
     requests: u64,
     seconds: f64,
     allowed: u64,
     denied: u64,
     errors: u64,
+    mean_us: f64,
     p50_us: u32,
     p99_us: u32,
     p999_us: u32,
     max_us: u32,
-    mean_us: f64,
-    /// Process CPU (user + system, client and any in-process servers) per measured request.
+    /// Process CPU per request (client and any in-process servers together).
     cpu_us_per_request: Option<f64>,
-    /// Process CPU over wall time in the measured window (2.0 = both cores busy on 2 CPUs).
+    /// Process CPU over wall time (2.0 = two cores busy).
     cpu_utilisation: Option<f64>,
     first_error: Option<String>,
 }
 
-impl RunResult {
-    fn rps(&self) -> f64 {
-        self.requests as f64 / self.seconds
+impl Summary {
+    fn new(target: &str, rounds: &[Round]) -> Self {
+        let mut latencies: Vec<u32> = rounds
+            .iter()
+            .flat_map(|r| r.latencies_us.iter().copied())
+            .collect();
+        latencies.sort_unstable();
+        let percentile = |p: f64| -> u32 {
+            if latencies.is_empty() {
+                return 0;
+            }
+            let rank = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
+            latencies[rank - 1]
+        };
+        let requests = latencies.len() as u64;
+        let seconds: f64 = rounds.iter().map(|r| r.seconds).sum();
+        let cpu_seconds: Option<f64> = rounds.iter().map(|r| r.cpu_seconds).sum();
+        let round_rps: Vec<f64> = rounds.iter().map(Round::rps).collect();
+        Self {
+            target: target.to_owned(),
+            rps: median(&round_rps),
+            round_rps,
+            requests,
+            seconds,
+            allowed: rounds.iter().map(|r| r.allowed).sum(),
+            denied: rounds.iter().map(|r| r.denied).sum(),
+            errors: rounds.iter().map(|r| r.errors).sum(),
+            mean_us: if latencies.is_empty() {
+                0.0
+            } else {
+                latencies.iter().map(|&l| f64::from(l)).sum::<f64>() / latencies.len() as f64
+            },
+            p50_us: percentile(0.50),
+            p99_us: percentile(0.99),
+            p999_us: percentile(0.999),
+            max_us: latencies.last().copied().unwrap_or(0),
+            cpu_us_per_request: cpu_seconds
+                .filter(|_| requests > 0)
+                .map(|cpu| cpu * 1e6 / requests as f64),
+            cpu_utilisation: cpu_seconds.map(|cpu| cpu / seconds),
+            first_error: rounds.iter().find_map(|r| r.first_error.clone()),
+        }
     }
 }
 
-/// Where requests come from: pre-built CheckRequests cycled per stream, or fresh unknown keys.
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// Where requests come from: CheckRequests encoded once and cycled per stream, or fresh
+/// unknown keys (generated and encoded per request).
 #[derive(Clone)]
 enum RequestSource {
-    Fixed(Arc<Vec<CheckRequest>>),
+    Fixed(Arc<Vec<Bytes>>),
     FreshUnknown(Arc<str>),
 }
 
@@ -380,7 +501,7 @@ impl RequestSource {
             Self::Fixed(Arc::new(
                 headers
                     .iter()
-                    .map(|h| check_request(&args.path, h))
+                    .map(|h| Bytes::from(check_request(&args.path, h).encode_to_vec()))
                     .collect(),
             ))
         };
@@ -405,11 +526,13 @@ impl RequestSource {
         })
     }
 
-    fn request(&self, n: usize) -> anyhow::Result<CheckRequest> {
+    /// The encoded CheckRequest for the `n`th request (a reference-counted clone, no copy).
+    fn request(&self, n: usize) -> anyhow::Result<Bytes> {
         Ok(match self {
             Self::Fixed(requests) => requests[n % requests.len()].clone(),
             Self::FreshUnknown(path) => {
-                check_request(path, &format!("Bearer {}", generate_key()?.expose()))
+                let request = check_request(path, &format!("Bearer {}", generate_key()?.expose()));
+                Bytes::from(request.encode_to_vec())
             }
         })
     }
@@ -454,7 +577,7 @@ fn check_request(path: &str, authorization: &str) -> CheckRequest {
 }
 
 /// Runs warm-up then the measured window against `target` and collects every stream's tally.
-async fn measure(args: &Args, target: &str, keys: &[String]) -> anyhow::Result<RunResult> {
+async fn measure(args: &Args, target: &str, keys: &[String]) -> anyhow::Result<Round> {
     let source = RequestSource::new(args, keys)?;
     let uri = format!("http://{target}");
     let mut channels = Vec::with_capacity(args.connections as usize);
@@ -480,14 +603,23 @@ async fn measure(args: &Args, target: &str, keys: &[String]) -> anyhow::Result<R
         let first_error = first_error_tx.clone();
         // Each stream starts at a different key so the load spreads over all of them.
         let offset = stream * 7919;
-        tasks.push(tokio::spawn(drive_stream(
-            channel,
-            source,
-            offset,
-            window_start,
-            window_end,
-            first_error,
-        )));
+        let window = (window_start, window_end);
+        tasks.push(match args.decode {
+            DecodeMode::Status => tokio::spawn(drive_stream::<StatusOnly>(
+                channel,
+                source,
+                offset,
+                window,
+                first_error,
+            )),
+            DecodeMode::Full => tokio::spawn(drive_stream::<CheckResponse>(
+                channel,
+                source,
+                offset,
+                window,
+                first_error,
+            )),
+        });
     }
     drop(first_error_tx);
     let cpu_before = wait_until_and_read_cpu(window_start).await;
@@ -502,56 +634,33 @@ async fn measure(args: &Args, target: &str, keys: &[String]) -> anyhow::Result<R
         errors += tally.errors;
     }
     latencies.sort_unstable();
-    let requests = latencies.len() as u64;
-    let seconds = args.duration.as_secs_f64();
-    let percentile = |p: f64| -> u32 {
-        if latencies.is_empty() {
-            return 0;
-        }
-        let rank = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
-        latencies[rank - 1]
-    };
-    let mean_us = if latencies.is_empty() {
-        0.0
-    } else {
-        latencies.iter().map(|&l| f64::from(l)).sum::<f64>() / latencies.len() as f64
-    };
     let cpu_seconds = match (cpu_before, cpu_after) {
         (Some(before), Some(after)) => Some(after - before),
         _ => None,
     };
     let first_error = first_error_rx.borrow().clone();
-    Ok(RunResult {
-        target: target.to_owned(),
-        requests,
-        seconds,
+    Ok(Round {
+        seconds: args.duration.as_secs_f64(),
         allowed,
         denied,
         errors,
-        p50_us: percentile(0.50),
-        p99_us: percentile(0.99),
-        p999_us: percentile(0.999),
-        max_us: latencies.last().copied().unwrap_or(0),
-        mean_us,
-        cpu_us_per_request: cpu_seconds
-            .filter(|_| requests > 0)
-            .map(|cpu| cpu * 1e6 / requests as f64),
-        cpu_utilisation: cpu_seconds.map(|cpu| cpu / seconds),
+        latencies_us: latencies,
+        cpu_seconds,
         first_error,
     })
 }
 
 /// One in-flight request at a time, back to back, until the window closes. Only requests sent
 /// and answered inside the window are counted.
-async fn drive_stream(
+async fn drive_stream<M: ResponseStatus>(
     channel: Channel,
     source: RequestSource,
     offset: usize,
-    window_start: Instant,
-    window_end: Instant,
+    (window_start, window_end): (Instant, Instant),
     first_error: watch::Sender<Option<String>>,
 ) -> anyhow::Result<StreamTally> {
-    let mut client = AuthorizationClient::new(channel);
+    let mut client = tonic::client::Grpc::new(channel);
+    let path = PathAndQuery::from_static(CHECK_PATH);
     let mut tally = StreamTally::default();
     let mut n = offset;
     loop {
@@ -561,7 +670,16 @@ async fn drive_stream(
         if sent >= window_end {
             break;
         }
-        let outcome = client.check(request).await;
+        let outcome = match client.ready().await {
+            Ok(()) => {
+                client
+                    .unary(request, path.clone(), ClientCodec::<M>(PhantomData))
+                    .await
+            }
+            Err(error) => Err(tonic::Status::unavailable(format!(
+                "channel not ready: {error}"
+            ))),
+        };
         let done = Instant::now();
         if sent < window_start || done > window_end {
             continue;
@@ -570,8 +688,7 @@ async fn drive_stream(
         tally.latencies_us.push(micros);
         match outcome {
             Ok(response) => {
-                let code = response.get_ref().status.as_ref().map_or(0, |s| s.code);
-                if code == 0 {
+                if response.get_ref().rpc_code() == 0 {
                     tally.allowed += 1;
                 } else {
                     tally.denied += 1;
@@ -591,6 +708,81 @@ async fn drive_stream(
         }
     }
     Ok(tally)
+}
+
+/// The gRPC method Envoy calls.
+const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+
+/// A CheckResponse reduced to its `status` field (tag 1); prost skips every other field
+/// without allocating, so the client does not pay for headers and metadata it ignores.
+#[derive(Clone, PartialEq, prost::Message)]
+struct StatusOnly {
+    #[prost(message, optional, tag = "1")]
+    status: Option<rpc::Status>,
+}
+
+/// A decoded answer's gRPC status code inside the CheckResponse (0 = allow).
+trait ResponseStatus: prost::Message + Default + Send + Sync + 'static {
+    fn rpc_code(&self) -> i32;
+}
+
+impl ResponseStatus for StatusOnly {
+    fn rpc_code(&self) -> i32 {
+        self.status.as_ref().map_or(0, |s| s.code)
+    }
+}
+
+impl ResponseStatus for CheckResponse {
+    fn rpc_code(&self) -> i32 {
+        self.status.as_ref().map_or(0, |s| s.code)
+    }
+}
+
+/// Client codec: sends pre-encoded CheckRequest bytes, decodes the answer as `M`.
+#[derive(Debug)]
+struct ClientCodec<M>(PhantomData<M>);
+
+impl<M: ResponseStatus> Codec for ClientCodec<M> {
+    type Encode = Bytes;
+    type Decode = M;
+    type Encoder = PreEncoded;
+    type Decoder = MessageDecoder<M>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        PreEncoded
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        MessageDecoder(PhantomData)
+    }
+}
+
+/// Writes bytes that already are an encoded CheckRequest.
+#[derive(Debug)]
+struct PreEncoded;
+
+impl Encoder for PreEncoded {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct MessageDecoder<M>(PhantomData<M>);
+
+impl<M: ResponseStatus> Decoder for MessageDecoder<M> {
+    type Item = M;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<M>, tonic::Status> {
+        M::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(format!("cannot decode CheckResponse: {e}")))
+    }
 }
 
 async fn wait_until_and_read_cpu(when: Instant) -> Option<f64> {
@@ -695,16 +887,27 @@ fn caveat(cpus: usize, in_process: bool) -> String {
     )
 }
 
-fn report(args: &Args, baseline: Option<&RunResult>, measured: &RunResult) {
+fn report(args: &Args, baseline: Option<&Summary>, measured: &Summary) {
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
-    let ratio = baseline.map(|b| measured.rps() / b.rps());
+    // Per round, then the median: each round pairs runs that ran back to back.
+    let round_ratios: Vec<f64> = baseline
+        .map(|b| {
+            b.round_rps
+                .iter()
+                .zip(&measured.round_rps)
+                .map(|(base, ours)| ours / base)
+                .collect()
+        })
+        .unwrap_or_default();
+    let ratio = baseline.map(|_| median(&round_ratios));
     if args.json {
-        let run_json = |r: &RunResult| {
+        let summary_json = |r: &Summary| {
             serde_json::json!({
                 "target": r.target,
+                "rps": r.rps,
+                "round_rps": r.round_rps,
                 "requests": r.requests,
                 "seconds": r.seconds,
-                "rps": r.rps(),
                 "allowed": r.allowed,
                 "denied": r.denied,
                 "errors": r.errors,
@@ -725,6 +928,8 @@ fn report(args: &Args, baseline: Option<&RunResult>, measured: &RunResult) {
             "path": args.path,
             "streams": args.streams,
             "connections": args.connections,
+            "client_decode": args.decode.as_str(),
+            "rounds": args.rounds,
             "warmup_s": args.warmup.as_secs_f64(),
             "duration_s": args.duration.as_secs_f64(),
             "keys": if args.scenario == Scenario::Hit { Some(args.keys) } else { None },
@@ -732,19 +937,22 @@ fn report(args: &Args, baseline: Option<&RunResult>, measured: &RunResult) {
             "cpus": cpus,
             "worker_threads": args.worker_threads.unwrap_or(cpus),
             "caveat": caveat(cpus, args.target.is_none()),
-            "baseline": baseline.map(run_json),
-            "maas_authz": run_json(measured),
+            "baseline": baseline.map(summary_json),
+            "maas_authz": summary_json(measured),
+            "round_ratios": round_ratios,
             "ratio_rps_vs_baseline": ratio,
         });
         println!("{object}");
         return;
     }
     println!(
-        "scenario={} path={} streams={} connections={} warmup={:?} duration={:?}{}",
+        "scenario={} path={} streams={} connections={} decode={} rounds={} warmup={:?} duration={:?}{}",
         args.scenario.as_str(),
         args.path,
         args.streams,
         args.connections,
+        args.decode.as_str(),
+        args.rounds,
         args.warmup,
         args.duration,
         if args.scenario == Scenario::Hit {
@@ -755,7 +963,7 @@ fn report(args: &Args, baseline: Option<&RunResult>, measured: &RunResult) {
     );
     println!("note: {}", caveat(cpus, args.target.is_none()));
     println!(
-        "{:<12} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9}",
+        "{:<12} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>5}",
         "server",
         "req/s",
         "mean",
@@ -766,13 +974,14 @@ fn report(args: &Args, baseline: Option<&RunResult>, measured: &RunResult) {
         "allowed",
         "denied",
         "errors",
-        "cpu/req"
+        "cpu/req",
+        "cpus"
     );
-    let line = |name: &str, r: &RunResult| {
+    let line = |name: &str, r: &Summary| {
         println!(
-            "{:<12} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9}",
+            "{:<12} {:>10.0} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7} {:>9} {:>5}",
             name,
-            r.rps(),
+            r.rps,
             micros(r.mean_us),
             micros(f64::from(r.p50_us)),
             micros(f64::from(r.p99_us)),
@@ -782,7 +991,13 @@ fn report(args: &Args, baseline: Option<&RunResult>, measured: &RunResult) {
             r.denied,
             r.errors,
             r.cpu_us_per_request.map_or_else(|| "-".to_owned(), micros),
+            r.cpu_utilisation
+                .map_or_else(|| "-".to_owned(), |u| format!("{u:.2}")),
         );
+        if r.round_rps.len() > 1 {
+            let rounds: Vec<String> = r.round_rps.iter().map(|x| format!("{x:.0}")).collect();
+            println!("{:<12} req/s by round: {}", "", rounds.join(" "));
+        }
         if let Some(error) = &r.first_error {
             println!("{:<12} first error: {error}", "");
         }
@@ -792,7 +1007,11 @@ fn report(args: &Args, baseline: Option<&RunResult>, measured: &RunResult) {
     }
     line("maas-authz", measured);
     if let Some(ratio) = ratio {
-        println!("throughput ratio maas-authz/baseline: {ratio:.3}");
+        let rounds: Vec<String> = round_ratios.iter().map(|x| format!("{x:.3}")).collect();
+        println!(
+            "throughput ratio maas-authz/baseline: {ratio:.3} (median of rounds: {})",
+            rounds.join(" ")
+        );
     }
 }
 

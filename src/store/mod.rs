@@ -7,6 +7,7 @@ pub mod migrate;
 pub mod postgres;
 mod sql;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
@@ -75,6 +76,8 @@ pub struct KeyRecord {
     pub expires_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub ephemeral: bool,
+    /// Immutable labels set at mint (`api_keys.labels`; `NULL` reads as empty).
+    pub labels: BTreeMap<String, String>,
 }
 
 impl KeyRecord {
@@ -100,6 +103,8 @@ pub struct NewKey {
     pub subscription: String,
     pub expires_at: DateTime<Utc>,
     pub ephemeral: bool,
+    /// Stored as a JSON object; an empty map is stored as `NULL`, as upstream does.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Why the store could not answer. `transient` tells callers whether retrying (or Envoy's
@@ -155,4 +160,87 @@ pub trait KeyStore: Send + Sync + 'static {
         username: &str,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send;
+}
+
+/// Columns a key search may sort by; the store maps each to a fixed column name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeySortField {
+    #[default]
+    CreatedAt,
+    ExpiresAt,
+    LastUsedAt,
+    Name,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SortOrder {
+    Ascending,
+    #[default]
+    Descending,
+}
+
+/// A validated key search. Every field becomes a query parameter; none is interpolated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySearch {
+    /// Only this user's keys; `None` searches every user of the tenant (admins).
+    pub username: Option<String>,
+    /// Effective statuses to return (an active key past its expiry counts as expired);
+    /// empty means all.
+    pub statuses: Vec<KeyStatus>,
+    pub subscription: Option<String>,
+    /// Keys whose labels contain all of these (JSONB containment).
+    pub labels_contain: BTreeMap<String, String>,
+    pub include_ephemeral: bool,
+    pub sort_by: KeySortField,
+    pub order: SortOrder,
+    /// Rows to return (the store reads one more to know whether more exist).
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// One page of a key search. Records carry their effective status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPage {
+    pub keys: Vec<KeyRecord>,
+    pub has_more: bool,
+}
+
+/// Which active, unexpired keys a bulk revocation touches; `None` fields do not filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RevocationScope {
+    pub username: Option<String>,
+    pub subscription: Option<String>,
+    /// Keys whose labels contain all of these; empty does not filter.
+    pub labels_contain: BTreeMap<String, String>,
+}
+
+/// Persistence for the key-management API, beyond what the hot path needs.
+pub trait KeyAdminStore: KeyStore {
+    /// One page of keys matching `search`, in its order.
+    fn search_keys(
+        &self,
+        search: &KeySearch,
+    ) -> impl Future<Output = Result<KeyPage, StoreError>> + Send;
+
+    /// Revokes every active, unexpired key in `scope` with one statement; returns their hashes
+    /// so callers can evict them from caches.
+    fn revoke_keys(
+        &self,
+        scope: &RevocationScope,
+    ) -> impl Future<Output = Result<Vec<KeyHash>, StoreError>> + Send;
+
+    /// How many keys [`KeyAdminStore::revoke_keys`] would revoke now (dry run).
+    fn count_revocable_keys(
+        &self,
+        scope: &RevocationScope,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Deletes ephemeral keys that expired more than `grace` ago; returns how many.
+    fn delete_expired_ephemeral_keys(
+        &self,
+        grace: std::time::Duration,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// One round trip, for readiness probes.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

@@ -5,8 +5,13 @@ use std::time::{Duration, Instant};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::{NoTls, Row};
 
+use std::collections::BTreeMap;
+
 use super::sql;
-use super::{KeyRecord, KeyRecordId, KeyStatus, KeyStore, NewKey, StoreError};
+use super::{
+    KeyAdminStore, KeyPage, KeyRecord, KeyRecordId, KeySearch, KeyStatus, KeyStore, NewKey,
+    RevocationScope, StoreError,
+};
 use crate::key::KeyHash;
 
 /// How the pool connects and how long anything may take.
@@ -111,12 +116,6 @@ impl<O: QueryObserver> PgKeyStore<O> {
         }
     }
 
-    /// One round trip, for readiness.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        self.run("ping", async |client| sql::select_one(client).await)
-            .await
-    }
-
     /// Runs one statement on a pooled connection within the query timeout, recording its latency.
     async fn run<T>(
         &self,
@@ -161,6 +160,7 @@ impl<O: QueryObserver> KeyStore for PgKeyStore<O> {
             tenant: &self.tenant,
             expires_at: key.expires_at,
             ephemeral: key.ephemeral,
+            labels: labels_to_json(&key.labels),
         };
         let row = self
             .run("insert_key", async |client| {
@@ -204,6 +204,117 @@ impl<O: QueryObserver> KeyStore for PgKeyStore<O> {
     }
 }
 
+impl<O: QueryObserver> KeyAdminStore for PgKeyStore<O> {
+    async fn search_keys(&self, search: &KeySearch) -> Result<KeyPage, StoreError> {
+        let params = sql::SearchKeysParams {
+            tenant: &self.tenant,
+            username: search.username.as_deref(),
+            statuses: search.statuses.iter().map(|s| s.as_str()).collect(),
+            subscription: search.subscription.as_deref(),
+            labels_contain: labels_to_json(&search.labels_contain),
+            include_ephemeral: search.include_ephemeral,
+            sort_by: search.sort_by,
+            order: search.order,
+            // One more than asked for tells whether another page exists.
+            limit: search.limit.saturating_add(1),
+            offset: search.offset,
+        };
+        let rows = self
+            .run("search_keys", async |client| {
+                sql::search_keys(client, &params).await
+            })
+            .await?;
+        let mut keys = rows
+            .iter()
+            .map(row_to_record)
+            .collect::<Result<Vec<_>, _>>()?;
+        let wanted = usize::try_from(search.limit).unwrap_or(0);
+        let has_more = keys.len() > wanted;
+        keys.truncate(wanted);
+        Ok(KeyPage { keys, has_more })
+    }
+
+    async fn revoke_keys(&self, scope: &RevocationScope) -> Result<Vec<KeyHash>, StoreError> {
+        let params = scope_params(&self.tenant, scope);
+        let rows = self
+            .run("revoke_keys_in_scope", async |client| {
+                sql::revoke_keys_in_scope(client, &params).await
+            })
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let text: String = row
+                    .try_get(0)
+                    .map_err(|e| StoreError::CorruptRow(e.to_string()))?;
+                KeyHash::from_hex(&text).map_err(|e| StoreError::CorruptRow(e.to_string()))
+            })
+            .collect()
+    }
+
+    async fn count_revocable_keys(&self, scope: &RevocationScope) -> Result<u64, StoreError> {
+        let params = scope_params(&self.tenant, scope);
+        let count = self
+            .run("count_keys_in_scope", async |client| {
+                sql::count_keys_in_scope(client, &params).await
+            })
+            .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    async fn delete_expired_ephemeral_keys(&self, grace: Duration) -> Result<u64, StoreError> {
+        self.run("delete_expired_ephemeral_keys", async |client| {
+            sql::delete_expired_ephemeral_keys(client, &self.tenant, grace.as_secs_f64()).await
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.run("ping", async |client| sql::select_one(client).await)
+            .await
+    }
+}
+
+fn scope_params<'a>(tenant: &'a str, scope: &'a RevocationScope) -> sql::ScopeParams<'a> {
+    sql::ScopeParams {
+        tenant,
+        username: scope.username.as_deref(),
+        subscription: scope.subscription.as_deref(),
+        labels_contain: labels_to_json(&scope.labels_contain),
+    }
+}
+
+/// Labels as the JSONB column holds them: an object, or `NULL` when there are none.
+fn labels_to_json(labels: &BTreeMap<String, String>) -> Option<serde_json::Value> {
+    (!labels.is_empty()).then(|| {
+        serde_json::Value::Object(
+            labels
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect(),
+        )
+    })
+}
+
+/// The JSONB column back into labels; anything but an object of strings is corrupt.
+fn labels_from_json(
+    id: KeyRecordId,
+    value: Option<serde_json::Value>,
+) -> Result<BTreeMap<String, String>, StoreError> {
+    let corrupt =
+        || StoreError::CorruptRow(format!("key {id}: labels are not an object of strings"));
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(BTreeMap::new()),
+        Some(serde_json::Value::Object(object)) => object
+            .into_iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(v) => Ok((k, v)),
+                _ => Err(corrupt()),
+            })
+            .collect(),
+        Some(_) => Err(corrupt()),
+    }
+}
+
 /// Maps one row (columns as in `sql::key_columns!`) to a record, refusing corrupt data.
 fn row_to_record(row: &Row) -> Result<KeyRecord, StoreError> {
     let get_text = |index: usize| -> Result<String, StoreError> {
@@ -234,6 +345,7 @@ fn row_to_record(row: &Row) -> Result<KeyRecord, StoreError> {
         expires_at: row.try_get(9).map_err(corrupt)?,
         last_used_at: row.try_get(10).map_err(corrupt)?,
         ephemeral: row.try_get(11).map_err(corrupt)?,
+        labels: labels_from_json(id, row.try_get(12).map_err(corrupt)?)?,
     })
 }
 

@@ -4,11 +4,40 @@ use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
+use super::{KeySortField, SortOrder};
+
 /// The columns every key-reading statement returns, in the order `row_to_record` expects.
 macro_rules! key_columns {
     () => {
         "id, username, name, description, key_hash, status, user_groups, subscription, \
-         created_at, expires_at, last_used_at, ephemeral"
+         created_at, expires_at, last_used_at, ephemeral, labels"
+    };
+}
+
+/// The status that counts now: an active key past its expiry is expired, whatever the row says.
+macro_rules! effective_status {
+    () => {
+        "CASE WHEN status = 'active' AND expires_at IS NOT NULL AND expires_at <= now() \
+         THEN 'expired' ELSE status END"
+    };
+}
+
+/// [`key_columns!`] with the stored status replaced by [`effective_status!`].
+macro_rules! key_columns_with_effective_status {
+    () => {
+        concat!(
+            "id, username, name, description, key_hash, ",
+            effective_status!(),
+            " AS status, user_groups, subscription, created_at, expires_at, last_used_at, \
+             ephemeral, labels"
+        )
+    };
+}
+
+/// Keys a bulk revocation may touch: active and not yet expired.
+macro_rules! revocable {
+    () => {
+        "status = 'active' AND (expires_at IS NULL OR expires_at > now())"
     };
 }
 
@@ -55,6 +84,8 @@ pub(super) struct InsertKeyParams<'a> {
     pub tenant: &'a str,
     pub expires_at: chrono::DateTime<chrono::Utc>,
     pub ephemeral: bool,
+    /// A JSON object, or `None` for `NULL` (no labels).
+    pub labels: Option<serde_json::Value>,
 }
 
 pub(super) async fn insert_key(
@@ -64,12 +95,12 @@ pub(super) async fn insert_key(
     let statement = client
         .prepare_cached(concat!(
             "INSERT INTO api_keys (id, username, name, description, key_hash, status, user_groups, \
-             subscription, tenant, expires_at, ephemeral) \
-             VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $10) RETURNING ",
+             subscription, tenant, expires_at, ephemeral, labels) \
+             VALUES ($1, $2, $3, $4, $5, 'active', $6, $7, $8, $9, $10, $11) RETURNING ",
             key_columns!()
         ))
         .await?;
-    let values: [&(dyn ToSql + Sync); 10] = [
+    let values: [&(dyn ToSql + Sync); 11] = [
         &params.id,
         &params.username,
         &params.name,
@@ -80,11 +111,12 @@ pub(super) async fn insert_key(
         &params.tenant,
         &params.expires_at,
         &params.ephemeral,
+        &params.labels,
     ];
     client.query_one(&statement, &values).await
 }
 
-/// Revokes one key if it is still active; the row stays for audit.
+/// Revokes one key if it is still active and unexpired; the row stays for audit.
 pub(super) async fn revoke_key_by_id(
     client: &impl GenericClient,
     id: &str,
@@ -92,8 +124,9 @@ pub(super) async fn revoke_key_by_id(
 ) -> Result<Option<Row>, tokio_postgres::Error> {
     let statement = client
         .prepare_cached(concat!(
-            "UPDATE api_keys SET status = 'revoked' \
-             WHERE id = $1 AND tenant = $2 AND status = 'active' RETURNING ",
+            "UPDATE api_keys SET status = 'revoked' WHERE id = $1 AND tenant = $2 AND ",
+            revocable!(),
+            " RETURNING ",
             key_columns!()
         ))
         .await?;
@@ -117,6 +150,174 @@ pub(super) async fn select_keys_of_user(
     client
         .query(&statement, &[&username, &tenant, &limit])
         .await
+}
+
+/// Parameters of [`search_keys`]; `None` and empty values do not filter.
+pub(super) struct SearchKeysParams<'a> {
+    pub tenant: &'a str,
+    pub username: Option<&'a str>,
+    /// Effective statuses, as stored strings.
+    pub statuses: Vec<&'static str>,
+    pub subscription: Option<&'a str>,
+    /// A JSON object the key's labels must contain.
+    pub labels_contain: Option<serde_json::Value>,
+    pub include_ephemeral: bool,
+    pub sort_by: KeySortField,
+    pub order: SortOrder,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// The fixed column text of each sort field: the only way a sort reaches the SQL.
+fn sort_column(field: KeySortField) -> &'static str {
+    match field {
+        KeySortField::CreatedAt => "created_at",
+        KeySortField::ExpiresAt => "expires_at",
+        KeySortField::LastUsedAt => "last_used_at",
+        KeySortField::Name => "name",
+    }
+}
+
+fn sort_direction(order: SortOrder) -> &'static str {
+    match order {
+        SortOrder::Ascending => "ASC",
+        SortOrder::Descending => "DESC",
+    }
+}
+
+/// Numbers the parameters of a statement assembled at run time.
+struct Placeholders<'v> {
+    values: Vec<&'v (dyn ToSql + Sync)>,
+}
+
+impl<'v> Placeholders<'v> {
+    /// Adds `value` as the next parameter and returns its placeholder (`$n`).
+    fn bind(&mut self, value: &'v (dyn ToSql + Sync)) -> String {
+        self.values.push(value);
+        format!("${}", self.values.len())
+    }
+}
+
+/// One page of keys with their effective status. The statement is assembled from fixed
+/// fragments and numbered placeholders only: every value travels as a parameter, and the sort
+/// column and direction come from [`sort_column`] and [`sort_direction`].
+pub(super) async fn search_keys(
+    client: &impl GenericClient,
+    params: &SearchKeysParams<'_>,
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    let mut placeholders = Placeholders { values: Vec::new() };
+    let mut sql = format!(
+        concat!(
+            "SELECT ",
+            key_columns_with_effective_status!(),
+            " FROM api_keys WHERE tenant = {}"
+        ),
+        placeholders.bind(&params.tenant)
+    );
+    if let Some(username) = &params.username {
+        sql += &format!(" AND username = {}", placeholders.bind(username));
+    }
+    if !params.statuses.is_empty() {
+        sql += &format!(
+            concat!(" AND (", effective_status!(), ") = ANY({})"),
+            placeholders.bind(&params.statuses)
+        );
+    }
+    if let Some(subscription) = &params.subscription {
+        sql += &format!(" AND subscription = {}", placeholders.bind(subscription));
+    }
+    if let Some(labels) = &params.labels_contain {
+        sql += &format!(" AND labels @> {}::jsonb", placeholders.bind(labels));
+    }
+    if !params.include_ephemeral {
+        sql += " AND NOT ephemeral";
+    }
+    let (column, direction) = (sort_column(params.sort_by), sort_direction(params.order));
+    sql += &format!(
+        " ORDER BY {column} {direction} NULLS LAST, id {direction} LIMIT {} OFFSET {}",
+        placeholders.bind(&params.limit),
+        placeholders.bind(&params.offset)
+    );
+    let statement = client.prepare_cached(&sql).await?;
+    client.query(&statement, &placeholders.values).await
+}
+
+/// Parameters of [`revoke_keys_in_scope`] and [`count_keys_in_scope`].
+pub(super) struct ScopeParams<'a> {
+    pub tenant: &'a str,
+    pub username: Option<&'a str>,
+    pub subscription: Option<&'a str>,
+    pub labels_contain: Option<serde_json::Value>,
+}
+
+/// Revokes every revocable key in the scope in one statement, returning their hashes.
+pub(super) async fn revoke_keys_in_scope(
+    client: &impl GenericClient,
+    params: &ScopeParams<'_>,
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached(concat!(
+            "UPDATE api_keys SET status = 'revoked' WHERE tenant = $1 AND ",
+            revocable!(),
+            " AND ($2::text IS NULL OR username = $2) \
+             AND ($3::text IS NULL OR subscription = $3) \
+             AND ($4::jsonb IS NULL OR labels @> $4) RETURNING key_hash"
+        ))
+        .await?;
+    client
+        .query(
+            &statement,
+            &[
+                &params.tenant,
+                &params.username,
+                &params.subscription,
+                &params.labels_contain,
+            ],
+        )
+        .await
+}
+
+/// How many keys [`revoke_keys_in_scope`] would revoke now.
+pub(super) async fn count_keys_in_scope(
+    client: &impl GenericClient,
+    params: &ScopeParams<'_>,
+) -> Result<i64, tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached(concat!(
+            "SELECT count(*) FROM api_keys WHERE tenant = $1 AND ",
+            revocable!(),
+            " AND ($2::text IS NULL OR username = $2) \
+             AND ($3::text IS NULL OR subscription = $3) \
+             AND ($4::jsonb IS NULL OR labels @> $4)"
+        ))
+        .await?;
+    let row = client
+        .query_one(
+            &statement,
+            &[
+                &params.tenant,
+                &params.username,
+                &params.subscription,
+                &params.labels_contain,
+            ],
+        )
+        .await?;
+    row.try_get(0)
+}
+
+/// Hard-deletes ephemeral keys whose expiry is more than `grace_seconds` in the past.
+pub(super) async fn delete_expired_ephemeral_keys(
+    client: &impl GenericClient,
+    tenant: &str,
+    grace_seconds: f64,
+) -> Result<u64, tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached(
+            "DELETE FROM api_keys WHERE tenant = $1 AND ephemeral \
+             AND expires_at < now() - make_interval(secs => $2)",
+        )
+        .await?;
+    client.execute(&statement, &[&tenant, &grace_seconds]).await
 }
 
 /// A cheap round trip, for readiness checks.

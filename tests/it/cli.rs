@@ -276,6 +276,10 @@ async fn serve_binary_answers_check_and_stops_cleanly_on_sigterm() {
             "127.0.0.1:0",
             "--metrics-addr",
             "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--internal-addr",
+            "127.0.0.1:0",
         ])
         .env("DATABASE_URL", &db.url)
         .env("MAAS_AUTHZ_POLICY_PATH", &policy)

@@ -9,7 +9,17 @@
 
 mod check;
 mod cli;
+mod e2e;
+mod identity;
 mod migrations;
+mod rest;
+mod rest_internal;
+mod rest_models;
+mod rest_openapi;
+mod rest_search;
+mod rest_support;
+mod rest_tokens;
+mod rest_validation;
 mod server;
 mod support;
 mod validate;

@@ -8,7 +8,7 @@ use chrono::Utc;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
-use maas_authz::config::{DatabaseConfig, ServeConfig};
+use maas_authz::config::{DatabaseConfig, HttpConfig, ServeConfig, identity_args_without_sources};
 use maas_authz::key::ApiKey;
 use maas_authz::minting::{MintRequest, mint_key};
 use maas_authz::serve::{RunningServer, start};
@@ -162,6 +162,8 @@ pub fn serve_config(db: &TestDb) -> ServeConfig {
         negative_cache_ttl: Duration::from_secs(5),
         startup_timeout: Duration::from_secs(10),
         shutdown_grace: Duration::from_secs(2),
+        http: HttpConfig::on_loopback(),
+        identity: identity_args_without_sources(),
     }
 }
 
@@ -250,6 +252,7 @@ pub async fn insert_raw(
             subscription: owner.subscription.to_owned(),
             expires_at,
             ephemeral: false,
+            labels: Default::default(),
         })
         .await
         .expect("insert");

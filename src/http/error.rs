@@ -1,0 +1,247 @@
+//! Every REST error and the one function that turns each into an HTTP response.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::catalog::SubscriptionDenied;
+use crate::identity::AuthError;
+use crate::keys::KeyError;
+
+/// Why a request body was refused before any handler logic ran.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    #[error("request body is larger than {} bytes", super::body::MAX_BODY_BYTES)]
+    TooLarge,
+    #[error("invalid JSON body: {0}")]
+    Malformed(String),
+    #[error("cannot read the request body")]
+    Unreadable,
+}
+
+/// Everything a REST handler can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Body(#[from] BodyError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error(transparent)]
+    SubscriptionDenied(#[from] SubscriptionDenied),
+    /// The internal validate endpoint got no key.
+    #[error("key is required")]
+    KeyRequired,
+    /// The internal validate endpoint could not reach the key store.
+    #[error("validation failed")]
+    ValidationFailed,
+    #[error("the request took too long")]
+    Timeout,
+    #[error("not found")]
+    RouteNotFound,
+}
+
+/// How the error body is shaped: upstream's key API uses `{"error": "..."}`; the OpenAI-style
+/// discovery routes (`/v1/models`, `/v1/subscriptions`) use `{"error": {"message", "type", "code"}}`
+/// so OpenAI SDKs raise the matching exception.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorShape {
+    Flat,
+    OpenAi,
+}
+
+/// An [`ApiError`] answered in the OpenAI shape.
+#[derive(Debug)]
+pub struct OpenAiError(pub ApiError);
+
+impl<E: Into<ApiError>> From<E> for OpenAiError {
+    fn from(error: E) -> Self {
+        OpenAiError(error.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error_response(&self, ErrorShape::Flat)
+    }
+}
+
+impl IntoResponse for OpenAiError {
+    fn into_response(self) -> Response {
+        error_response(&self.0, ErrorShape::OpenAi)
+    }
+}
+
+/// What one error looks like on the wire, before shaping.
+struct ErrorParts {
+    status: StatusCode,
+    message: String,
+    /// OpenAI `type`.
+    kind: &'static str,
+    /// OpenAI `code`, when clients branch on it.
+    code: Option<&'static str>,
+    /// An extra top-level field of the flat shape (upstream's `code`, `provided_expiration`).
+    extra: Option<(&'static str, Value)>,
+}
+
+/// THE mapping from errors to HTTP responses. The comment on each arm says what the client does.
+pub fn error_response(error: &ApiError, shape: ErrorShape) -> Response {
+    let parts = |status, message: String, kind, code| ErrorParts {
+        status,
+        message,
+        kind,
+        code,
+        extra: None,
+    };
+    let parts = match error {
+        // Send (or fix) `Authorization: Bearer <token>`; the challenge header says so.
+        ApiError::Auth(AuthError::Missing | AuthError::Malformed | AuthError::Invalid(_)) => parts(
+            StatusCode::UNAUTHORIZED,
+            error.to_string(),
+            "invalid_request_error",
+            Some("invalid_api_key"),
+        ),
+        // Retry later: the identity source (API server, issuer, database) is down.
+        ApiError::Auth(AuthError::Unavailable(detail)) => {
+            tracing::warn!(%detail, "authentication unavailable");
+            parts(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "authentication is temporarily unavailable; retry later".into(),
+                "server_error",
+                None,
+            )
+        }
+        // Send JSON with `Content-Type: application/json`.
+        ApiError::Body(BodyError::UnsupportedMediaType) => parts(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            error.to_string(),
+            "invalid_request_error",
+            None,
+        ),
+        // Send a smaller body (1 MiB at most).
+        ApiError::Body(BodyError::TooLarge) => parts(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            error.to_string(),
+            "invalid_request_error",
+            None,
+        ),
+        // Fix the body; the message points at the problem.
+        ApiError::Body(BodyError::Malformed(_) | BodyError::Unreadable) => parts(
+            StatusCode::BAD_REQUEST,
+            error.to_string(),
+            "invalid_request_error",
+            None,
+        ),
+        // Fix the named field and retry.
+        ApiError::Keys(KeyError::InvalidRequest(_)) | ApiError::KeyRequired => parts(
+            StatusCode::BAD_REQUEST,
+            error.to_string(),
+            "invalid_request_error",
+            None,
+        ),
+        // Ask for a longer token; `provided_expiration` echoes what was asked.
+        ApiError::Keys(KeyError::TokenTooShort { provided }) => ErrorParts {
+            extra: Some(("provided_expiration", Value::String(provided.clone()))),
+            ..parts(
+                StatusCode::BAD_REQUEST,
+                error.to_string(),
+                "invalid_request_error",
+                None,
+            )
+        },
+        // Name a subscription you can use, or omit it (branch on `code`).
+        ApiError::Keys(KeyError::UnresolvableSubscription) => ErrorParts {
+            extra: Some(("code", Value::String("invalid_subscription".into()))),
+            ..parts(
+                StatusCode::BAD_REQUEST,
+                error.to_string(),
+                "invalid_request_error",
+                Some("invalid_subscription"),
+            )
+        },
+        // Nothing to show: the id is wrong, not yours, or the key is no longer active.
+        ApiError::Keys(KeyError::NotFound) => parts(
+            StatusCode::NOT_FOUND,
+            error.to_string(),
+            "invalid_request_error",
+            Some("not_found"),
+        ),
+        // Not allowed for this caller: act on your own keys, or ask an admin; mint with a
+        // user token rather than an API key.
+        ApiError::Keys(
+            KeyError::SearchOthersDenied
+            | KeyError::BulkRevokeDenied
+            | KeyError::KeyCallerCannotMint,
+        )
+        | ApiError::SubscriptionDenied(_) => parts(
+            StatusCode::FORBIDDEN,
+            error.to_string(),
+            "permission_error",
+            Some("access_denied"),
+        ),
+        // Retry later: the database is unreachable or slow.
+        ApiError::Keys(KeyError::Store(store)) if store.is_transient() => {
+            tracing::warn!(error = %store, "key store unavailable");
+            parts(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the key store is unavailable; retry later".into(),
+                "server_error",
+                None,
+            )
+        }
+        // Report it with the x-request-id: a bug or corrupt data on our side.
+        ApiError::Keys(KeyError::Store(_) | KeyError::Internal(_)) => {
+            tracing::error!(%error, "request failed");
+            parts(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal server error".into(),
+                "server_error",
+                None,
+            )
+        }
+        // Authorino-style callers treat this as "no decision" and retry or fail closed.
+        ApiError::ValidationFailed => parts(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            error.to_string(),
+            "server_error",
+            None,
+        ),
+        // Retry later, perhaps with a smaller request.
+        ApiError::Timeout => parts(
+            StatusCode::SERVICE_UNAVAILABLE,
+            error.to_string(),
+            "server_error",
+            None,
+        ),
+        // Check the path (see /openapi.json).
+        ApiError::RouteNotFound => parts(
+            StatusCode::NOT_FOUND,
+            error.to_string(),
+            "invalid_request_error",
+            None,
+        ),
+    };
+    let body = match shape {
+        ErrorShape::Flat => {
+            let mut body = json!({ "error": parts.message });
+            if let Some((field, value)) = parts.extra {
+                body[field] = value;
+            }
+            body
+        }
+        ErrorShape::OpenAi => json!({
+            "error": { "message": parts.message, "type": parts.kind, "code": parts.code }
+        }),
+    };
+    let mut response = (parts.status, Json(body)).into_response();
+    if parts.status == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}

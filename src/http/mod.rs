@@ -1,0 +1,195 @@
+//! The REST API (axum): key management, access tokens, model and subscription discovery on the
+//! public listener; validate and clean-up on the internal one. Handlers only translate between
+//! HTTP and the domain ([`crate::keys`], [`crate::catalog`], [`crate::identity`]).
+
+mod api_keys;
+pub mod body;
+mod catalog;
+pub mod error;
+mod health;
+mod internal;
+mod openapi;
+mod server;
+mod tokens;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tracing::Instrument;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::identity::{AuthError, Caller, IdentityResolver};
+use crate::keys::KeyManager;
+use crate::metrics::Metrics;
+use crate::serve::ServedStore;
+use error::ApiError;
+
+pub use server::serve_http;
+
+/// The prefix under which the gateway also exposes every public route.
+pub const GATEWAY_PREFIX: &str = "/maas-api";
+
+/// What the handlers share.
+pub struct ApiState {
+    pub keys: KeyManager<ServedStore, Arc<Metrics>>,
+    pub identity: IdentityResolver<ServedStore, Arc<Metrics>>,
+    /// `MAAS_AUTHZ_PUBLIC_URL`, without a trailing `/`.
+    pub public_url: Option<String>,
+    /// Tenant reported by the validate endpoint.
+    pub tenant: String,
+    /// Longest a request may take.
+    pub request_timeout: Duration,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState")
+            .field("keys", &self.keys)
+            .field("public_url", &self.public_url)
+            .field("tenant", &self.tenant)
+            .finish_non_exhaustive()
+    }
+}
+
+type SharedState = Arc<ApiState>;
+
+impl ApiState {
+    /// Who is calling, from the `Authorization` header.
+    async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
+        let authorization = match headers.get(header::AUTHORIZATION) {
+            Some(value) => Some(value.to_str().map_err(|_| AuthError::Malformed)?),
+            None => None,
+        };
+        self.identity.authenticate(authorization).await
+    }
+}
+
+/// The public router (every route bare and under [`GATEWAY_PREFIX`]) and its OpenAPI document.
+pub fn public_router(state: SharedState) -> (Router, utoipa::openapi::OpenApi) {
+    let (routes, document) = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(api_keys::create_key))
+        .routes(routes!(api_keys::search_keys))
+        .routes(routes!(api_keys::bulk_revoke))
+        .routes(routes!(api_keys::key_config))
+        .routes(routes!(api_keys::get_key, api_keys::revoke_key))
+        .routes(routes!(tokens::issue_token, tokens::revoke_tokens))
+        .routes(routes!(catalog::list_models))
+        .routes(routes!(catalog::list_subscriptions))
+        .routes(routes!(health::health))
+        .routes(routes!(health::ready))
+        .routes(routes!(openapi::openapi_json))
+        .with_state(state.clone())
+        .split_for_parts();
+    let document_json = Arc::new(document.to_pretty_json().unwrap_or_default());
+    let routes = routes.layer(axum::Extension(openapi::Document(document_json)));
+    let router = Router::new()
+        .merge(routes.clone())
+        .nest(GATEWAY_PREFIX, routes)
+        .fallback(route_not_found)
+        .layer(axum::middleware::from_fn_with_state(state, request_context));
+    (router, document)
+}
+
+/// The internal router: upstream's `/internal/v1/...` callbacks, unauthenticated by design.
+pub fn internal_router(state: SharedState) -> Router {
+    Router::new()
+        .route(
+            "/internal/v1/api-keys/validate",
+            axum::routing::post(internal::validate_key),
+        )
+        .route(
+            "/internal/v1/api-keys/cleanup",
+            axum::routing::post(internal::clean_up),
+        )
+        .route("/health", axum::routing::get(health::health))
+        .with_state(state.clone())
+        .fallback(route_not_found)
+        .layer(axum::middleware::from_fn_with_state(state, request_context))
+}
+
+async fn route_not_found() -> ApiError {
+    ApiError::RouteNotFound
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// Per request: echoes a sane `x-request-id` (or makes one), bounds the time taken, and logs
+/// one line with method, path (never the query), status and latency. No header values are logged.
+async fn request_context(
+    State(state): State<SharedState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID)
+        .filter(|value| is_sane_request_id(value))
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+                .unwrap_or(HeaderValue::from_static("-"))
+        });
+    let span = tracing::info_span!(
+        "http",
+        request_id = request_id.to_str().unwrap_or("-"),
+        method = %request.method(),
+        path = request.uri().path(),
+    );
+    let started = Instant::now();
+    let mut response = match tokio::time::timeout(
+        state.request_timeout,
+        next.run(request).instrument(span.clone()),
+    )
+    .await
+    {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout.into_response(),
+    };
+    span.in_scope(|| {
+        tracing::info!(
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "request"
+        );
+    });
+    response.headers_mut().insert(REQUEST_ID, request_id);
+    response
+}
+
+/// Visible ASCII, at most 128 characters: anything else is replaced, so logs stay clean.
+fn is_sane_request_id(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic())
+}
+
+/// The scheme and host clients reach us at: `MAAS_AUTHZ_PUBLIC_URL`, else `x-forwarded-proto`
+/// (or http) and `Host`. `None` when the request carries no usable host.
+fn public_base(state: &ApiState, headers: &HeaderMap) -> Option<String> {
+    if let Some(url) = &state.public_url {
+        return Some(url.clone());
+    }
+    let scheme = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| v == "http" || v == "https")
+        .unwrap_or_else(|| "http".to_owned());
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .filter(|host| {
+            !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+        })?;
+    Some(format!("{scheme}://{host}"))
+}

@@ -1,0 +1,404 @@
+//! Who is calling the REST API: one pluggable identity layer for Kubernetes tokens (TokenReview),
+//! OIDC JWTs, sk-oai API keys and a static token file.
+//!
+//! Sources are tried in upstream's order: an `sk-oai-` bearer is only ever an API key; otherwise
+//! the static file, then OIDC (for JWTs of the configured issuer), then TokenReview.
+
+mod kube;
+mod oidc;
+mod static_tokens;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+use clap::Args;
+
+use crate::authorizer::{Authorizer, CheckError, CheckObserver, KeyValidity};
+use crate::key::KEY_PREFIX;
+use crate::minting::validate_group_name;
+use crate::store::{KeyRecordId, KeyStore};
+
+use self::kube::{CaSource, TokenReviewer};
+use self::oidc::OidcVerifier;
+use self::static_tokens::StaticTokens;
+
+/// The group every token-authenticated caller belongs to, as Kubernetes does.
+pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
+/// Where Kubernetes mounts the pod's service-account token and the cluster CA.
+pub const IN_CLUSTER_TOKEN_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+pub const IN_CLUSTER_CA_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt";
+/// Every call to an issuer or API server gives up after this long.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An authenticated caller of the REST API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub username: String,
+    /// Always includes `system:authenticated` for token callers; the stored snapshot for key callers.
+    pub groups: Vec<String>,
+    /// Member of one of `MAAS_AUTHZ_ADMIN_GROUPS`.
+    pub admin: bool,
+    pub credential: CredentialKind,
+}
+
+/// How the caller proved who they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// An sk-oai key (also the short-lived access tokens of `POST /v1/tokens`).
+    ApiKey {
+        id: KeyRecordId,
+        subscription: String,
+    },
+    KubernetesToken,
+    OidcToken,
+    StaticToken,
+}
+
+/// Why a caller could not be authenticated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// 401: no `Authorization: Bearer …` header.
+    #[error("missing bearer token")]
+    Missing,
+    /// 401: the header is not `Bearer <token>`.
+    #[error("the Authorization header must be 'Bearer <token>'")]
+    Malformed,
+    /// 401: no identity source accepts the token; the text says why, without the token.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    /// 503: an identity source (database, API server, issuer) could not be reached.
+    #[error("identity provider unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Identity settings (flags mirror the variables); flattened into `serve`'s configuration.
+#[derive(Debug, Clone, Default, Args)]
+pub struct IdentityArgs {
+    /// YAML list of `{token, username, groups}` for local runs and demos.
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_STATIC_TOKENS_FILE",
+        value_name = "MAAS_AUTHZ_STATIC_TOKENS_FILE"
+    )]
+    pub static_tokens_file: Option<PathBuf>,
+    /// Comma-separated groups whose members are admins.
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_ADMIN_GROUPS",
+        value_name = "MAAS_AUTHZ_ADMIN_GROUPS",
+        value_delimiter = ','
+    )]
+    pub admin_groups: Vec<String>,
+    /// OIDC issuer URL (discovery at `<issuer>/.well-known/openid-configuration`).
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_OIDC_ISSUER",
+        value_name = "MAAS_AUTHZ_OIDC_ISSUER"
+    )]
+    pub oidc_issuer: Option<String>,
+    /// Required `aud` (and `azp` when present) of OIDC tokens.
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_OIDC_AUDIENCE",
+        value_name = "MAAS_AUTHZ_OIDC_AUDIENCE"
+    )]
+    pub oidc_audience: Option<String>,
+    /// Kubernetes API server for TokenReview; default: in-cluster (`KUBERNETES_SERVICE_HOST`).
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_KUBE_API_URL",
+        value_name = "MAAS_AUTHZ_KUBE_API_URL"
+    )]
+    pub kube_api_url: Option<String>,
+    /// Service-account token sent with TokenReviews; default: the in-cluster mount.
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_KUBE_TOKEN_FILE",
+        value_name = "MAAS_AUTHZ_KUBE_TOKEN_FILE"
+    )]
+    pub kube_token_file: Option<PathBuf>,
+    /// CA bundle of an https API server; default: the in-cluster mount when present.
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_KUBE_CA_FILE",
+        value_name = "MAAS_AUTHZ_KUBE_CA_FILE"
+    )]
+    pub kube_ca_file: Option<PathBuf>,
+}
+
+/// Authenticates REST callers against every configured identity source.
+pub struct IdentityResolver<S, O> {
+    authorizer: Arc<Authorizer<S, O>>,
+    static_tokens: Option<StaticTokens>,
+    oidc: Option<OidcVerifier>,
+    kube: Option<TokenReviewer>,
+    admin_groups: Vec<String>,
+}
+
+impl<S, O> std::fmt::Debug for IdentityResolver<S, O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityResolver")
+            .field("static_tokens", &self.static_tokens)
+            .field("oidc", &self.oidc)
+            .field("kube", &self.kube)
+            .field("admin_groups", &self.admin_groups)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: KeyStore, O: CheckObserver> IdentityResolver<S, O> {
+    /// Reads the static token file, validates settings and builds HTTP clients; every error
+    /// names the variable it comes from.
+    pub async fn from_args(
+        args: &IdentityArgs,
+        authorizer: Arc<Authorizer<S, O>>,
+    ) -> anyhow::Result<Self> {
+        let static_tokens = match &args.static_tokens_file {
+            Some(path) => {
+                let tokens = StaticTokens::load(path)
+                    .with_context(|| format!("MAAS_AUTHZ_STATIC_TOKENS_FILE={}", path.display()))?;
+                tracing::info!(
+                    path = %path.display(),
+                    entries = tokens.len(),
+                    "static tokens loaded"
+                );
+                Some(tokens)
+            }
+            None => None,
+        };
+        let admin_groups: Vec<String> = args
+            .admin_groups
+            .iter()
+            .map(|g| g.trim().to_owned())
+            .filter(|g| !g.is_empty())
+            .collect();
+        if let Some(bad) = admin_groups
+            .iter()
+            .find(|g| validate_group_name(g).is_err())
+        {
+            // No caller can carry such a group, so the setting would silently grant nobody.
+            anyhow::bail!("MAAS_AUTHZ_ADMIN_GROUPS: {bad:?} is not a valid group name");
+        }
+        let oidc = oidc_from_args(args)?;
+        let kube = kube_from_args(args, in_cluster_api_url())?;
+        Ok(Self {
+            authorizer,
+            static_tokens,
+            oidc,
+            kube,
+            admin_groups,
+        })
+    }
+
+    /// Authenticates the raw `Authorization` header value (`None` when absent).
+    pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, AuthError> {
+        let token = bearer_token(authorization)?;
+        if token.starts_with(KEY_PREFIX) {
+            return self.api_key_caller(token).await;
+        }
+        if let Some(tokens) = &self.static_tokens
+            && let Some((username, groups)) = tokens.find(token)
+        {
+            return Ok(self.caller(
+                username.to_owned(),
+                with_authenticated(groups.to_vec()),
+                CredentialKind::StaticToken,
+            ));
+        }
+        if let Some(oidc) = &self.oidc
+            && oidc::looks_like_jwt(token)
+            && oidc.claims_our_issuer(token)
+        {
+            let user = oidc.verify(token).await?;
+            return Ok(self.caller(
+                user.username,
+                with_authenticated(user.groups),
+                CredentialKind::OidcToken,
+            ));
+        }
+        if let Some(kube) = &self.kube {
+            let (username, groups) = kube.review(token).await?;
+            return Ok(self.caller(
+                username,
+                with_authenticated(groups),
+                CredentialKind::KubernetesToken,
+            ));
+        }
+        Err(AuthError::Invalid("the token is not recognised".to_owned()))
+    }
+
+    async fn api_key_caller(&self, token: &str) -> Result<Caller, AuthError> {
+        match self.authorizer.validate_key(token, Utc::now()).await {
+            Ok(KeyValidity::Valid(record)) => Ok(self.caller(
+                record.username.clone(),
+                record.groups.clone(),
+                CredentialKind::ApiKey {
+                    id: record.id,
+                    subscription: record.subscription.clone(),
+                },
+            )),
+            Ok(KeyValidity::Invalid(why)) => {
+                Err(AuthError::Invalid(why.upstream_reason().to_owned()))
+            }
+            Err(CheckError::StoreUnavailable(e)) => {
+                Err(AuthError::Unavailable(format!("key store: {e}")))
+            }
+        }
+    }
+
+    fn caller(&self, username: String, groups: Vec<String>, credential: CredentialKind) -> Caller {
+        let admin = groups.iter().any(|g| self.admin_groups.contains(g));
+        Caller {
+            username,
+            groups,
+            admin,
+            credential,
+        }
+    }
+}
+
+/// The token of `Bearer <token>` (case-insensitive scheme, surrounding blanks ignored).
+fn bearer_token(authorization: Option<&str>) -> Result<&str, AuthError> {
+    let header = authorization.map(str::trim).unwrap_or_default();
+    if header.is_empty() {
+        return Err(AuthError::Missing);
+    }
+    let (scheme, rest) = header.split_once(' ').ok_or(AuthError::Malformed)?;
+    let token = rest.trim();
+    if !scheme.eq_ignore_ascii_case("bearer")
+        || token.is_empty()
+        || token.contains(char::is_whitespace)
+    {
+        return Err(AuthError::Malformed);
+    }
+    Ok(token)
+}
+
+/// `groups` with `system:authenticated` appended once and duplicates removed, order kept.
+fn with_authenticated(groups: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(groups.len() + 1);
+    for group in groups.into_iter().chain([AUTHENTICATED_GROUP.to_owned()]) {
+        if !out.contains(&group) {
+            out.push(group);
+        }
+    }
+    out
+}
+
+/// The OIDC verifier, if an issuer is configured; the audience is then required.
+fn oidc_from_args(args: &IdentityArgs) -> anyhow::Result<Option<OidcVerifier>> {
+    let Some(issuer) = args
+        .oidc_issuer
+        .as_deref()
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+    else {
+        return Ok(None);
+    };
+    check_http_url(issuer).with_context(|| format!("MAAS_AUTHZ_OIDC_ISSUER={issuer}"))?;
+    let audience = args
+        .oidc_audience
+        .as_deref()
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .with_context(|| {
+            format!(
+                "MAAS_AUTHZ_OIDC_AUDIENCE is required when MAAS_AUTHZ_OIDC_ISSUER={issuer} is set: \
+                 tokens minted for other clients of the issuer must not be accepted"
+            )
+        })?;
+    let http = reqwest::Client::builder()
+        .timeout(HTTP_TIMEOUT)
+        .connect_timeout(HTTP_TIMEOUT)
+        .build()
+        .context("cannot build the HTTP client for MAAS_AUTHZ_OIDC_ISSUER")?;
+    tracing::info!(%issuer, %audience, "OIDC tokens accepted");
+    Ok(Some(OidcVerifier::new(
+        issuer.to_owned(),
+        audience.to_owned(),
+        http,
+    )))
+}
+
+/// `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT` when running in a pod.
+fn in_cluster_api_url() -> Option<String> {
+    let host = std::env::var("KUBERNETES_SERVICE_HOST").ok()?;
+    let port = std::env::var("KUBERNETES_SERVICE_PORT").ok()?;
+    let (host, port) = (host.trim(), port.trim());
+    if host.is_empty() || port.is_empty() {
+        return None;
+    }
+    Some(if host.contains(':') {
+        format!("https://[{host}]:{port}")
+    } else {
+        format!("https://{host}:{port}")
+    })
+}
+
+/// The TokenReview source: explicit URL (its token file must be readable), else in-cluster (skipped
+/// with a warning when the pod has no service-account token mounted).
+fn kube_from_args(
+    args: &IdentityArgs,
+    in_cluster: Option<String>,
+) -> anyhow::Result<Option<TokenReviewer>> {
+    let explicit = args
+        .kube_api_url
+        .as_deref()
+        .map(str::trim)
+        .filter(|u| !u.is_empty());
+    let url = match (explicit, in_cluster) {
+        (Some(url), _) => {
+            check_http_url(url).with_context(|| format!("MAAS_AUTHZ_KUBE_API_URL={url}"))?;
+            url.to_owned()
+        }
+        (None, Some(url)) => url,
+        (None, None) => return Ok(None),
+    };
+    let token_file = args
+        .kube_token_file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(IN_CLUSTER_TOKEN_FILE));
+    if let Err(e) = kube::read_service_account_token(&token_file) {
+        if explicit.is_some() || args.kube_token_file.is_some() {
+            return Err(e)
+                .with_context(|| format!("MAAS_AUTHZ_KUBE_TOKEN_FILE={}", token_file.display()));
+        }
+        tracing::warn!(
+            path = %token_file.display(),
+            error = %e,
+            "in a Kubernetes pod without a service-account token: Kubernetes tokens are not accepted"
+        );
+        return Ok(None);
+    }
+    let ca = if url.starts_with("https://") {
+        match &args.kube_ca_file {
+            Some(path) => CaSource::File(path),
+            None if Path::new(IN_CLUSTER_CA_FILE).exists() => {
+                CaSource::File(Path::new(IN_CLUSTER_CA_FILE))
+            }
+            None => CaSource::BuiltIn,
+        }
+    } else {
+        CaSource::BuiltIn
+    };
+    let ca_description = match &ca {
+        CaSource::File(path) => path.display().to_string(),
+        CaSource::BuiltIn => "built-in roots".to_owned(),
+    };
+    let http = kube::http_client(ca, HTTP_TIMEOUT)
+        .with_context(|| format!("MAAS_AUTHZ_KUBE_CA_FILE={ca_description}"))?;
+    tracing::info!(api_server = %url, ca = %ca_description, "Kubernetes tokens accepted (TokenReview)");
+    Ok(Some(TokenReviewer::new(&url, token_file, http)))
+}
+
+/// An absolute http(s) URL.
+fn check_http_url(url: &str) -> anyhow::Result<()> {
+    let parsed = reqwest::Url::parse(url).context("not a URL")?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        anyhow::bail!("not an http(s) URL");
+    }
+    Ok(())
+}
