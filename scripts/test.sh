@@ -77,6 +77,19 @@ find_envoy_bin() {
 # a value the user already exported always wins.
 # ---------------------------------------------------------------------------
 ensure_test_tools() {
+    # The seed-replay tests run the product documents' curl | jq lines through bash.
+    local missing=()
+    have curl || missing+=(curl)
+    have jq || missing+=(jq)
+    if [[ ${#missing[@]} -gt 0 ]]; then
+        if [[ "$(id -u)" -eq 0 ]] && have apt-get && ! is_true "${MAAS_AUTHZ_NO_INSTALL:-}"; then
+            banner "installing ${missing[*]} (apt-get)"
+            DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+        else
+            die "the tests need ${missing[*]}: install them (e.g. apt-get install ${missing[*]})"
+        fi
+    fi
     if is_true "${MAAS_AUTHZ_SKIP_TEST_TOOLS:-}"; then
         log "MAAS_AUTHZ_SKIP_TEST_TOOLS is set: not creating/updating .venv"
     elif requirements_list_packages; then

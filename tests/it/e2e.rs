@@ -18,9 +18,9 @@ use tokio::task::JoinHandle;
 use crate::support::{TestDb, serve_config};
 
 /// Static REST tokens the harness's maas-authz accepts (test-only values).
-const PREMIUM_TOKEN: &str = "e2e-static-token-premium-user";
+pub(crate) const PREMIUM_TOKEN: &str = "e2e-static-token-premium-user";
 const PREMIUM_USERNAME: &str = "e2e-premium";
-const FREE_TOKEN: &str = "e2e-static-token-free-user";
+pub(crate) const FREE_TOKEN: &str = "e2e-static-token-free-user";
 const FREE_USERNAME: &str = "e2e-free";
 
 const ENVOY_TEMPLATE: &str = include_str!("../../deploy/envoy/envoy.yaml");
@@ -176,9 +176,9 @@ fn render_envoy_config(
 }
 
 /// maas-authz (gRPC + REST) and the simulator in-process, a real Envoy in front.
-struct Gateway {
+pub(crate) struct Gateway {
     /// Envoy's public URL, e.g. `http://127.0.0.1:40123`.
-    url: String,
+    pub(crate) url: String,
     http: reqwest::Client,
     server: Option<RunningServer>,
     simulator: Option<(oneshot::Sender<()>, JoinHandle<std::io::Result<()>>)>,
@@ -188,7 +188,7 @@ struct Gateway {
 }
 
 impl Gateway {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let db = TestDb::migrated().await;
         let tokens = tempfile::NamedTempFile::new().expect("tokens file");
         std::fs::write(
