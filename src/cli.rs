@@ -5,12 +5,13 @@ use std::io::Write;
 use anyhow::{Context, bail};
 use chrono::Utc;
 
-use crate::config::{KeysAction, KeysCommand, KeysCreate};
+use crate::config::{DatabaseConfig, KeysAction, KeysCommand, KeysCreate};
+use crate::keys::EPHEMERAL_CLEANUP_GRACE;
 use crate::minting::{MintRequest, mint_key};
 use crate::policy::Policy;
 use crate::serve::pg_settings;
-use crate::store::postgres::PgKeyStore;
-use crate::store::{KeyRecordId, KeyStore};
+use crate::store::postgres::{NoQueryObserver, PgKeyStore};
+use crate::store::{KeyAdminStore, KeyRecordId, KeyStore};
 
 /// Every key holder is an authenticated user; keys minted through the API carry this group too.
 pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
@@ -68,6 +69,17 @@ pub async fn run_keys(command: KeysCommand, out: &mut impl Write) -> anyhow::Res
             Ok(())
         }
     }
+}
+
+/// Deletes ephemeral keys past the cleanup grace, as `POST /internal/v1/api-keys/cleanup` does.
+pub async fn run_cleanup(database: &DatabaseConfig) -> anyhow::Result<()> {
+    let store = PgKeyStore::connect(&pg_settings(database), NoQueryObserver)?;
+    let deleted = store
+        .delete_expired_ephemeral_keys(EPHEMERAL_CLEANUP_GRACE)
+        .await
+        .context("cannot clean up expired ephemeral keys")?;
+    tracing::info!(deleted, "expired ephemeral keys cleaned up");
+    Ok(())
 }
 
 async fn create_key(

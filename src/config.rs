@@ -28,6 +28,8 @@ pub enum Command {
     Migrate(DatabaseConfig),
     /// Operator key tools straight against the database (bootstrap and break-glass).
     Keys(KeysCommand),
+    /// Delete ephemeral keys more than 30 minutes past expiry, then exit (for a CronJob).
+    Cleanup(DatabaseConfig),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -13,6 +13,7 @@ async fn main() -> std::process::ExitCode {
             maas_authz::serve::migrate(&database, database.db_connect_timeout).await
         }
         Command::Keys(keys) => maas_authz::cli::run_keys(keys, &mut std::io::stdout()).await,
+        Command::Cleanup(database) => maas_authz::cli::run_cleanup(&database).await,
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

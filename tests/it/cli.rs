@@ -330,3 +330,61 @@ async fn serve_binary_answers_check_and_stops_cleanly_on_sigterm() {
         "the key must never be logged"
     );
 }
+
+#[tokio::test]
+async fn cleanup_deletes_ephemeral_keys_long_past_expiry_and_keeps_the_rest() {
+    let db = TestDb::migrated().await;
+    let store = db.store();
+    insert_raw(
+        &store,
+        &FREE_USER,
+        chrono::Utc::now() - chrono::Duration::hours(2),
+    )
+    .await;
+    mint(&store, &FREE_USER).await;
+    let client = db.client().await;
+    // Two ephemeral rows: one 31 minutes past expiry (deleted), one 29 minutes (kept).
+    for minutes in [31, 29] {
+        client
+            .execute(
+                "INSERT INTO api_keys (id, username, name, key_hash, user_groups, subscription, ephemeral, expires_at) \
+                 VALUES (gen_random_uuid()::text, 'alice', 'eph', md5(random()::text) || md5(random()::text), '{}', 'free', true, \
+                         now() - make_interval(mins => $1))",
+                &[&minutes],
+            )
+            .await
+            .unwrap();
+    }
+
+    let output = maas_authz(&["cleanup"], &[("DATABASE_URL", db.url.as_str())]);
+
+    assert!(output.status.success(), "{}", stderr(&output));
+    let remaining: Vec<(bool, String)> = client
+        .query(
+            "SELECT ephemeral, id FROM api_keys ORDER BY ephemeral, id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        remaining.iter().filter(|(ephemeral, _)| *ephemeral).count(),
+        1,
+        "{remaining:?}"
+    );
+    assert_eq!(
+        remaining
+            .iter()
+            .filter(|(ephemeral, _)| !*ephemeral)
+            .count(),
+        2,
+        "regular keys are never deleted"
+    );
+    assert!(
+        stderr(&output).contains("expired ephemeral keys cleaned up"),
+        "{}",
+        stderr(&output)
+    );
+}
