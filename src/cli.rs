@@ -18,10 +18,7 @@ pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
 
 /// Runs one `keys` action, writing results to `out` (standard output in production).
 pub async fn run_keys(command: KeysCommand, out: &mut impl Write) -> anyhow::Result<()> {
-    let store = PgKeyStore::connect(
-        &pg_settings(&command.database),
-        crate::store::postgres::NoQueryObserver,
-    )?;
+    let store = PgKeyStore::connect(&pg_settings(&command.database), NoQueryObserver)?;
     match command.action {
         KeysAction::Create(create) => create_key(&store, create, out).await,
         KeysAction::Revoke { id } => {
