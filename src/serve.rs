@@ -25,6 +25,7 @@ use crate::pb::key_validation_server::KeyValidationServer;
 use crate::policy::Policy;
 use crate::policy::{PolicyReloader, ReloadEvent};
 use crate::store::migrate::run_migrations;
+use crate::store::notify::{KeyChange, ListenerSettings, listen_for_key_changes};
 use crate::store::postgres::{PgKeyStore, PgSettings};
 
 /// The key store as `serve` runs it: PostgreSQL, observed by the metrics.
@@ -172,6 +173,31 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+
+    // Revocations anywhere (another replica, the CLI, upstream maas-api) evict here at once.
+    let listener_authorizer = authorizer.clone();
+    let key_listener = listen_for_key_changes(
+        ListenerSettings {
+            database_url: config.database.database_url.clone(),
+            connect_timeout: config.database.db_connect_timeout,
+            max_backoff: Duration::from_secs(5),
+        },
+        move |change| match change {
+            KeyChange::Key(hash) => {
+                let authorizer = listener_authorizer.clone();
+                tokio::spawn(async move { authorizer.cache().invalidate(&hash).await });
+            }
+            KeyChange::Resync => listener_authorizer.cache().invalidate_all(),
+        },
+        wait_for(shutdown_rx.clone()),
+    );
+    tasks.push((
+        "key-change listener",
+        tokio::spawn(async move {
+            key_listener.await;
+            Ok(())
+        }),
+    ));
 
     let reload_metrics = metrics.clone();
     let reloader = PolicyReloader::run(

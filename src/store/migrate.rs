@@ -48,6 +48,11 @@ pub const MIGRATIONS: &[Migration] = &[
         "labels",
         include_str!("../../migrations/0006_labels.sql"),
     ),
+    migration(
+        7,
+        "key_change_notify",
+        include_str!("../../migrations/0007_key_change_notify.sql"),
+    ),
 ];
 
 /// The upstream golang-migrate version whose schema ours includes.

@@ -4,6 +4,7 @@
 //! `migrations/` applied by [`migrate`].
 
 pub mod migrate;
+pub mod notify;
 pub mod postgres;
 mod sql;
 

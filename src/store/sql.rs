@@ -414,3 +414,10 @@ pub(super) async fn set_upstream_migration_version(
         .await
         .map(drop)
 }
+
+/// Subscribes a dedicated connection to the key-change channel of migration 0007.
+pub(super) async fn listen_for_key_changes(
+    client: &tokio_postgres::Client,
+) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute("LISTEN maas_authz_key_changes").await
+}

@@ -20,6 +20,7 @@ mod rest_search;
 mod rest_support;
 mod rest_tokens;
 mod rest_validation;
+mod revocation;
 mod seeds;
 mod server;
 mod support;
