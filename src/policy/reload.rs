@@ -331,12 +331,11 @@ metadata:
         let after_broken = reloader.events();
         let fingerprint_after_broken = shared.load().fingerprint().to_owned();
         replace_file(&dir.path().join("models.yaml"), TWO_MODELS);
-        eventually("the valid change to load", || {
-            shared.load().counts().models == 2
-        })
-        .await;
+        // The swap happens just before the event is reported: wait for the event.
+        eventually("the valid change to load", || reloader.events().len() == 2).await;
         let events = reloader.events();
         reloader.stop().await;
+        assert_eq!(shared.load().counts().models, 2);
 
         let file = dir.path().join("models.yaml").display().to_string();
         assert_eq!(

@@ -133,9 +133,6 @@ Render-time checks the schema cannot express; each fails with the values to chan
 {{- if and .Values.autoscaling.enabled (not .Values.autoscaling.targetCPUUtilizationPercentage) (not .Values.autoscaling.targetMemoryUtilizationPercentage) }}
 {{- fail "autoscaling: set autoscaling.targetCPUUtilizationPercentage or autoscaling.targetMemoryUtilizationPercentage (both are 0), or autoscaling.enabled=false" }}
 {{- end }}
-{{- if and .Values.metrics.serviceMonitor.enabled (not (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1")) }}
-{{- fail "metrics.serviceMonitor.enabled: the cluster does not serve monitoring.coreos.com/v1 (install the Prometheus Operator CRDs; with helm template pass --api-versions monitoring.coreos.com/v1)" }}
-{{- end }}
 {{- if and .Values.gateway.envoyGateway.enabled (not .Values.gateway.envoyGateway.targetRefs) }}
 {{- fail "gateway.envoyGateway.targetRefs: name at least one HTTPRoute or Gateway for the SecurityPolicy" }}
 {{- end }}
