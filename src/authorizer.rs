@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 
 use crate::cache::{CacheOutcome, KeyCache, Lookup};
 use crate::key::ApiKey;
+use crate::last_used::LastUsedTracker;
 use crate::policy::{ModelLookupError, Policy};
 use crate::store::{KeyRecord, KeyStatus, KeyStore, StoreError};
 
@@ -216,6 +217,7 @@ pub struct Authorizer<S, O = ()> {
     cache: KeyCache,
     policy: Arc<ArcSwap<Policy>>,
     observer: O,
+    last_used: Option<Arc<LastUsedTracker>>,
 }
 
 impl<S, O> std::fmt::Debug for Authorizer<S, O> {
@@ -233,6 +235,19 @@ impl<S: KeyStore, O: CheckObserver> Authorizer<S, O> {
             cache,
             policy,
             observer,
+            last_used: None,
+        }
+    }
+
+    /// Notes every accepted key use in `tracker`, for the `last_used_at` write-behind.
+    pub fn with_last_used(mut self, tracker: Arc<LastUsedTracker>) -> Self {
+        self.last_used = Some(tracker);
+        self
+    }
+
+    fn note_use(&self, record: &KeyRecord, now: DateTime<Utc>) {
+        if let Some(tracker) = &self.last_used {
+            tracker.record(record.id, now);
         }
     }
 
@@ -279,6 +294,7 @@ impl<S: KeyStore, O: CheckObserver> Authorizer<S, O> {
         let policy = self.policy.load();
         match authorize_model(&policy, &record, input) {
             Ok((model, subscription)) => {
+                self.note_use(&record, now);
                 let (subscription_name, subscription_namespace, tier) = match subscription {
                     Some(sub) => (
                         sub.name.clone(),
@@ -322,6 +338,7 @@ impl<S: KeyStore, O: CheckObserver> Authorizer<S, O> {
         if record.subscription.trim().is_empty() {
             return Ok(KeyValidity::Invalid(InvalidKey::NoSubscription));
         }
+        self.note_use(&record, now);
         Ok(KeyValidity::Valid(record))
     }
 

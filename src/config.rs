@@ -138,6 +138,12 @@ pub struct ServeConfig {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(long, env = "MAAS_AUTHZ_SHUTDOWN_GRACE", value_name = "MAAS_AUTHZ_SHUTDOWN_GRACE", default_value = "10s", value_parser = positive_duration)]
     pub shutdown_grace: Duration,
+    /// Least time between two `last_used_at` writes for one key (Check never writes itself).
+    #[arg(long, env = "MAAS_AUTHZ_LAST_USED_INTERVAL", value_name = "MAAS_AUTHZ_LAST_USED_INTERVAL", default_value = "60s", value_parser = positive_duration)]
+    pub last_used_interval: Duration,
+    /// How often noted key uses are written, in one batched statement.
+    #[arg(long, env = "MAAS_AUTHZ_LAST_USED_FLUSH_INTERVAL", value_name = "MAAS_AUTHZ_LAST_USED_FLUSH_INTERVAL", default_value = "5s", value_parser = positive_duration)]
+    pub last_used_flush_interval: Duration,
     #[command(flatten)]
     pub http: HttpConfig,
     #[command(flatten)]

@@ -15,6 +15,7 @@ pub mod http;
 pub mod identity;
 pub mod key;
 pub mod keys;
+pub mod last_used;
 pub mod metrics;
 pub mod minting;
 pub mod pb;

@@ -20,10 +20,12 @@ use crate::grpc::key_validation::KeyValidationService;
 use crate::http::{ApiState, internal_router, public_router, serve_http};
 use crate::identity::IdentityResolver;
 use crate::keys::{KeyManager, KeyPolicySettings};
+use crate::last_used::LastUsedTracker;
 use crate::metrics::Metrics;
 use crate::pb::key_validation_server::KeyValidationServer;
 use crate::policy::Policy;
 use crate::policy::{PolicyReloader, ReloadEvent};
+use crate::store::KeyAdminStore;
 use crate::store::migrate::run_migrations;
 use crate::store::notify::{KeyChange, ListenerSettings, listen_for_key_changes};
 use crate::store::postgres::{PgKeyStore, PgSettings};
@@ -147,12 +149,11 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         negative_capacity: config.negative_cache_capacity,
         negative_ttl: config.negative_cache_ttl,
     });
-    let authorizer = Arc::new(Authorizer::new(
-        store.clone(),
-        cache,
-        shared_policy.clone(),
-        metrics.clone(),
-    ));
+    let last_used = Arc::new(LastUsedTracker::new(config.last_used_interval));
+    let authorizer = Arc::new(
+        Authorizer::new(store.clone(), cache, shared_policy.clone(), metrics.clone())
+            .with_last_used(last_used.clone()),
+    );
 
     let identity = IdentityResolver::from_args(&config.identity, authorizer.clone())
         .await
@@ -195,6 +196,17 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         "key-change listener",
         tokio::spawn(async move {
             key_listener.await;
+            Ok(())
+        }),
+    ));
+
+    let flush_store = store.clone();
+    let flush_shutdown = wait_for(shutdown_rx.clone());
+    let flush_every = config.last_used_flush_interval;
+    tasks.push((
+        "last-used writer",
+        tokio::spawn(async move {
+            write_last_used(last_used, flush_store, flush_every, flush_shutdown).await;
             Ok(())
         }),
     ));
@@ -364,6 +376,35 @@ fn metrics_router(
             }
         }),
     )
+}
+
+/// Writes noted key uses every `every`, one statement per batch, and once more at shutdown.
+async fn write_last_used(
+    tracker: Arc<LastUsedTracker>,
+    store: Arc<ServedStore>,
+    every: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let flush = async |tracker: &LastUsedTracker| {
+        let batch = tracker.take_batch(chrono::Utc::now());
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(error) = store.record_last_used(&batch).await {
+            tracing::warn!(%error, keys = batch.len(), "cannot write last_used_at; will retry");
+            tracker.restore(batch);
+        }
+    };
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = ticker.tick() => flush(&tracker).await,
+        }
+    }
+    flush(&tracker).await;
 }
 
 /// Resolves once shutdown was requested.

@@ -245,6 +245,8 @@ fn serve_config(args: &Args, database_url: &str) -> ServeConfig {
         negative_cache_ttl: Duration::from_secs(5),
         startup_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(5),
+        last_used_interval: Duration::from_secs(60),
+        last_used_flush_interval: Duration::from_millis(50),
         http: HttpConfig::on_loopback(),
         identity: identity_args_without_sources(),
     }

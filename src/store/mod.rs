@@ -244,4 +244,11 @@ pub trait KeyAdminStore: KeyStore {
 
     /// One round trip, for readiness probes.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Sets `last_used_at` for a batch of keys in one statement (never moving it backwards);
+    /// returns the rows changed.
+    fn record_last_used(
+        &self,
+        uses: &[(KeyRecordId, DateTime<Utc>)],
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::{NoTls, Row};
 
@@ -271,6 +272,18 @@ impl<O: QueryObserver> KeyAdminStore for PgKeyStore<O> {
     async fn ping(&self) -> Result<(), StoreError> {
         self.run("ping", async |client| sql::select_one(client).await)
             .await
+    }
+
+    async fn record_last_used(
+        &self,
+        uses: &[(KeyRecordId, DateTime<Utc>)],
+    ) -> Result<u64, StoreError> {
+        let ids: Vec<String> = uses.iter().map(|(id, _)| id.to_string()).collect();
+        let used_at: Vec<DateTime<Utc>> = uses.iter().map(|(_, at)| *at).collect();
+        self.run("update_last_used", async |client| {
+            sql::update_last_used(client, &ids, &used_at, &self.tenant).await
+        })
+        .await
     }
 }
 

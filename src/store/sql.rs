@@ -421,3 +421,21 @@ pub(super) async fn listen_for_key_changes(
 ) -> Result<(), tokio_postgres::Error> {
     client.batch_execute("LISTEN maas_authz_key_changes").await
 }
+
+/// Writes a batch of `last_used_at` values in one statement; never moves a value backwards.
+pub(super) async fn update_last_used(
+    client: &impl GenericClient,
+    ids: &[String],
+    used_at: &[chrono::DateTime<chrono::Utc>],
+    tenant: &str,
+) -> Result<u64, tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached(
+            "UPDATE api_keys SET last_used_at = used.at \
+             FROM unnest($1::text[], $2::timestamptz[]) AS used(id, at) \
+             WHERE api_keys.id = used.id AND api_keys.tenant = $3 \
+               AND (api_keys.last_used_at IS NULL OR api_keys.last_used_at < used.at)",
+        )
+        .await?;
+    client.execute(&statement, &[&ids, &used_at, &tenant]).await
+}

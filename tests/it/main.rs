@@ -10,7 +10,9 @@
 mod check;
 mod cli;
 mod e2e;
+mod helm;
 mod identity;
+mod last_used;
 mod migrations;
 mod rest;
 mod rest_internal;

@@ -162,6 +162,8 @@ pub fn serve_config(db: &TestDb) -> ServeConfig {
         negative_cache_ttl: Duration::from_secs(5),
         startup_timeout: Duration::from_secs(10),
         shutdown_grace: Duration::from_secs(2),
+        last_used_interval: Duration::from_secs(60),
+        last_used_flush_interval: Duration::from_millis(50),
         http: HttpConfig::on_loopback(),
         identity: identity_args_without_sources(),
     }
