@@ -388,3 +388,128 @@ async fn cleanup_deletes_ephemeral_keys_long_past_expiry_and_keeps_the_rest() {
         stderr(&output)
     );
 }
+
+/// Every log level on, every path that touches a secret exercised: no key or token may appear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_key_or_token_appears_in_the_logs_even_at_trace_level() {
+    use std::io::Read;
+    let db = TestDb::migrated().await;
+    let dir = tempfile::tempdir().unwrap();
+    let static_token = "static-token-that-must-never-be-logged-0123456789";
+    let tokens_file = dir.path().join("tokens.yaml");
+    std::fs::write(
+        &tokens_file,
+        format!("- token: {static_token}\n  username: alice\n  groups: [premium-users]\n"),
+    )
+    .unwrap();
+    let log_path = dir.path().join("serve.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let http_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let http_addr = http_listener.local_addr().unwrap();
+    drop(http_listener);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_maas-authz"))
+        .args([
+            "serve",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--internal-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--http-addr")
+        .arg(http_addr.to_string())
+        .env("DATABASE_URL", &db.url)
+        .env("MAAS_AUTHZ_POLICY_PATH", example_policy_path())
+        .env("MAAS_AUTHZ_STATIC_TOKENS_FILE", &tokens_file)
+        .env("RUST_LOG", "trace")
+        .stderr(log_file)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let base = format!("http://{http_addr}");
+    let mut ready = false;
+    for _ in 0..300 {
+        if http
+            .get(format!("{base}/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ready, "server did not become ready");
+
+    // Mint a key and an access token, use both, list, then revoke.
+    let minted: serde_json::Value = http
+        .post(format!("{base}/v1/api-keys"))
+        .bearer_auth(static_token)
+        .json(&serde_json::json!({"name": "log test", "expiresIn": "1h"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = minted["key"].as_str().expect("key").to_owned();
+    let token: serde_json::Value = http
+        .post(format!("{base}/v1/tokens"))
+        .bearer_auth(static_token)
+        .json(&serde_json::json!({"expiration": "15m"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let access_token = token["token"].as_str().expect("token").to_owned();
+    for bearer_value in [&key, &access_token] {
+        let _ = http
+            .get(format!("{base}/v1/models"))
+            .bearer_auth(bearer_value)
+            .send()
+            .await
+            .unwrap();
+    }
+    let _ = http
+        .get(format!("{base}/v1/models"))
+        .bearer_auth(format!("{key}x"))
+        .send()
+        .await
+        .unwrap();
+    let _ = http
+        .delete(format!(
+            "{base}/v1/api-keys/{}",
+            minted["id"].as_str().unwrap()
+        ))
+        .bearer_auth(static_token)
+        .send()
+        .await
+        .unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+
+    let mut log = String::new();
+    std::fs::File::open(&log_path)
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(
+        log.lines().count() > 20,
+        "trace logging should have produced output:\n{log}"
+    );
+    let (_, secret_part) = key.split_once('_').unwrap();
+    for secret in [
+        key.as_str(),
+        secret_part,
+        access_token.as_str(),
+        static_token,
+    ] {
+        assert!(!log.contains(secret), "a secret leaked into the logs");
+    }
+}
