@@ -101,6 +101,10 @@ struct Args {
     /// every round's requests.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     rounds: u32,
+    /// Load only the do-nothing server (no database, no maas-authz): what the client and
+    /// transport cost on their own, e.g. to profile them.
+    #[arg(long, conflicts_with_all = ["baseline", "target"])]
+    baseline_only: bool,
     /// How much of each CheckResponse the client decodes: `status` (only the gRPC status
     /// field; prost skips the rest without allocating, so the client stays lean) or `full`
     /// (headers and dynamic metadata too, as Envoy does on its own CPUs).
@@ -175,6 +179,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if args.baseline_only {
+        return measure_baseline_only(&args).await;
+    }
     match &args.target {
         Some(target) => {
             let keys = match (args.scenario, &args.database_url) {
@@ -246,7 +253,7 @@ fn serve_config(args: &Args, database_url: &str) -> ServeConfig {
         startup_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(5),
         last_used_interval: Duration::from_secs(60),
-        last_used_flush_interval: Duration::from_millis(50),
+        last_used_flush_interval: Duration::from_secs(5),
         http: HttpConfig::on_loopback(),
         identity: identity_args_without_sources(),
     }
@@ -376,6 +383,29 @@ async fn measure_all(args: &Args, target: &str, keys: &[String]) -> anyhow::Resu
         (!baseline_rounds.is_empty()).then(|| Summary::new("baseline", &baseline_rounds));
     let measured = Summary::new(target, &rounds);
     report(args, baseline.as_ref(), &measured);
+    Ok(())
+}
+
+/// `--baseline-only`: the do-nothing server alone, with random well-formed keys for `hit`.
+async fn measure_baseline_only(args: &Args) -> anyhow::Result<()> {
+    let mut keys = Vec::new();
+    if args.scenario == Scenario::Hit {
+        for _ in 0..args.keys {
+            keys.push(generate_key()?.expose().to_owned());
+        }
+    }
+    let server = BaselineServer::start().await?;
+    let addr = server.addr.to_string();
+    let outcome = async {
+        let mut rounds = Vec::new();
+        for _ in 0..args.rounds {
+            rounds.push(measure(args, &addr, &keys).await?);
+        }
+        anyhow::Ok(rounds)
+    }
+    .await;
+    server.stop().await;
+    report(args, None, &Summary::new("baseline", &outcome?));
     Ok(())
 }
 
@@ -935,12 +965,20 @@ fn report(args: &Args, baseline: Option<&Summary>, measured: &Summary) {
             "warmup_s": args.warmup.as_secs_f64(),
             "duration_s": args.duration.as_secs_f64(),
             "keys": if args.scenario == Scenario::Hit { Some(args.keys) } else { None },
-            "in_process_server": args.target.is_none(),
+            "in_process_server": args.target.is_none() && !args.baseline_only,
             "cpus": cpus,
             "worker_threads": args.worker_threads.unwrap_or(cpus),
             "caveat": caveat(cpus, args.target.is_none()),
-            "baseline": baseline.map(summary_json),
-            "maas_authz": summary_json(measured),
+            "baseline": if args.baseline_only {
+                Some(summary_json(measured))
+            } else {
+                baseline.map(summary_json)
+            },
+            "maas_authz": if args.baseline_only {
+                None
+            } else {
+                Some(summary_json(measured))
+            },
             "round_ratios": round_ratios,
             "ratio_rps_vs_baseline": ratio,
         });
@@ -1007,7 +1045,14 @@ fn report(args: &Args, baseline: Option<&Summary>, measured: &Summary) {
     if let Some(baseline) = baseline {
         line("baseline", baseline);
     }
-    line("maas-authz", measured);
+    line(
+        if args.baseline_only {
+            "baseline"
+        } else {
+            "maas-authz"
+        },
+        measured,
+    );
     if let Some(ratio) = ratio {
         let rounds: Vec<String> = round_ratios.iter().map(|x| format!("{x:.3}")).collect();
         println!(
