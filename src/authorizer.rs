@@ -27,14 +27,14 @@ pub struct CheckInput<'a> {
 }
 
 /// Which request headers carried credentials, so the adapter strips them before the model sees them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct CredentialHeaders {
     pub authorization: bool,
     pub x_api_key: bool,
 }
 
 /// The model a request addresses, resolved against the policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ResolvedModel {
     pub namespace: String,
     pub name: String,

@@ -82,9 +82,22 @@ impl KeyCache {
         hash: &KeyHash,
         store: &S,
     ) -> Result<(Lookup, CacheOutcome), StoreError> {
+        // Known keys first: they are the hot path, and the miss path's large future (moka's
+        // entry machinery and the store query) is boxed so every Check future stays small.
+        if let Some(record) = self.known.get(hash).await {
+            return Ok((Lookup::Found(record), CacheOutcome::Hit));
+        }
         if self.unknown.contains_key(hash) {
             return Ok((Lookup::NotFound, CacheOutcome::NegativeHit));
         }
+        Box::pin(self.load(hash, store)).await
+    }
+
+    async fn load<S: KeyStore>(
+        &self,
+        hash: &KeyHash,
+        store: &S,
+    ) -> Result<(Lookup, CacheOutcome), StoreError> {
         let entry = self
             .known
             .entry_by_ref(hash)

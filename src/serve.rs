@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -15,6 +14,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::authorizer::Authorizer;
 use crate::cache::{CacheSettings, KeyCache};
 use crate::config::{DatabaseConfig, ServeConfig};
+use crate::grpc::check_server::CheckServer;
 use crate::grpc::ext_authz::ExtAuthzService;
 use crate::grpc::key_validation::KeyValidationService;
 use crate::http::{ApiState, internal_router, public_router, serve_http};
@@ -253,7 +253,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
-        .set_serving::<AuthorizationServer<ExtAuthzService<ServedStore, Arc<Metrics>, Arc<Metrics>>>>()
+        .set_serving::<CheckServer<ServedStore, Arc<Metrics>, Arc<Metrics>>>()
         .await;
     health
         .set_serving::<KeyValidationServer<KeyValidationService<ServedStore, Arc<Metrics>>>>()
@@ -267,7 +267,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(AuthorizationServer::new(ExtAuthzService::new(
+        .add_service(CheckServer::new(ExtAuthzService::new(
             authorizer.clone(),
             metrics.clone(),
         )))

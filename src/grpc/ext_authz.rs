@@ -1,25 +1,26 @@
 //! Envoy's `envoy.service.auth.v3.Authorization/Check`, translated to and from the [`Authorizer`].
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use envoy_types::pb::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
 };
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::{
     CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response::HttpResponse,
 };
 use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode as HttpStatusCode};
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
-use tonic::{Request, Response, Status};
+use tonic::Status;
 
 use crate::authorizer::{
     Allowed, Authorizer, CheckError, CheckInput, CheckObserver, Decision, DenialKind, DenyReason,
 };
+use crate::grpc::check_server::EncodedCheckResponse;
 use crate::store::KeyStore;
 
 /// Identity headers we own: always overwritten, so a client's copy never reaches the model.
@@ -45,10 +46,12 @@ impl DecisionObserver for () {
     fn observe_error(&self, _: std::time::Duration) {}
 }
 
-/// The tonic service for Envoy's ext_authz filter.
+/// Envoy's ext_authz Check: extracts the request parts, asks the [`Authorizer`], answers encoded.
+/// Served by [`crate::grpc::check_server::CheckServer`].
 pub struct ExtAuthzService<S, O, D> {
     authorizer: Arc<Authorizer<S, O>>,
     observer: D,
+    responses: ResponseMemo,
 }
 
 impl<S, O, D> std::fmt::Debug for ExtAuthzService<S, O, D> {
@@ -62,20 +65,15 @@ impl<S, O, D> ExtAuthzService<S, O, D> {
         Self {
             authorizer,
             observer,
+            responses: ResponseMemo::new(ALLOW_MEMO_SLOTS),
         }
     }
 }
 
-#[tonic::async_trait]
-impl<S: KeyStore, O: CheckObserver, D: DecisionObserver> Authorization
-    for ExtAuthzService<S, O, D>
-{
-    async fn check(
-        &self,
-        request: Request<CheckRequest>,
-    ) -> Result<Response<CheckResponse>, Status> {
+impl<S: KeyStore, O: CheckObserver, D: DecisionObserver> ExtAuthzService<S, O, D> {
+    /// Decides one Check request and returns the answer's wire form (see [`check_response`]).
+    pub async fn check(&self, request: &CheckRequest) -> Result<EncodedCheckResponse, Status> {
         let started = Instant::now();
-        let request = request.into_inner();
         let http = request
             .attributes
             .as_ref()
@@ -105,8 +103,97 @@ impl<S: KeyStore, O: CheckObserver, D: DecisionObserver> Authorization
             Ok(Decision::Deny(denied)) => self.observer.observe_deny(denied.reason, elapsed),
             Err(_) => self.observer.observe_error(elapsed),
         }
-        check_response(outcome).map(Response::new)
+        self.responses.encoded(outcome)
     }
+}
+
+/// How many (key, model, credential headers) allow answers stay encoded. Direct-mapped: a slot
+/// holds one answer and a colliding one replaces it, so memory is bounded (about 1 KiB per
+/// slot when full) and a lookup is one hash, one uncontended lock and a few comparisons.
+const ALLOW_MEMO_SLOTS: usize = 8192;
+
+/// The encoded answers of [`check_response`]: every denial encoded once, allow answers memoised.
+///
+/// An allow answer is a pure function of the [`Allowed`] it comes from: the key record (an
+/// `Arc` that the key cache replaces whenever the row is reloaded), the subscription, tier and
+/// model the policy resolved, and which credential headers to strip. A slot is reused only
+/// when all of these are the same (the record by pointer, which the slot keeps alive, so the
+/// address cannot be reused by another record), so a policy reload, a reloaded key or another
+/// model simply miss and re-encode. Status and expiry never reach here: the authorizer judges
+/// them on every request before an `Allowed` exists.
+struct ResponseMemo {
+    denials: Vec<EncodedCheckResponse>,
+    allows: Box<[Mutex<Option<MemoizedAllow>>]>,
+}
+
+struct MemoizedAllow {
+    allowed: Box<Allowed>,
+    encoded: EncodedCheckResponse,
+}
+
+impl ResponseMemo {
+    fn new(slots: usize) -> Self {
+        Self {
+            denials: DenyReason::ALL
+                .iter()
+                .map(|&reason| EncodedCheckResponse::encode(&deny_response(reason)))
+                .collect(),
+            allows: (0..slots.next_power_of_two())
+                .map(|_| Mutex::new(None))
+                .collect(),
+        }
+    }
+
+    fn encoded(
+        &self,
+        outcome: Result<Decision, CheckError>,
+    ) -> Result<EncodedCheckResponse, Status> {
+        match outcome {
+            Ok(Decision::Allow(allowed)) => Ok(self.allow(allowed)),
+            Ok(Decision::Deny(denied)) => Ok(self.denials[denied.reason as usize].clone()),
+            Err(error) => check_response(Err(error)).map(|r| EncodedCheckResponse::encode(&r)),
+        }
+    }
+
+    fn allow(&self, allowed: Box<Allowed>) -> EncodedCheckResponse {
+        let slot = &self.allows[allow_slot(&allowed) & (self.allows.len() - 1)];
+        if let Some(hit) = lock(slot).as_ref()
+            && same_allow_answer(&hit.allowed, &allowed)
+        {
+            return hit.encoded.clone();
+        }
+        let encoded = EncodedCheckResponse::encode(&allow_response(&allowed));
+        *lock(slot) = Some(MemoizedAllow {
+            allowed,
+            encoded: encoded.clone(),
+        });
+        encoded
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding a slot cannot leave it half-written (it is replaced whole).
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn allow_slot(allowed: &Allowed) -> usize {
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::ptr::hash(Arc::as_ptr(&allowed.key), &mut hasher);
+    allowed.model.hash(&mut hasher);
+    allowed.credentials.hash(&mut hasher);
+    hasher.finish() as usize
+}
+
+/// True when `allow_response` gives the same answer for both: every input it reads is compared.
+fn same_allow_answer(a: &Allowed, b: &Allowed) -> bool {
+    Arc::ptr_eq(&a.key, &b.key)
+        && a.subscription == b.subscription
+        && a.subscription_namespace == b.subscription_namespace
+        && a.tier == b.tier
+        && a.model == b.model
+        && a.credentials == b.credentials
 }
 
 /// A request header by lowercase name: from `headers`, or from `header_map` when Envoy is set to
@@ -147,6 +234,7 @@ pub fn check_response(outcome: Result<Decision, CheckError>) -> Result<CheckResp
     }
 }
 
+/// The allow answer. Reads only what `same_allow_answer` compares: keep the two in step.
 fn allow_response(allowed: &Allowed) -> CheckResponse {
     let key = &allowed.key;
     let groups_json = serde_json::to_string(&key.groups).unwrap_or_else(|_| "[]".to_owned());
@@ -275,5 +363,128 @@ fn overwrite(key: &str, value: &str) -> HeaderValueOption {
 fn string_value(text: &str) -> Value {
     Value {
         kind: Some(Kind::StringValue(text.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use crate::authorizer::{CredentialHeaders, Denied, ResolvedModel};
+    use crate::key::ApiKey;
+    use crate::store::{KeyRecord, KeyRecordId, KeyStatus};
+
+    use super::*;
+
+    fn record(username: &str) -> Arc<KeyRecord> {
+        Arc::new(KeyRecord {
+            id: KeyRecordId::new_random(),
+            username: username.to_owned(),
+            name: "laptop".to_owned(),
+            description: None,
+            key_hash: ApiKey::generate().unwrap().hash(),
+            status: KeyStatus::Active,
+            groups: vec!["tier-free".to_owned(), "dev\"s".to_owned()],
+            subscription: "free".to_owned(),
+            created_at: chrono::Utc::now(),
+            expires_at: None,
+            last_used_at: None,
+            ephemeral: false,
+            labels: BTreeMap::new(),
+        })
+    }
+
+    fn allowed(key: &Arc<KeyRecord>) -> Box<Allowed> {
+        Box::new(Allowed {
+            key: Arc::clone(key),
+            subscription: "free".to_owned(),
+            subscription_namespace: Some("models-as-a-service".to_owned()),
+            tier: "free".to_owned(),
+            model: Some(ResolvedModel {
+                namespace: "llm".to_owned(),
+                name: "simulator".to_owned(),
+            }),
+            credentials: CredentialHeaders {
+                authorization: true,
+                x_api_key: false,
+            },
+        })
+    }
+
+    fn expected(allowed: &Allowed) -> CheckResponse {
+        check_response(Ok(Decision::Allow(Box::new(allowed.clone())))).unwrap()
+    }
+
+    #[test]
+    fn deny_reasons_index_their_own_encoded_answer() {
+        let memo = ResponseMemo::new(4);
+        for (index, reason) in DenyReason::ALL.into_iter().enumerate() {
+            assert_eq!(reason as usize, index, "{reason:?} is out of order in ALL");
+            let encoded = memo.encoded(Ok(Decision::Deny(Denied { reason }))).unwrap();
+            assert_eq!(
+                encoded.decode().unwrap(),
+                deny_response(reason),
+                "{reason:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_memoised_allow_is_the_same_answer_as_a_fresh_one() {
+        let memo = ResponseMemo::new(4);
+        let key = record("alice");
+        let first = memo.allow(allowed(&key));
+        let second = memo.allow(allowed(&key));
+        assert_eq!(first, second);
+        assert_eq!(second.decode().unwrap(), expected(&allowed(&key)));
+    }
+
+    #[test]
+    fn every_input_of_the_allow_answer_gets_its_own_memo_entry() {
+        // One slot, so every variant lands on the previous one's entry and must not reuse it.
+        let memo = ResponseMemo::new(1);
+        let key = record("alice");
+        let base = allowed(&key);
+        let other_user = allowed(&record("bob"));
+        let same_row_reloaded = allowed(&Arc::new(KeyRecord::clone(&key)));
+        let mut other_model = allowed(&key);
+        other_model.model = None;
+        let mut other_credentials = allowed(&key);
+        other_credentials.credentials.x_api_key = true;
+        let mut other_tier = allowed(&key);
+        other_tier.tier = "premium".to_owned();
+        let mut other_subscription = allowed(&key);
+        other_subscription.subscription = "premium".to_owned();
+        let mut other_namespace = allowed(&key);
+        other_namespace.subscription_namespace = None;
+
+        for variant in [
+            base.clone(),
+            other_user,
+            base.clone(),
+            same_row_reloaded,
+            other_model,
+            base.clone(),
+            other_credentials,
+            other_tier,
+            base.clone(),
+            other_subscription,
+            other_namespace,
+            base,
+        ] {
+            let want = expected(&variant);
+            assert_eq!(memo.allow(variant).decode().unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn a_store_failure_is_unavailable_not_an_answer() {
+        let memo = ResponseMemo::new(4);
+        let error = memo
+            .encoded(Err(CheckError::StoreUnavailable(
+                crate::store::StoreError::Unavailable("down".to_owned()),
+            )))
+            .unwrap_err();
+        assert_eq!(error.code(), tonic::Code::Unavailable);
     }
 }

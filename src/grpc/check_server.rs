@@ -1,0 +1,158 @@
+//! The gRPC server for `envoy.service.auth.v3.Authorization`, answering with pre-encoded bytes.
+//!
+//! envoy-types' generated `AuthorizationServer` hard-wires prost encoding of a `CheckResponse`
+//! message, so every allow would be built and encoded anew. This server is the same routing
+//! around `tonic::server::Grpc::unary`, with a codec that decodes `CheckRequest` as usual but
+//! writes an [`EncodedCheckResponse`] as is: the adapter memoises the encoded allow answer per key
+//! and model and keeps every denial encoded once (see `ext_authz::ResponseMemo`).
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use prost::Message;
+use prost::bytes::BufMut;
+use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
+use tonic::codegen::{Body, BoxFuture, Bytes, Context, Poll, Service, StdError, http};
+use tonic::{Request, Response, Status};
+
+use crate::authorizer::CheckObserver;
+use crate::grpc::ext_authz::{DecisionObserver, ExtAuthzService};
+use crate::store::KeyStore;
+
+/// The gRPC service name Envoy calls (and the name the health service reports).
+pub const SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
+const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+
+/// A `CheckResponse` in its protobuf wire form, cheap to clone and to send.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EncodedCheckResponse(Bytes);
+
+impl EncodedCheckResponse {
+    pub fn encode(message: &CheckResponse) -> Self {
+        Self(Bytes::from(message.encode_to_vec()))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The message these bytes encode (for tests and benchmarks).
+    pub fn decode(&self) -> Result<CheckResponse, prost::DecodeError> {
+        CheckResponse::decode(self.0.clone())
+    }
+}
+
+impl std::fmt::Debug for EncodedCheckResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EncodedCheckResponse({} bytes)", self.0.len())
+    }
+}
+
+/// Serves Check from an [`ExtAuthzService`]; add it to a tonic `Server` like a generated server.
+pub struct CheckServer<S, O, D> {
+    service: Arc<ExtAuthzService<S, O, D>>,
+}
+
+impl<S, O, D> CheckServer<S, O, D> {
+    pub fn new(service: ExtAuthzService<S, O, D>) -> Self {
+        Self {
+            service: Arc::new(service),
+        }
+    }
+}
+
+impl<S, O, D> Clone for CheckServer<S, O, D> {
+    fn clone(&self) -> Self {
+        Self {
+            service: Arc::clone(&self.service),
+        }
+    }
+}
+
+impl<S, O, D> std::fmt::Debug for CheckServer<S, O, D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckServer").finish_non_exhaustive()
+    }
+}
+
+impl<S, O, D> tonic::server::NamedService for CheckServer<S, O, D> {
+    const NAME: &'static str = SERVICE_NAME;
+}
+
+impl<S, O, D, B> Service<http::Request<B>> for CheckServer<S, O, D>
+where
+    S: KeyStore,
+    O: CheckObserver,
+    D: DecisionObserver,
+    B: Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != CHECK_PATH {
+            // What the generated servers answer for a method they do not have.
+            return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
+        }
+        let method = CheckMethod(Arc::clone(&self.service));
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(CheckCodec);
+            Ok(grpc.unary(method, request).await)
+        })
+    }
+}
+
+/// The unary method: decide, then hand back the encoded answer.
+struct CheckMethod<S, O, D>(Arc<ExtAuthzService<S, O, D>>);
+
+impl<S, O, D> tonic::server::UnaryService<CheckRequest> for CheckMethod<S, O, D>
+where
+    S: KeyStore,
+    O: CheckObserver,
+    D: DecisionObserver,
+{
+    type Response = EncodedCheckResponse;
+    type Future = BoxFuture<Response<EncodedCheckResponse>, Status>;
+
+    fn call(&mut self, request: Request<CheckRequest>) -> Self::Future {
+        let service = Arc::clone(&self.0);
+        // The decoded request lives on the heap: the future then stays small to move.
+        let request = Box::new(request.into_inner());
+        Box::pin(async move { service.check(&request).await.map(Response::new) })
+    }
+}
+
+/// Decodes `CheckRequest` with prost; encodes an [`EncodedCheckResponse`] by copying its bytes.
+#[derive(Debug, Clone, Copy, Default)]
+struct CheckCodec;
+
+impl Codec for CheckCodec {
+    type Encode = EncodedCheckResponse;
+    type Decode = CheckRequest;
+    type Encoder = CheckCodec;
+    type Decoder = tonic_prost::ProstDecoder<CheckRequest>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        CheckCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        tonic_prost::ProstDecoder::new(BufferSettings::default())
+    }
+}
+
+impl Encoder for CheckCodec {
+    type Item = EncodedCheckResponse;
+    type Error = Status;
+
+    fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        dst.put_slice(item.as_bytes());
+        Ok(())
+    }
+}
