@@ -97,6 +97,11 @@ impl ResponseMeter {
         }
     }
 
+    /// Whether [`Self::feed`] may return [`ChunkAction::Replace`], i.e. change the body's length.
+    pub fn rewrites_body(&self) -> bool {
+        self.strip_usage_chunk
+    }
+
     /// What was read so far (the whole response's usage once `end_of_stream` was fed).
     pub fn metered(&self) -> Metered {
         Metered {
