@@ -10,6 +10,7 @@
 mod check;
 mod cli;
 mod e2e;
+mod e2e_tokens;
 mod helm;
 mod identity;
 mod last_used;
