@@ -451,3 +451,321 @@ fn reply(response: Reply) -> ProcessingResponse {
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use envoy_types::pb::envoy::config::core::v3::HeaderValue;
+    use envoy_types::pb::google::protobuf::{Struct, Value};
+
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)], end_of_stream: bool) -> HttpHeaders {
+        HttpHeaders {
+            headers: Some(HeaderMap {
+                headers: pairs
+                    .iter()
+                    .map(|(key, value)| HeaderValue {
+                        key: (*key).to_owned(),
+                        raw_value: value.as_bytes().to_vec(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            }),
+            end_of_stream,
+            ..Default::default()
+        }
+    }
+
+    fn identity(user: &str, subscription_key: &str) -> Metadata {
+        let text = |s: &str| Value {
+            kind: Some(Kind::StringValue(s.to_owned())),
+        };
+        Metadata {
+            filter_metadata: HashMap::from([(
+                EXT_AUTHZ_NAMESPACE.to_owned(),
+                Struct {
+                    fields: HashMap::from([
+                        ("user".to_owned(), text(user)),
+                        (
+                            "selected_subscription_key".to_owned(),
+                            text(subscription_key),
+                        ),
+                    ]),
+                },
+            )]),
+            ..Default::default()
+        }
+    }
+
+    const SUBSCRIPTION_KEY: &str = "maas/premium@llm/simulator";
+
+    fn message(request: Message, metadata: Option<Metadata>) -> ProcessingRequest {
+        ProcessingRequest {
+            metadata_context: metadata,
+            request: Some(request),
+            ..Default::default()
+        }
+    }
+
+    fn request_headers(path: &str, metadata: Option<Metadata>) -> ProcessingRequest {
+        message(
+            Message::RequestHeaders(headers(
+                &[
+                    (":method", "POST"),
+                    (":path", path),
+                    ("content-type", "application/json"),
+                ],
+                false,
+            )),
+            metadata,
+        )
+    }
+
+    fn body(bytes: &[u8], end_of_stream: bool) -> HttpBody {
+        HttpBody {
+            body: bytes.to_vec(),
+            end_of_stream,
+            ..Default::default()
+        }
+    }
+
+    fn mode(step: &Step) -> ProcessingMode {
+        step.reply
+            .as_ref()
+            .and_then(|r| r.mode_override)
+            .expect("a mode override")
+    }
+
+    fn replaced_body(step: &Step) -> Option<Vec<u8>> {
+        let common = match step.reply.as_ref()?.response.as_ref()? {
+            Reply::RequestBody(b) | Reply::ResponseBody(b) => b.response.as_ref()?,
+            _ => return None,
+        };
+        match common.body_mutation.as_ref()?.mutation.as_ref()? {
+            body_mutation::Mutation::Body(bytes) => Some(bytes.clone()),
+            _ => None,
+        }
+    }
+
+    fn exchange() -> Exchange {
+        Exchange::new(MeterSettings {
+            force_stream_usage: true,
+        })
+    }
+
+    #[test]
+    fn a_request_without_check_metadata_passes_untouched_whatever_its_headers_say() {
+        let mut exchange = exchange();
+        let mut request = request_headers("/simulator/v1/chat/completions", None);
+        if let Some(Message::RequestHeaders(h)) = request.request.as_mut() {
+            let map = h.headers.as_mut().unwrap();
+            map.headers.push(HeaderValue {
+                key: "x-maas-username".to_owned(),
+                raw_value: b"mallory".to_vec(),
+                ..Default::default()
+            });
+        }
+
+        let step = exchange.on_message(request);
+
+        assert_eq!(mode(&step), pass_through_mode());
+        assert!(exchange.metered.is_none());
+        assert!(exchange.interrupted().is_none());
+    }
+
+    #[test]
+    fn identity_needs_both_user_and_subscription_key() {
+        assert!(subject_from(Some(&identity("alice", SUBSCRIPTION_KEY))).is_some());
+        assert!(subject_from(Some(&identity("", SUBSCRIPTION_KEY))).is_none());
+        assert!(subject_from(Some(&identity("alice", ""))).is_none());
+        assert!(subject_from(Some(&Metadata::default())).is_none());
+        assert!(subject_from(None).is_none());
+    }
+
+    #[test]
+    fn other_paths_and_methods_are_not_metered() {
+        for (method, path) in [
+            ("POST", "/simulator/v1/models"),
+            ("GET", "/simulator/v1/chat/completions"),
+            ("POST", "/simulator/v1/responses/resp_1"),
+        ] {
+            let mut exchange = exchange();
+            let step = exchange.on_message(message(
+                Message::RequestHeaders(headers(&[(":method", method), (":path", path)], false)),
+                Some(identity("alice", SUBSCRIPTION_KEY)),
+            ));
+            assert_eq!(mode(&step), pass_through_mode(), "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn a_streaming_chat_request_is_rewritten_and_its_usage_chunk_stripped_and_charged() {
+        let mut exchange = exchange();
+        let metadata = Some(identity("alice", SUBSCRIPTION_KEY));
+
+        let step = exchange.on_message(request_headers(
+            "/simulator/v1/chat/completions",
+            metadata.clone(),
+        ));
+        assert_eq!(mode(&step), metering_mode(true));
+        let step = exchange.on_message(message(
+            Message::RequestBody(body(br#"{"model":"m","stream":true,"messages":[]}"#, true)),
+            metadata.clone(),
+        ));
+        let rewritten: serde_json::Value =
+            serde_json::from_slice(&replaced_body(&step).expect("rewritten body")).unwrap();
+        assert_eq!(rewritten["stream_options"]["include_usage"], true);
+        assert_eq!(step.forced_stream_usage, Some(Endpoint::ChatCompletions));
+
+        exchange.on_message(message(
+            Message::ResponseHeaders(headers(
+                &[(":status", "200"), ("content-type", "text/event-stream")],
+                false,
+            )),
+            metadata.clone(),
+        ));
+        let content = b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":1,\"total_tokens\":3}}\n\n";
+        let step = exchange.on_message(message(
+            Message::ResponseBody(body(content, false)),
+            metadata.clone(),
+        ));
+        assert!(step.finished.is_none());
+        assert_eq!(
+            replaced_body(&step).unwrap(),
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n"
+        );
+        let step = exchange.on_message(message(
+            Message::ResponseBody(body(b"data: [DONE]\n\n", true)),
+            metadata,
+        ));
+
+        assert_eq!(replaced_body(&step).unwrap(), b"data: [DONE]\n\n");
+        let finished = step.finished.expect("charged at end of stream");
+        assert_eq!(finished.outcome, MeterOutcome::Metered);
+        assert_eq!(finished.usage.map(|u| u.total), Some(3));
+        assert_eq!(finished.subject.user, "alice");
+        assert_eq!(finished.subject.subscription_key, SUBSCRIPTION_KEY);
+        assert!(exchange.interrupted().is_none(), "charged once");
+    }
+
+    #[test]
+    fn with_forcing_off_the_request_body_is_never_read() {
+        let mut exchange = Exchange::new(MeterSettings {
+            force_stream_usage: false,
+        });
+        let step = exchange.on_message(request_headers(
+            "/m/v1/chat/completions",
+            Some(identity("alice", SUBSCRIPTION_KEY)),
+        ));
+        assert_eq!(mode(&step), metering_mode(false));
+    }
+
+    #[test]
+    fn an_error_status_or_a_compressed_body_ends_metering_at_the_headers() {
+        for (status, encoding, outcome) in [
+            ("429", "identity", MeterOutcome::NotSuccessful),
+            ("200", "gzip", MeterOutcome::Encoded),
+        ] {
+            let mut exchange = exchange();
+            let metadata = Some(identity("alice", SUBSCRIPTION_KEY));
+            exchange.on_message(request_headers("/m/v1/embeddings", metadata.clone()));
+            let step = exchange.on_message(message(
+                Message::ResponseHeaders(headers(
+                    &[(":status", status), ("content-encoding", encoding)],
+                    false,
+                )),
+                metadata,
+            ));
+            assert_eq!(
+                mode(&step).response_body_mode,
+                BodySendMode::None as i32,
+                "{status}"
+            );
+            let finished = step.finished.expect("finished");
+            assert_eq!(finished.outcome, outcome);
+            assert_eq!(finished.usage, None);
+        }
+    }
+
+    #[test]
+    fn a_stream_cut_short_is_interrupted_and_charges_what_was_seen() {
+        let mut exchange = exchange();
+        let metadata = Some(identity("alice", SUBSCRIPTION_KEY));
+        exchange.on_message(request_headers("/claude/v1/messages", metadata.clone()));
+        exchange.on_message(message(
+            Message::ResponseHeaders(headers(
+                &[(":status", "200"), ("content-type", "text/event-stream")],
+                false,
+            )),
+            metadata.clone(),
+        ));
+        let step = exchange.on_message(message(
+            Message::ResponseBody(body(
+                b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":12,\"output_tokens\":1}}}\n\n",
+                false,
+            )),
+            metadata,
+        ));
+        assert!(
+            replaced_body(&step).is_none(),
+            "Anthropic streams pass unchanged"
+        );
+
+        let finished = exchange.interrupted().expect("interrupted");
+        assert_eq!(finished.outcome, MeterOutcome::Interrupted);
+        assert_eq!(finished.usage.map(|u| u.total), Some(13));
+        assert!(exchange.interrupted().is_none());
+    }
+
+    #[test]
+    fn a_json_body_without_usage_is_counted_as_no_usage() {
+        let mut exchange = exchange();
+        let metadata = Some(identity("alice", SUBSCRIPTION_KEY));
+        exchange.on_message(request_headers("/m/v1/responses", metadata.clone()));
+        exchange.on_message(message(
+            Message::ResponseHeaders(headers(
+                &[(":status", "200"), ("content-type", "application/json")],
+                false,
+            )),
+            metadata.clone(),
+        ));
+        let step = exchange.on_message(message(
+            Message::ResponseBody(body(br#"{"output":[]}"#, true)),
+            metadata,
+        ));
+        let finished = step.finished.expect("finished");
+        assert_eq!(finished.outcome, MeterOutcome::NoUsage);
+    }
+
+    #[test]
+    fn in_observability_mode_nothing_is_answered_but_tokens_are_metered() {
+        let mut exchange = exchange();
+        let metadata = Some(identity("alice", SUBSCRIPTION_KEY));
+        let mut silent = |request: Message| {
+            let step = exchange.on_message(ProcessingRequest {
+                observability_mode: true,
+                ..message(request, metadata.clone())
+            });
+            assert!(step.reply.is_none());
+            step
+        };
+        silent(Message::RequestHeaders(headers(
+            &[(":method", "POST"), (":path", "/m/v1/embeddings")],
+            false,
+        )));
+        silent(Message::ResponseHeaders(headers(
+            &[(":status", "200")],
+            false,
+        )));
+        let step = silent(Message::ResponseBody(body(
+            br#"{"usage":{"prompt_tokens":8,"total_tokens":8}}"#,
+            true,
+        )));
+        assert_eq!(
+            step.finished.and_then(|f| f.usage).map(|u| u.total),
+            Some(8)
+        );
+    }
+}
