@@ -228,6 +228,32 @@ async fn e2e_legacy_completions_are_metered_plain_and_streamed() {
 }
 
 #[tokio::test]
+async fn e2e_embeddings_are_metered_by_their_prompt_tokens() {
+    let gateway = Gateway::start().await;
+    let (key, _) = gateway.mint(PREMIUM_TOKEN).await;
+
+    let response = gateway
+        .chat(
+            "/simulator/v1/embeddings",
+            Some(&key),
+            &json!({ "model": "simulator", "input": ["one two", "three four five"] }),
+        )
+        .await;
+
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.expect("JSON body");
+    assert_eq!(body["data"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        body["usage"],
+        json!({ "prompt_tokens": 5, "total_tokens": 5 })
+    );
+    let sample = wait_for_metric(&gateway, TOTAL, 5).await;
+    assert_eq!(sample.value(PROMPT), 5);
+    assert_eq!(sample.value(COMPLETION), 0);
+    assert_eq!(sample.value(&responses("embeddings", "metered")), 1);
+}
+
+#[tokio::test]
 async fn e2e_refused_and_rest_requests_are_not_metered() {
     let gateway = Gateway::start().await;
     let (key, _) = gateway.mint(PREMIUM_TOKEN).await;
