@@ -348,12 +348,16 @@ mod tests {
             for endpoint in Endpoint::ALL {
                 for content_type in [Some(SSE), Some("application/json"), None] {
                     let mut meter = ResponseMeter::new(endpoint, content_type, false);
-                    let (forwarded, _) = run(&mut meter, &chunks);
+                    let (forwarded, usage) = run(&mut meter, &chunks);
                     assert_eq!(forwarded, bytes, "round {round}");
-                    // Stripping may only remove whole events, never reorder or invent bytes.
+                    // However the body is cut, the meter reads and forwards the same.
+                    let mut whole = ResponseMeter::new(endpoint, content_type, false);
+                    assert_eq!(run(&mut whole, &[&bytes]).1, usage, "round {round}");
                     let mut meter = ResponseMeter::new(endpoint, content_type, true);
-                    let (forwarded, _) = run(&mut meter, &chunks);
-                    assert!(forwarded.len() <= bytes.len(), "round {round}");
+                    let (stripped, _) = run(&mut meter, &chunks);
+                    let mut whole = ResponseMeter::new(endpoint, content_type, true);
+                    assert_eq!(run(&mut whole, &[&bytes]).0, stripped, "round {round}");
+                    assert!(stripped.len() <= bytes.len(), "round {round}");
                 }
             }
         }
