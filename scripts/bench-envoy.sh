@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# scripts/bench-envoy.sh — requests/s and latency through Envoy: ext_authz -> maas-authz vs. a do-nothing ext_authz.
+# scripts/bench-envoy.sh — requests/s and latency through Envoy: ext_authz -> maas-authz vs. a do-nothing ext_authz,
+# and what the token meter (ext_proc) adds.
 #
 # Starts, on 127.0.0.1: maas-authz (release build, example policy, a database
 # maas_authz_bench), the simulator with its do-nothing ext_authz server
 # (maas-simulator --noop-ext-authz), and two Envoys rendered from
-# deploy/envoy/envoy.yaml that differ only in their ext_authz cluster. Mints one
+# deploy/envoy/envoy.yaml that differ only in their ext_authz cluster, both with the
+# token meter (ext_proc) turned off on the model routes, so they compare Check alone. Mints one
 # premium key (never printed), checks both gateways answer 200 (and that the
 # maas-authz one refuses a missing key), then drives both with the same wrk
 # client, the same request (POST /simulator/v1/chat/completions, 8-token reply),
 # alternating baseline and maas-authz ROUNDS times, and prints one table. A third
-# Envoy with ext_authz disabled on the model routes shows what Envoy alone costs.
+# Envoy with ext_authz disabled on the model routes shows what Envoy alone costs, and a
+# fourth, deploy/envoy/envoy.yaml unchanged (Check and the token meter), what metering adds.
+# The request is not streamed, so the meter reads one JSON body per request.
 # Everything it started is stopped on exit.
 #
 # Usage:
@@ -21,7 +25,7 @@
 #   BENCH_THREADS=1           wrk threads
 #   BENCH_ROUNDS=2            alternations of baseline / maas-authz
 #   BENCH_ENVOY_CONCURRENCY=1 worker threads per Envoy (two Envoys share the box)
-#   BENCH_PORT_BASE=19000     ports BASE..BASE+11 on 127.0.0.1 must be free
+#   BENCH_PORT_BASE=19000     ports BASE..BASE+13 on 127.0.0.1 must be free
 #   MAAS_AUTHZ_NO_INSTALL=1   never apt-get install wrk
 #   plus everything ensure-postgres.sh and ensure-python-venv.sh read.
 #
@@ -53,6 +57,8 @@ readonly NOOP_ENVOY_PORT=$((BASE + 8))
 readonly NOOP_ADMIN_PORT=$((BASE + 9))
 readonly BARE_ENVOY_PORT=$((BASE + 10))
 readonly BARE_ADMIN_PORT=$((BASE + 11))
+readonly METER_ENVOY_PORT=$((BASE + 12))
+readonly METER_ADMIN_PORT=$((BASE + 13))
 readonly DB_NAME="maas_authz_bench"
 STATE_DIR=""
 
@@ -160,7 +166,7 @@ main() {
     have curl || die "curl not found"
     ensure_wrk
     local port
-    for port in $(seq "$BASE" $((BASE + 11))); do
+    for port in $(seq "$BASE" $((BASE + 13))); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             die "port $port on 127.0.0.1 is in use; set BENCH_PORT_BASE"
         fi
@@ -210,12 +216,21 @@ EOF
         --addr "127.0.0.1:$SIM_PORT" --noop-ext-authz "127.0.0.1:$NOOP_PORT"
     render "$STATE_DIR/envoy-authz.yaml" "$AUTHZ_ENVOY_PORT" "$AUTHZ_ADMIN_PORT" "$GRPC_PORT"
     render "$STATE_DIR/envoy-noop.yaml" "$NOOP_ENVOY_PORT" "$NOOP_ADMIN_PORT" "$NOOP_PORT"
-    # No ext_authz at all on the model routes: the REST routes' per-route "off" copied onto them.
+    render "$STATE_DIR/envoy-meter.yaml" "$METER_ENVOY_PORT" "$METER_ADMIN_PORT" "$GRPC_PORT"
+    # Check alone: the token meter's per-route "off" copied onto the model routes.
+    local variant
+    for variant in authz noop; do
+        sed -i -E 's/^( *)route: ([&*]to_simulator.*)$/\1route: \2\n\1typed_per_filter_config:\n\1  envoy.filters.http.ext_proc: *ext_proc_off/' \
+            "$STATE_DIR/envoy-$variant.yaml"
+    done
+    # No ext_authz and no meter on the model routes: the REST routes' per-route "off" copied onto them.
     render "$STATE_DIR/envoy-bare.yaml" "$BARE_ENVOY_PORT" "$BARE_ADMIN_PORT" "$NOOP_PORT"
-    sed -i -E 's/^( *)route: ([&*]to_simulator.*)$/\1route: \2\n\1typed_per_filter_config: *ext_authz_off/' \
+    sed -i -E 's/^( *)route: ([&*]to_simulator.*)$/\1route: \2\n\1typed_per_filter_config: *filters_off/' \
         "$STATE_DIR/envoy-bare.yaml"
-    "$envoy" --mode validate -c "$STATE_DIR/envoy-bare.yaml" >/dev/null 2>&1 ||
-        die "could not derive an Envoy configuration without ext_authz from deploy/envoy/envoy.yaml"
+    for variant in authz noop bare; do
+        "$envoy" --mode validate -c "$STATE_DIR/envoy-$variant.yaml" >/dev/null 2>&1 ||
+            die "could not derive the $variant Envoy configuration from deploy/envoy/envoy.yaml"
+    done
     wait_ready maas-authz "http://127.0.0.1:$METRICS_PORT/metrics"
     wait_ready simulator "http://127.0.0.1:$SIM_PORT/health"
     start envoy-authz "$envoy" -c "$STATE_DIR/envoy-authz.yaml" --use-dynamic-base-id \
@@ -225,11 +240,14 @@ EOF
     wait_ready envoy-authz "http://127.0.0.1:$AUTHZ_ADMIN_PORT/ready" LIVE
     start envoy-bare "$envoy" -c "$STATE_DIR/envoy-bare.yaml" --use-dynamic-base-id \
         --concurrency "$ENVOY_CONCURRENCY" --log-level warn
+    start envoy-meter "$envoy" -c "$STATE_DIR/envoy-meter.yaml" --use-dynamic-base-id \
+        --concurrency "$ENVOY_CONCURRENCY" --log-level warn
     wait_ready envoy-noop "http://127.0.0.1:$NOOP_ADMIN_PORT/ready" LIVE
     wait_ready envoy-bare "http://127.0.0.1:$BARE_ADMIN_PORT/ready" LIVE
+    wait_ready envoy-meter "http://127.0.0.1:$METER_ADMIN_PORT/ready" LIVE
 
     local authz_url="http://127.0.0.1:$AUTHZ_ENVOY_PORT" noop_url="http://127.0.0.1:$NOOP_ENVOY_PORT" s
-    local bare_url="http://127.0.0.1:$BARE_ENVOY_PORT"
+    local bare_url="http://127.0.0.1:$BARE_ENVOY_PORT" meter_url="http://127.0.0.1:$METER_ENVOY_PORT"
     s="$(status_of "$authz_url" "$KEY")"
     [[ "$s" == 200 ]] || die "Envoy+maas-authz answered $s to the bench request (wanted 200)"
     s="$(status_of "$authz_url")"
@@ -238,16 +256,22 @@ EOF
     [[ "$s" == 200 ]] || die "Envoy+do-nothing answered $s (wanted 200)"
     s="$(status_of "$bare_url")"
     [[ "$s" == 200 ]] || die "Envoy without ext_authz answered $s without a key (wanted 200)"
+    s="$(status_of "$meter_url" "$KEY")"
+    [[ "$s" == 200 ]] || die "Envoy+maas-authz+meter answered $s to the bench request (wanted 200)"
+    curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | grep -q '^maas_authz_tokens_charged_total [1-9]' ||
+        die "the token meter charged nothing for the bench request: is ext_proc reaching maas-authz?"
 
     log "warm-up (3 s each)"
     run_wrk warmup "$noop_url" 3s >/dev/null
     run_wrk warmup "$authz_url" 3s >/dev/null
     run_wrk warmup "$bare_url" 3s >/dev/null
+    run_wrk warmup "$meter_url" 3s >/dev/null
     log "measuring: wrk -t$THREADS -c$CONNECTIONS -d$DURATION, Envoy --concurrency $ENVOY_CONCURRENCY, $ROUNDS round(s)"
     local results=() round
     for ((round = 1; round <= ROUNDS; round++)); do
         results+=("$(run_wrk "do-nothing#$round" "$noop_url" "$DURATION")")
         results+=("$(run_wrk "maas-authz#$round" "$authz_url" "$DURATION")")
+        results+=("$(run_wrk "+meter#$round" "$meter_url" "$DURATION")")
     done
     results+=("$(run_wrk "none" "$bare_url" "$DURATION")")
 
@@ -262,7 +286,11 @@ EOF
     printf '%s\n' "${results[@]}" | awk '
         $1 ~ /^do-nothing/ { n++; base += $2 }
         $1 ~ /^maas-authz/ { m++; authz += $2 }
-        END { if (n && m && base > 0) printf "\nmaas-authz / do-nothing throughput: %.1f%%\n", 100 * (authz / m) / (base / n) }'
+        $1 ~ /^\+meter/ { k++; meter += $2 }
+        END {
+            if (n && m && base > 0) printf "\nmaas-authz / do-nothing throughput: %.1f%%\n", 100 * (authz / m) / (base / n)
+            if (m && k && authz > 0) printf "maas-authz+meter / maas-authz throughput: %.1f%%\n", 100 * (meter / k) / (authz / m)
+        }'
 }
 
 main "$@"

@@ -23,7 +23,7 @@
 # Environment (ports on 127.0.0.1; each must be free):
 #   MAAS_DEMO_ENVOY_PORT=8888   the gateway (MAAS_API_URL)
 #   MAAS_DEMO_ENVOY_ADMIN_PORT=9901
-#   MAAS_DEMO_GRPC_PORT=50051   maas-authz ext_authz gRPC
+#   MAAS_DEMO_GRPC_PORT=50051   maas-authz gRPC (ext_authz Check and the ext_proc token meter)
 #   MAAS_DEMO_HTTP_PORT=8080    maas-authz REST API
 #   MAAS_DEMO_INTERNAL_PORT=8081
 #   MAAS_DEMO_METRICS_PORT=9090
@@ -262,6 +262,8 @@ curl -sSk --no-buffer \\
 \\"stream\\": true
 }" \\
 "\${MODEL_URL}/v1/chat/completions"
+# Tokens the gateway metered from those replies, JSON and stream alike (maas-authz's token meter, Envoy ext_proc)
+curl -sS "http://127.0.0.1:$METRICS_PORT/metrics" | grep -E '^maas_authz_tokens_(metered|charged)_total'
 # Rate-limit headers (the seed's check; limits are not enforced by this demo yet)
 curl -sSk -D - -o /dev/null \\
 -H "Authorization: Bearer \${ACCESS_TOKEN}" \\

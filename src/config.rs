@@ -144,6 +144,11 @@ pub struct ServeConfig {
     /// How often noted key uses are written, in one batched statement.
     #[arg(long, env = "MAAS_AUTHZ_LAST_USED_FLUSH_INTERVAL", value_name = "MAAS_AUTHZ_LAST_USED_FLUSH_INTERVAL", default_value = "5s", value_parser = positive_duration)]
     pub last_used_flush_interval: Duration,
+    /// Token meter (Envoy ext_proc): add `stream_options.include_usage` to streaming chat and
+    /// completion requests that lack it, so their tokens are metered; the usage chunk the client
+    /// did not ask for is then removed from its stream.
+    #[arg(long, env = "MAAS_AUTHZ_FORCE_STREAM_USAGE", value_name = "MAAS_AUTHZ_FORCE_STREAM_USAGE", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub force_stream_usage: bool,
     #[command(flatten)]
     pub http: HttpConfig,
     #[command(flatten)]

@@ -1,7 +1,7 @@
 //! maas-authz: Envoy ext_authz server and key-management API for an LLM Models-as-a-Service gateway.
 //!
 //! See `ARCHITECTURE.md` for the map. Domain: [`key`], [`policy`], [`authorizer`], [`minting`],
-//! [`keys`], [`catalog`], [`identity`], [`cache`], [`duration`]. Edges: [`grpc`], [`http`],
+//! [`keys`], [`catalog`], [`identity`], [`cache`], [`duration`], [`usage`]. Edges: [`grpc`], [`http`],
 //! [`store`], [`cli`], [`serve`], [`metrics`].
 
 pub mod authorizer;
@@ -23,3 +23,4 @@ pub mod policy;
 pub mod serve;
 pub mod simulator;
 pub mod store;
+pub mod usage;

@@ -1,4 +1,5 @@
-//! Prometheus metrics: decisions, Check latency, cache, database queries, pool and policy state.
+//! Prometheus metrics: decisions, Check latency, cache, database queries, pool and policy state,
+//! metered tokens.
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use crate::authorizer::{CheckObserver, DenyReason};
 use crate::cache::CacheOutcome;
 use crate::grpc::ext_authz::DecisionObserver;
 use crate::store::postgres::{PoolState, QueryObserver};
+use crate::usage::{Endpoint, MeterOutcome, TokenSink, TokenUsage, UsageObserver, UsageSubject};
 
 /// Check latencies are tens of microseconds on a hit and milliseconds on a miss.
 const CHECK_BUCKETS: &[f64] = &[
@@ -38,6 +40,11 @@ pub struct Metrics {
     pool_connections: IntGaugeVec,
     policy_reloads: IntCounterVec,
     policy_objects: IntGaugeVec,
+    /// `[prompt, completion, total]`.
+    tokens_metered: [IntCounter; 3],
+    metered_responses: IntCounterVec,
+    forced_stream_usage: IntCounterVec,
+    tokens_charged: IntCounter,
 }
 
 impl Metrics {
@@ -92,6 +99,42 @@ impl Metrics {
         registry.register(Box::new(pool_connections.clone()))?;
         registry.register(Box::new(policy_reloads.clone()))?;
         registry.register(Box::new(policy_objects.clone()))?;
+        let tokens_metered = IntCounterVec::new(
+            Opts::new(
+                "tokens_metered_total",
+                "Tokens read from model responses, by kind (prompt, completion, total)",
+            ),
+            &["kind"],
+        )?;
+        let metered_responses = IntCounterVec::new(
+            Opts::new(
+                "metered_responses_total",
+                "Responses seen by the token meter, by endpoint and outcome",
+            ),
+            &["endpoint", "outcome"],
+        )?;
+        let forced_stream_usage = IntCounterVec::new(
+            Opts::new(
+                "stream_usage_forced_total",
+                "Streaming requests rewritten to ask for usage (stream_options.include_usage)",
+            ),
+            &["endpoint"],
+        )?;
+        let tokens_charged = IntCounter::new(
+            "tokens_charged_total",
+            "Tokens charged to callers (the total of each metered response)",
+        )?;
+        registry.register(Box::new(tokens_metered.clone()))?;
+        registry.register(Box::new(metered_responses.clone()))?;
+        registry.register(Box::new(forced_stream_usage.clone()))?;
+        registry.register(Box::new(tokens_charged.clone()))?;
+        // Every label combination exists from the start, so dashboards see zeros, not gaps.
+        for endpoint in Endpoint::ALL {
+            forced_stream_usage.with_label_values(&[endpoint.as_str()]);
+            for outcome in MeterOutcome::ALL {
+                metered_responses.with_label_values(&[endpoint.as_str(), outcome.as_str()]);
+            }
+        }
         // Children resolved once, so the hot path does no label lookups.
         let denied = DenyReason::ALL
             .iter()
@@ -111,6 +154,11 @@ impl Metrics {
             pool_connections,
             policy_reloads,
             policy_objects,
+            tokens_metered: ["prompt", "completion", "total"]
+                .map(|kind| tokens_metered.with_label_values(&[kind])),
+            metered_responses,
+            forced_stream_usage,
+            tokens_charged,
             registry,
         })
     }
@@ -154,6 +202,44 @@ impl Metrics {
             tracing::error!(%error, "cannot encode metrics");
         }
         String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+impl UsageObserver for Metrics {
+    fn observe_response(
+        &self,
+        endpoint: Endpoint,
+        outcome: MeterOutcome,
+        usage: Option<&TokenUsage>,
+    ) {
+        self.metered_responses
+            .with_label_values(&[endpoint.as_str(), outcome.as_str()])
+            .inc();
+        if let Some(usage) = usage {
+            let [prompt, completion, total] = &self.tokens_metered;
+            prompt.inc_by(usage.prompt);
+            completion.inc_by(usage.completion);
+            total.inc_by(usage.total);
+        }
+    }
+
+    fn observe_forced_stream_usage(&self, endpoint: Endpoint) {
+        self.forced_stream_usage
+            .with_label_values(&[endpoint.as_str()])
+            .inc();
+    }
+}
+
+/// The sink `serve` wires when nothing enforces token limits: it only counts what would be
+/// charged (`maas_authz_tokens_charged_total`). A limiter wraps or replaces it.
+impl TokenSink for Metrics {
+    fn charge<'a>(
+        &'a self,
+        _subject: &'a UsageSubject,
+        tokens: u64,
+    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        self.tokens_charged.inc_by(tokens);
+        Box::pin(std::future::ready(()))
     }
 }
 

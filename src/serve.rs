@@ -1,4 +1,4 @@
-//! `maas-authz serve`: wires store, cache, policy, authorizer and the listeners, and shuts down cleanly.
+//! `maas-authz serve`: wires store, cache, policy, authorizer, token meter and the listeners, and shuts down cleanly.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -16,6 +17,7 @@ use crate::cache::{CacheSettings, KeyCache};
 use crate::config::{DatabaseConfig, ServeConfig};
 use crate::grpc::check_server::CheckServer;
 use crate::grpc::ext_authz::ExtAuthzService;
+use crate::grpc::ext_proc::{ExtProcService, MeterSettings};
 use crate::grpc::key_validation::KeyValidationService;
 use crate::http::{ApiState, internal_router, public_router, serve_http};
 use crate::identity::IdentityResolver;
@@ -29,6 +31,7 @@ use crate::store::KeyAdminStore;
 use crate::store::migrate::run_migrations;
 use crate::store::notify::{KeyChange, ListenerSettings, listen_for_key_changes};
 use crate::store::postgres::{PgKeyStore, PgSettings};
+use crate::usage::TokenSink;
 
 /// The key store as `serve` runs it: PostgreSQL, observed by the metrics.
 pub type ServedStore = PgKeyStore<Arc<Metrics>>;
@@ -258,6 +261,11 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     health
         .set_serving::<KeyValidationServer<KeyValidationService<ServedStore, Arc<Metrics>>>>()
         .await;
+    health
+        .set_serving::<ExternalProcessorServer<ExtProcService>>()
+        .await;
+    // Metered tokens are only counted for now; a limiter takes this place to enforce limits.
+    let token_sink: Arc<dyn TokenSink> = metrics.clone();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -274,6 +282,13 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         .add_service(KeyValidationServer::new(KeyValidationService::new(
             authorizer.clone(),
             config.database.tenant.clone(),
+        )))
+        .add_service(ExternalProcessorServer::new(ExtProcService::new(
+            token_sink,
+            metrics.clone(),
+            MeterSettings {
+                force_stream_usage: config.force_stream_usage,
+            },
         )));
     let grpc_shutdown = wait_for(shutdown_rx.clone());
     tasks.push((

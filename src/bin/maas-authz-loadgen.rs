@@ -254,6 +254,7 @@ fn serve_config(args: &Args, database_url: &str) -> ServeConfig {
         shutdown_grace: Duration::from_secs(5),
         last_used_interval: Duration::from_secs(60),
         last_used_flush_interval: Duration::from_secs(5),
+        force_stream_usage: true,
         http: HttpConfig::on_loopback(),
         identity: identity_args_without_sources(),
     }

@@ -3,7 +3,8 @@
 //! The model server answers `POST /v1/chat/completions` and `POST /v1/completions`, plain or
 //! streamed (SSE), with a canned reply and exact `usage` counts: prompt tokens are the
 //! whitespace-separated words of the prompt (or of every message's content), completion tokens
-//! the words it generated (at most `max_tokens`). It reports what reached it so tests can check
+//! the words it generated (at most `max_tokens`). `POST /v1/embeddings` answers small fixed
+//! vectors with the input's words as `prompt_tokens`. It reports what reached it so tests can check
 //! the gateway: `x-simulator-received-identity` (a JSON object of the `x-maas-*` identity headers,
 //! `null` when absent) and `x-simulator-received-credentials` (`none`, `authorization`,
 //! `x-api-key`, or both comma-separated). It never logs headers or bodies.
@@ -64,6 +65,7 @@ pub fn router() -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/health", get(|| async { "ok" }))
         .fallback(|| async {
@@ -71,7 +73,7 @@ pub fn router() -> Router {
                 StatusCode::NOT_FOUND,
                 "invalid_request_error",
                 "not_found",
-                "the simulator serves /v1/chat/completions and /v1/completions",
+                "the simulator serves /v1/chat/completions, /v1/completions and /v1/embeddings",
             )
         })
         .layer(axum::middleware::from_fn(report_received))
@@ -422,6 +424,58 @@ async fn completions(body: Bytes) -> Response {
     sse(events)
 }
 
+#[derive(Debug, Deserialize)]
+struct EmbeddingsRequest {
+    model: Option<String>,
+    input: Value,
+}
+
+/// Dimensions of the simulator's embedding vectors.
+pub const EMBEDDING_DIMENSIONS: usize = 8;
+
+/// The inputs of an embeddings request: a string or an array of strings.
+fn embedding_inputs(input: &Value) -> Option<Vec<&str>> {
+    match input {
+        Value::String(text) => Some(vec![text.as_str()]),
+        Value::Array(items) if !items.is_empty() => items.iter().map(Value::as_str).collect(),
+        _ => None,
+    }
+}
+
+async fn embeddings(body: Bytes) -> Response {
+    let request: EmbeddingsRequest = match parse(&body) {
+        Ok(request) => request,
+        Err(error) => return error.into_response(),
+    };
+    let Some(inputs) = embedding_inputs(&request.input) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "invalid_value",
+            "input must be a non-empty string or array of strings",
+        );
+    };
+    let prompt_tokens: u64 = inputs.iter().map(|text| count_tokens(text)).sum();
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            let words = count_tokens(text) as f64;
+            let vector: Vec<f64> = (0..EMBEDDING_DIMENSIONS)
+                .map(|d| ((words + d as f64) * 0.125).sin())
+                .collect();
+            json!({ "object": "embedding", "index": index, "embedding": vector })
+        })
+        .collect();
+    axum::Json(json!({
+        "object": "list",
+        "data": data,
+        "model": request.model.filter(|m| !m.is_empty()).unwrap_or_else(|| DEFAULT_MODEL.to_owned()),
+        "usage": { "prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens },
+    }))
+    .into_response()
+}
+
 async fn models() -> Response {
     axum::Json(json!({
         "object": "list",
@@ -512,6 +566,18 @@ mod tests {
         assert_eq!(g.finish_reason, "stop");
         assert_eq!(g.model, "qwen3");
         assert!(Generation::new(None, 1, Some(0), false, None).is_err());
+    }
+
+    #[test]
+    fn embedding_inputs_are_a_string_or_strings() {
+        assert_eq!(embedding_inputs(&json!("a b")), Some(vec!["a b"]));
+        assert_eq!(
+            embedding_inputs(&json!(["a", "b c"])),
+            Some(vec!["a", "b c"])
+        );
+        assert_eq!(embedding_inputs(&json!([])), None);
+        assert_eq!(embedding_inputs(&json!([1, 2])), None);
+        assert_eq!(embedding_inputs(&json!(null)), None);
     }
 
     #[test]

@@ -108,6 +108,18 @@ def main() -> None:
         fail(f"streamed usage {final_usage} does not match {len(streamed.split())} streamed words")
     print(f"ok: streaming chat completion ({final_usage.total_tokens} tokens)")
 
+    # Without include_usage the gateway still meters the stream (it asks for usage itself) but
+    # must hand back exactly what the client asked for: every chunk has a choice (code that reads
+    # chunk.choices[0] keeps working) and none carries usage.
+    naive = []
+    for chunk in chat(client(gateway, "simulator", premium), "simulator", stream=True, max_tokens=5):
+        naive.append(chunk.choices[0].delta.content or "")
+        if chunk.usage is not None:
+            fail(f"usage reached a client that did not ask for it: {chunk.usage}")
+    if len("".join(naive).split()) != 5:
+        fail(f"stream without include_usage: {naive}")
+    print("ok: streaming chat completion without include_usage (metered by the gateway)")
+
     legacy = client(gateway, "simulator", free).completions.create(
         model="simulator", prompt="one two three", max_tokens=2
     )

@@ -179,7 +179,7 @@ fn render_envoy_config(
 pub(crate) struct Gateway {
     /// Envoy's public URL, e.g. `http://127.0.0.1:40123`.
     pub(crate) url: String,
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
     server: Option<RunningServer>,
     simulator: Option<(oneshot::Sender<()>, JoinHandle<std::io::Result<()>>)>,
     _envoy: Envoy,
@@ -228,7 +228,7 @@ impl Gateway {
     }
 
     /// Mints a key through Envoy → REST API (`POST /maas-api/v1/api-keys`); returns (key, id).
-    async fn mint(&self, static_token: &str) -> (String, String) {
+    pub(crate) async fn mint(&self, static_token: &str) -> (String, String) {
         let response = self
             .http
             .post(format!("{}/maas-api/v1/api-keys", self.url))
@@ -245,12 +245,23 @@ impl Gateway {
         (key, body["id"].as_str().expect("id").to_owned())
     }
 
-    async fn chat(&self, path: &str, key: Option<&str>, body: &Value) -> reqwest::Response {
+    pub(crate) async fn chat(
+        &self,
+        path: &str,
+        key: Option<&str>,
+        body: &Value,
+    ) -> reqwest::Response {
         let mut request = self.http.post(format!("{}{path}", self.url)).json(body);
         if let Some(key) = key {
             request = request.bearer_auth(key);
         }
         request.send().await.expect("request through Envoy")
+    }
+
+    /// maas-authz's Prometheus endpoint.
+    pub(crate) fn metrics_url(&self) -> String {
+        let server = self.server.as_ref().expect("maas-authz is running");
+        format!("http://{}/metrics", server.metrics_addr)
     }
 
     /// Stops maas-authz (gRPC and REST) the way SIGTERM would.
@@ -269,7 +280,7 @@ impl Drop for Gateway {
     }
 }
 
-fn hello(model: &str, max_tokens: u64) -> Value {
+pub(crate) fn hello(model: &str, max_tokens: u64) -> Value {
     json!({
         "model": model,
         "messages": [{ "role": "user", "content": "Hello, how are you?" }],
@@ -277,7 +288,7 @@ fn hello(model: &str, max_tokens: u64) -> Value {
     })
 }
 
-fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
+pub(crate) fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
     response
         .headers()
         .get(name)

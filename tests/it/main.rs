@@ -10,6 +10,8 @@
 mod check;
 mod cli;
 mod e2e;
+mod e2e_tokens;
+mod ext_proc;
 mod helm;
 mod identity;
 mod last_used;

@@ -164,6 +164,7 @@ pub fn serve_config(db: &TestDb) -> ServeConfig {
         shutdown_grace: Duration::from_secs(2),
         last_used_interval: Duration::from_secs(60),
         last_used_flush_interval: Duration::from_millis(50),
+        force_stream_usage: true,
         http: HttpConfig::on_loopback(),
         identity: identity_args_without_sources(),
     }
