@@ -1,15 +1,17 @@
-//! Prometheus metrics: decisions, Check latency, cache, database queries, pool and policy state.
+//! Prometheus metrics: decisions, Check latency, cache, database queries, pool and policy state,
+//! rate limits and the counter store.
 
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::authorizer::{CheckObserver, DenyReason};
 use crate::cache::CacheOutcome;
 use crate::grpc::ext_authz::DecisionObserver;
+use crate::limits::{LimitKind, LimitObserver};
 use crate::store::postgres::{PoolState, QueryObserver};
 
 /// Check latencies are tens of microseconds on a hit and milliseconds on a miss.
@@ -38,6 +40,10 @@ pub struct Metrics {
     pool_connections: IntGaugeVec,
     policy_reloads: IntCounterVec,
     policy_objects: IntGaugeVec,
+    /// Aligned with `LimitKind::ALL`.
+    rate_limited: Vec<IntCounter>,
+    counter_store_errors: IntCounter,
+    counter_store_up: IntGauge,
 }
 
 impl Metrics {
@@ -92,6 +98,24 @@ impl Metrics {
         registry.register(Box::new(pool_connections.clone()))?;
         registry.register(Box::new(policy_reloads.clone()))?;
         registry.register(Box::new(policy_objects.clone()))?;
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "rate_limited_total",
+                "Requests refused with 429, by the kind of limit reached",
+            ),
+            &["kind"],
+        )?;
+        let counter_store_errors = IntCounter::new(
+            "counter_store_errors_total",
+            "Rate-limit counter store operations that failed (Redis unreachable, store full)",
+        )?;
+        let counter_store_up = IntGauge::new(
+            "counter_store_up",
+            "1 if the rate-limit counter store answered its last ping (at scrape time), else 0",
+        )?;
+        registry.register(Box::new(rate_limited.clone()))?;
+        registry.register(Box::new(counter_store_errors.clone()))?;
+        registry.register(Box::new(counter_store_up.clone()))?;
         // Children resolved once, so the hot path does no label lookups.
         let denied = DenyReason::ALL
             .iter()
@@ -111,6 +135,12 @@ impl Metrics {
             pool_connections,
             policy_reloads,
             policy_objects,
+            rate_limited: LimitKind::ALL
+                .iter()
+                .map(|kind| rate_limited.with_label_values(&[kind.as_str()]))
+                .collect(),
+            counter_store_errors,
+            counter_store_up,
             registry,
         })
     }
@@ -127,6 +157,10 @@ impl Metrics {
         gauge(&self.pool_connections, "idle", pool.available);
         gauge(&self.pool_connections, "waiting", pool.waiting);
         gauge(&self.pool_connections, "max", pool.max_size);
+    }
+
+    pub fn set_counter_store_up(&self, up: bool) {
+        self.counter_store_up.set(i64::from(up));
     }
 
     pub fn observe_policy_reload(&self, accepted: bool) {
@@ -192,5 +226,15 @@ impl QueryObserver for std::sync::Arc<Metrics> {
         if !ok {
             self.query_errors.with_label_values(&[statement]).inc();
         }
+    }
+}
+
+impl LimitObserver for Metrics {
+    fn observe_limited(&self, kind: LimitKind) {
+        self.rate_limited[kind as usize].inc();
+    }
+
+    fn observe_store_error(&self) {
+        self.counter_store_errors.inc();
     }
 }

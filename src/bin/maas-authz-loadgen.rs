@@ -31,7 +31,9 @@ use envoy_types::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest, CheckResponse, OkHttpResponse, check_response::HttpResponse,
 };
 use envoy_types::pb::google::rpc;
-use maas_authz::config::{DatabaseConfig, HttpConfig, ServeConfig, identity_args_without_sources};
+use maas_authz::config::{
+    DatabaseConfig, HttpConfig, LimitsConfig, ServeConfig, identity_args_without_sources,
+};
 use maas_authz::key::ApiKey;
 use maas_authz::minting::{MintRequest, mint_key};
 use maas_authz::serve::{RunningServer, start};
@@ -256,6 +258,7 @@ fn serve_config(args: &Args, database_url: &str) -> ServeConfig {
         last_used_flush_interval: Duration::from_secs(5),
         http: HttpConfig::on_loopback(),
         identity: identity_args_without_sources(),
+        limits: LimitsConfig::in_process(),
     }
 }
 

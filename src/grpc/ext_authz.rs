@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status};
 use crate::authorizer::{
     Allowed, Authorizer, CheckError, CheckInput, CheckObserver, Decision, DenialKind, DenyReason,
 };
+use crate::limits::{LimitStatus, WindowStatus, retry_after_seconds};
 use crate::store::KeyStore;
 
 /// Identity headers we own: always overwritten, so a client's copy never reaches the model.
@@ -138,13 +139,69 @@ fn request_header<'a>(http: &'a HttpRequest, name: &str) -> Option<&'a str> {
 ///   (`failure_mode_allow`, else `status_on_error`), so we never allow what we could not check.
 pub fn check_response(outcome: Result<Decision, CheckError>) -> Result<CheckResponse, Status> {
     match outcome {
-        Ok(Decision::Allow(allowed)) => Ok(allow_response(&allowed)),
-        Ok(Decision::Deny(denied)) => Ok(deny_response(denied.reason)),
+        Ok(Decision::Allow(allowed)) => {
+            let mut response = allow_response(&allowed);
+            // To the client's response (not upstream): where it stands against its limits.
+            if let (Some(HttpResponse::OkResponse(ok)), Some(limits)) =
+                (response.http_response.as_mut(), allowed.limits.as_ref())
+            {
+                ok.response_headers_to_add = rate_limit_headers(limits);
+            }
+            Ok(response)
+        }
+        Ok(Decision::Deny(denied)) => {
+            let mut response = deny_response(denied.reason);
+            if let Some(HttpResponse::DeniedResponse(answer)) = response.http_response.as_mut() {
+                if let Some(limits) = &denied.limits {
+                    answer.headers.extend(rate_limit_headers(limits));
+                }
+                if let Some(wait) = denied.retry_after {
+                    let seconds = retry_after_seconds(wait).to_string();
+                    answer.headers.push(overwrite("retry-after", &seconds));
+                }
+            }
+            Ok(response)
+        }
         Err(CheckError::StoreUnavailable(error)) => {
             tracing::warn!(%error, "check failed: key store unavailable");
             Err(Status::unavailable("key store unavailable"))
         }
+        // MAAS_AUTHZ_LIMITS_ON_REDIS_ERROR=deny: the gateway's failure mode (503), not a 429
+        // that would tell the client it is over a limit it may not be over.
+        Err(CheckError::LimitsUnavailable(error)) => {
+            tracing::warn!(%error, "check failed: counter store unavailable");
+            Err(Status::unavailable("counter store unavailable"))
+        }
     }
+}
+
+/// OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` for the tightest window of
+/// each kind. The reset is a Go-style duration rounded up to whole seconds (`45s`, `1m0s`), as
+/// OpenAI writes it.
+fn rate_limit_headers(limits: &LimitStatus) -> Vec<HeaderValueOption> {
+    let mut headers = Vec::with_capacity(6);
+    let mut add = |kind: &str, window: &WindowStatus| {
+        let reset = std::time::Duration::from_secs(retry_after_seconds(window.reset_after));
+        headers.push(overwrite(
+            &format!("x-ratelimit-limit-{kind}"),
+            &window.limit.to_string(),
+        ));
+        headers.push(overwrite(
+            &format!("x-ratelimit-remaining-{kind}"),
+            &window.remaining().to_string(),
+        ));
+        headers.push(overwrite(
+            &format!("x-ratelimit-reset-{kind}"),
+            &crate::duration::format_go_duration(reset),
+        ));
+    };
+    if let Some(window) = &limits.requests {
+        add("requests", window);
+    }
+    if let Some(window) = &limits.tokens {
+        add("tokens", window);
+    }
+    headers
 }
 
 fn allow_response(allowed: &Allowed) -> CheckResponse {
@@ -230,6 +287,12 @@ fn deny_response(reason: DenyReason) -> CheckResponse {
             tonic::Code::NotFound,
             "invalid_request_error",
             "model_not_found",
+        ),
+        DenialKind::RateLimited => (
+            HttpStatusCode::TooManyRequests,
+            tonic::Code::ResourceExhausted,
+            "rate_limit_error",
+            "rate_limit_exceeded",
         ),
     };
     let body = serde_json::json!({

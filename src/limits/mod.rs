@@ -411,9 +411,7 @@ impl Limiter {
         let (model_namespace, model_name) = model.split_once('/')?;
         let policy = self.policy.load();
         let subscription = policy.find_subscription(subscription)?;
-        let model = policy
-            .find_model(Some(model_namespace), model_name)
-            .ok()?;
+        let model = policy.find_model(Some(model_namespace), model_name).ok()?;
         let limits = policy.subscription_model(subscription, model)?;
         (!limits.token_limits.is_empty()).then(|| limits.token_limits.clone())
     }

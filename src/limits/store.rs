@@ -125,7 +125,10 @@ impl InProcessCounterStore {
 
     /// Live counters (expired ones not yet swept included).
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|shard| lock(shard).counters.len()).sum()
+        self.shards
+            .iter()
+            .map(|shard| lock(shard).counters.len())
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -327,7 +330,10 @@ mod tests {
 
         let after_expiry = store.acquire(&counters, 60_000).await.unwrap();
 
-        assert_eq!((after_expiry.admitted, after_expiry.values), (true, vec![1]));
+        assert_eq!(
+            (after_expiry.admitted, after_expiry.values),
+            (true, vec![1])
+        );
     }
 
     #[tokio::test]
@@ -345,10 +351,7 @@ mod tests {
             .await
             .unwrap();
 
-        assert!(
-            matches!(full, Err(CounterError::Full(_))),
-            "got {full:?}"
-        );
+        assert!(matches!(full, Err(CounterError::Full(_))), "got {full:?}");
         assert!(later.admitted);
         assert_eq!(store.len(), 1, "expired counters were swept");
     }

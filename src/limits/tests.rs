@@ -30,7 +30,10 @@ fn fixture(store: Arc<dyn CounterStore>) -> Fixture {
 fn free_simulator_limits(policy: &Policy) -> SubscriptionModel {
     let subscription = policy.find_subscription("free").unwrap();
     let model = policy.find_model(None, "simulator").unwrap();
-    policy.subscription_model(subscription, model).unwrap().clone()
+    policy
+        .subscription_model(subscription, model)
+        .unwrap()
+        .clone()
 }
 
 #[tokio::test]
@@ -129,7 +132,10 @@ async fn charged_tokens_count_down_and_then_refuse_requests() {
     let RequestVerdict::Within(status) = partly else {
         panic!("expected within, got {partly:?}");
     };
-    assert_eq!(status.tokens.map(|t| (t.limit, t.remaining())), Some((100, 40)));
+    assert_eq!(
+        status.tokens.map(|t| (t.limit, t.remaining())),
+        Some((100, 40))
+    );
     assert_eq!(
         spent,
         RequestVerdict::Limited {

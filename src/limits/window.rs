@@ -16,7 +16,9 @@ impl Clock for SystemClock {
     fn now_millis(&self) -> u64 {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+            .map_or(0, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            })
     }
 }
 
@@ -63,9 +65,7 @@ impl FixedWindow {
     /// The window of length `length` that contains `now_millis`. Windows shorter than one
     /// millisecond count as one millisecond.
     pub fn containing(now_millis: u64, length: Duration) -> Self {
-        let length_millis = u64::try_from(length.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
+        let length_millis = u64::try_from(length.as_millis()).unwrap_or(u64::MAX).max(1);
         Self {
             length_millis,
             index: now_millis / length_millis,
@@ -137,7 +137,10 @@ mod tests {
         let window = FixedWindow::containing(7_200_000 + 1, Duration::from_secs(3_600));
 
         assert_eq!(window.start_millis(), 7_200_000);
-        assert_eq!(window.reset_after(7_200_001), Duration::from_millis(3_599_999));
+        assert_eq!(
+            window.reset_after(7_200_001),
+            Duration::from_millis(3_599_999)
+        );
     }
 
     #[test]

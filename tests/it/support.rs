@@ -8,7 +8,9 @@ use chrono::Utc;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
-use maas_authz::config::{DatabaseConfig, HttpConfig, ServeConfig, identity_args_without_sources};
+use maas_authz::config::{
+    DatabaseConfig, HttpConfig, LimitsConfig, ServeConfig, identity_args_without_sources,
+};
 use maas_authz::key::ApiKey;
 use maas_authz::minting::{MintRequest, mint_key};
 use maas_authz::serve::{RunningServer, start};
@@ -166,6 +168,7 @@ pub fn serve_config(db: &TestDb) -> ServeConfig {
         last_used_flush_interval: Duration::from_millis(50),
         http: HttpConfig::on_loopback(),
         identity: identity_args_without_sources(),
+        limits: LimitsConfig::in_process(),
     }
 }
 
