@@ -13,6 +13,7 @@ mod e2e;
 mod helm;
 mod identity;
 mod last_used;
+mod limits;
 mod migrations;
 mod rest;
 mod rest_internal;
