@@ -14,7 +14,10 @@ use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use maas_authz::config::{OnRedisError, ServeConfig};
 use maas_authz::limits::ManualClock;
 use maas_authz::serve::{RunningServer, start_with_clock};
+use reqwest::Method;
+use serde_json::json;
 
+use crate::rest_support::{ALICE, RestServer};
 use crate::support::*;
 
 const CHAT: &str = "/simulator/v1/chat/completions";
@@ -378,4 +381,78 @@ async fn with_redis_unreachable_and_deny_configured_check_fails_unavailable_and_
     assert!(models.is_ok(), "paths that name no model need no counter");
     assert_eq!(ready.status().as_u16(), 503);
     server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn usage_shows_the_callers_windows_per_subscription_and_model_without_counting() {
+    let clock = Arc::new(ManualClock::at_millis(TEN_SECONDS_INTO_A_MINUTE));
+    let rest = RestServer::start_with_clock(|_| {}, clock.clone()).await;
+    let key = rest.create_key(ALICE, json!({"name": "usage"})).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for _ in 0..2 {
+        assert_eq!(rest.check("simulator", &key).await, None);
+    }
+    rest.test
+        .server
+        .authorizer()
+        .limiter()
+        .unwrap()
+        .charge_tokens("alice", FREE_SIMULATOR, 30)
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(8));
+
+    let first = rest
+        .call(Method::GET, "/v1/usage")
+        .token(ALICE)
+        .send()
+        .await;
+    let again = rest
+        .call(Method::GET, "/maas-api/v1/usage")
+        .token(&key)
+        .send()
+        .await;
+
+    let window = |limit: u64, used: u64| {
+        json!({"window": "1m", "limit": limit, "used": used, "remaining": limit - used,
+               "reset": "42s", "resetSeconds": 42})
+    };
+    let expected = json!({"object": "list", "data": [{
+        "subscription": "models-as-a-service/free",
+        "tier": "free",
+        "model": "models-as-a-service/simulator",
+        "requests": [window(5, 2)],
+        "tokens": [window(100, 30)],
+    }]});
+    first.assert_exactly(200, expected.clone());
+    again.assert_exactly(200, expected);
+}
+
+#[tokio::test]
+async fn usage_needs_a_bearer_token() {
+    let rest = RestServer::start().await;
+
+    let reply = rest.call(Method::GET, "/v1/usage").send().await;
+
+    reply.assert_status(401);
+    assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
+}
+
+#[tokio::test]
+async fn usage_answers_503_when_redis_is_unreachable() {
+    let rest = RestServer::start_with(|config| {
+        with_redis(config, unreachable_redis(), "maas-authz-test:");
+    })
+    .await;
+
+    let reply = rest
+        .call(Method::GET, "/v1/usage")
+        .token(ALICE)
+        .send()
+        .await;
+
+    let body = reply.assert_status(503);
+    assert_eq!(body["error"]["type"], "server_error");
 }
