@@ -201,6 +201,21 @@ fn serve_with_a_bad_setting_names_the_variable() {
         ("MAAS_AUTHZ_DB_POOL_SIZE", "0", "0 is not in 1..=1000"),
         ("MAAS_AUTHZ_CACHE_CAPACITY", "-5", "invalid value"),
         ("MAAS_AUTHZ_LOG_FORMAT", "xml", "invalid value 'xml'"),
+        (
+            "MAAS_AUTHZ_REDIS_URL",
+            "localhost:6379",
+            "must be a Redis URL like redis://host:6379",
+        ),
+        (
+            "MAAS_AUTHZ_REDIS_TIMEOUT",
+            "0s",
+            "must be greater than zero",
+        ),
+        (
+            "MAAS_AUTHZ_LIMITS_ON_REDIS_ERROR",
+            "maybe",
+            "invalid value 'maybe'",
+        ),
     ];
 
     for (variable, value, message) in cases {
