@@ -368,10 +368,10 @@ impl<S: KeyStore, O: CheckObserver> Authorizer<S, O> {
                     credentials,
                     limits: None,
                 };
-                if let (Some(limiter), Some(limits)) = (&self.limiter, limits) {
-                    if let Some(denied) = apply_limits(limiter, &mut allowed, limits).await? {
-                        return Ok(Decision::Deny(denied));
-                    }
+                if let (Some(limiter), Some(limits)) = (&self.limiter, limits)
+                    && let Some(denied) = apply_limits(limiter, &mut allowed, limits).await?
+                {
+                    return Ok(Decision::Deny(denied));
                 }
                 Ok(Decision::Allow(Box::new(allowed)))
             }

@@ -161,9 +161,13 @@ pub enum OnRedisError {
     Deny,
 }
 
-/// Where the request and token counters of the policy's limits live.
+/// Whether the policy's limits are enforced, and where their counters live.
 #[derive(Debug, Clone, Args)]
 pub struct LimitsConfig {
+    /// Enforce the subscriptions' `requestRateLimits` and `tokenRateLimits` in Check (`false`:
+    /// e.g. when a rate limiter in the gateway does it).
+    #[arg(long, env = "MAAS_AUTHZ_LIMITS_ENABLED", value_name = "MAAS_AUTHZ_LIMITS_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub limits_enabled: bool,
     /// Redis URL (redis://[:password@]host:6379[/db]) for counters shared by every replica;
     /// unset: counters in this process (exact for one replica).
     #[arg(long, env = "MAAS_AUTHZ_REDIS_URL", value_name = "MAAS_AUTHZ_REDIS_URL", hide_env_values = true, value_parser = redis_url)]
@@ -195,6 +199,7 @@ impl LimitsConfig {
     /// Counters in this process, every other setting at its default.
     pub fn in_process() -> Self {
         Self {
+            limits_enabled: true,
             redis_url: None,
             redis_timeout: Duration::from_millis(100),
             redis_key_prefix: crate::limits::DEFAULT_KEY_PREFIX.to_owned(),

@@ -188,17 +188,20 @@ pub async fn start_with_clock(
         negative_ttl: config.negative_cache_ttl,
     });
     let last_used = Arc::new(LastUsedTracker::new(config.last_used_interval));
-    let limiter = Arc::new(limiter(
-        &config.limits,
-        shared_policy.clone(),
-        clock,
-        metrics.clone(),
-    )?);
-    let authorizer = Arc::new(
+    let mut authorizer =
         Authorizer::new(store.clone(), cache, shared_policy.clone(), metrics.clone())
-            .with_last_used(last_used.clone())
-            .with_limiter(limiter),
-    );
+            .with_last_used(last_used.clone());
+    if config.limits.limits_enabled {
+        authorizer = authorizer.with_limiter(Arc::new(limiter(
+            &config.limits,
+            shared_policy.clone(),
+            clock,
+            metrics.clone(),
+        )?));
+    } else {
+        tracing::info!("limits disabled (MAAS_AUTHZ_LIMITS_ENABLED=false)");
+    }
+    let authorizer = Arc::new(authorizer);
 
     let identity = IdentityResolver::from_args(&config.identity, authorizer.clone())
         .await

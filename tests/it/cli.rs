@@ -212,6 +212,11 @@ fn serve_with_a_bad_setting_names_the_variable() {
             "must be greater than zero",
         ),
         (
+            "MAAS_AUTHZ_LIMITS_ENABLED",
+            "sometimes",
+            "invalid value 'sometimes'",
+        ),
+        (
             "MAAS_AUTHZ_LIMITS_ON_REDIS_ERROR",
             "maybe",
             "invalid value 'maybe'",
