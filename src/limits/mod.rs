@@ -389,7 +389,8 @@ impl Limiter {
         self.observer.observe_store_error();
         match self.on_store_error {
             OnStoreError::Allow => {
-                tracing::warn!(%error, "counter store unavailable: request allowed uncounted");
+                // Debug only: an outage would log every request; the metrics and /ready say it.
+                tracing::debug!(%error, "counter store unavailable: request allowed uncounted");
                 Ok(())
             }
             OnStoreError::Deny => Err(LimitError::Store(error)),
