@@ -179,27 +179,31 @@ pub fn check_response(outcome: Result<Decision, CheckError>) -> Result<CheckResp
 /// each kind. The reset is a Go-style duration rounded up to whole seconds (`45s`, `1m0s`), as
 /// OpenAI writes it.
 fn rate_limit_headers(limits: &LimitStatus) -> Vec<HeaderValueOption> {
+    const REQUESTS: [&str; 3] = [
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+    ];
+    const TOKENS: [&str; 3] = [
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-reset-tokens",
+    ];
     let mut headers = Vec::with_capacity(6);
-    let mut add = |kind: &str, window: &WindowStatus| {
-        let reset = std::time::Duration::from_secs(retry_after_seconds(window.reset_after));
+    let mut add = |[limit, remaining, reset]: [&str; 3], window: &WindowStatus| {
+        let reset_after = std::time::Duration::from_secs(retry_after_seconds(window.reset_after));
+        headers.push(overwrite(limit, &window.limit.to_string()));
+        headers.push(overwrite(remaining, &window.remaining().to_string()));
         headers.push(overwrite(
-            &format!("x-ratelimit-limit-{kind}"),
-            &window.limit.to_string(),
-        ));
-        headers.push(overwrite(
-            &format!("x-ratelimit-remaining-{kind}"),
-            &window.remaining().to_string(),
-        ));
-        headers.push(overwrite(
-            &format!("x-ratelimit-reset-{kind}"),
-            &crate::duration::format_go_duration(reset),
+            reset,
+            &crate::duration::format_go_duration(reset_after),
         ));
     };
     if let Some(window) = &limits.requests {
-        add("requests", window);
+        add(REQUESTS, window);
     }
     if let Some(window) = &limits.tokens {
-        add("tokens", window);
+        add(TOKENS, window);
     }
     headers
 }

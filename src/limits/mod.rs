@@ -400,11 +400,21 @@ impl Limiter {
     /// `<prefix>{<len>:<user>|<selected key>}`: the user's length keeps any user name from
     /// running into the subscription key, and the braces make it Redis Cluster's hash tag.
     fn owner(&self, user: &str, selected_subscription_key: &str) -> String {
-        format!(
-            "{}{{{}:{user}|{selected_subscription_key}}}",
-            self.key_prefix,
-            user.len()
-        )
+        // Built by hand: this runs on every Check, and `format!` costs more than it looks.
+        let mut length = itoa::Buffer::new();
+        let length = length.format(user.len());
+        let mut owner = String::with_capacity(
+            self.key_prefix.len() + length.len() + user.len() + selected_subscription_key.len() + 4,
+        );
+        owner.push_str(&self.key_prefix);
+        owner.push('{');
+        owner.push_str(length);
+        owner.push(':');
+        owner.push_str(user);
+        owner.push('|');
+        owner.push_str(selected_subscription_key);
+        owner.push('}');
+        owner
     }
 
     fn token_limits_of(&self, selected_subscription_key: &str) -> Option<Vec<RateLimit>> {
@@ -421,12 +431,16 @@ impl Limiter {
 /// `<owner>:<r|t>:<window ms>:<window index>`: each window has its own key, so a new window starts
 /// at 0 without any reset, and the old one simply expires.
 fn counter_key(owner: &str, kind: LimitKind, window: &FixedWindow) -> String {
-    format!(
-        "{owner}:{}:{}:{}",
-        kind.key_tag(),
-        window.length_millis,
-        window.index
-    )
+    let mut numbers = itoa::Buffer::new();
+    let mut key = String::with_capacity(owner.len() + 32);
+    key.push_str(owner);
+    key.push(':');
+    key.push_str(kind.key_tag());
+    key.push(':');
+    key.push_str(numbers.format(window.length_millis));
+    key.push(':');
+    key.push_str(numbers.format(window.index));
+    key
 }
 
 /// Of each kind, the window with the fewest units left (ties: the one that resets last).

@@ -1,9 +1,11 @@
 //! Where counters live: the [`CounterStore`] contract and the in-process store (one replica).
 
 use std::collections::HashMap;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
+
+/// Fast hashing of the long counter keys (they are built by us, not sent by clients).
+type FastState = foldhash::fast::RandomState;
 
 /// One counter touched by [`CounterStore::acquire`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,11 +84,12 @@ pub trait CounterStore: Send + Sync + 'static {
 pub struct InProcessCounterStore {
     shards: Vec<Mutex<Shard>>,
     max_counters_per_shard: usize,
+    shard_hasher: FastState,
 }
 
 #[derive(Debug, Default)]
 struct Shard {
-    counters: HashMap<String, Counter>,
+    counters: HashMap<String, Counter, FastState>,
     /// Sweep again once the shard holds this many counters.
     sweep_at: usize,
 }
@@ -114,12 +117,13 @@ impl InProcessCounterStore {
             shards: (0..SHARDS)
                 .map(|_| {
                     Mutex::new(Shard {
-                        counters: HashMap::new(),
+                        counters: HashMap::default(),
                         sweep_at: MIN_SWEEP_AT,
                     })
                 })
                 .collect(),
             max_counters_per_shard: (max_counters / SHARDS).max(1),
+            shard_hasher: FastState::default(),
         }
     }
 
@@ -137,9 +141,8 @@ impl InProcessCounterStore {
 
     fn shard(&self, key: &str) -> &Mutex<Shard> {
         let owner = key.split_once('}').map_or(key, |(owner, _)| owner);
-        let mut hasher = DefaultHasher::new();
-        owner.hash(&mut hasher);
-        let position = usize::try_from(hasher.finish() % SHARDS as u64).unwrap_or_default();
+        let position =
+            usize::try_from(self.shard_hasher.hash_one(owner) % SHARDS as u64).unwrap_or_default();
         &self.shards[position]
     }
 }
