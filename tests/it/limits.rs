@@ -456,3 +456,85 @@ async fn usage_answers_503_when_redis_is_unreachable() {
     let body = reply.assert_status(503);
     assert_eq!(body["error"]["type"], "server_error");
 }
+
+/// A `redis-server` of our own (the one `scripts/ensure-redis.sh` found or installed), so that
+/// the test may stop and restart it.
+struct OwnRedis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl OwnRedis {
+    fn start_on(port: u16) -> Self {
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/ensure-redis.sh installs it)");
+        let redis = Self { port, child };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return redis;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("redis-server did not listen on {port}");
+    }
+
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn counting_resumes_when_redis_comes_back() {
+    let port = unreachable_redis()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse::<u16>()
+        .unwrap();
+    let redis = OwnRedis::start_on(port);
+    let db = TestDb::migrated().await;
+    let clock = Arc::new(ManualClock::at_millis(TEN_SECONDS_INTO_A_MINUTE));
+    let mut config = serve_config(&db);
+    with_redis(
+        &mut config,
+        format!("redis://127.0.0.1:{}", redis.port),
+        "t:",
+    );
+    let server = start_server(config, &clock).await;
+    let (key, _) = mint(&db.store(), &FREE_USER).await;
+
+    let before = check(&server, &key, CHAT).await;
+    redis.stop();
+    let during = check(&server, &key, CHAT).await;
+    let redis = OwnRedis::start_on(port);
+    // The connection manager reconnects on its own; wait for the first counted answer.
+    let mut after = None;
+    for _ in 0..100 {
+        let answer = check(&server, &key, CHAT).await;
+        if !allowed_limits(&answer).is_empty() {
+            after = Some(answer);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    assert_eq!(remaining_requests(&before), "4");
+    assert!(allowed_limits(&during).is_empty(), "allowed uncounted");
+    // A fresh Redis: the counter starts again from this request.
+    assert_eq!(remaining_requests(&after.expect("counted again")), "4");
+    redis.stop();
+    server.shutdown().await.unwrap();
+}
