@@ -1,4 +1,4 @@
-//! Criterion benchmarks of the in-process Check path: key parsing, cache hits, junk keys and the ext_authz adapter.
+//! Criterion benchmarks of the in-process Check path: key parsing, cache hits (limits off and on), junk keys and the ext_authz adapter.
 //!
 //! No PostgreSQL: an in-memory [`KeyStore`] stands in for the storage only. What is measured is
 //! the real `KeyCache` (moka), `Authorizer`, example policy and gRPC adapter. Run with
@@ -22,6 +22,7 @@ use maas_authz::cache::{CacheSettings, KeyCache};
 use maas_authz::grpc::ext_authz::{ExtAuthzService, check_response};
 use maas_authz::key::{ApiKey, KeyHash};
 use maas_authz::last_used::LastUsedTracker;
+use maas_authz::limits::{InProcessCounterStore, Limiter};
 use maas_authz::metrics::Metrics;
 use maas_authz::minting::{MintRequest, mint_key};
 use maas_authz::policy::Policy;
@@ -117,6 +118,25 @@ fn example_policy() -> Arc<ArcSwap<Policy>> {
     Arc::new(ArcSwap::from_pointee(policy))
 }
 
+/// The example policy with every limit raised to the maximum (10^9 per window), so that a
+/// benchmark with limits on measures counting, not 429s.
+fn example_policy_with_high_limits() -> Arc<ArcSwap<Policy>> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/policy");
+    let yaml = ["models.yaml", "subscriptions.yaml", "auth-policies.yaml"]
+        .map(|file| std::fs::read_to_string(dir.join(file)).expect("example policy file"))
+        .join("\n---\n");
+    let raised: Vec<String> = yaml
+        .lines()
+        .map(|line| match line.split_once("- limit: ") {
+            Some((indent, _)) => format!("{indent}- limit: 1000000000"),
+            None => line.to_owned(),
+        })
+        .collect();
+    let policy = Policy::from_yaml_str("high-limits.yaml", &raised.join("\n"))
+        .expect("the raised example policy loads");
+    Arc::new(ArcSwap::from_pointee(policy))
+}
+
 /// A free-tier key, as `keys create --user alice` would mint it.
 async fn mint_free_key(store: &MemoryStore, now: DateTime<Utc>) -> String {
     let minted = mint_key(
@@ -143,7 +163,11 @@ struct Fixture {
     runtime: Runtime,
     now: DateTime<Utc>,
     authorizer: Arc<Authorizer<MemoryStore>>,
+    /// `authorizer` with request and token limits counted in process.
+    limited: Arc<Authorizer<MemoryStore>>,
     metered: Arc<Authorizer<MemoryStore, Arc<Metrics>>>,
+    /// `metered` with limits in process, as `serve` runs without Redis.
+    metered_limited: Arc<Authorizer<MemoryStore, Arc<Metrics>>>,
     metrics: Arc<Metrics>,
     /// `Bearer <key>` for each minted key; the first is the single hot key.
     bearers: Vec<String>,
@@ -173,7 +197,36 @@ impl Fixture {
             policy.clone(),
             (),
         ));
+        let high_limits = example_policy_with_high_limits();
+        let limiter = |observer: Arc<Metrics>| {
+            Arc::new(
+                Limiter::new(
+                    Arc::new(InProcessCounterStore::default()),
+                    high_limits.clone(),
+                )
+                .with_observer(observer),
+            )
+        };
         let metrics = Arc::new(Metrics::new().expect("metrics"));
+        let limited = Arc::new(
+            Authorizer::new(
+                store.clone(),
+                KeyCache::new(cache_settings()),
+                high_limits.clone(),
+                (),
+            )
+            .with_limiter(limiter(metrics.clone())),
+        );
+        let metered_limited = Arc::new(
+            Authorizer::new(
+                store.clone(),
+                KeyCache::new(cache_settings()),
+                high_limits.clone(),
+                metrics.clone(),
+            )
+            .with_last_used(Arc::new(LastUsedTracker::new(Duration::from_secs(60))))
+            .with_limiter(limiter(metrics.clone())),
+        );
         // The serve default interval; nothing flushes here, so after the first use of each key
         // every Check takes the tracker's "already pending" path, as between two flushes.
         let tracker = Arc::new(LastUsedTracker::new(Duration::from_secs(60)));
@@ -191,7 +244,9 @@ impl Fixture {
             runtime,
             now,
             authorizer,
+            limited,
             metered,
+            metered_limited,
             metrics,
             bearers,
             unknown_bearer: format!("Bearer {}", unknown.expose()),
@@ -211,10 +266,17 @@ impl Fixture {
                     matches!(decision, Decision::Allow(_)),
                     "minted key must be allowed"
                 );
-                let decision = self.metered.check(&input, self.now).await.unwrap();
+                for authorizer in [&self.metered, &self.metered_limited] {
+                    let decision = authorizer.check(&input, self.now).await.unwrap();
+                    assert!(
+                        matches!(decision, Decision::Allow(_)),
+                        "minted key must be allowed"
+                    );
+                }
+                let decision = self.limited.check(&input, self.now).await.unwrap();
                 assert!(
-                    matches!(decision, Decision::Allow(_)),
-                    "minted key must be allowed"
+                    matches!(&decision, Decision::Allow(allowed) if allowed.limits.is_some()),
+                    "minted key must be allowed and counted"
                 );
             }
             let unknown = input(&self.unknown_bearer);
@@ -314,6 +376,12 @@ fn bench_check(c: &mut Criterion, fixture: &Fixture) {
         })
     });
 
+    let limited = &fixture.limited;
+    group.bench_function("cache_hit_allow_limits_in_process", |b| {
+        b.to_async(&fixture.runtime)
+            .iter(|| async move { limited.check(black_box(hot), now).await.unwrap() })
+    });
+
     let metered = &fixture.metered;
     group.bench_function("cache_hit_allow_as_served", |b| {
         b.to_async(&fixture.runtime)
@@ -363,6 +431,12 @@ fn bench_adapter(c: &mut Criterion, fixture: &Fixture) {
     group.bench_function("service_check_hit", |b| {
         b.to_async(&fixture.runtime)
             .iter(|| async { service.check(black_box(&hit)).await.unwrap() })
+    });
+    let limited_service =
+        &ExtAuthzService::new(fixture.metered_limited.clone(), fixture.metrics.clone());
+    group.bench_function("service_check_hit_limits_in_process", |b| {
+        b.to_async(&fixture.runtime)
+            .iter(|| async { limited_service.check(black_box(&hit)).await.unwrap() })
     });
     let junk = check_request("Bearer nope");
     group.bench_function("service_check_malformed", |b| {

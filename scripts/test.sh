@@ -6,7 +6,10 @@
 #  1. PostgreSQL: scripts/ensure-postgres.sh finds or starts a server; its admin
 #     URL is exported as MAAS_AUTHZ_TEST_DATABASE_URL (each Rust test creates
 #     its own fresh database from it).
-#  2. Test tools (ensure_test_tools below): the Python virtualenv .venv/ with
+#  2. Redis: scripts/ensure-redis.sh finds or starts one (the machine's
+#     redis-server); its URL is exported as MAAS_AUTHZ_TEST_REDIS_URL (each
+#     Rust test uses its own random key prefix in it).
+#  3. Test tools (ensure_test_tools below): the Python virtualenv .venv/ with
 #     scripts/requirements-test.txt (Envoy, ...), exported as
 #     MAAS_AUTHZ_ENVOY_BIN; .venv/bin is put first on PATH.
 #
@@ -19,11 +22,12 @@
 #
 # Environment:
 #   MAAS_AUTHZ_TEST_DATABASE_URL  admin URL to test against (checked, not replaced)
+#   MAAS_AUTHZ_TEST_REDIS_URL     Redis to test against (checked, not replaced)
 #   DATABASE_URL                  otherwise: server to use (see ensure-postgres.sh)
 #   MAAS_AUTHZ_ENVOY_BIN          Envoy binary to use instead of the .venv one
 #   MAAS_AUTHZ_SKIP_TEST_TOOLS=1  do not create/update .venv (offline work)
 #   CI=true                       CARGO_TERM_COLOR=never (unless set)
-#   plus everything ensure-postgres.sh and ensure-python-venv.sh read.
+#   plus everything ensure-postgres.sh, ensure-redis.sh and ensure-python-venv.sh read.
 
 set -euo pipefail
 
@@ -140,6 +144,12 @@ main() {
     [[ -n "$admin_url" ]] || die "ensure-postgres.sh printed no URL"
     export MAAS_AUTHZ_TEST_DATABASE_URL="$admin_url"
 
+    banner "Redis"
+    local redis_url
+    redis_url="$(bash "$REPO_ROOT/scripts/ensure-redis.sh")"
+    [[ -n "$redis_url" ]] || die "ensure-redis.sh printed no URL"
+    export MAAS_AUTHZ_TEST_REDIS_URL="$redis_url"
+
     ensure_test_tools
 
     local -a cargo_args=(test --all-targets)
@@ -151,6 +161,7 @@ main() {
     banner "maas-authz test suite"
     log "  repo:     $REPO_ROOT"
     log "  database: $(redact_url "$MAAS_AUTHZ_TEST_DATABASE_URL") (MAAS_AUTHZ_TEST_DATABASE_URL; one fresh database per test)"
+    log "  redis:    $(redact_url "$MAAS_AUTHZ_TEST_REDIS_URL") (MAAS_AUTHZ_TEST_REDIS_URL; one key prefix per test)"
     log "  envoy:    ${MAAS_AUTHZ_ENVOY_BIN:-<none> (MAAS_AUTHZ_ENVOY_BIN unset)}"
     log "  command:  cargo ${cargo_args[*]}"
     exec cargo "${cargo_args[@]}"

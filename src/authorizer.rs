@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use crate::cache::{CacheOutcome, KeyCache, Lookup};
 use crate::key::ApiKey;
 use crate::last_used::LastUsedTracker;
+use crate::limits::{LimitError, LimitKind, LimitStatus, Limiter, RequestVerdict};
 use crate::policy::{ModelLookupError, Policy};
 use crate::store::{KeyRecord, KeyStatus, KeyStore, StoreError};
 
@@ -50,6 +51,9 @@ pub struct Allowed {
     pub tier: String,
     pub model: Option<ResolvedModel>,
     pub credentials: CredentialHeaders,
+    /// Where the request stands against its limits (this one counted), when limits apply and
+    /// the counter store answered.
+    pub limits: Option<LimitStatus>,
 }
 
 impl Allowed {
@@ -74,6 +78,8 @@ pub enum DenialKind {
     Forbidden,
     /// 404 `model_not_found`.
     ModelNotFound,
+    /// 429 `rate_limit_error` / `rate_limit_exceeded`, with `retry-after`.
+    RateLimited,
 }
 
 /// Why a request was denied; the `as_str` form goes in `x-ext-auth-reason` and metrics.
@@ -93,10 +99,12 @@ pub enum DenyReason {
     AuthPolicyDenied,
     ModelNotFound,
     ModelAmbiguous,
+    RequestRateLimited,
+    TokenRateLimited,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 14] = [
+    pub const ALL: [DenyReason; 16] = [
         DenyReason::MissingCredentials,
         DenyReason::MalformedAuthorization,
         DenyReason::ConflictingCredentials,
@@ -111,6 +119,8 @@ impl DenyReason {
         DenyReason::AuthPolicyDenied,
         DenyReason::ModelNotFound,
         DenyReason::ModelAmbiguous,
+        DenyReason::RequestRateLimited,
+        DenyReason::TokenRateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -129,6 +139,8 @@ impl DenyReason {
             DenyReason::AuthPolicyDenied => "auth_policy_denied",
             DenyReason::ModelNotFound => "model_not_found",
             DenyReason::ModelAmbiguous => "model_ambiguous",
+            DenyReason::RequestRateLimited => "request_rate_limited",
+            DenyReason::TokenRateLimited => "token_rate_limited",
         }
     }
 
@@ -147,6 +159,9 @@ impl DenyReason {
             | DenyReason::ModelNotInSubscription
             | DenyReason::AuthPolicyDenied => DenialKind::Forbidden,
             DenyReason::ModelNotFound | DenyReason::ModelAmbiguous => DenialKind::ModelNotFound,
+            DenyReason::RequestRateLimited | DenyReason::TokenRateLimited => {
+                DenialKind::RateLimited
+            }
         }
     }
 
@@ -178,14 +193,30 @@ impl DenyReason {
             DenyReason::ModelAmbiguous => {
                 "The model name exists in several namespaces: address it as /<namespace>/<name>/v1/..."
             }
+            // The seed's exact message.
+            DenyReason::RequestRateLimited | DenyReason::TokenRateLimited => "Rate limit exceeded",
         }
     }
 }
 
-/// A denial with what the adapter needs to strip from the request anyway.
+/// A denial with what the adapter needs to answer it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Denied {
     pub reason: DenyReason,
+    /// For rate limits: until the full window resets.
+    pub retry_after: Option<std::time::Duration>,
+    /// For rate limits: where the request stands (nothing was counted).
+    pub limits: Option<LimitStatus>,
+}
+
+impl Denied {
+    pub fn new(reason: DenyReason) -> Self {
+        Self {
+            reason,
+            retry_after: None,
+            limits: None,
+        }
+    }
 }
 
 /// The outcome of Check when the service could decide.
@@ -200,6 +231,9 @@ pub enum Decision {
 pub enum CheckError {
     #[error("key store unavailable: {0}")]
     StoreUnavailable(#[source] StoreError),
+    /// The counter store failed and the limits are configured to refuse rather than guess.
+    #[error("limits unavailable: {0}")]
+    LimitsUnavailable(#[source] LimitError),
 }
 
 /// Observes each decision's cache path (implemented by the metrics module).
@@ -218,6 +252,7 @@ pub struct Authorizer<S, O = ()> {
     policy: Arc<ArcSwap<Policy>>,
     observer: O,
     last_used: Option<Arc<LastUsedTracker>>,
+    limiter: Option<Arc<Limiter>>,
 }
 
 impl<S, O> std::fmt::Debug for Authorizer<S, O> {
@@ -236,7 +271,18 @@ impl<S: KeyStore, O: CheckObserver> Authorizer<S, O> {
             policy,
             observer,
             last_used: None,
+            limiter: None,
         }
+    }
+
+    /// Enforces the policy's request and token limits after every allow decision.
+    pub fn with_limiter(mut self, limiter: Arc<Limiter>) -> Self {
+        self.limiter = Some(limiter);
+        self
+    }
+
+    pub fn limiter(&self) -> Option<&Arc<Limiter>> {
+        self.limiter.as_ref()
     }
 
     /// Notes every accepted key use in `tracker`, for the `last_used_at` write-behind.
@@ -269,7 +315,7 @@ impl<S: KeyStore, O: CheckObserver> Authorizer<S, O> {
         input: &CheckInput<'_>,
         now: DateTime<Utc>,
     ) -> Result<Decision, CheckError> {
-        let deny = |reason| Ok(Decision::Deny(Denied { reason }));
+        let deny = |reason| Ok(Decision::Deny(Denied::new(reason)));
         let (token, credentials) = match extract_credential(input) {
             Ok(found) => found,
             Err(reason) => return deny(reason),
@@ -307,14 +353,27 @@ impl<S: KeyStore, O: CheckObserver> Authorizer<S, O> {
                         record.subscription.clone(),
                     ),
                 };
-                Ok(Decision::Allow(Box::new(Allowed {
+                let limits = subscription
+                    .zip(model.as_ref())
+                    .and_then(|(sub, resolved)| {
+                        let model = policy.find_model(Some(&resolved.namespace), &resolved.name);
+                        policy.subscription_model(sub, model.ok()?)
+                    });
+                let mut allowed = Allowed {
                     key: record,
                     subscription: subscription_name,
                     subscription_namespace,
                     tier,
                     model,
                     credentials,
-                })))
+                    limits: None,
+                };
+                if let (Some(limiter), Some(limits)) = (&self.limiter, limits)
+                    && let Some(denied) = apply_limits(limiter, &mut allowed, limits).await?
+                {
+                    return Ok(Decision::Deny(denied));
+                }
+                Ok(Decision::Allow(Box::new(allowed)))
             }
             Err(reason) => deny(reason),
         }
@@ -355,6 +414,39 @@ impl<S: KeyStore, O: CheckObserver> Authorizer<S, O> {
             Lookup::Found(_) | Lookup::NotFound => None,
         })
     }
+}
+
+/// Counts the allowed request against its limits (only requests that name a model get here:
+/// `/v1/models` and the key API never do). `Some` is the 429 to answer instead.
+async fn apply_limits(
+    limiter: &Limiter,
+    allowed: &mut Allowed,
+    limits: &crate::policy::SubscriptionModel,
+) -> Result<Option<Denied>, CheckError> {
+    let selected = allowed.selected_subscription_key();
+    let verdict = limiter
+        .check_request(&allowed.key.username, &selected, limits)
+        .await
+        .map_err(CheckError::LimitsUnavailable)?;
+    Ok(match verdict {
+        RequestVerdict::Within(status) => {
+            allowed.limits = Some(status);
+            None
+        }
+        RequestVerdict::Uncounted => None,
+        RequestVerdict::Limited {
+            kind,
+            retry_after,
+            status,
+        } => Some(Denied {
+            reason: match kind {
+                LimitKind::Requests => DenyReason::RequestRateLimited,
+                LimitKind::Tokens => DenyReason::TokenRateLimited,
+            },
+            retry_after: Some(retry_after),
+            limits: Some(status),
+        }),
+    })
 }
 
 /// The answer of [`Authorizer::validate_key`].

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use crate::identity::{Caller, CredentialKind};
-use crate::policy::{Model, Policy, Subscription};
+use crate::policy::{Model, Policy, Subscription, SubscriptionModel};
 
 /// A model the caller may use, and the subscription that serves it for them.
 #[derive(Debug, Clone, Copy)]
@@ -75,6 +75,50 @@ pub fn visible_models<'p>(
         }
     }
     Ok(visible)
+}
+
+/// A model the caller may use through one subscription, with the limits that apply there: one
+/// set of counters (`GET /v1/usage`).
+#[derive(Debug, Clone, Copy)]
+pub struct MeteredModel<'p> {
+    pub subscription: &'p Subscription,
+    pub model: &'p Model,
+    pub limits: &'p SubscriptionModel,
+}
+
+impl MeteredModel<'_> {
+    /// `<subNs>/<subName>@<modelNs>/<modelName>`, the key Check counts under.
+    pub fn selected_subscription_key(&self) -> String {
+        format!(
+            "{}/{}@{}/{}",
+            self.subscription.namespace,
+            self.subscription.name,
+            self.model.namespace,
+            self.model.name
+        )
+    }
+}
+
+/// Every (subscription, model) pair the caller may use, in subscription preference order.
+pub fn metered_models<'p>(policy: &'p Policy, caller: &Caller) -> Vec<MeteredModel<'p>> {
+    let Ok(subscriptions) = usable_subscriptions(policy, caller, None) else {
+        return Vec::new();
+    };
+    subscriptions
+        .into_iter()
+        .flat_map(|subscription| {
+            subscription.models.iter().filter_map(move |limits| {
+                let model = policy.model(limits.model)?;
+                policy
+                    .auth_policy_allows(model, &caller.username, &caller.groups)
+                    .then_some(MeteredModel {
+                        subscription,
+                        model,
+                        limits,
+                    })
+            })
+        })
+        .collect()
 }
 
 /// How clients name a model, in request bodies and paths: its name, or `namespace/name` when

@@ -153,6 +153,73 @@ pub struct ServeConfig {
     pub http: HttpConfig,
     #[command(flatten)]
     pub identity: IdentityArgs,
+    #[command(flatten)]
+    pub limits: LimitsConfig,
+}
+
+/// What a request does when the Redis counter store does not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnRedisError {
+    /// Let the request through uncounted (the key and model were checked).
+    Allow,
+    /// Refuse it with gRPC UNAVAILABLE, i.e. the gateway's failure status (503).
+    Deny,
+}
+
+/// Whether the policy's limits are enforced, and where their counters live.
+#[derive(Debug, Clone, Args)]
+pub struct LimitsConfig {
+    /// Enforce the subscriptions' `requestRateLimits` and `tokenRateLimits` in Check (`false`:
+    /// e.g. when a rate limiter in the gateway does it).
+    #[arg(long, env = "MAAS_AUTHZ_LIMITS_ENABLED", value_name = "MAAS_AUTHZ_LIMITS_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
+    pub limits_enabled: bool,
+    /// Redis URL (redis://[:password@]host:6379[/db]) for counters shared by every replica;
+    /// unset: counters in this process (exact for one replica).
+    #[arg(long, env = "MAAS_AUTHZ_REDIS_URL", value_name = "MAAS_AUTHZ_REDIS_URL", hide_env_values = true, value_parser = redis_url)]
+    pub redis_url: Option<String>,
+    /// Longest one Redis operation (connecting included) may take; keep it well under Envoy's
+    /// ext_authz timeout.
+    #[arg(long, env = "MAAS_AUTHZ_REDIS_TIMEOUT", value_name = "MAAS_AUTHZ_REDIS_TIMEOUT", default_value = "100ms", value_parser = positive_duration)]
+    pub redis_timeout: Duration,
+    /// Prefix of every counter key in Redis, to share one Redis between deployments.
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_REDIS_KEY_PREFIX",
+        value_name = "MAAS_AUTHZ_REDIS_KEY_PREFIX",
+        default_value = crate::limits::DEFAULT_KEY_PREFIX
+    )]
+    pub redis_key_prefix: String,
+    /// When Redis does not answer: `allow` the request uncounted (default: limits protect
+    /// capacity, not access, so a Redis outage should not stop inference) or `deny` it (503).
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_LIMITS_ON_REDIS_ERROR",
+        value_name = "MAAS_AUTHZ_LIMITS_ON_REDIS_ERROR",
+        default_value = "allow"
+    )]
+    pub limits_on_redis_error: OnRedisError,
+}
+
+impl LimitsConfig {
+    /// Counters in this process, every other setting at its default.
+    pub fn in_process() -> Self {
+        Self {
+            limits_enabled: true,
+            redis_url: None,
+            redis_timeout: Duration::from_millis(100),
+            redis_key_prefix: crate::limits::DEFAULT_KEY_PREFIX.to_owned(),
+            limits_on_redis_error: OnRedisError::Allow,
+        }
+    }
+}
+
+/// A URL the Redis client accepts (checked without connecting).
+fn redis_url(text: &str) -> Result<String, String> {
+    redis::Client::open(text)
+        .map(|_| text.to_owned())
+        .map_err(|_| {
+            "must be a Redis URL like redis://host:6379 or redis://:password@host:6379/0".to_owned()
+        })
 }
 
 /// The REST API: its two listeners and the limits of what it mints.

@@ -1,16 +1,17 @@
 //! Prometheus metrics: decisions, Check latency, cache, database queries, pool and policy state,
-//! metered tokens.
+//! rate limits, the counter store and metered tokens.
 
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::authorizer::{CheckObserver, DenyReason};
 use crate::cache::CacheOutcome;
 use crate::grpc::ext_authz::DecisionObserver;
+use crate::limits::{LimitKind, LimitObserver};
 use crate::store::postgres::{PoolState, QueryObserver};
 use crate::usage::{Endpoint, MeterOutcome, TokenSink, TokenUsage, UsageObserver, UsageSubject};
 
@@ -45,6 +46,10 @@ pub struct Metrics {
     metered_responses: IntCounterVec,
     forced_stream_usage: IntCounterVec,
     tokens_charged: IntCounter,
+    /// Aligned with `LimitKind::ALL`.
+    rate_limited: Vec<IntCounter>,
+    counter_store_errors: IntCounter,
+    counter_store_up: IntGauge,
 }
 
 impl Metrics {
@@ -135,6 +140,24 @@ impl Metrics {
                 metered_responses.with_label_values(&[endpoint.as_str(), outcome.as_str()]);
             }
         }
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "rate_limited_total",
+                "Requests refused with 429, by the kind of limit reached",
+            ),
+            &["kind"],
+        )?;
+        let counter_store_errors = IntCounter::new(
+            "counter_store_errors_total",
+            "Rate-limit counter store operations that failed (Redis unreachable, store full)",
+        )?;
+        let counter_store_up = IntGauge::new(
+            "counter_store_up",
+            "1 if the rate-limit counter store answered its last ping (at scrape time), else 0",
+        )?;
+        registry.register(Box::new(rate_limited.clone()))?;
+        registry.register(Box::new(counter_store_errors.clone()))?;
+        registry.register(Box::new(counter_store_up.clone()))?;
         // Children resolved once, so the hot path does no label lookups.
         let denied = DenyReason::ALL
             .iter()
@@ -159,6 +182,12 @@ impl Metrics {
             metered_responses,
             forced_stream_usage,
             tokens_charged,
+            rate_limited: LimitKind::ALL
+                .iter()
+                .map(|kind| rate_limited.with_label_values(&[kind.as_str()]))
+                .collect(),
+            counter_store_errors,
+            counter_store_up,
             registry,
         })
     }
@@ -175,6 +204,10 @@ impl Metrics {
         gauge(&self.pool_connections, "idle", pool.available);
         gauge(&self.pool_connections, "waiting", pool.waiting);
         gauge(&self.pool_connections, "max", pool.max_size);
+    }
+
+    pub fn set_counter_store_up(&self, up: bool) {
+        self.counter_store_up.set(i64::from(up));
     }
 
     pub fn observe_policy_reload(&self, accepted: bool) {
@@ -278,5 +311,15 @@ impl QueryObserver for std::sync::Arc<Metrics> {
         if !ok {
             self.query_errors.with_label_values(&[statement]).inc();
         }
+    }
+}
+
+impl LimitObserver for Metrics {
+    fn observe_limited(&self, kind: LimitKind) {
+        self.rate_limited[kind as usize].inc();
+    }
+
+    fn observe_store_error(&self) {
+        self.counter_store_errors.inc();
     }
 }

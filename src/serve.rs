@@ -14,7 +14,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::authorizer::Authorizer;
 use crate::cache::{CacheSettings, KeyCache};
-use crate::config::{DatabaseConfig, ServeConfig};
+use crate::config::{DatabaseConfig, LimitsConfig, OnRedisError, ServeConfig};
 use crate::grpc::check_server::CheckServer;
 use crate::grpc::ext_authz::ExtAuthzService;
 use crate::grpc::ext_proc::{ExtProcService, MeterSettings};
@@ -23,6 +23,11 @@ use crate::http::{ApiState, internal_router, public_router, serve_http};
 use crate::identity::IdentityResolver;
 use crate::keys::{KeyManager, KeyPolicySettings};
 use crate::last_used::LastUsedTracker;
+use crate::limits::ChargingTokenSink;
+use crate::limits::{
+    Clock, CounterStore, InProcessCounterStore, Limiter, OnStoreError, RedisCounterStore,
+    SystemClock,
+};
 use crate::metrics::Metrics;
 use crate::pb::key_validation_server::KeyValidationServer;
 use crate::policy::Policy;
@@ -120,6 +125,40 @@ pub async fn migrate(database: &DatabaseConfig, patience: Duration) -> anyhow::R
 
 /// Starts every listener and background task; returns once they accept connections.
 pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
+    start_with_clock(config, Arc::new(SystemClock)).await
+}
+
+/// The limiter the configuration asks for: counters in Redis, else in this process.
+pub fn limiter(
+    config: &LimitsConfig,
+    policy: Arc<ArcSwap<Policy>>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Limiter> {
+    let store: Arc<dyn CounterStore> = match &config.redis_url {
+        Some(url) => Arc::new(
+            RedisCounterStore::connect_lazily(url, config.redis_timeout)
+                .context("MAAS_AUTHZ_REDIS_URL is not usable")?,
+        ),
+        None => Arc::new(InProcessCounterStore::default()),
+    };
+    let on_store_error = match config.limits_on_redis_error {
+        OnRedisError::Allow => OnStoreError::Allow,
+        OnRedisError::Deny => OnStoreError::Deny,
+    };
+    tracing::info!(store = store.kind(), ?on_store_error, "rate-limit counters");
+    Ok(Limiter::new(store, policy)
+        .with_clock(clock)
+        .with_on_store_error(on_store_error)
+        .with_observer(metrics)
+        .with_key_prefix(config.redis_key_prefix.clone()))
+}
+
+/// [`start`] with the clock the limits' windows are read from (tests move it by hand).
+pub async fn start_with_clock(
+    config: ServeConfig,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<RunningServer> {
     let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
     if !config.skip_migrations {
         migrate(&config.database, config.startup_timeout).await?;
@@ -153,10 +192,20 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         negative_ttl: config.negative_cache_ttl,
     });
     let last_used = Arc::new(LastUsedTracker::new(config.last_used_interval));
-    let authorizer = Arc::new(
+    let mut authorizer =
         Authorizer::new(store.clone(), cache, shared_policy.clone(), metrics.clone())
-            .with_last_used(last_used.clone()),
-    );
+            .with_last_used(last_used.clone());
+    if config.limits.limits_enabled {
+        authorizer = authorizer.with_limiter(Arc::new(limiter(
+            &config.limits,
+            shared_policy.clone(),
+            clock,
+            metrics.clone(),
+        )?));
+    } else {
+        tracing::info!("limits disabled (MAAS_AUTHZ_LIMITS_ENABLED=false)");
+    }
+    let authorizer = Arc::new(authorizer);
 
     let identity = IdentityResolver::from_args(&config.identity, authorizer.clone())
         .await
@@ -264,8 +313,12 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     health
         .set_serving::<ExternalProcessorServer<ExtProcService>>()
         .await;
-    // Metered tokens are only counted for now; a limiter takes this place to enforce limits.
-    let token_sink: Arc<dyn TokenSink> = metrics.clone();
+    // Metered tokens are charged to the caller's token windows (when limits are on) and counted.
+    let counted: Arc<dyn TokenSink> = metrics.clone();
+    let token_sink: Arc<dyn TokenSink> = match authorizer.limiter() {
+        Some(limiter) => Arc::new(ChargingTokenSink::new(limiter.clone(), counted)),
+        None => counted,
+    };
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -381,6 +434,9 @@ fn metrics_router(
             let (metrics, authorizer, store) = (metrics.clone(), authorizer.clone(), store.clone());
             async move {
                 metrics.set_state(authorizer.cache().sizes(), store.pool_state());
+                if let Some(limiter) = authorizer.limiter() {
+                    metrics.set_counter_store_up(limiter.ping().await.is_ok());
+                }
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,

@@ -31,7 +31,9 @@ use envoy_types::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest, CheckResponse, OkHttpResponse, check_response::HttpResponse,
 };
 use envoy_types::pb::google::rpc;
-use maas_authz::config::{DatabaseConfig, HttpConfig, ServeConfig, identity_args_without_sources};
+use maas_authz::config::{
+    DatabaseConfig, HttpConfig, LimitsConfig, ServeConfig, identity_args_without_sources,
+};
 use maas_authz::key::ApiKey;
 use maas_authz::minting::{MintRequest, mint_key};
 use maas_authz::serve::{RunningServer, start};
@@ -113,12 +115,37 @@ struct Args {
     /// Policy for the in-process server.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/policy"))]
     policy_path: PathBuf,
+    /// Limits in the in-process server: `off`, `in-process` counters or `redis` (at
+    /// --redis-url). With limits on, every limit of --policy-path is raised to 10^9 per window
+    /// so that the load measures counting, not 429s.
+    #[arg(long, value_enum, default_value = "off")]
+    limits: LimitsMode,
+    /// Redis for `--limits redis` (a random key prefix is used per run).
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
     /// Tokio worker threads shared by client and in-process servers (default: CPUs).
     #[arg(long)]
     worker_threads: Option<usize>,
     /// Print one JSON object with every figure instead of text.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LimitsMode {
+    Off,
+    InProcess,
+    Redis,
+}
+
+impl LimitsMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            LimitsMode::Off => "off",
+            LimitsMode::InProcess => "in-process",
+            LimitsMode::Redis => "redis",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -212,7 +239,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
 /// Starts maas-authz on the scratch database, mints keys and runs the load; always stops it.
 async fn with_server(args: &Args, database_url: &str) -> anyhow::Result<()> {
-    let server = start(serve_config(args, database_url)).await?;
+    let raised_policy = match args.limits {
+        LimitsMode::Off => None,
+        LimitsMode::InProcess | LimitsMode::Redis => Some(RaisedPolicy::write(&args.policy_path)?),
+    };
+    let server = start(serve_config(
+        args,
+        database_url,
+        raised_policy.as_ref().map(|raised| raised.dir.clone()),
+    ))
+    .await?;
     let outcome = async {
         let keys = match args.scenario {
             Scenario::Hit => mint_keys(database_url, &args.tenant, args.keys).await?,
@@ -231,8 +267,60 @@ async fn stop(server: RunningServer) {
     }
 }
 
-fn serve_config(args: &Args, database_url: &str) -> ServeConfig {
+/// A copy of the policy with every `- limit:` raised to 10^9, removed when dropped.
+struct RaisedPolicy {
+    dir: PathBuf,
+}
+
+impl RaisedPolicy {
+    fn write(from: &std::path::Path) -> anyhow::Result<Self> {
+        let dir =
+            std::env::temp_dir().join(format!("maas-authz-loadgen-policy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let raised = Self { dir };
+        let files: Vec<PathBuf> = if from.is_dir() {
+            std::fs::read_dir(from)?
+                .filter_map(Result::ok)
+                .map(|entry| entry.path())
+                .filter(|path| path.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+                .collect()
+        } else {
+            vec![from.to_owned()]
+        };
+        for file in files {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let lines: Vec<String> = text
+                .lines()
+                .map(|line| match line.split_once("- limit: ") {
+                    Some((indent, _)) => format!("{indent}- limit: 1000000000"),
+                    None => line.to_owned(),
+                })
+                .collect();
+            let name = file.file_name().context("policy file name")?;
+            std::fs::write(raised.dir.join(name), lines.join("\n"))?;
+        }
+        Ok(raised)
+    }
+}
+
+impl Drop for RaisedPolicy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn serve_config(args: &Args, database_url: &str, raised_policy: Option<PathBuf>) -> ServeConfig {
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut limits = LimitsConfig::in_process();
+    match args.limits {
+        LimitsMode::Off => limits.limits_enabled = false,
+        LimitsMode::InProcess => {}
+        LimitsMode::Redis => {
+            limits.redis_url = Some(args.redis_url.clone());
+            limits.redis_key_prefix = format!("maas-authz-loadgen-{}:", std::process::id());
+        }
+    }
     ServeConfig {
         database: DatabaseConfig {
             database_url: database_url.to_owned(),
@@ -243,7 +331,7 @@ fn serve_config(args: &Args, database_url: &str) -> ServeConfig {
         },
         grpc_addr: loopback,
         metrics_addr: loopback,
-        policy_path: args.policy_path.clone(),
+        policy_path: raised_policy.unwrap_or_else(|| args.policy_path.clone()),
         policy_reload_interval: Duration::from_secs(2),
         skip_migrations: false,
         cache_capacity: 100_000,
@@ -257,6 +345,7 @@ fn serve_config(args: &Args, database_url: &str) -> ServeConfig {
         force_stream_usage: true,
         http: HttpConfig::on_loopback(),
         identity: identity_args_without_sources(),
+        limits,
     }
 }
 
@@ -966,6 +1055,7 @@ fn report(args: &Args, baseline: Option<&Summary>, measured: &Summary) {
             "warmup_s": args.warmup.as_secs_f64(),
             "duration_s": args.duration.as_secs_f64(),
             "keys": if args.scenario == Scenario::Hit { Some(args.keys) } else { None },
+            "limits": args.limits.as_str(),
             "in_process_server": args.target.is_none() && !args.baseline_only,
             "cpus": cpus,
             "worker_threads": args.worker_threads.unwrap_or(cpus),
@@ -987,7 +1077,7 @@ fn report(args: &Args, baseline: Option<&Summary>, measured: &Summary) {
         return;
     }
     println!(
-        "scenario={} path={} streams={} connections={} decode={} rounds={} warmup={:?} duration={:?}{}",
+        "scenario={} path={} streams={} connections={} decode={} rounds={} warmup={:?} duration={:?} limits={}{}",
         args.scenario.as_str(),
         args.path,
         args.streams,
@@ -996,6 +1086,7 @@ fn report(args: &Args, baseline: Option<&Summary>, measured: &Summary) {
         args.rounds,
         args.warmup,
         args.duration,
+        args.limits.as_str(),
         if args.scenario == Scenario::Hit {
             format!(" keys={}", args.keys)
         } else {

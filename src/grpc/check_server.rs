@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use prost::Message;
-use prost::bytes::BufMut;
+use prost::bytes::{Buf, BufMut};
 use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
 use tonic::codegen::{Body, BoxFuture, Bytes, Context, Poll, Service, StdError, http};
 use tonic::{Request, Response, Status};
@@ -23,28 +23,51 @@ use crate::store::KeyStore;
 pub const SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
 const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 
-/// A `CheckResponse` in its protobuf wire form, cheap to clone and to send.
+/// A `CheckResponse` in its protobuf wire form, cheap to clone and to send: one encoded message,
+/// optionally followed by a second one that the receiver merges into it (protobuf's rule for a
+/// message that appears twice), so a memoised answer can take per-request parts without a copy.
 #[derive(Clone, PartialEq, Eq)]
-pub struct EncodedCheckResponse(Bytes);
+pub struct EncodedCheckResponse {
+    head: Bytes,
+    tail: Bytes,
+}
 
 impl EncodedCheckResponse {
     pub fn encode(message: &CheckResponse) -> Self {
-        Self(Bytes::from(message.encode_to_vec()))
+        Self {
+            head: Bytes::from(message.encode_to_vec()),
+            tail: Bytes::new(),
+        }
     }
 
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+    /// This answer with `more` merged in after it (replacing any earlier tail).
+    pub fn followed_by(self, more: Option<EncodedCheckResponse>) -> Self {
+        match more {
+            Some(more) => Self {
+                head: self.head,
+                tail: more.head,
+            },
+            None => self,
+        }
     }
 
-    /// The message these bytes encode (for tests and benchmarks).
+    pub fn len(&self) -> usize {
+        self.head.len() + self.tail.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The message these bytes encode, as the receiver reads it (for tests and benchmarks).
     pub fn decode(&self) -> Result<CheckResponse, prost::DecodeError> {
-        CheckResponse::decode(self.0.clone())
+        CheckResponse::decode(self.head.clone().chain(self.tail.clone()))
     }
 }
 
 impl std::fmt::Debug for EncodedCheckResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "EncodedCheckResponse({} bytes)", self.0.len())
+        write!(f, "EncodedCheckResponse({} bytes)", self.len())
     }
 }
 
@@ -152,7 +175,8 @@ impl Encoder for CheckCodec {
     type Error = Status;
 
     fn encode(&mut self, item: Self::Item, dst: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
-        dst.put_slice(item.as_bytes());
+        dst.put_slice(&item.head);
+        dst.put_slice(&item.tail);
         Ok(())
     }
 }

@@ -21,6 +21,7 @@ use crate::authorizer::{
     Allowed, Authorizer, CheckError, CheckInput, CheckObserver, Decision, DenialKind, DenyReason,
 };
 use crate::grpc::check_server::EncodedCheckResponse;
+use crate::limits::{LimitStatus, WindowStatus, retry_after_seconds};
 use crate::store::KeyStore;
 
 /// Identity headers we own: always overwritten, so a client's copy never reaches the model.
@@ -150,24 +151,47 @@ impl ResponseMemo {
     ) -> Result<EncodedCheckResponse, Status> {
         match outcome {
             Ok(Decision::Allow(allowed)) => Ok(self.allow(allowed)),
-            Ok(Decision::Deny(denied)) => Ok(self.denials[denied.reason as usize].clone()),
-            Err(error) => check_response(Err(error)).map(|r| EncodedCheckResponse::encode(&r)),
+            Ok(Decision::Deny(denied))
+                if denied.limits.is_none() && denied.retry_after.is_none() =>
+            {
+                Ok(self.denials[denied.reason as usize].clone())
+            }
+            other => check_response(other).map(|r| EncodedCheckResponse::encode(&r)),
         }
     }
 
     fn allow(&self, allowed: Box<Allowed>) -> EncodedCheckResponse {
+        // The rate-limit headers change with every request, so they travel as a second encoded
+        // `CheckResponse` after the memoised one: protobuf parsers merge a repeated message field
+        // into the first (the repeated `response_headers_to_add` is appended), which gives
+        // exactly `check_response`'s message.
+        let tail = allowed
+            .limits
+            .as_ref()
+            .map(|limits| EncodedCheckResponse::encode(&rate_limit_tail(limits)));
         let slot = &self.allows[allow_slot(&allowed) & (self.allows.len() - 1)];
         if let Some(hit) = lock(slot).as_ref()
             && same_allow_answer(&hit.allowed, &allowed)
         {
-            return hit.encoded.clone();
+            return hit.encoded.clone().followed_by(tail);
         }
         let encoded = EncodedCheckResponse::encode(&allow_response(&allowed));
         *lock(slot) = Some(MemoizedAllow {
             allowed,
             encoded: encoded.clone(),
         });
-        encoded
+        encoded.followed_by(tail)
+    }
+}
+
+/// The part of an allow answer that carries the client's rate-limit headers.
+fn rate_limit_tail(limits: &LimitStatus) -> CheckResponse {
+    CheckResponse {
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+            response_headers_to_add: rate_limit_headers(limits),
+            ..Default::default()
+        })),
+        ..Default::default()
     }
 }
 
@@ -225,13 +249,73 @@ fn request_header<'a>(http: &'a HttpRequest, name: &str) -> Option<&'a str> {
 ///   (`failure_mode_allow`, else `status_on_error`), so we never allow what we could not check.
 pub fn check_response(outcome: Result<Decision, CheckError>) -> Result<CheckResponse, Status> {
     match outcome {
-        Ok(Decision::Allow(allowed)) => Ok(allow_response(&allowed)),
-        Ok(Decision::Deny(denied)) => Ok(deny_response(denied.reason)),
+        Ok(Decision::Allow(allowed)) => {
+            let mut response = allow_response(&allowed);
+            // To the client's response (not upstream): where it stands against its limits.
+            if let (Some(HttpResponse::OkResponse(ok)), Some(limits)) =
+                (response.http_response.as_mut(), allowed.limits.as_ref())
+            {
+                ok.response_headers_to_add = rate_limit_headers(limits);
+            }
+            Ok(response)
+        }
+        Ok(Decision::Deny(denied)) => {
+            let mut response = deny_response(denied.reason);
+            if let Some(HttpResponse::DeniedResponse(answer)) = response.http_response.as_mut() {
+                if let Some(limits) = &denied.limits {
+                    answer.headers.extend(rate_limit_headers(limits));
+                }
+                if let Some(wait) = denied.retry_after {
+                    let seconds = retry_after_seconds(wait).to_string();
+                    answer.headers.push(overwrite("retry-after", &seconds));
+                }
+            }
+            Ok(response)
+        }
         Err(CheckError::StoreUnavailable(error)) => {
             tracing::warn!(%error, "check failed: key store unavailable");
             Err(Status::unavailable("key store unavailable"))
         }
+        // MAAS_AUTHZ_LIMITS_ON_REDIS_ERROR=deny: the gateway's failure mode (503), not a 429
+        // that would tell the client it is over a limit it may not be over.
+        Err(CheckError::LimitsUnavailable(error)) => {
+            tracing::warn!(%error, "check failed: counter store unavailable");
+            Err(Status::unavailable("counter store unavailable"))
+        }
     }
+}
+
+/// OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` for the tightest window of
+/// each kind. The reset is a Go-style duration rounded up to whole seconds (`45s`, `1m0s`), as
+/// OpenAI writes it.
+fn rate_limit_headers(limits: &LimitStatus) -> Vec<HeaderValueOption> {
+    const REQUESTS: [&str; 3] = [
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+    ];
+    const TOKENS: [&str; 3] = [
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-reset-tokens",
+    ];
+    let mut headers = Vec::with_capacity(6);
+    let mut add = |[limit, remaining, reset]: [&str; 3], window: &WindowStatus| {
+        let reset_after = std::time::Duration::from_secs(retry_after_seconds(window.reset_after));
+        headers.push(overwrite(limit, &window.limit.to_string()));
+        headers.push(overwrite(remaining, &window.remaining().to_string()));
+        headers.push(overwrite(
+            reset,
+            &crate::duration::format_go_duration(reset_after),
+        ));
+    };
+    if let Some(window) = &limits.requests {
+        add(REQUESTS, window);
+    }
+    if let Some(window) = &limits.tokens {
+        add(TOKENS, window);
+    }
+    headers
 }
 
 /// The allow answer. Reads only what `same_allow_answer` compares: keep the two in step.
@@ -318,6 +402,12 @@ fn deny_response(reason: DenyReason) -> CheckResponse {
             tonic::Code::NotFound,
             "invalid_request_error",
             "model_not_found",
+        ),
+        DenialKind::RateLimited => (
+            HttpStatusCode::TooManyRequests,
+            tonic::Code::ResourceExhausted,
+            "rate_limit_error",
+            "rate_limit_exceeded",
         ),
     };
     let body = serde_json::json!({
@@ -408,6 +498,7 @@ mod tests {
                 authorization: true,
                 x_api_key: false,
             },
+            limits: None,
         })
     }
 
@@ -420,7 +511,9 @@ mod tests {
         let memo = ResponseMemo::new(4);
         for (index, reason) in DenyReason::ALL.into_iter().enumerate() {
             assert_eq!(reason as usize, index, "{reason:?} is out of order in ALL");
-            let encoded = memo.encoded(Ok(Decision::Deny(Denied { reason }))).unwrap();
+            let encoded = memo
+                .encoded(Ok(Decision::Deny(Denied::new(reason))))
+                .unwrap();
             assert_eq!(
                 encoded.decode().unwrap(),
                 deny_response(reason),
@@ -475,6 +568,68 @@ mod tests {
             let want = expected(&variant);
             assert_eq!(memo.allow(variant).decode().unwrap(), want);
         }
+    }
+
+    fn window(limit: u64, used: u64) -> WindowStatus {
+        WindowStatus {
+            limit,
+            used,
+            window: std::time::Duration::from_secs(60),
+            reset_after: std::time::Duration::from_millis(12_300),
+        }
+    }
+
+    #[test]
+    fn rate_limit_headers_ride_after_the_memoised_allow_and_merge_into_it() {
+        let memo = ResponseMemo::new(4);
+        let key = record("alice");
+        for used in [1, 2] {
+            let mut counted = allowed(&key);
+            counted.limits = Some(LimitStatus {
+                requests: Some(window(5, used)),
+                tokens: Some(window(100, 40)),
+            });
+            let want = expected(&counted);
+            let got = memo.allow(counted).decode().unwrap();
+            assert_eq!(got, want);
+            let Some(HttpResponse::OkResponse(ok)) = got.http_response else {
+                panic!("not an allow: {got:?}");
+            };
+            let remaining = ok
+                .response_headers_to_add
+                .iter()
+                .filter_map(|o| o.header.as_ref())
+                .find(|h| h.key == "x-ratelimit-remaining-requests")
+                .map(|h| h.value.clone());
+            assert_eq!(remaining.as_deref(), Some((5 - used).to_string().as_str()));
+            assert_eq!(ok.headers.len(), 5, "identity headers are still there");
+        }
+    }
+
+    #[test]
+    fn a_429_carries_its_own_retry_after_not_a_memoised_denial() {
+        let memo = ResponseMemo::new(4);
+        let denied = Denied {
+            reason: DenyReason::RequestRateLimited,
+            retry_after: Some(std::time::Duration::from_millis(12_300)),
+            limits: Some(LimitStatus {
+                requests: Some(window(5, 5)),
+                tokens: None,
+            }),
+        };
+        let want = check_response(Ok(Decision::Deny(denied))).unwrap();
+        let got = memo.encoded(Ok(Decision::Deny(denied))).unwrap();
+        assert_eq!(got.decode().unwrap(), want);
+        let Some(HttpResponse::DeniedResponse(answer)) = want.http_response else {
+            panic!("not a denial");
+        };
+        assert!(
+            answer
+                .headers
+                .iter()
+                .filter_map(|o| o.header.as_ref())
+                .any(|h| h.key == "retry-after" && h.value == "13")
+        );
     }
 
     #[test]

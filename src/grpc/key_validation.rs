@@ -45,7 +45,7 @@ impl<S: KeyStore, O: CheckObserver> KeyValidation for KeyValidationService<S, O>
             .authorizer
             .validate_key(&request.key, chrono::Utc::now())
             .await
-            .map_err(|CheckError::StoreUnavailable(error)| {
+            .map_err(|error: CheckError| {
                 tracing::warn!(%error, "validate failed: key store unavailable");
                 Status::unavailable("key store unavailable")
             })?;

@@ -189,7 +189,7 @@ fn limit_view(limit: &RateLimit) -> TokenRateLimitView {
 }
 
 /// A window as the CRD writes it: `1m`, `30s`, `2h`.
-fn compact_window(window: Duration) -> String {
+pub(super) fn compact_window(window: Duration) -> String {
     let seconds = window.as_secs();
     match seconds {
         s if s > 0 && s % 3_600 == 0 => format!("{}h", s / 3_600),

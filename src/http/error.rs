@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use crate::catalog::SubscriptionDenied;
 use crate::identity::AuthError;
 use crate::keys::KeyError;
+use crate::limits::LimitError;
 
 /// Why a request body was refused before any handler logic ran.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,6 +34,9 @@ pub enum ApiError {
     Keys(#[from] KeyError),
     #[error(transparent)]
     SubscriptionDenied(#[from] SubscriptionDenied),
+    /// `GET /v1/usage` could not read the counters.
+    #[error(transparent)]
+    Limits(#[from] LimitError),
     /// The internal validate endpoint got no key.
     #[error("key is required")]
     KeyRequired,
@@ -199,6 +203,16 @@ pub fn error_response(error: &ApiError, shape: ErrorShape) -> Response {
             parts(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal server error".into(),
+                "server_error",
+                None,
+            )
+        }
+        // Retry later: the counter store (Redis) is unreachable.
+        ApiError::Limits(limits) => {
+            tracing::warn!(error = %limits, "usage counters unavailable");
+            parts(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "usage counters are unavailable; retry later".into(),
                 "server_error",
                 None,
             )

@@ -60,7 +60,7 @@ pub(super) async fn validate_key(
         .authorizer()
         .validate_key(&key, chrono::Utc::now())
         .await
-        .map_err(|CheckError::StoreUnavailable(error)| {
+        .map_err(|error: CheckError| {
             tracing::warn!(%error, "validate failed: key store unavailable");
             ApiError::ValidationFailed
         })?;

@@ -1,6 +1,6 @@
 //! The REST API (axum): key management, access tokens, model and subscription discovery on the
 //! public listener; validate and clean-up on the internal one. Handlers only translate between
-//! HTTP and the domain ([`crate::keys`], [`crate::catalog`], [`crate::identity`]).
+//! HTTP and the domain ([`crate::keys`], [`crate::catalog`], [`crate::identity`], [`crate::limits`]).
 
 mod api_keys;
 pub mod body;
@@ -11,6 +11,7 @@ mod internal;
 mod openapi;
 mod server;
 mod tokens;
+mod usage;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -82,6 +83,7 @@ pub fn public_router(state: SharedState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(tokens::issue_token, tokens::revoke_tokens))
         .routes(routes!(catalog::list_models))
         .routes(routes!(catalog::list_subscriptions))
+        .routes(routes!(usage::usage))
         .routes(routes!(health::health))
         .routes(routes!(health::ready))
         .routes(routes!(openapi::openapi_json))

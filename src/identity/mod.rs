@@ -16,7 +16,7 @@ use anyhow::Context;
 use chrono::Utc;
 use clap::Args;
 
-use crate::authorizer::{Authorizer, CheckError, CheckObserver, KeyValidity};
+use crate::authorizer::{Authorizer, CheckObserver, KeyValidity};
 use crate::key::KEY_PREFIX;
 use crate::minting::validate_group_name;
 use crate::store::{KeyRecordId, KeyStore};
@@ -243,9 +243,7 @@ impl<S: KeyStore, O: CheckObserver> IdentityResolver<S, O> {
             Ok(KeyValidity::Invalid(why)) => {
                 Err(AuthError::Invalid(why.upstream_reason().to_owned()))
             }
-            Err(CheckError::StoreUnavailable(e)) => {
-                Err(AuthError::Unavailable(format!("key store: {e}")))
-            }
+            Err(error) => Err(AuthError::Unavailable(error.to_string())),
         }
     }
 

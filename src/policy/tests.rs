@@ -312,6 +312,41 @@ fn rejects_a_window_longer_than_366_days() {
 }
 
 #[test]
+fn rejects_request_rate_limits_with_a_bad_window_a_missing_limit_or_a_non_list() {
+    let base = subscription(
+        "free",
+        "models-as-a-service",
+        "system:authenticated",
+        10,
+        100,
+    );
+    let bad_entries = with_models(&base.replace(
+        "window: 1m\n",
+        "window: 1m\n      requestRateLimits:\n        - {limit: 5, window: 1d}\n        - {window: 1m}\n",
+    ));
+    let not_a_list =
+        with_models(&base.replace("window: 1m\n", "window: 1m\n      requestRateLimits: 5\n"));
+
+    let entries = issues(Policy::from_yaml_str("p.yaml", &bad_entries));
+    let list = issues(Policy::from_yaml_str("p.yaml", &not_a_list));
+
+    assert_eq!(
+        entries,
+        [
+            r#"p.yaml: document 3 (MaaSSubscription free): spec.modelRefs[0].requestRateLimits[0].window: "1d" does not match ^[1-9]\d{0,3}(s|m|h)$"#,
+            "p.yaml: document 3 (MaaSSubscription free): spec.modelRefs[0].requestRateLimits[1].limit: required field is missing",
+        ]
+    );
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert!(
+        list[0].starts_with(
+            "p.yaml: document 3 (MaaSSubscription free): spec.modelRefs[0].requestRateLimits: "
+        ),
+        "{list:?}"
+    );
+}
+
+#[test]
 fn rejects_a_priority_that_is_not_an_integer() {
     let yaml = with_models(
         &subscription(

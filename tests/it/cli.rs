@@ -206,6 +206,26 @@ fn serve_with_a_bad_setting_names_the_variable() {
             "maybe",
             "invalid value 'maybe'",
         ),
+        (
+            "MAAS_AUTHZ_REDIS_URL",
+            "localhost:6379",
+            "must be a Redis URL like redis://host:6379",
+        ),
+        (
+            "MAAS_AUTHZ_REDIS_TIMEOUT",
+            "0s",
+            "must be greater than zero",
+        ),
+        (
+            "MAAS_AUTHZ_LIMITS_ENABLED",
+            "sometimes",
+            "invalid value 'sometimes'",
+        ),
+        (
+            "MAAS_AUTHZ_LIMITS_ON_REDIS_ERROR",
+            "maybe",
+            "invalid value 'maybe'",
+        ),
     ];
 
     for (variable, value, message) in cases {

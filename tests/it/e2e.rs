@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use maas_authz::serve::{RunningServer, start};
+use maas_authz::serve::RunningServer;
 use maas_authz::simulator::{HEADER_RECEIVED_CREDENTIALS, HEADER_RECEIVED_IDENTITY};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -189,6 +189,13 @@ pub(crate) struct Gateway {
 
 impl Gateway {
     pub(crate) async fn start() -> Self {
+        Self::start_with_clock(std::sync::Arc::new(maas_authz::limits::SystemClock)).await
+    }
+
+    /// [`Gateway::start`], maas-authz reading the limits' windows from `clock`.
+    pub(crate) async fn start_with_clock(
+        clock: std::sync::Arc<dyn maas_authz::limits::Clock>,
+    ) -> Self {
         let db = TestDb::migrated().await;
         let tokens = tempfile::NamedTempFile::new().expect("tokens file");
         std::fs::write(
@@ -203,7 +210,9 @@ impl Gateway {
         config.http.http_addr = "127.0.0.1:0".parse().unwrap();
         config.http.internal_addr = "127.0.0.1:0".parse().unwrap();
         config.identity.static_tokens_file = Some(tokens.path().to_owned());
-        let server = start(config).await.expect("maas-authz starts");
+        let server = maas_authz::serve::start_with_clock(config, clock)
+            .await
+            .expect("maas-authz starts");
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let simulator_addr = listener.local_addr().unwrap();
@@ -649,4 +658,50 @@ async fn e2e_the_official_openai_python_client_gets_the_right_exceptions() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[tokio::test]
+async fn e2e_the_free_tiers_sixth_request_in_a_minute_gets_429_with_retry_after_and_headers_count_down()
+ {
+    // 10 s into a minute: the window has 50 s left whatever the wall clock says.
+    let clock = std::sync::Arc::new(maas_authz::limits::ManualClock::at_millis(
+        1_800_000_000_000 + 10_000,
+    ));
+    let gateway = Gateway::start_with_clock(clock.clone()).await;
+    let (free, _) = gateway.mint(FREE_TOKEN).await;
+    let path = "/simulator/v1/chat/completions";
+
+    let mut remaining = Vec::new();
+    for _ in 0..5 {
+        let response = gateway
+            .chat(path, Some(&free), &hello("simulator", 5))
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(header(&response, "x-ratelimit-limit-requests"), "5");
+        assert_eq!(header(&response, "x-ratelimit-reset-requests"), "50s");
+        assert_eq!(header(&response, "x-ratelimit-limit-tokens"), "100");
+        remaining.push(header(&response, "x-ratelimit-remaining-requests").to_owned());
+    }
+    let sixth = gateway
+        .chat(path, Some(&free), &hello("simulator", 5))
+        .await;
+
+    assert_eq!(remaining, ["4", "3", "2", "1", "0"]);
+    assert_eq!(sixth.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&sixth, "retry-after"), "50");
+    assert_eq!(header(&sixth, "x-ext-auth-reason"), "request_rate_limited");
+    assert!(
+        sixth.headers().get(HEADER_RECEIVED_IDENTITY).is_none(),
+        "the request reached the model"
+    );
+    let body: Value = sixth.json().await.expect("JSON error body");
+    assert_eq!(
+        body,
+        json!({"error": {"message": "Rate limit exceeded", "type": "rate_limit_error", "code": "rate_limit_exceeded"}})
+    );
+    clock.advance(Duration::from_secs(50));
+    let next_window = gateway
+        .chat(path, Some(&free), &hello("simulator", 5))
+        .await;
+    assert_eq!(next_window.status(), StatusCode::OK);
 }

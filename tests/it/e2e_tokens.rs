@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::e2e::{Gateway, PREMIUM_TOKEN, header, hello};
+use crate::e2e::{FREE_TOKEN, Gateway, PREMIUM_TOKEN, header, hello};
 
 /// A sample of maas-authz's metrics: `name{labels} value` lines, by their `name{labels}`.
 struct MetricsSample(String);
@@ -303,4 +303,42 @@ async fn e2e_refused_and_rest_requests_are_not_metered() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     assert_eq!(all_responses, 1, "only the model's 400 was metered");
+}
+
+#[tokio::test]
+async fn e2e_metered_tokens_spend_the_free_tiers_token_window_and_the_next_request_gets_429() {
+    // Arrange: 10 s into a minute, so the window has 50 s left whatever the wall clock says.
+    let clock = std::sync::Arc::new(maas_authz::limits::ManualClock::at_millis(
+        1_800_000_000_000 + 10_000,
+    ));
+    let gateway = Gateway::start_with_clock(clock.clone()).await;
+    let (free, _) = gateway.mint(FREE_TOKEN).await;
+    let path = "/simulator/v1/chat/completions";
+    // The simulator counts the prompt's words as prompt tokens: 120 of them spend more than the
+    // free tier's 100 tokens a minute in one request.
+    let mut long = hello("simulator", 5);
+    long["messages"][0]["content"] = json!(vec!["word"; 120].join(" "));
+
+    // Act
+    let first = gateway.chat(path, Some(&free), &long).await;
+    let first_status = first.status();
+    let remaining_before = header(&first, "x-ratelimit-remaining-tokens").to_owned();
+    let usage: Value = first.json().await.expect("JSON body");
+    let spent = usage["usage"]["total_tokens"].as_u64().expect("usage");
+    wait_for_metric(&gateway, CHARGED, spent).await;
+    let second = gateway
+        .chat(path, Some(&free), &hello("simulator", 5))
+        .await;
+
+    // Assert
+    assert_eq!(first_status, StatusCode::OK);
+    assert_eq!(
+        remaining_before, "100",
+        "nothing was spent before the first answer"
+    );
+    assert!(spent > 100, "the request spent {spent} tokens");
+    assert_eq!(second.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&second, "x-ext-auth-reason"), "token_rate_limited");
+    assert_eq!(header(&second, "retry-after"), "50");
+    assert_eq!(header(&second, "x-ratelimit-remaining-tokens"), "0");
 }

@@ -15,6 +15,7 @@ mod ext_proc;
 mod helm;
 mod identity;
 mod last_used;
+mod limits;
 mod migrations;
 mod rest;
 mod rest_internal;

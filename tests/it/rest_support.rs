@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use maas_authz::config::ServeConfig;
-use maas_authz::serve::start;
+use maas_authz::limits::{Clock, SystemClock};
+use maas_authz::serve::start_with_clock;
 use reqwest::Method;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
@@ -143,6 +144,14 @@ impl RestServer {
 
     /// Starts with the test identities, after `configure` has adjusted the configuration.
     pub async fn start_with(configure: impl FnOnce(&mut ServeConfig)) -> Self {
+        Self::start_with_clock(configure, std::sync::Arc::new(SystemClock)).await
+    }
+
+    /// [`RestServer::start_with`], the limits' windows read from `clock`.
+    pub async fn start_with_clock(
+        configure: impl FnOnce(&mut ServeConfig),
+        clock: std::sync::Arc<dyn Clock>,
+    ) -> Self {
         let identities = tempfile::tempdir().expect("temp dir");
         let tokens_file = identities.path().join("static-tokens.yaml");
         std::fs::write(&tokens_file, STATIC_TOKENS).expect("write static tokens");
@@ -151,7 +160,9 @@ impl RestServer {
         config.identity.static_tokens_file = Some(tokens_file);
         config.identity.admin_groups = vec![ADMIN_GROUP.to_owned()];
         configure(&mut config);
-        let server = start(config).await.expect("server starts");
+        let server = start_with_clock(config, clock)
+            .await
+            .expect("server starts");
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(20))
             .build()

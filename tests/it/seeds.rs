@@ -103,6 +103,14 @@ echo "WRONG FORMAT:"
 curl -sS -H "Authorization: ${ACCESS_TOKEN}" -H "Content-Type: application/json" \
 -d '{"model": "simulator", "messages": [{"role": "user", "content": "test"}]}' \
 "${MODEL_URL}/v1/chat/completions"
+echo
+echo "MONITOR:"
+# Make a request and check headers
+curl -D - -o /dev/null -sSk \
+-H "Authorization: Bearer ${ACCESS_TOKEN}" \
+-H "Content-Type: application/json" \
+-d '{"model": "simulator", "messages": [{"role": "user", "content": "test"}]}' \
+"${MODEL_URL}/v1/chat/completions" | grep -i "x-ratelimit"
 "#;
 
     let out = run_seed_script(&gateway, script);
@@ -126,11 +134,38 @@ curl -sS -H "Authorization: ${ACCESS_TOKEN}" -H "Content-Type: application/json"
         after_stream.contains("data: ") && after_stream.contains("data: [DONE]"),
         "{after_stream}"
     );
-    let (_, wrong_format) = out.split_once("WRONG FORMAT:").unwrap();
+    let (wrong_format, monitor) = out
+        .split_once("WRONG FORMAT:")
+        .unwrap()
+        .1
+        .split_once("MONITOR:")
+        .unwrap();
     let denial: serde_json::Value =
         serde_json::from_str(wrong_format.trim()).expect("401 body is JSON");
     assert_eq!(denial["error"]["type"], "invalid_request_error");
     assert_eq!(denial["error"]["code"], "invalid_api_key");
+    // "Monitoring Usage": the premium tier's limits, this being its third counted request
+    // (the 401 is not counted). The seed writes `curl -I` with `-d`, which curl refuses ("You
+    // can only select one HTTP request method!"); `-D - -o /dev/null` prints the headers of the
+    // POST the seed means.
+    let monitor = monitor.to_ascii_lowercase();
+    for name in [
+        "x-ratelimit-limit-requests: 20",
+        "x-ratelimit-remaining-requests: ",
+        "x-ratelimit-reset-requests: ",
+        "x-ratelimit-limit-tokens: 50000",
+        "x-ratelimit-remaining-tokens: ",
+        "x-ratelimit-reset-tokens: ",
+    ] {
+        assert!(monitor.contains(name), "{name} missing from:\n{monitor}");
+    }
+    let remaining: u64 = monitor
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("x-ratelimit-remaining-requests: "))
+        .and_then(|v| v.parse().ok())
+        .expect("remaining requests");
+    // 17 unless a minute boundary passed between the three requests (the wall clock runs here).
+    assert!((17..20).contains(&remaining), "{monitor}");
 }
 
 /// Seed 003 (API key management): create, use, search, get, revoke, bulk revoke, ephemeral.

@@ -8,7 +8,9 @@ use chrono::Utc;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
-use maas_authz::config::{DatabaseConfig, HttpConfig, ServeConfig, identity_args_without_sources};
+use maas_authz::config::{
+    DatabaseConfig, HttpConfig, LimitsConfig, ServeConfig, identity_args_without_sources,
+};
 use maas_authz::key::ApiKey;
 use maas_authz::minting::{MintRequest, mint_key};
 use maas_authz::serve::{RunningServer, start};
@@ -167,6 +169,7 @@ pub fn serve_config(db: &TestDb) -> ServeConfig {
         force_stream_usage: true,
         http: HttpConfig::on_loopback(),
         identity: identity_args_without_sources(),
+        limits: LimitsConfig::in_process(),
     }
 }
 
