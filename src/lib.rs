@@ -5,6 +5,7 @@
 //! [`store`], [`cli`], [`serve`], [`metrics`].
 
 pub mod authorizer;
+pub mod breaker;
 pub mod cache;
 pub mod catalog;
 pub mod cli;

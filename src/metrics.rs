@@ -8,6 +8,7 @@ use prometheus::{
 };
 
 use crate::authorizer::{CheckObserver, DenyReason};
+use crate::breaker::BreakerState;
 use crate::cache::CacheOutcome;
 use crate::grpc::ext_authz::DecisionObserver;
 use crate::store::postgres::{PoolState, QueryObserver};
@@ -32,9 +33,13 @@ pub struct Metrics {
     cache_hit: IntCounter,
     cache_negative_hit: IntCounter,
     cache_miss: IntCounter,
+    cache_stale: IntCounter,
     cache_entries: IntGaugeVec,
     query_seconds: HistogramVec,
     query_errors: IntCounterVec,
+    query_refused: IntCounterVec,
+    database_degraded: prometheus::IntGauge,
+    breaker_state: IntGaugeVec,
     pool_connections: IntGaugeVec,
     policy_reloads: IntCounterVec,
     policy_objects: IntGaugeVec,
@@ -71,6 +76,25 @@ impl Metrics {
             Opts::new("db_query_errors_total", "Database statements that failed"),
             &["statement"],
         )?;
+        let query_refused = IntCounterVec::new(
+            Opts::new(
+                "db_query_refused_total",
+                "Database statements not sent because the circuit breaker was open",
+            ),
+            &["statement"],
+        )?;
+        let database_degraded = prometheus::IntGauge::new(
+            "database_degraded",
+            "1 while the database does not answer: cached keys are served stale-if-error, \
+             unknown keys are refused",
+        )?;
+        let breaker_state = IntGaugeVec::new(
+            Opts::new(
+                "db_circuit_breaker_state",
+                "1 for the database circuit breaker's current state",
+            ),
+            &["state"],
+        )?;
         let pool_connections = IntGaugeVec::new(
             Opts::new("db_pool_connections", "Connection pool state"),
             &["state"],
@@ -89,6 +113,9 @@ impl Metrics {
         registry.register(Box::new(cache_entries.clone()))?;
         registry.register(Box::new(query_seconds.clone()))?;
         registry.register(Box::new(query_errors.clone()))?;
+        registry.register(Box::new(query_refused.clone()))?;
+        registry.register(Box::new(database_degraded.clone()))?;
+        registry.register(Box::new(breaker_state.clone()))?;
         registry.register(Box::new(pool_connections.clone()))?;
         registry.register(Box::new(policy_reloads.clone()))?;
         registry.register(Box::new(policy_objects.clone()))?;
@@ -105,9 +132,13 @@ impl Metrics {
             cache_hit: cache_lookups.with_label_values(&["hit"]),
             cache_negative_hit: cache_lookups.with_label_values(&["negative_hit"]),
             cache_miss: cache_lookups.with_label_values(&["miss"]),
+            cache_stale: cache_lookups.with_label_values(&["stale"]),
             cache_entries,
             query_seconds,
             query_errors,
+            query_refused,
+            database_degraded,
+            breaker_state,
             pool_connections,
             policy_reloads,
             policy_objects,
@@ -127,6 +158,21 @@ impl Metrics {
         gauge(&self.pool_connections, "idle", pool.available);
         gauge(&self.pool_connections, "waiting", pool.waiting);
         gauge(&self.pool_connections, "max", pool.max_size);
+    }
+
+    /// Publishes the database circuit breaker's state and whether service is degraded (the
+    /// database did not answer the last health ping).
+    pub fn set_database_state(&self, breaker: BreakerState, degraded: bool) {
+        for candidate in [
+            BreakerState::Closed,
+            BreakerState::Open,
+            BreakerState::HalfOpen,
+        ] {
+            self.breaker_state
+                .with_label_values(&[candidate.as_str()])
+                .set(i64::from(candidate == breaker));
+        }
+        self.database_degraded.set(i64::from(degraded));
     }
 
     pub fn observe_policy_reload(&self, accepted: bool) {
@@ -180,6 +226,7 @@ impl CheckObserver for std::sync::Arc<Metrics> {
             CacheOutcome::Hit => self.cache_hit.inc(),
             CacheOutcome::NegativeHit => self.cache_negative_hit.inc(),
             CacheOutcome::Miss => self.cache_miss.inc(),
+            CacheOutcome::Stale => self.cache_stale.inc(),
         }
     }
 }
@@ -192,5 +239,9 @@ impl QueryObserver for std::sync::Arc<Metrics> {
         if !ok {
             self.query_errors.with_label_values(&[statement]).inc();
         }
+    }
+
+    fn observe_refused(&self, statement: &'static str) {
+        self.query_refused.with_label_values(&[statement]).inc();
     }
 }

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
 use crate::authorizer::Authorizer;
+use crate::breaker::{BreakerSettings, BreakerState, CircuitBreaker};
 use crate::cache::{CacheSettings, KeyCache};
 use crate::config::{DatabaseConfig, ServeConfig};
 use crate::grpc::ext_authz::ExtAuthzService;
@@ -32,6 +33,10 @@ use crate::store::postgres::{PgKeyStore, PgSettings};
 
 /// The key store as `serve` runs it: PostgreSQL, observed by the metrics.
 pub type ServedStore = PgKeyStore<Arc<Metrics>>;
+
+/// The gRPC health service name that reports whether the database answers. The overall status
+/// (`""`) stays SERVING during an outage: cached keys are still served.
+pub const DATABASE_HEALTH_SERVICE: &str = "maas.authz.Database";
 
 /// A running server: its bound addresses and a handle to stop it.
 #[derive(Debug)]
@@ -139,13 +144,19 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     );
     let shared_policy = Arc::new(ArcSwap::from_pointee(policy));
 
-    let store = Arc::new(PgKeyStore::connect(
-        &pg_settings(&config.database),
-        metrics.clone(),
-    )?);
+    let breaker = Arc::new(CircuitBreaker::new(BreakerSettings {
+        failure_threshold: config.db_breaker_threshold,
+        cool_down: config.db_breaker_cool_down,
+    }));
+    let store = Arc::new(
+        PgKeyStore::connect(&pg_settings(&config.database), metrics.clone())?
+            .with_check_timeout(config.db_check_timeout)
+            .with_breaker(breaker),
+    );
     let cache = KeyCache::new(CacheSettings {
         capacity: config.cache_capacity,
         ttl: config.cache_ttl,
+        max_staleness: config.cache_max_staleness,
         negative_capacity: config.negative_cache_capacity,
         negative_ttl: config.negative_cache_ttl,
     });
@@ -258,6 +269,24 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     health
         .set_serving::<KeyValidationServer<KeyValidationService<ServedStore, Arc<Metrics>>>>()
         .await;
+    let watch_store = store.clone();
+    let watch_metrics = metrics.clone();
+    let watch_shutdown = wait_for(shutdown_rx.clone());
+    let watch_every = config.db_breaker_cool_down;
+    tasks.push((
+        "database health watcher",
+        tokio::spawn(async move {
+            watch_database(
+                watch_store,
+                watch_metrics,
+                health,
+                watch_every,
+                watch_shutdown,
+            )
+            .await;
+            Ok(())
+        }),
+    ));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -376,6 +405,62 @@ fn metrics_router(
             }
         }),
     )
+}
+
+/// Pings the database every `every` (through the circuit breaker, so a ping is also the probe
+/// that closes it when the database is back) and publishes the outcome: metrics, and the
+/// [`DATABASE_HEALTH_SERVICE`] gRPC health status.
+async fn watch_database(
+    store: Arc<ServedStore>,
+    metrics: Arc<Metrics>,
+    health: tonic_health::server::HealthReporter,
+    every: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut reachable_before = None;
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = ticker.tick() => {}
+        }
+        let ping = store.ping().await;
+        let breaker = store
+            .breaker()
+            .map_or(BreakerState::Closed, |breaker| breaker.state());
+        let reachable = ping.is_ok();
+        metrics.set_database_state(breaker, !reachable);
+        if reachable_before == Some(reachable) {
+            continue;
+        }
+        reachable_before = Some(reachable);
+        match ping {
+            Ok(()) => {
+                tracing::info!("database reachable");
+                health
+                    .set_service_status(
+                        DATABASE_HEALTH_SERVICE,
+                        tonic_health::ServingStatus::Serving,
+                    )
+                    .await;
+            }
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    breaker = breaker.as_str(),
+                    "database unreachable: degraded, serving cached keys until they are too stale, refusing unknown keys"
+                );
+                health
+                    .set_service_status(
+                        DATABASE_HEALTH_SERVICE,
+                        tonic_health::ServingStatus::NotServing,
+                    )
+                    .await;
+            }
+        }
+    }
 }
 
 /// Writes noted key uses every `every`, one statement per batch, and once more at shutdown.

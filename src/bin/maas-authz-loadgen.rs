@@ -31,7 +31,9 @@ use envoy_types::pb::envoy::service::auth::v3::{
     AttributeContext, CheckRequest, CheckResponse, OkHttpResponse, check_response::HttpResponse,
 };
 use envoy_types::pb::google::rpc;
-use maas_authz::config::{DatabaseConfig, HttpConfig, ServeConfig, identity_args_without_sources};
+use maas_authz::config::{
+    DatabaseConfig, HttpConfig, OptionalDuration, ServeConfig, identity_args_without_sources,
+};
 use maas_authz::key::ApiKey;
 use maas_authz::minting::{MintRequest, mint_key};
 use maas_authz::serve::{RunningServer, start};
@@ -250,6 +252,11 @@ fn serve_config(args: &Args, database_url: &str) -> ServeConfig {
         cache_ttl: Duration::from_secs(30),
         negative_cache_capacity: 10_000,
         negative_cache_ttl: Duration::from_secs(5),
+        cache_max_staleness: Duration::from_secs(900),
+        db_check_timeout: Duration::from_millis(250),
+        db_breaker_threshold: 5,
+        db_breaker_cool_down: Duration::from_secs(2),
+        housekeeping_interval: OptionalDuration(None),
         startup_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(5),
         last_used_interval: Duration::from_secs(60),

@@ -8,7 +8,9 @@ use chrono::Utc;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
-use maas_authz::config::{DatabaseConfig, HttpConfig, ServeConfig, identity_args_without_sources};
+use maas_authz::config::{
+    DatabaseConfig, HttpConfig, OptionalDuration, ServeConfig, identity_args_without_sources,
+};
 use maas_authz::key::ApiKey;
 use maas_authz::minting::{MintRequest, mint_key};
 use maas_authz::serve::{RunningServer, start};
@@ -160,6 +162,11 @@ pub fn serve_config(db: &TestDb) -> ServeConfig {
         cache_ttl: Duration::from_secs(30),
         negative_cache_capacity: 1_000,
         negative_cache_ttl: Duration::from_secs(5),
+        cache_max_staleness: Duration::from_secs(900),
+        db_check_timeout: Duration::from_millis(250),
+        db_breaker_threshold: 5,
+        db_breaker_cool_down: Duration::from_secs(2),
+        housekeeping_interval: OptionalDuration(None),
         startup_timeout: Duration::from_secs(10),
         shutdown_grace: Duration::from_secs(2),
         last_used_interval: Duration::from_secs(60),
