@@ -72,6 +72,10 @@ pub struct KeyCache {
     /// only until their query's leader removes them.
     in_flight: Cache<KeyHash, Option<Arc<KeyRecord>>>,
     epoch: Arc<AtomicU64>,
+    /// Entries loaded at or before `created + revalidate_before` nanoseconds count as past their
+    /// TTL (see [`KeyCache::revalidate_all`]); 0: none.
+    revalidate_before: Arc<AtomicU64>,
+    created: Instant,
     ttl: Duration,
     max_staleness: Duration,
     clock: Clock,
@@ -111,6 +115,8 @@ impl KeyCache {
                 .time_to_live(Duration::from_secs(1))
                 .build(),
             epoch: Arc::new(AtomicU64::new(0)),
+            revalidate_before: Arc::new(AtomicU64::new(0)),
+            created: clock(),
             ttl: settings.ttl,
             max_staleness: settings.max_staleness,
             clock,
@@ -127,7 +133,7 @@ impl KeyCache {
     ) -> Result<(Lookup, CacheOutcome), StoreError> {
         // Positive first: on the hot path nearly every lookup is a hit.
         let stale = match self.known.get(hash).await {
-            Some(entry) if self.age(&entry) < self.ttl => {
+            Some(entry) if self.age(&entry) < self.ttl && !self.revalidation_due(&entry) => {
                 return Ok((Lookup::Found(entry.record), CacheOutcome::Hit));
             }
             Some(entry) => Some(entry),
@@ -195,6 +201,12 @@ impl KeyCache {
         shared.map_err(|error: Arc<StoreError>| (*error).clone())
     }
 
+    fn revalidation_due(&self, entry: &Cached) -> bool {
+        let loaded = entry.loaded_at.saturating_duration_since(self.created);
+        u64::try_from(loaded.as_nanos()).unwrap_or(u64::MAX)
+            < self.revalidate_before.load(Ordering::Acquire)
+    }
+
     fn age(&self, entry: &Cached) -> Duration {
         (self.clock)().saturating_duration_since(entry.loaded_at)
     }
@@ -208,7 +220,19 @@ impl KeyCache {
         self.unknown.invalidate(hash).await;
     }
 
-    /// Forgets everything, e.g. after missing invalidation notices.
+    /// Treats every entry as past its TTL, e.g. after possibly missing invalidation notices:
+    /// each is re-read before its next use, but stays usable stale-if-error should the store
+    /// fail (a listener that reconnects during a flapping outage must not empty the cache).
+    pub fn revalidate_all(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.in_flight.invalidate_all();
+        let now = (self.clock)().saturating_duration_since(self.created);
+        let cutoff = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+        self.revalidate_before.fetch_max(cutoff, Ordering::AcqRel);
+        self.unknown.invalidate_all();
+    }
+
+    /// Forgets everything.
     pub fn invalidate_all(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.in_flight.invalidate_all();
@@ -415,6 +439,32 @@ mod tests {
         let error = cache.lookup(&hash, &store).await.unwrap_err();
 
         assert!(matches!(error, StoreError::CircuitOpen));
+    }
+
+    #[tokio::test]
+    async fn after_a_resync_entries_are_read_again_but_still_serve_stale_if_the_store_fails() {
+        let hash = hash();
+        let store = ScriptedStore::answering(vec![
+            Ok(Some(record(hash))),
+            Ok(Some(record(hash))),
+            outage(),
+        ]);
+        let (clock, now) = manual_clock();
+        let cache = KeyCache::with_clock(SETTINGS, clock);
+        cache.lookup(&hash, &store).await.unwrap();
+        advance(&now, Duration::from_millis(1));
+
+        cache.revalidate_all();
+        let (_, reread) = cache.lookup(&hash, &store).await.unwrap();
+        let (_, cached) = cache.lookup(&hash, &store).await.unwrap();
+        advance(&now, Duration::from_millis(1));
+        cache.revalidate_all();
+        let (_, stale) = cache.lookup(&hash, &store).await.unwrap();
+
+        assert_eq!(
+            (reread, cached, stale),
+            (CacheOutcome::Miss, CacheOutcome::Hit, CacheOutcome::Stale)
+        );
     }
 
     #[tokio::test]

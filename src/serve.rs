@@ -36,7 +36,7 @@ pub type ServedStore = PgKeyStore<Arc<Metrics>>;
 
 /// The gRPC health service name that reports whether the database answers. The overall status
 /// (`""`) stays SERVING during an outage: cached keys are still served.
-pub const DATABASE_HEALTH_SERVICE: &str = "maas.authz.Database";
+pub const DATABASE_HEALTH_SERVICE: &str = "maas.authz.v1.Database";
 
 /// A running server: its bound addresses and a handle to stop it.
 #[derive(Debug)]
@@ -188,6 +188,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
 
     // Revocations anywhere (another replica, the CLI, upstream maas-api) evict here at once.
     let listener_authorizer = authorizer.clone();
+    let (listening_tx, mut listening_rx) = watch::channel(false);
     let key_listener = listen_for_key_changes(
         ListenerSettings {
             database_url: config.database.database_url.clone(),
@@ -199,7 +200,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
                 let authorizer = listener_authorizer.clone();
                 tokio::spawn(async move { authorizer.cache().invalidate(&hash).await });
             }
-            KeyChange::Resync => listener_authorizer.cache().invalidate_all(),
+            KeyChange::Resync => {
+                listener_authorizer.cache().revalidate_all();
+                listening_tx.send_replace(true);
+            }
         },
         wait_for(shutdown_rx.clone()),
     );
@@ -210,6 +214,17 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
             Ok(())
         }),
     ));
+    // Serve only once the listener listens (or the database is slow to let it): its first
+    // resync would otherwise expire whatever the first requests cached.
+    if tokio::time::timeout(
+        config.database.db_connect_timeout,
+        listening_rx.wait_for(|listening| *listening),
+    )
+    .await
+    .is_err()
+    {
+        tracing::warn!("key-change listener not connected yet; serving anyway");
+    }
 
     let flush_store = store.clone();
     let flush_shutdown = wait_for(shutdown_rx.clone());
@@ -268,6 +283,13 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
         .await;
     health
         .set_serving::<KeyValidationServer<KeyValidationService<ServedStore, Arc<Metrics>>>>()
+        .await;
+    // Migrations (or the pool) just ran: SERVING until the watcher's first ping says otherwise.
+    health
+        .set_service_status(
+            DATABASE_HEALTH_SERVICE,
+            tonic_health::ServingStatus::Serving,
+        )
         .await;
     let watch_store = store.clone();
     let watch_metrics = metrics.clone();

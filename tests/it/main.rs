@@ -14,6 +14,7 @@ mod helm;
 mod identity;
 mod last_used;
 mod migrations;
+mod outage;
 mod rest;
 mod rest_internal;
 mod rest_models;
