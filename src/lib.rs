@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod duration;
 pub mod grpc;
+pub mod housekeeping;
 pub mod http;
 pub mod identity;
 pub mod key;

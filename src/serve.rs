@@ -18,6 +18,7 @@ use crate::cache::{CacheSettings, KeyCache};
 use crate::config::{DatabaseConfig, ServeConfig};
 use crate::grpc::ext_authz::ExtAuthzService;
 use crate::grpc::key_validation::KeyValidationService;
+use crate::housekeeping::run_housekeeping;
 use crate::http::{ApiState, internal_router, public_router, serve_http};
 use crate::identity::IdentityResolver;
 use crate::keys::{KeyManager, KeyPolicySettings};
@@ -236,6 +237,18 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
             Ok(())
         }),
     ));
+
+    if let Some(every) = config.housekeeping_interval.0 {
+        let housekeeping_store = store.clone();
+        let housekeeping_shutdown = wait_for(shutdown_rx.clone());
+        tasks.push((
+            "housekeeping",
+            tokio::spawn(async move {
+                run_housekeeping(housekeeping_store, every, housekeeping_shutdown).await;
+                Ok(())
+            }),
+        ));
+    }
 
     let reload_metrics = metrics.clone();
     let reloader = PolicyReloader::run(

@@ -69,6 +69,10 @@ impl<O: QueryObserver> std::fmt::Debug for PgKeyStore<O> {
     }
 }
 
+/// The advisory lock that lets one replica at a time run housekeeping (distinct from the
+/// migrations' lock).
+pub const HOUSEKEEPING_LOCK_KEY: i64 = 0x006d_6161_7368_6b70; // "maashkp"
+
 /// Pool occupancy, for metrics.
 #[derive(Debug, Clone, Copy)]
 pub struct PoolState {
@@ -161,6 +165,26 @@ impl<O: QueryObserver> PgKeyStore<O> {
             waiting: status.waiting,
             max_size: status.max_size,
         }
+    }
+
+    /// Deletes ephemeral keys that expired more than `grace` ago, unless another replica is
+    /// doing so right now (it holds [`HOUSEKEEPING_LOCK_KEY`]): then `Ok(None)`.
+    pub async fn delete_expired_ephemeral_keys_if_alone(
+        &self,
+        grace: Duration,
+    ) -> Result<Option<u64>, StoreError> {
+        let (held, deleted) = self
+            .run("delete_expired_ephemeral_keys_under_lock", async |client| {
+                sql::delete_expired_ephemeral_keys_under_lock(
+                    client,
+                    &self.tenant,
+                    grace.as_secs_f64(),
+                    HOUSEKEEPING_LOCK_KEY,
+                )
+                .await
+            })
+            .await?;
+        Ok(held.then(|| u64::try_from(deleted).unwrap_or(0)))
     }
 
     /// Runs one statement on a pooled connection within the query timeout, recording its latency.

@@ -11,6 +11,7 @@ mod check;
 mod cli;
 mod e2e;
 mod helm;
+mod housekeeping;
 mod identity;
 mod last_used;
 mod migrations;
