@@ -16,6 +16,7 @@ mod identity;
 mod last_used;
 mod migrations;
 mod outage;
+mod properties;
 mod rest;
 mod rest_internal;
 mod rest_models;
