@@ -11,6 +11,9 @@
 
 #![allow(clippy::print_stdout)]
 
+#[path = "loadgen/reliability.rs"]
+mod reliability;
+
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -121,6 +124,28 @@ struct Args {
     /// Print one JSON object with every figure instead of text.
     #[arg(long)]
     json: bool,
+    /// What to measure: `load` (Check throughput and latency), `revocation` (delay until a key
+    /// revoked on one replica is refused by another, over --samples revocations) or `outage`
+    /// (Check answers while the database is cut for --outage). The last two need an admin
+    /// --database-url and start their own servers.
+    #[arg(long, value_enum, default_value = "load")]
+    measure: Measure,
+    /// For `--measure revocation`: revocations measured.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    samples: u32,
+    /// For `--measure outage`: how long the database is cut.
+    #[arg(long, default_value = "30s", value_parser = duration_arg)]
+    outage: Duration,
+    /// For `--measure outage`: the server's cache TTL (short, so the outage outlives it).
+    #[arg(long, default_value = "5s", value_parser = duration_arg)]
+    outage_cache_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Measure {
+    Load,
+    Revocation,
+    Outage,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -181,6 +206,15 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if args.measure != Measure::Load {
+        let admin_url = args.database_url.clone().context(
+            "--measure revocation|outage needs --database-url (or DATABASE_URL): a PostgreSQL admin URL",
+        )?;
+        return match args.measure {
+            Measure::Revocation => reliability::measure_revocation(&args, &admin_url).await,
+            _ => reliability::measure_outage(&args, &admin_url).await,
+        };
+    }
     if args.baseline_only {
         return measure_baseline_only(&args).await;
     }
