@@ -1,6 +1,7 @@
 //! Property tests (proptest): the key parser and Check handling take arbitrary input without
-//! panicking; generated keys always parse and round-trip; every denial is a 4xx. Case counts are
-//! modest so the suite stays fast.
+//! panicking; generated keys always parse and round-trip; every denial is a 4xx; an allowed
+//! request's identity headers always overwrite the client's. Case counts are modest so the suite
+//! stays fast.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use chrono::Utc;
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
@@ -23,6 +25,14 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 
 use crate::support::example_policy_path;
+
+const IDENTITY_HEADERS: [&str; 5] = [
+    "x-maas-username",
+    "x-maas-group",
+    "x-maas-subscription",
+    "x-maas-tier",
+    "x-maas-key-id",
+];
 
 fn runner(cases: u32) -> TestRunner {
     TestRunner::new(Config {
@@ -150,6 +160,10 @@ fn headers(valid: String, revoked: String) -> impl Strategy<Value = HashMap<Stri
         Just("x-api-key".to_owned()),
         Just("x-gateway-model-name".to_owned()),
         Just("x-maas-username".to_owned()),
+        Just("x-maas-group".to_owned()),
+        Just("x-maas-subscription".to_owned()),
+        Just("x-maas-tier".to_owned()),
+        Just("x-maas-key-id".to_owned()),
         "[a-z-]{1,16}",
         any::<String>(),
     ];
@@ -237,9 +251,30 @@ fn check_answers_arbitrary_headers_paths_and_bodies_and_every_denial_is_a_4xx() 
                 .into_inner();
             let code = response.status.as_ref().map_or(0, |s| s.code);
             match response.http_response {
-                Some(HttpResponse::OkResponse(_)) => {
+                Some(HttpResponse::OkResponse(ok)) => {
                     allowed.fetch_add(1, Ordering::Relaxed);
                     prop_assert_eq!(code, 0);
+                    // Whatever identity headers the client sent, ours replace them.
+                    for name in IDENTITY_HEADERS {
+                        let set: Vec<_> = ok
+                            .headers
+                            .iter()
+                            .filter_map(|h| h.header.as_ref().map(|v| (v, h.append_action)))
+                            .filter(|(v, _)| v.key == name)
+                            .collect();
+                        prop_assert_eq!(set.len(), 1, "{} set once", name);
+                        prop_assert_eq!(
+                            set[0].1,
+                            HeaderAppendAction::OverwriteIfExistsOrAdd as i32
+                        );
+                    }
+                    let username = ok
+                        .headers
+                        .iter()
+                        .filter_map(|h| h.header.as_ref())
+                        .find(|v| v.key == "x-maas-username")
+                        .map(|v| v.value.clone());
+                    prop_assert_eq!(username.as_deref(), Some("alice"));
                 }
                 Some(HttpResponse::DeniedResponse(denial)) => {
                     denied.fetch_add(1, Ordering::Relaxed);
