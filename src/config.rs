@@ -329,3 +329,27 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
         Err(error) => Err(error.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_optional_period_is_off_for_zero_or_off_and_a_duration_otherwise() {
+        assert_eq!(optional_duration("off"), Ok(OptionalDuration(None)));
+        assert_eq!(optional_duration("OFF"), Ok(OptionalDuration(None)));
+        assert_eq!(optional_duration("0"), Ok(OptionalDuration(None)));
+        assert_eq!(optional_duration("0s"), Ok(OptionalDuration(None)));
+        assert_eq!(
+            optional_duration("5m"),
+            Ok(OptionalDuration(Some(Duration::from_secs(300))))
+        );
+    }
+
+    #[test]
+    fn an_optional_period_that_is_neither_says_how_to_disable_it() {
+        let error = optional_duration("hourly").unwrap_err();
+
+        assert!(error.contains("(or 0/off to disable)"), "{error}");
+    }
+}
