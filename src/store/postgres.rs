@@ -96,14 +96,7 @@ impl<O: QueryObserver> PgKeyStore<O> {
         if pg_config.get_application_name().is_none() {
             pg_config.application_name("maas-authz");
         }
-        // The server gives up too, so an abandoned statement does not keep running (and holding
-        // locks) after the client stopped waiting; a URL that sets its own options wins.
-        if pg_config.get_options().is_none() {
-            pg_config.options(format!(
-                "-c statement_timeout={}",
-                settings.query_timeout.as_millis().max(1)
-            ));
-        }
+
         let manager = Manager::from_config(
             pg_config,
             NoTls,
