@@ -107,6 +107,7 @@ fn cache_settings() -> CacheSettings {
     CacheSettings {
         capacity: 100_000,
         ttl: Duration::from_secs(30),
+        max_staleness: Duration::from_secs(900),
         negative_capacity: 10_000,
         negative_ttl: Duration::from_secs(5),
     }

@@ -489,7 +489,9 @@ fn extract_credential<'a>(
         Some(header) => {
             let token = bearer_token(header).ok_or(DenyReason::MalformedAuthorization)?;
             match x_api_key {
-                Some(other) if other != token => Err(DenyReason::ConflictingCredentials),
+                Some(other) if !same_secret(other, token) => {
+                    Err(DenyReason::ConflictingCredentials)
+                }
                 _ => Ok((token, credentials)),
             }
         }
@@ -497,6 +499,12 @@ fn extract_credential<'a>(
             .map(|token| (token, credentials))
             .ok_or(DenyReason::MissingCredentials),
     }
+}
+
+/// Compares two client-sent keys in constant time (for equal lengths), as for any secret.
+fn same_secret(a: &str, b: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
 /// `Bearer <token>` with a case-insensitive scheme and a non-empty token.

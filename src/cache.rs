@@ -1,8 +1,21 @@
 //! The in-process key cache: positive entries by hash, a bounded negative cache for unknown keys,
-//! and coalescing of concurrent misses for one key into a single store query.
+//! coalescing of concurrent store queries for one key, and stale-if-error during outages.
+//!
+//! Freshness: an entry younger than the TTL is used as is. An older one is re-read; when the
+//! store fails transiently (unreachable, timed out, breaker open) the old record keeps being
+//! used until it is `max_staleness` old. Status and expiry are judged by the caller at request
+//! time, so a stale record still stops working at its expiry. Invalidations (NOTIFY, revocations
+//! here) evict at once whatever the age.
+//!
+//! Invalidation race: a query that started before an invalidation of its hash may return the
+//! row as it was before. Every invalidation bumps an epoch; a load caches its result only if the
+//! epoch did not move while it ran (checked again after inserting, since an invalidation may
+//! land between the check and the insert). A global epoch rather than one per hash: invalidations
+//! are rare, and the only cost of a false alarm is one more query later.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use moka::future::Cache;
 
@@ -13,9 +26,12 @@ use crate::store::{KeyRecord, KeyStore, StoreError};
 #[derive(Debug, Clone, Copy)]
 pub struct CacheSettings {
     pub capacity: u64,
-    /// Safety net only: status and expiry are judged at request time, and revocations on this
-    /// replica evict at once.
+    /// How long an entry is used without re-reading it. A safety net only: status and expiry are
+    /// judged at request time, and invalidations evict at once.
     pub ttl: Duration,
+    /// How old an entry may get while the store fails transiently (stale-if-error); at or below
+    /// `ttl`, a failed re-read is an error as soon as the TTL is over.
+    pub max_staleness: Duration,
     pub negative_capacity: u64,
     pub negative_ttl: Duration,
 }
@@ -27,6 +43,8 @@ pub enum CacheOutcome {
     NegativeHit,
     /// This call (or a concurrent one it joined) queried the store.
     Miss,
+    /// The entry was past its TTL and the store failed transiently: the old record was used.
+    Stale,
 }
 
 /// The answer to "which key has this hash?".
@@ -36,11 +54,31 @@ pub enum Lookup {
     NotFound,
 }
 
+/// Reads the current time; injectable so tests can age entries without sleeping.
+pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
+
+#[derive(Debug, Clone)]
+struct Cached {
+    record: Arc<KeyRecord>,
+    loaded_at: Instant,
+}
+
 /// Keys by hash, in front of a [`KeyStore`].
 #[derive(Clone)]
 pub struct KeyCache {
-    known: Cache<KeyHash, Arc<KeyRecord>>,
+    known: Cache<KeyHash, Cached>,
     unknown: Cache<KeyHash, ()>,
+    /// Store queries under way, so concurrent lookups of one hash share one query. Entries live
+    /// only until their query's leader removes them.
+    in_flight: Cache<KeyHash, Option<Arc<KeyRecord>>>,
+    epoch: Arc<AtomicU64>,
+    /// Entries loaded at or before `created + revalidate_before` nanoseconds count as past their
+    /// TTL (see [`KeyCache::revalidate_all`]); 0: none.
+    revalidate_before: Arc<AtomicU64>,
+    created: Instant,
+    ttl: Duration,
+    max_staleness: Duration,
+    clock: Clock,
 }
 
 impl std::fmt::Debug for KeyCache {
@@ -48,94 +86,158 @@ impl std::fmt::Debug for KeyCache {
         f.debug_struct("KeyCache")
             .field("known", &self.known.entry_count())
             .field("unknown", &self.unknown.entry_count())
-            .finish()
+            .field("ttl", &self.ttl)
+            .field("max_staleness", &self.max_staleness)
+            .finish_non_exhaustive()
     }
-}
-
-/// Why a miss could not be resolved; shared by every caller coalesced on that miss.
-#[derive(Debug, thiserror::Error)]
-enum LoadError {
-    #[error("no such key")]
-    NotFound,
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 impl KeyCache {
     pub fn new(settings: CacheSettings) -> Self {
+        Self::with_clock(settings, Arc::new(Instant::now))
+    }
+
+    /// A cache that reads the time from `clock` (moka still evicts on its own clock, after
+    /// `max(ttl, max_staleness)`, which only bounds memory).
+    pub fn with_clock(settings: CacheSettings, clock: Clock) -> Self {
         Self {
             known: Cache::builder()
                 .max_capacity(settings.capacity)
-                .time_to_live(settings.ttl)
+                .time_to_live(settings.ttl.max(settings.max_staleness))
                 .build(),
             unknown: Cache::builder()
                 .max_capacity(settings.negative_capacity)
                 .time_to_live(settings.negative_ttl)
                 .build(),
+            in_flight: Cache::builder()
+                .max_capacity(settings.capacity)
+                // Only a safety net: each query's leader removes its entry when done.
+                .time_to_live(Duration::from_secs(1))
+                .build(),
+            epoch: Arc::new(AtomicU64::new(0)),
+            revalidate_before: Arc::new(AtomicU64::new(0)),
+            created: clock(),
+            ttl: settings.ttl,
+            max_staleness: settings.max_staleness,
+            clock,
         }
     }
 
-    /// The record for `hash`, from the cache or else from the store; concurrent misses for the
-    /// same hash wait for one query. Store errors are not cached.
+    /// The record for `hash`, from the cache or else from the store; concurrent queries for the
+    /// same hash are shared. Store errors are not cached; a transient one is answered with the
+    /// old record while it is younger than the maximum staleness.
     pub async fn lookup<S: KeyStore>(
         &self,
         hash: &KeyHash,
         store: &S,
     ) -> Result<(Lookup, CacheOutcome), StoreError> {
-        // Known keys first: they are the hot path, and the miss path's large future (moka's
-        // entry machinery and the store query) is boxed so every Check future stays small.
-        if let Some(record) = self.known.get(hash).await {
-            return Ok((Lookup::Found(record), CacheOutcome::Hit));
+        // Positive first: on the hot path nearly every lookup is a hit.
+        let stale = match self.known.get(hash).await {
+            Some(entry) if self.age(&entry) < self.ttl && !self.revalidation_due(&entry) => {
+                return Ok((Lookup::Found(entry.record), CacheOutcome::Hit));
+            }
+            Some(entry) => Some(entry),
+            None => {
+                if self.unknown.contains_key(hash) {
+                    return Ok((Lookup::NotFound, CacheOutcome::NegativeHit));
+                }
+                None
+            }
+        };
+        // Boxed: the miss path's future (moka's coalescing and the store query) is large, and
+        // inline it would make every Check future, hits included, that large to create and move.
+        match Box::pin(self.fetch(hash, store)).await {
+            Ok(Some(record)) => Ok((Lookup::Found(record), CacheOutcome::Miss)),
+            Ok(None) => Ok((Lookup::NotFound, CacheOutcome::Miss)),
+            Err(error) if error.is_transient() => match stale {
+                Some(entry) if self.age(&entry) < self.max_staleness => {
+                    Ok((Lookup::Found(entry.record), CacheOutcome::Stale))
+                }
+                _ => Err(error),
+            },
+            Err(error) => Err(error),
         }
-        if self.unknown.contains_key(hash) {
-            return Ok((Lookup::NotFound, CacheOutcome::NegativeHit));
-        }
-        Box::pin(self.load(hash, store)).await
     }
 
-    async fn load<S: KeyStore>(
+    /// Queries the store once for all concurrent callers and caches the answer, unless an
+    /// invalidation ran meanwhile.
+    async fn fetch<S: KeyStore>(
         &self,
         hash: &KeyHash,
         store: &S,
-    ) -> Result<(Lookup, CacheOutcome), StoreError> {
-        let entry = self
-            .known
-            .entry_by_ref(hash)
-            .or_try_insert_with(async {
-                match store.find_by_hash(hash).await {
-                    Ok(Some(record)) => Ok(Arc::new(record)),
-                    Ok(None) => {
-                        self.unknown.insert(*hash, ()).await;
-                        Err(LoadError::NotFound)
+    ) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        let shared = self
+            .in_flight
+            .try_get_with_by_ref(hash, async {
+                let epoch = self.epoch.load(Ordering::SeqCst);
+                let found = store.find_by_hash(hash).await?;
+                match &found {
+                    Some(record) => {
+                        let record = Arc::new(record.clone());
+                        let entry = Cached {
+                            record: record.clone(),
+                            loaded_at: (self.clock)(),
+                        };
+                        if self.epoch.load(Ordering::SeqCst) == epoch {
+                            self.known.insert(*hash, entry).await;
+                            if self.epoch.load(Ordering::SeqCst) != epoch {
+                                self.known.invalidate(hash).await;
+                            }
+                        }
+                        Ok(Some(record))
                     }
-                    Err(error) => Err(LoadError::Store(error)),
+                    None => {
+                        self.known.invalidate(hash).await;
+                        if self.epoch.load(Ordering::SeqCst) == epoch {
+                            self.unknown.insert(*hash, ()).await;
+                            if self.epoch.load(Ordering::SeqCst) != epoch {
+                                self.unknown.invalidate(hash).await;
+                            }
+                        }
+                        Ok(None)
+                    }
                 }
             })
             .await;
-        match entry {
-            Ok(entry) => {
-                let outcome = if entry.is_fresh() {
-                    CacheOutcome::Miss
-                } else {
-                    CacheOutcome::Hit
-                };
-                Ok((Lookup::Found(entry.into_value()), outcome))
-            }
-            Err(shared) => match shared.as_ref() {
-                LoadError::NotFound => Ok((Lookup::NotFound, CacheOutcome::Miss)),
-                LoadError::Store(error) => Err(error.clone()),
-            },
-        }
+        self.in_flight.invalidate(hash).await;
+        shared.map_err(|error: Arc<StoreError>| (*error).clone())
     }
 
-    /// Forgets a key (after revocation, or when a new key with this hash was minted).
+    fn revalidation_due(&self, entry: &Cached) -> bool {
+        let loaded = entry.loaded_at.saturating_duration_since(self.created);
+        u64::try_from(loaded.as_nanos()).unwrap_or(u64::MAX)
+            < self.revalidate_before.load(Ordering::Acquire)
+    }
+
+    fn age(&self, entry: &Cached) -> Duration {
+        (self.clock)().saturating_duration_since(entry.loaded_at)
+    }
+
+    /// Forgets a key (after revocation, or when a new key with this hash was minted), including
+    /// what a query under way may be about to cache.
     pub async fn invalidate(&self, hash: &KeyHash) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.in_flight.invalidate(hash).await;
         self.known.invalidate(hash).await;
         self.unknown.invalidate(hash).await;
     }
 
-    /// Forgets everything, e.g. after missing invalidation notices.
+    /// Treats every entry as past its TTL, e.g. after possibly missing invalidation notices:
+    /// each is re-read before its next use, but stays usable stale-if-error should the store
+    /// fail (a listener that reconnects during a flapping outage must not empty the cache).
+    pub fn revalidate_all(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.in_flight.invalidate_all();
+        let now = (self.clock)().saturating_duration_since(self.created);
+        let cutoff = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+        self.revalidate_before.fetch_max(cutoff, Ordering::AcqRel);
+        self.unknown.invalidate_all();
+    }
+
+    /// Forgets everything.
     pub fn invalidate_all(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.in_flight.invalidate_all();
         self.known.invalidate_all();
         self.unknown.invalidate_all();
     }
@@ -143,5 +245,279 @@ impl KeyCache {
     /// Entry counts (approximate, as moka reports them): known, unknown.
     pub fn sizes(&self) -> (u64, u64) {
         (self.known.entry_count(), self.unknown.entry_count())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
+
+    use chrono::Utc;
+
+    use super::*;
+    use crate::store::{KeyRecordId, KeyStatus, NewKey};
+
+    const SETTINGS: CacheSettings = CacheSettings {
+        capacity: 100,
+        ttl: Duration::from_secs(30),
+        max_staleness: Duration::from_secs(900),
+        negative_capacity: 100,
+        negative_ttl: Duration::from_secs(5),
+    };
+
+    /// A store that answers from a script, counting queries.
+    #[derive(Default)]
+    struct ScriptedStore {
+        answers: Mutex<VecDeque<Result<Option<KeyRecord>, StoreError>>>,
+        queries: AtomicUsize,
+        /// Runs inside `find_by_hash`, after the query "was sent": to interleave an invalidation.
+        during_query: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    }
+
+    impl ScriptedStore {
+        fn answering(answers: Vec<Result<Option<KeyRecord>, StoreError>>) -> Self {
+            Self {
+                answers: Mutex::new(answers.into()),
+                ..Self::default()
+            }
+        }
+
+        fn queries(&self) -> usize {
+            self.queries.load(Ordering::SeqCst)
+        }
+    }
+
+    impl KeyStore for ScriptedStore {
+        async fn find_by_hash(&self, _: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
+            self.queries.fetch_add(1, Ordering::SeqCst);
+            let hook = self.during_query.lock().unwrap().take();
+            if let Some(hook) = hook {
+                hook();
+                tokio::task::yield_now().await;
+            }
+            self.answers
+                .lock()
+                .unwrap()
+                .pop_front()
+                .unwrap_or(Err(StoreError::Unavailable("script exhausted".into())))
+        }
+        async fn insert_key(&self, _: &NewKey) -> Result<KeyRecord, StoreError> {
+            unreachable!()
+        }
+        async fn find_by_id(&self, _: KeyRecordId) -> Result<Option<KeyRecord>, StoreError> {
+            unreachable!()
+        }
+        async fn revoke_key(&self, _: KeyRecordId) -> Result<Option<KeyRecord>, StoreError> {
+            unreachable!()
+        }
+        async fn list_keys_of_user(&self, _: &str, _: i64) -> Result<Vec<KeyRecord>, StoreError> {
+            unreachable!()
+        }
+    }
+
+    fn record(hash: KeyHash) -> KeyRecord {
+        KeyRecord {
+            id: KeyRecordId::new_random(),
+            username: "alice".into(),
+            name: "k".into(),
+            description: None,
+            key_hash: hash,
+            status: KeyStatus::Active,
+            groups: vec![],
+            subscription: "free".into(),
+            created_at: Utc::now(),
+            expires_at: None,
+            last_used_at: None,
+            ephemeral: false,
+            labels: Default::default(),
+        }
+    }
+
+    fn hash() -> KeyHash {
+        crate::key::ApiKey::generate().unwrap().hash()
+    }
+
+    /// A clock the test moves by hand.
+    fn manual_clock() -> (Clock, Arc<Mutex<Instant>>) {
+        let now = Arc::new(Mutex::new(Instant::now()));
+        let reader = now.clone();
+        (Arc::new(move || *reader.lock().unwrap()), now)
+    }
+
+    fn advance(now: &Mutex<Instant>, by: Duration) {
+        let mut now = now.lock().unwrap();
+        *now += by;
+    }
+
+    fn outage() -> Result<Option<KeyRecord>, StoreError> {
+        Err(StoreError::CircuitOpen)
+    }
+
+    #[tokio::test]
+    async fn a_known_key_is_read_once_and_then_served_from_the_cache() {
+        let hash = hash();
+        let store = ScriptedStore::answering(vec![Ok(Some(record(hash)))]);
+        let cache = KeyCache::new(SETTINGS);
+
+        let (_, first) = cache.lookup(&hash, &store).await.unwrap();
+        let (found, second) = cache.lookup(&hash, &store).await.unwrap();
+
+        assert_eq!((first, second), (CacheOutcome::Miss, CacheOutcome::Hit));
+        assert!(matches!(found, Lookup::Found(_)));
+        assert_eq!(store.queries(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_entry_past_its_ttl_is_read_again() {
+        let hash = hash();
+        let store = ScriptedStore::answering(vec![Ok(Some(record(hash))), Ok(Some(record(hash)))]);
+        let (clock, now) = manual_clock();
+        let cache = KeyCache::with_clock(SETTINGS, clock);
+        cache.lookup(&hash, &store).await.unwrap();
+
+        advance(&now, SETTINGS.ttl);
+        let (_, outcome) = cache.lookup(&hash, &store).await.unwrap();
+
+        assert_eq!(outcome, CacheOutcome::Miss);
+        assert_eq!(store.queries(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_stale_entry_is_used_while_the_store_is_unavailable() {
+        let hash = hash();
+        let store = ScriptedStore::answering(vec![Ok(Some(record(hash))), outage()]);
+        let (clock, now) = manual_clock();
+        let cache = KeyCache::with_clock(SETTINGS, clock);
+        cache.lookup(&hash, &store).await.unwrap();
+
+        advance(&now, SETTINGS.ttl * 2);
+        let (found, outcome) = cache.lookup(&hash, &store).await.unwrap();
+
+        assert_eq!(outcome, CacheOutcome::Stale);
+        assert!(matches!(found, Lookup::Found(r) if r.key_hash == hash));
+    }
+
+    #[tokio::test]
+    async fn a_stale_entry_beyond_the_maximum_staleness_is_an_error() {
+        let hash = hash();
+        let store = ScriptedStore::answering(vec![Ok(Some(record(hash))), outage()]);
+        let (clock, now) = manual_clock();
+        let cache = KeyCache::with_clock(SETTINGS, clock);
+        cache.lookup(&hash, &store).await.unwrap();
+
+        advance(&now, SETTINGS.max_staleness);
+        let error = cache.lookup(&hash, &store).await.unwrap_err();
+
+        assert!(matches!(error, StoreError::CircuitOpen));
+    }
+
+    #[tokio::test]
+    async fn a_stale_entry_is_not_used_after_a_non_transient_error() {
+        let hash = hash();
+        let store = ScriptedStore::answering(vec![
+            Ok(Some(record(hash))),
+            Err(StoreError::CorruptRow("bad".into())),
+        ]);
+        let (clock, now) = manual_clock();
+        let cache = KeyCache::with_clock(SETTINGS, clock);
+        cache.lookup(&hash, &store).await.unwrap();
+
+        advance(&now, SETTINGS.ttl);
+        let error = cache.lookup(&hash, &store).await.unwrap_err();
+
+        assert!(matches!(error, StoreError::CorruptRow(_)));
+    }
+
+    #[tokio::test]
+    async fn an_invalidated_entry_is_not_used_even_during_an_outage() {
+        let hash = hash();
+        let store = ScriptedStore::answering(vec![Ok(Some(record(hash))), outage()]);
+        let cache = KeyCache::new(SETTINGS);
+        cache.lookup(&hash, &store).await.unwrap();
+
+        cache.invalidate(&hash).await;
+        let error = cache.lookup(&hash, &store).await.unwrap_err();
+
+        assert!(matches!(error, StoreError::CircuitOpen));
+    }
+
+    #[tokio::test]
+    async fn after_a_resync_entries_are_read_again_but_still_serve_stale_if_the_store_fails() {
+        let hash = hash();
+        let store = ScriptedStore::answering(vec![
+            Ok(Some(record(hash))),
+            Ok(Some(record(hash))),
+            outage(),
+        ]);
+        let (clock, now) = manual_clock();
+        let cache = KeyCache::with_clock(SETTINGS, clock);
+        cache.lookup(&hash, &store).await.unwrap();
+        advance(&now, Duration::from_millis(1));
+
+        cache.revalidate_all();
+        let (_, reread) = cache.lookup(&hash, &store).await.unwrap();
+        let (_, cached) = cache.lookup(&hash, &store).await.unwrap();
+        advance(&now, Duration::from_millis(1));
+        cache.revalidate_all();
+        let (_, stale) = cache.lookup(&hash, &store).await.unwrap();
+
+        assert_eq!(
+            (reread, cached, stale),
+            (CacheOutcome::Miss, CacheOutcome::Hit, CacheOutcome::Stale)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_that_vanished_is_forgotten_and_remembered_as_unknown() {
+        let hash = hash();
+        let store = ScriptedStore::answering(vec![Ok(Some(record(hash))), Ok(None)]);
+        let (clock, now) = manual_clock();
+        let cache = KeyCache::with_clock(SETTINGS, clock);
+        cache.lookup(&hash, &store).await.unwrap();
+        advance(&now, SETTINGS.ttl);
+
+        let (found, _) = cache.lookup(&hash, &store).await.unwrap();
+        let (_, again) = cache.lookup(&hash, &store).await.unwrap();
+
+        assert!(matches!(found, Lookup::NotFound));
+        assert_eq!(again, CacheOutcome::NegativeHit);
+    }
+
+    #[tokio::test]
+    async fn a_load_overtaken_by_an_invalidation_is_not_cached() {
+        let hash = hash();
+        let store = ScriptedStore::answering(vec![Ok(Some(record(hash))), Ok(Some(record(hash)))]);
+        let cache = KeyCache::new(SETTINGS);
+        let invalidating = cache.clone();
+        // The NOTIFY arrives while the query is under way (its answer predates the change).
+        *store.during_query.lock().unwrap() = Some(Box::new(move || {
+            invalidating.epoch.fetch_add(1, Ordering::SeqCst);
+        }));
+
+        let (found, _) = cache.lookup(&hash, &store).await.unwrap();
+        let (_, second) = cache.lookup(&hash, &store).await.unwrap();
+
+        assert!(matches!(found, Lookup::Found(_)));
+        assert_eq!(second, CacheOutcome::Miss, "the overtaken row was not kept");
+        assert_eq!(store.queries(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_misses_for_one_key_share_one_query() {
+        let hash = hash();
+        let store = Arc::new(ScriptedStore::answering(vec![Ok(Some(record(hash)))]));
+        let cache = KeyCache::new(SETTINGS);
+
+        let lookups = (0..32).map(|_| {
+            let (cache, store) = (cache.clone(), store.clone());
+            tokio::spawn(async move { cache.lookup(&hash, store.as_ref()).await })
+        });
+        for lookup in futures::future::join_all(lookups).await {
+            assert!(matches!(lookup.unwrap(), Ok((Lookup::Found(_), _))));
+        }
+
+        assert_eq!(store.queries(), 1);
     }
 }

@@ -132,6 +132,26 @@ pub struct ServeConfig {
     pub negative_cache_capacity: u64,
     #[arg(long, env = "MAAS_AUTHZ_NEGATIVE_CACHE_TTL", value_name = "MAAS_AUTHZ_NEGATIVE_CACHE_TTL", default_value = "5s", value_parser = positive_duration)]
     pub negative_cache_ttl: Duration,
+    /// While the database is unreachable, how old a cached key may get and still be used
+    /// (stale-if-error; status and expiry are still judged per request). At or below
+    /// MAAS_AUTHZ_CACHE_TTL, cached keys stop working when their TTL is over.
+    #[arg(long, env = "MAAS_AUTHZ_CACHE_MAX_STALENESS", value_name = "MAAS_AUTHZ_CACHE_MAX_STALENESS", default_value = "15m", value_parser = positive_duration)]
+    pub cache_max_staleness: Duration,
+    /// Longest the Check path waits for a key lookup in the database, connection included
+    /// (shorter than MAAS_AUTHZ_DB_QUERY_TIMEOUT: an unknown key should fail fast).
+    #[arg(long, env = "MAAS_AUTHZ_DB_CHECK_TIMEOUT", value_name = "MAAS_AUTHZ_DB_CHECK_TIMEOUT", default_value = "250ms", value_parser = positive_duration)]
+    pub db_check_timeout: Duration,
+    /// Consecutive database failures (unreachable, timed out) that open the circuit breaker.
+    #[arg(long, env = "MAAS_AUTHZ_DB_BREAKER_THRESHOLD", value_name = "MAAS_AUTHZ_DB_BREAKER_THRESHOLD", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub db_breaker_threshold: u32,
+    /// How long an open circuit breaker refuses database calls before one probe goes through;
+    /// also how often the database is pinged for health.
+    #[arg(long, env = "MAAS_AUTHZ_DB_BREAKER_COOL_DOWN", value_name = "MAAS_AUTHZ_DB_BREAKER_COOL_DOWN", default_value = "2s", value_parser = positive_duration)]
+    pub db_breaker_cool_down: Duration,
+    /// How often one replica deletes ephemeral keys more than 30 minutes past expiry
+    /// (`0` or `off`: never; run `maas-authz cleanup` from a CronJob instead).
+    #[arg(long, env = "MAAS_AUTHZ_HOUSEKEEPING_INTERVAL", value_name = "MAAS_AUTHZ_HOUSEKEEPING_INTERVAL", default_value = "5m", value_parser = optional_duration)]
+    pub housekeeping_interval: OptionalDuration,
     /// How long to wait for the database at start-up before giving up.
     #[arg(long, env = "MAAS_AUTHZ_STARTUP_TIMEOUT", value_name = "MAAS_AUTHZ_STARTUP_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
     pub startup_timeout: Duration,
@@ -359,10 +379,49 @@ fn http_url(text: &str) -> Result<String, String> {
     Ok(text.trim_end_matches('/').to_owned())
 }
 
+/// A period that may be switched off (`0` or `off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionalDuration(pub Option<Duration>);
+
+fn optional_duration(text: &str) -> Result<OptionalDuration, String> {
+    if text.trim().eq_ignore_ascii_case("off") || text.trim() == "0" {
+        return Ok(OptionalDuration(None));
+    }
+    match parse_duration(text) {
+        Ok(duration) if duration.is_zero() => Ok(OptionalDuration(None)),
+        Ok(duration) => Ok(OptionalDuration(Some(duration))),
+        Err(error) => Err(format!("{error} (or 0/off to disable)")),
+    }
+}
+
 fn positive_duration(text: &str) -> Result<Duration, String> {
     match parse_duration(text) {
         Ok(duration) if duration.is_zero() => Err("must be greater than zero".to_owned()),
         Ok(duration) => Ok(duration),
         Err(error) => Err(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_optional_period_is_off_for_zero_or_off_and_a_duration_otherwise() {
+        assert_eq!(optional_duration("off"), Ok(OptionalDuration(None)));
+        assert_eq!(optional_duration("OFF"), Ok(OptionalDuration(None)));
+        assert_eq!(optional_duration("0"), Ok(OptionalDuration(None)));
+        assert_eq!(optional_duration("0s"), Ok(OptionalDuration(None)));
+        assert_eq!(
+            optional_duration("5m"),
+            Ok(OptionalDuration(Some(Duration::from_secs(300))))
+        );
+    }
+
+    #[test]
+    fn an_optional_period_that_is_neither_says_how_to_disable_it() {
+        let error = optional_duration("hourly").unwrap_err();
+
+        assert!(error.contains("(or 0/off to disable)"), "{error}");
     }
 }

@@ -5,12 +5,14 @@
 //! [`store`], [`cli`], [`serve`], [`metrics`].
 
 pub mod authorizer;
+pub mod breaker;
 pub mod cache;
 pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod duration;
 pub mod grpc;
+pub mod housekeeping;
 pub mod http;
 pub mod identity;
 pub mod key;

@@ -9,6 +9,7 @@ use prometheus::{
 };
 
 use crate::authorizer::{CheckObserver, DenyReason};
+use crate::breaker::BreakerState;
 use crate::cache::CacheOutcome;
 use crate::grpc::ext_authz::DecisionObserver;
 use crate::limits::{LimitKind, LimitObserver};
@@ -35,9 +36,13 @@ pub struct Metrics {
     cache_hit: IntCounter,
     cache_negative_hit: IntCounter,
     cache_miss: IntCounter,
+    cache_stale: IntCounter,
     cache_entries: IntGaugeVec,
     query_seconds: HistogramVec,
     query_errors: IntCounterVec,
+    query_refused: IntCounterVec,
+    database_degraded: IntGauge,
+    breaker_state: IntGaugeVec,
     pool_connections: IntGaugeVec,
     policy_reloads: IntCounterVec,
     policy_objects: IntGaugeVec,
@@ -83,6 +88,25 @@ impl Metrics {
             Opts::new("db_query_errors_total", "Database statements that failed"),
             &["statement"],
         )?;
+        let query_refused = IntCounterVec::new(
+            Opts::new(
+                "db_query_refused_total",
+                "Database statements not sent because the circuit breaker was open",
+            ),
+            &["statement"],
+        )?;
+        let database_degraded = IntGauge::new(
+            "database_degraded",
+            "1 while the database does not answer: cached keys are served stale-if-error, \
+             unknown keys are refused",
+        )?;
+        let breaker_state = IntGaugeVec::new(
+            Opts::new(
+                "db_circuit_breaker_state",
+                "1 for the database circuit breaker's current state",
+            ),
+            &["state"],
+        )?;
         let pool_connections = IntGaugeVec::new(
             Opts::new("db_pool_connections", "Connection pool state"),
             &["state"],
@@ -101,6 +125,9 @@ impl Metrics {
         registry.register(Box::new(cache_entries.clone()))?;
         registry.register(Box::new(query_seconds.clone()))?;
         registry.register(Box::new(query_errors.clone()))?;
+        registry.register(Box::new(query_refused.clone()))?;
+        registry.register(Box::new(database_degraded.clone()))?;
+        registry.register(Box::new(breaker_state.clone()))?;
         registry.register(Box::new(pool_connections.clone()))?;
         registry.register(Box::new(policy_reloads.clone()))?;
         registry.register(Box::new(policy_objects.clone()))?;
@@ -171,9 +198,13 @@ impl Metrics {
             cache_hit: cache_lookups.with_label_values(&["hit"]),
             cache_negative_hit: cache_lookups.with_label_values(&["negative_hit"]),
             cache_miss: cache_lookups.with_label_values(&["miss"]),
+            cache_stale: cache_lookups.with_label_values(&["stale"]),
             cache_entries,
             query_seconds,
             query_errors,
+            query_refused,
+            database_degraded,
+            breaker_state,
             pool_connections,
             policy_reloads,
             policy_objects,
@@ -208,6 +239,21 @@ impl Metrics {
 
     pub fn set_counter_store_up(&self, up: bool) {
         self.counter_store_up.set(i64::from(up));
+    }
+
+    /// Publishes the database circuit breaker's state and whether service is degraded (the
+    /// database did not answer the last health ping).
+    pub fn set_database_state(&self, breaker: BreakerState, degraded: bool) {
+        for candidate in [
+            BreakerState::Closed,
+            BreakerState::Open,
+            BreakerState::HalfOpen,
+        ] {
+            self.breaker_state
+                .with_label_values(&[candidate.as_str()])
+                .set(i64::from(candidate == breaker));
+        }
+        self.database_degraded.set(i64::from(degraded));
     }
 
     pub fn observe_policy_reload(&self, accepted: bool) {
@@ -299,6 +345,7 @@ impl CheckObserver for std::sync::Arc<Metrics> {
             CacheOutcome::Hit => self.cache_hit.inc(),
             CacheOutcome::NegativeHit => self.cache_negative_hit.inc(),
             CacheOutcome::Miss => self.cache_miss.inc(),
+            CacheOutcome::Stale => self.cache_stale.inc(),
         }
     }
 }
@@ -311,6 +358,10 @@ impl QueryObserver for std::sync::Arc<Metrics> {
         if !ok {
             self.query_errors.with_label_values(&[statement]).inc();
         }
+    }
+
+    fn observe_refused(&self, statement: &'static str) {
+        self.query_refused.with_label_values(&[statement]).inc();
     }
 }
 

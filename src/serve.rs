@@ -13,12 +13,14 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
 use crate::authorizer::Authorizer;
+use crate::breaker::{BreakerSettings, BreakerState, CircuitBreaker};
 use crate::cache::{CacheSettings, KeyCache};
 use crate::config::{DatabaseConfig, LimitsConfig, OnRedisError, ServeConfig};
 use crate::grpc::check_server::CheckServer;
 use crate::grpc::ext_authz::ExtAuthzService;
 use crate::grpc::ext_proc::{ExtProcService, MeterSettings};
 use crate::grpc::key_validation::KeyValidationService;
+use crate::housekeeping::run_housekeeping;
 use crate::http::{ApiState, internal_router, public_router, serve_http};
 use crate::identity::IdentityResolver;
 use crate::keys::{KeyManager, KeyPolicySettings};
@@ -40,6 +42,10 @@ use crate::usage::TokenSink;
 
 /// The key store as `serve` runs it: PostgreSQL, observed by the metrics.
 pub type ServedStore = PgKeyStore<Arc<Metrics>>;
+
+/// The gRPC health service name that reports whether the database answers. The overall status
+/// (`""`) stays SERVING during an outage: cached keys are still served.
+pub const DATABASE_HEALTH_SERVICE: &str = "maas.authz.v1.Database";
 
 /// A running server: its bound addresses and a handle to stop it.
 #[derive(Debug)]
@@ -181,13 +187,19 @@ pub async fn start_with_clock(
     );
     let shared_policy = Arc::new(ArcSwap::from_pointee(policy));
 
-    let store = Arc::new(PgKeyStore::connect(
-        &pg_settings(&config.database),
-        metrics.clone(),
-    )?);
+    let breaker = Arc::new(CircuitBreaker::new(BreakerSettings {
+        failure_threshold: config.db_breaker_threshold,
+        cool_down: config.db_breaker_cool_down,
+    }));
+    let store = Arc::new(
+        PgKeyStore::connect(&pg_settings(&config.database), metrics.clone())?
+            .with_check_timeout(config.db_check_timeout)
+            .with_breaker(breaker),
+    );
     let cache = KeyCache::new(CacheSettings {
         capacity: config.cache_capacity,
         ttl: config.cache_ttl,
+        max_staleness: config.cache_max_staleness,
         negative_capacity: config.negative_cache_capacity,
         negative_ttl: config.negative_cache_ttl,
     });
@@ -229,6 +241,7 @@ pub async fn start_with_clock(
 
     // Revocations anywhere (another replica, the CLI, upstream maas-api) evict here at once.
     let listener_authorizer = authorizer.clone();
+    let (listening_tx, mut listening_rx) = watch::channel(false);
     let key_listener = listen_for_key_changes(
         ListenerSettings {
             database_url: config.database.database_url.clone(),
@@ -240,7 +253,10 @@ pub async fn start_with_clock(
                 let authorizer = listener_authorizer.clone();
                 tokio::spawn(async move { authorizer.cache().invalidate(&hash).await });
             }
-            KeyChange::Resync => listener_authorizer.cache().invalidate_all(),
+            KeyChange::Resync => {
+                listener_authorizer.cache().revalidate_all();
+                listening_tx.send_replace(true);
+            }
         },
         wait_for(shutdown_rx.clone()),
     );
@@ -251,6 +267,17 @@ pub async fn start_with_clock(
             Ok(())
         }),
     ));
+    // Serve only once the listener listens (or the database is slow to let it): its first
+    // resync would otherwise expire whatever the first requests cached.
+    if tokio::time::timeout(
+        config.database.db_connect_timeout,
+        listening_rx.wait_for(|listening| *listening),
+    )
+    .await
+    .is_err()
+    {
+        tracing::warn!("key-change listener not connected yet; serving anyway");
+    }
 
     let flush_store = store.clone();
     let flush_shutdown = wait_for(shutdown_rx.clone());
@@ -262,6 +289,18 @@ pub async fn start_with_clock(
             Ok(())
         }),
     ));
+
+    if let Some(every) = config.housekeeping_interval.0 {
+        let housekeeping_store = store.clone();
+        let housekeeping_shutdown = wait_for(shutdown_rx.clone());
+        tasks.push((
+            "housekeeping",
+            tokio::spawn(async move {
+                run_housekeeping(housekeeping_store, every, housekeeping_shutdown).await;
+                Ok(())
+            }),
+        ));
+    }
 
     let reload_metrics = metrics.clone();
     let reloader = PolicyReloader::run(
@@ -313,6 +352,31 @@ pub async fn start_with_clock(
     health
         .set_serving::<ExternalProcessorServer<ExtProcService>>()
         .await;
+    // Migrations (or the pool) just ran: SERVING until the watcher's first ping says otherwise.
+    health
+        .set_service_status(
+            DATABASE_HEALTH_SERVICE,
+            tonic_health::ServingStatus::Serving,
+        )
+        .await;
+    let watch_store = store.clone();
+    let watch_metrics = metrics.clone();
+    let watch_shutdown = wait_for(shutdown_rx.clone());
+    let watch_every = config.db_breaker_cool_down;
+    tasks.push((
+        "database health watcher",
+        tokio::spawn(async move {
+            watch_database(
+                watch_store,
+                watch_metrics,
+                health,
+                watch_every,
+                watch_shutdown,
+            )
+            .await;
+            Ok(())
+        }),
+    ));
     // Metered tokens are charged to the caller's token windows (when limits are on) and counted.
     let counted: Arc<dyn TokenSink> = metrics.clone();
     let token_sink: Arc<dyn TokenSink> = match authorizer.limiter() {
@@ -447,6 +511,62 @@ fn metrics_router(
             }
         }),
     )
+}
+
+/// Pings the database every `every` (through the circuit breaker, so a ping is also the probe
+/// that closes it when the database is back) and publishes the outcome: metrics, and the
+/// [`DATABASE_HEALTH_SERVICE`] gRPC health status.
+async fn watch_database(
+    store: Arc<ServedStore>,
+    metrics: Arc<Metrics>,
+    health: tonic_health::server::HealthReporter,
+    every: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut reachable_before = None;
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = ticker.tick() => {}
+        }
+        let ping = store.ping().await;
+        let breaker = store
+            .breaker()
+            .map_or(BreakerState::Closed, |breaker| breaker.state());
+        let reachable = ping.is_ok();
+        metrics.set_database_state(breaker, !reachable);
+        if reachable_before == Some(reachable) {
+            continue;
+        }
+        reachable_before = Some(reachable);
+        match ping {
+            Ok(()) => {
+                tracing::info!("database reachable");
+                health
+                    .set_service_status(
+                        DATABASE_HEALTH_SERVICE,
+                        tonic_health::ServingStatus::Serving,
+                    )
+                    .await;
+            }
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    breaker = breaker.as_str(),
+                    "database unreachable: degraded, serving cached keys until they are too stale, refusing unknown keys"
+                );
+                health
+                    .set_service_status(
+                        DATABASE_HEALTH_SERVICE,
+                        tonic_health::ServingStatus::NotServing,
+                    )
+                    .await;
+            }
+        }
+    }
 }
 
 /// Writes noted key uses every `every`, one statement per batch, and once more at shutdown.

@@ -11,6 +11,9 @@
 
 #![allow(clippy::print_stdout)]
 
+#[path = "loadgen/reliability.rs"]
+mod reliability;
+
 use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,7 +35,8 @@ use envoy_types::pb::envoy::service::auth::v3::{
 };
 use envoy_types::pb::google::rpc;
 use maas_authz::config::{
-    DatabaseConfig, HttpConfig, LimitsConfig, ServeConfig, identity_args_without_sources,
+    DatabaseConfig, HttpConfig, LimitsConfig, OptionalDuration, ServeConfig,
+    identity_args_without_sources,
 };
 use maas_authz::key::ApiKey;
 use maas_authz::minting::{MintRequest, mint_key};
@@ -129,6 +133,28 @@ struct Args {
     /// Print one JSON object with every figure instead of text.
     #[arg(long)]
     json: bool,
+    /// What to measure: `load` (Check throughput and latency), `revocation` (delay until a key
+    /// revoked on one replica is refused by another, over --samples revocations) or `outage`
+    /// (Check answers while the database is cut for --outage). The last two need an admin
+    /// --database-url and start their own servers.
+    #[arg(long, value_enum, default_value = "load")]
+    measure: Measure,
+    /// For `--measure revocation`: revocations measured.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    samples: u32,
+    /// For `--measure outage`: how long the database is cut.
+    #[arg(long, default_value = "30s", value_parser = duration_arg)]
+    outage: Duration,
+    /// For `--measure outage`: the server's cache TTL (short, so the outage outlives it).
+    #[arg(long, default_value = "5s", value_parser = duration_arg)]
+    outage_cache_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Measure {
+    Load,
+    Revocation,
+    Outage,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -206,6 +232,15 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if args.measure != Measure::Load {
+        let admin_url = args.database_url.clone().context(
+            "--measure revocation|outage needs --database-url (or DATABASE_URL): a PostgreSQL admin URL",
+        )?;
+        return match args.measure {
+            Measure::Revocation => reliability::measure_revocation(&args, &admin_url).await,
+            _ => reliability::measure_outage(&args, &admin_url).await,
+        };
+    }
     if args.baseline_only {
         return measure_baseline_only(&args).await;
     }
@@ -338,6 +373,11 @@ fn serve_config(args: &Args, database_url: &str, raised_policy: Option<PathBuf>)
         cache_ttl: Duration::from_secs(30),
         negative_cache_capacity: 10_000,
         negative_cache_ttl: Duration::from_secs(5),
+        cache_max_staleness: Duration::from_secs(900),
+        db_check_timeout: Duration::from_millis(250),
+        db_breaker_threshold: 5,
+        db_breaker_cool_down: Duration::from_secs(2),
+        housekeeping_interval: OptionalDuration(None),
         startup_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(5),
         last_used_interval: Duration::from_secs(60),

@@ -1,5 +1,5 @@
-//! `GET /health` (the process answers) and `GET /ready` (and so do the database and, when the
-//! limits' counters are in Redis, Redis).
+//! `GET /health` (the process answers) and `GET /ready` (it can decide: the database answers, or
+//! answered before and cached keys are served while it is away; and Redis, when limits need it).
 
 use axum::Json;
 use axum::extract::State;
@@ -8,17 +8,36 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::SharedState;
+use crate::breaker::BreakerState;
 use crate::limits::OnStoreError;
 use crate::store::KeyAdminStore;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HealthStatus {
-    /// `healthy`, `ready` or `unavailable`.
+    /// `healthy`, `ready`, `degraded` (the database does not answer; cached keys are served) or
+    /// `unavailable` (the database never answered, or Redis is down with limits set to deny).
     pub status: &'static str,
+    /// `unavailable` when the database does not answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database: Option<&'static str>,
+    /// The database circuit breaker when degraded: `closed`, `open` or `half_open`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<&'static str>,
     /// With counters in Redis: `up` or `down`. Down makes the replica unready only when
     /// `MAAS_AUTHZ_LIMITS_ON_REDIS_ERROR=deny` (with `allow` it still serves, uncounted).
     #[serde(rename = "counterStore", skip_serializing_if = "Option::is_none")]
     pub counter_store: Option<&'static str>,
+}
+
+impl HealthStatus {
+    fn plain(status: &'static str) -> Self {
+        Self {
+            status,
+            database: None,
+            circuit_breaker: None,
+            counter_store: None,
+        }
+    }
 }
 
 /// Liveness: the process serves requests.
@@ -29,25 +48,25 @@ pub struct HealthStatus {
     responses((status = 200, description = "Alive", body = HealthStatus))
 )]
 pub(super) async fn health() -> Json<HealthStatus> {
-    Json(HealthStatus {
-        status: "healthy",
-        counter_store: None,
-    })
+    Json(HealthStatus::plain("healthy"))
 }
 
-/// Readiness: the database answers a ping, and so does Redis if limits refuse without it.
+/// Readiness. A database outage must not take every replica out of the load balancer: their
+/// caches keep serving known keys, so a replica that ever reached the database stays ready and
+/// reports `degraded`. One that never did has nothing to serve and is not ready. Redis counts
+/// only when the limits are configured to refuse without it.
 #[utoipa::path(
     get,
     path = "/ready",
     tag = "health",
     responses(
-        (status = 200, description = "Ready", body = HealthStatus),
-        (status = 503, description = "The database (or Redis, with limits set to deny without it) does not answer", body = HealthStatus),
+        (status = 200, description = "Ready, or degraded: the database does not answer but cached keys are served", body = HealthStatus),
+        (status = 503, description = "The database never answered since start-up, or Redis does not answer with limits set to deny without it", body = HealthStatus),
     )
 )]
 pub(super) async fn ready(State(state): State<SharedState>) -> (StatusCode, Json<HealthStatus>) {
     let authorizer = state.keys.authorizer();
-    let mut counter_store = None;
+    let mut answer = HealthStatus::plain("ready");
     let mut counters_required = false;
     if let Some(limiter) = authorizer
         .limiter()
@@ -60,31 +79,29 @@ pub(super) async fn ready(State(state): State<SharedState>) -> (StatusCode, Json
                 false
             }
         };
-        counter_store = Some(if up { "up" } else { "down" });
+        answer.counter_store = Some(if up { "up" } else { "down" });
         counters_required = !up && limiter.on_store_error() == OnStoreError::Deny;
     }
-    let database_up = match authorizer.store().ping().await {
-        Ok(()) => true,
-        Err(error) => {
-            tracing::warn!(%error, "not ready: database ping failed");
-            false
+    let store = authorizer.store();
+    let mut ready = !counters_required;
+    if let Err(error) = store.ping().await {
+        if store.has_reached_database() {
+            tracing::debug!(%error, "degraded: database ping failed");
+            let breaker = store
+                .breaker()
+                .map_or(BreakerState::Closed, |breaker| breaker.state());
+            answer.status = "degraded";
+            answer.circuit_breaker = Some(breaker.as_str());
+        } else {
+            tracing::warn!(%error, "not ready: the database never answered");
+            ready = false;
         }
-    };
-    if database_up && !counters_required {
-        (
-            StatusCode::OK,
-            Json(HealthStatus {
-                status: "ready",
-                counter_store,
-            }),
-        )
+        answer.database = Some("unavailable");
+    }
+    if ready {
+        (StatusCode::OK, Json(answer))
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(HealthStatus {
-                status: "unavailable",
-                counter_store,
-            }),
-        )
+        answer.status = "unavailable";
+        (StatusCode::SERVICE_UNAVAILABLE, Json(answer))
     }
 }

@@ -116,6 +116,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("database query timed out after {0:?}")]
     Timeout(std::time::Duration),
+    /// Recent statements failed transiently; none is sent until the breaker's cool-down ends.
+    #[error("database unavailable: circuit breaker open")]
+    CircuitOpen,
     #[error("corrupt row in api_keys: {0}")]
     CorruptRow(String),
     #[error("database error: {0}")]
@@ -126,7 +129,10 @@ pub enum StoreError {
 
 impl StoreError {
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_) | StoreError::Timeout(_))
+        matches!(
+            self,
+            StoreError::Unavailable(_) | StoreError::Timeout(_) | StoreError::CircuitOpen
+        )
     }
 }
 

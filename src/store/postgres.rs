@@ -1,5 +1,7 @@
-//! [`KeyStore`] on PostgreSQL: a deadpool connection pool, per-query timeouts, row mapping.
+//! [`KeyStore`] on PostgreSQL: a deadpool connection pool, per-query timeouts, a circuit
+//! breaker, row mapping.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -13,6 +15,7 @@ use super::{
     KeyAdminStore, KeyPage, KeyRecord, KeyRecordId, KeySearch, KeyStatus, KeyStore, NewKey,
     RevocationScope, StoreError,
 };
+use crate::breaker::{Admission, CircuitBreaker};
 use crate::key::KeyHash;
 
 /// How the pool connects and how long anything may take.
@@ -30,6 +33,9 @@ pub struct PgSettings {
 /// Observes query latency and outcomes (implemented by the metrics module).
 pub trait QueryObserver: Send + Sync + 'static {
     fn observe_query(&self, statement: &'static str, elapsed: Duration, ok: bool);
+
+    /// A statement was not sent because the circuit breaker is open.
+    fn observe_refused(&self, _statement: &'static str) {}
 }
 
 /// Observes nothing; for tools and tests.
@@ -45,6 +51,12 @@ pub struct PgKeyStore<O: QueryObserver = NoQueryObserver> {
     pool: Pool,
     tenant: String,
     query_timeout: Duration,
+    /// The hot-path lookup's own, shorter bound (see [`PgKeyStore::with_check_timeout`]).
+    check_timeout: Duration,
+    breaker: Option<Arc<CircuitBreaker>>,
+    /// Whether any statement ever reached the database (readiness tells "degraded" from "never
+    /// connected").
+    reached: std::sync::atomic::AtomicBool,
     observer: O,
 }
 
@@ -56,6 +68,10 @@ impl<O: QueryObserver> std::fmt::Debug for PgKeyStore<O> {
             .finish_non_exhaustive()
     }
 }
+
+/// The advisory lock that lets one replica at a time run housekeeping (distinct from the
+/// migrations' lock).
+pub const HOUSEKEEPING_LOCK_KEY: i64 = 0x006d_6161_7368_6b70; // "maashkp"
 
 /// Pool occupancy, for metrics.
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +96,7 @@ impl<O: QueryObserver> PgKeyStore<O> {
         if pg_config.get_application_name().is_none() {
             pg_config.application_name("maas-authz");
         }
+
         let manager = Manager::from_config(
             pg_config,
             NoTls,
@@ -99,8 +116,34 @@ impl<O: QueryObserver> PgKeyStore<O> {
             pool,
             tenant: settings.tenant.clone(),
             query_timeout: settings.query_timeout,
+            check_timeout: settings.query_timeout,
+            breaker: None,
+            reached: std::sync::atomic::AtomicBool::new(false),
             observer,
         })
+    }
+
+    /// Bounds the Check path's lookup (connection wait included) by `timeout` instead of the
+    /// query timeout: a miss should fail fast, and a cached key survives the failure anyway.
+    pub fn with_check_timeout(mut self, timeout: Duration) -> Self {
+        self.check_timeout = timeout;
+        self
+    }
+
+    /// Sends every statement through `breaker`: while it is open, statements fail at once with
+    /// [`StoreError::CircuitOpen`] without touching the pool.
+    pub fn with_breaker(mut self, breaker: Arc<CircuitBreaker>) -> Self {
+        self.breaker = Some(breaker);
+        self
+    }
+
+    pub fn breaker(&self) -> Option<&Arc<CircuitBreaker>> {
+        self.breaker.as_ref()
+    }
+
+    /// Whether the database answered at least once since start-up.
+    pub fn has_reached_database(&self) -> bool {
+        self.reached.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn tenant(&self) -> &str {
@@ -117,19 +160,68 @@ impl<O: QueryObserver> PgKeyStore<O> {
         }
     }
 
+    /// Deletes ephemeral keys that expired more than `grace` ago, unless another replica is
+    /// doing so right now (it holds [`HOUSEKEEPING_LOCK_KEY`]): then `Ok(None)`.
+    pub async fn delete_expired_ephemeral_keys_if_alone(
+        &self,
+        grace: Duration,
+    ) -> Result<Option<u64>, StoreError> {
+        let (held, deleted) = self
+            .run("delete_expired_ephemeral_keys_under_lock", async |client| {
+                sql::delete_expired_ephemeral_keys_under_lock(
+                    client,
+                    &self.tenant,
+                    grace.as_secs_f64(),
+                    HOUSEKEEPING_LOCK_KEY,
+                )
+                .await
+            })
+            .await?;
+        Ok(held.then(|| u64::try_from(deleted).unwrap_or(0)))
+    }
+
     /// Runs one statement on a pooled connection within the query timeout, recording its latency.
     async fn run<T>(
         &self,
         statement: &'static str,
         body: impl AsyncFnOnce(&deadpool_postgres::Client) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T, StoreError> {
+        self.run_within(self.query_timeout, statement, body).await
+    }
+
+    /// Runs one statement within `timeout`, unless the breaker refuses; reports the outcome to
+    /// the breaker (only unavailability and timeouts count as failures).
+    async fn run_within<T>(
+        &self,
+        timeout: Duration,
+        statement: &'static str,
+        body: impl AsyncFnOnce(&deadpool_postgres::Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, StoreError> {
         let started = Instant::now();
-        let outcome = tokio::time::timeout(self.query_timeout, async {
+        if let Some(breaker) = &self.breaker
+            && breaker.admit(started) == Admission::Refuse
+        {
+            self.observer.observe_refused(statement);
+            return Err(StoreError::CircuitOpen);
+        }
+        let outcome = tokio::time::timeout(timeout, async {
             let client = self.pool.get().await.map_err(pool_error)?;
             body(&client).await.map_err(query_error)
         })
         .await
-        .unwrap_or(Err(StoreError::Timeout(self.query_timeout)));
+        .unwrap_or(Err(StoreError::Timeout(timeout)));
+        let reached = !matches!(&outcome, Err(error) if error.is_transient());
+        if reached {
+            self.reached
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(breaker) = &self.breaker {
+            if reached {
+                breaker.record_success();
+            } else {
+                breaker.record_failure(Instant::now());
+            }
+        }
         self.observer
             .observe_query(statement, started.elapsed(), outcome.is_ok());
         outcome
@@ -140,7 +232,7 @@ impl<O: QueryObserver> KeyStore for PgKeyStore<O> {
     async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
         let hex = hash.to_hex();
         let row = self
-            .run("select_key_by_hash", async |client| {
+            .run_within(self.check_timeout, "select_key_by_hash", async |client| {
                 sql::select_key_by_hash(client, &hex, &self.tenant).await
             })
             .await?;

@@ -320,6 +320,31 @@ pub(super) async fn delete_expired_ephemeral_keys(
     client.execute(&statement, &[&tenant, &grace_seconds]).await
 }
 
+/// [`delete_expired_ephemeral_keys`] under a transaction-scoped advisory lock taken with
+/// `pg_try_advisory_xact_lock`, all in one statement (so its own transaction): returns whether
+/// the lock was free and how many keys were deleted. When another session holds the lock,
+/// nothing is deleted.
+pub(super) async fn delete_expired_ephemeral_keys_under_lock(
+    client: &impl GenericClient,
+    tenant: &str,
+    grace_seconds: f64,
+    lock_key: i64,
+) -> Result<(bool, i64), tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached(
+            "WITH lock AS MATERIALIZED (SELECT pg_try_advisory_xact_lock($3) AS held), \
+             deleted AS (DELETE FROM api_keys WHERE (SELECT held FROM lock) \
+               AND tenant = $1 AND ephemeral \
+               AND expires_at < now() - make_interval(secs => $2) RETURNING 1) \
+             SELECT (SELECT held FROM lock), (SELECT count(*) FROM deleted)",
+        )
+        .await?;
+    let row = client
+        .query_one(&statement, &[&tenant, &grace_seconds, &lock_key])
+        .await?;
+    Ok((row.try_get(0)?, row.try_get(1)?))
+}
+
 /// A cheap round trip, for readiness checks.
 pub(super) async fn select_one(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
     client.query_one("SELECT 1", &[]).await.map(drop)

@@ -226,6 +226,27 @@ fn serve_with_a_bad_setting_names_the_variable() {
             "maybe",
             "invalid value 'maybe'",
         ),
+        (
+            "MAAS_AUTHZ_CACHE_MAX_STALENESS",
+            "0s",
+            "must be greater than zero",
+        ),
+        (
+            "MAAS_AUTHZ_DB_CHECK_TIMEOUT",
+            "fast",
+            "invalid duration \"fast\"",
+        ),
+        (
+            "MAAS_AUTHZ_DB_BREAKER_THRESHOLD",
+            "0",
+            "0 is not in 1..=10000",
+        ),
+        ("MAAS_AUTHZ_DB_BREAKER_COOL_DOWN", "-1s", "invalid"),
+        (
+            "MAAS_AUTHZ_HOUSEKEEPING_INTERVAL",
+            "hourly",
+            "(or 0/off to disable)",
+        ),
     ];
 
     for (variable, value, message) in cases {

@@ -41,6 +41,7 @@ fn authorizer_on(store: PgKeyStore) -> Arc<Authorizer<PgKeyStore, ()>> {
         KeyCache::new(CacheSettings {
             capacity: 100,
             ttl: Duration::from_secs(30),
+            max_staleness: Duration::from_secs(900),
             negative_capacity: 100,
             negative_ttl: Duration::from_secs(5),
         }),

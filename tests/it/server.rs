@@ -56,8 +56,16 @@ async fn reflection_lists_our_services_for_grpcurl() {
 
 #[tokio::test]
 async fn metrics_count_decisions_and_report_cache_pool_and_policy_state() {
-    let server = TestServer::start().await;
-    let (key, _) = mint(&server.db.store(), &FREE_USER).await;
+    // Minted before the server starts: the insert's notice would otherwise evict the entry at
+    // an unpredictable moment and turn a hit into a miss.
+    let db = TestDb::migrated().await;
+    let (key, _) = mint(&db.store(), &FREE_USER).await;
+    let server = TestServer {
+        server: maas_authz::serve::start(serve_config(&db))
+            .await
+            .expect("server starts"),
+        db,
+    };
     let mut client = server.check_client().await;
     for _ in 0..3 {
         client

@@ -9,7 +9,8 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use maas_authz::config::{
-    DatabaseConfig, HttpConfig, LimitsConfig, ServeConfig, identity_args_without_sources,
+    DatabaseConfig, HttpConfig, LimitsConfig, OptionalDuration, ServeConfig,
+    identity_args_without_sources,
 };
 use maas_authz::key::ApiKey;
 use maas_authz::minting::{MintRequest, mint_key};
@@ -162,6 +163,11 @@ pub fn serve_config(db: &TestDb) -> ServeConfig {
         cache_ttl: Duration::from_secs(30),
         negative_cache_capacity: 1_000,
         negative_cache_ttl: Duration::from_secs(5),
+        cache_max_staleness: Duration::from_secs(900),
+        db_check_timeout: Duration::from_millis(250),
+        db_breaker_threshold: 5,
+        db_breaker_cool_down: Duration::from_secs(2),
+        housekeeping_interval: OptionalDuration(None),
         startup_timeout: Duration::from_secs(10),
         shutdown_grace: Duration::from_secs(2),
         last_used_interval: Duration::from_secs(60),
@@ -294,4 +300,91 @@ pub fn check_request_with_body(path: &str, headers: &[(&str, &str)], body: &str)
 
 pub fn bearer(key: &str) -> String {
     format!("Bearer {key}")
+}
+
+/// A TCP proxy on loopback between the service and PostgreSQL that can cut the database off:
+/// every open connection is dropped and new ones are closed at once, until restored.
+pub struct DbProxy {
+    pub addr: std::net::SocketAddr,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cuts: tokio::sync::watch::Sender<u64>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl DbProxy {
+    /// A proxy to the PostgreSQL server of [`admin_url`], passing traffic.
+    pub async fn start() -> Self {
+        use std::sync::atomic::Ordering;
+        let config: tokio_postgres::Config = admin_url().parse().expect("admin URL");
+        let host = match config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+            _ => "127.0.0.1".to_owned(),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let upstream = format!("{host}:{port}");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (cuts, _) = tokio::sync::watch::channel(0_u64);
+        let (accept_up, accept_cuts) = (up.clone(), cuts.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !accept_up.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let mut cut = accept_cuts.subscribe();
+                let connection_up = accept_up.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    if !connection_up.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            up,
+            cuts,
+            accept,
+        }
+    }
+
+    /// `url` (a test database's) pointed at this proxy.
+    pub fn url_for(&self, url: &str) -> String {
+        let (scheme, rest) = url.split_once("://").expect("URL with a scheme");
+        let (userinfo, host_and_path) = match rest.split_once('@') {
+            Some((userinfo, after)) => (format!("{userinfo}@"), after),
+            None => (String::new(), rest),
+        };
+        let path = host_and_path
+            .find('/')
+            .map_or("", |slash| &host_and_path[slash..]);
+        format!("{scheme}://{userinfo}{}{path}", self.addr)
+    }
+
+    /// The database goes away: open connections drop, new ones are closed at once.
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cuts.send_modify(|generation| *generation += 1);
+    }
+
+    /// The database is back.
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for DbProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
 }

@@ -1,0 +1,296 @@
+//! Property tests (proptest): the key parser and Check handling take arbitrary input without
+//! panicking; generated keys always parse and round-trip; every denial is a 4xx; an allowed
+//! request's identity headers always overwrite the client's. Case counts are modest so the suite
+//! stays fast.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use chrono::Utc;
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use maas_authz::authorizer::Authorizer;
+use maas_authz::cache::{CacheSettings, KeyCache};
+use maas_authz::grpc::ext_authz::ExtAuthzService;
+use maas_authz::key::{ApiKey, KeyHash};
+use maas_authz::policy::Policy;
+use maas_authz::store::{KeyRecord, KeyRecordId, KeyStatus, KeyStore, NewKey, StoreError};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+
+use crate::support::example_policy_path;
+
+const IDENTITY_HEADERS: [&str; 5] = [
+    "x-maas-username",
+    "x-maas-group",
+    "x-maas-subscription",
+    "x-maas-tier",
+    "x-maas-key-id",
+];
+
+fn runner(cases: u32) -> TestRunner {
+    TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    })
+}
+
+/// Keys by hash in memory: the properties are about request handling, not PostgreSQL.
+struct InMemoryStore {
+    keys: HashMap<KeyHash, KeyRecord>,
+}
+
+impl KeyStore for InMemoryStore {
+    async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(self.keys.get(hash).cloned())
+    }
+    async fn insert_key(&self, _: &NewKey) -> Result<KeyRecord, StoreError> {
+        Err(StoreError::Query("read-only".into()))
+    }
+    async fn find_by_id(&self, _: KeyRecordId) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(None)
+    }
+    async fn revoke_key(&self, _: KeyRecordId) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(None)
+    }
+    async fn list_keys_of_user(&self, _: &str, _: i64) -> Result<Vec<KeyRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+}
+
+fn record(key: &ApiKey, status: KeyStatus) -> KeyRecord {
+    KeyRecord {
+        id: KeyRecordId::new_random(),
+        username: "alice".into(),
+        name: "property".into(),
+        description: None,
+        key_hash: key.hash(),
+        status,
+        groups: vec!["system:authenticated".into()],
+        subscription: "free".into(),
+        created_at: Utc::now(),
+        expires_at: Some(Utc::now() + chrono::Duration::hours(1)),
+        last_used_at: None,
+        ephemeral: false,
+        labels: Default::default(),
+    }
+}
+
+#[test]
+fn the_key_parser_takes_any_string_without_panicking() {
+    let strings = prop_oneof![
+        any::<String>(),
+        "sk-oai-.{0,80}",
+        "sk-oai-[0-9A-Za-z_]{0,70}",
+    ];
+    runner(512)
+        .run(&strings, |text| {
+            if let Ok(key) = ApiKey::parse(&text) {
+                prop_assert_eq!(key.expose(), text.as_str());
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn the_key_parser_takes_any_bytes_read_lossily_without_panicking() {
+    runner(512)
+        .run(&proptest::collection::vec(any::<u8>(), 0..120), |bytes| {
+            let _ = ApiKey::parse(&String::from_utf8_lossy(&bytes));
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn well_formed_keys_always_parse_and_round_trip() {
+    let parts = ("[0-9A-Za-z]{1,17}", "[0-9A-Za-z]{1,43}");
+    runner(512)
+        .run(&parts, |(key_id, secret)| {
+            let text = format!("sk-oai-{key_id}_{secret}");
+            let key = ApiKey::parse(&text).expect("well-formed");
+            prop_assert_eq!(key.expose(), text.as_str());
+            prop_assert_eq!(key.key_id(), key_id.as_str());
+            let again = ApiKey::parse(key.expose()).expect("round trip");
+            prop_assert!(again.hash().ct_eq(&key.hash()));
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn generated_keys_always_parse_to_the_same_key() {
+    runner(256)
+        .run(&Just(()), |()| {
+            let key = ApiKey::generate().expect("random");
+            let parsed = ApiKey::parse(key.expose()).expect("generated keys are well-formed");
+            prop_assert_eq!(parsed.expose(), key.expose());
+            prop_assert_eq!(
+                KeyHash::from_hex(&key.hash().to_hex()).unwrap(),
+                parsed.hash()
+            );
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// Header values, some of them credentials the store knows.
+fn header_value(valid: String, revoked: String) -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<String>(),
+        "Bearer .{0,60}",
+        "[bB][eE][aA][rR][eE][rR] +sk-oai-[0-9A-Za-z]{0,18}_[0-9A-Za-z]{0,44} *",
+        Just(format!("Bearer {valid}")),
+        Just(format!("Bearer {revoked}")),
+        Just(valid),
+    ]
+}
+
+fn headers(valid: String, revoked: String) -> impl Strategy<Value = HashMap<String, String>> {
+    let name = prop_oneof![
+        Just("authorization".to_owned()),
+        Just("x-api-key".to_owned()),
+        Just("x-gateway-model-name".to_owned()),
+        Just("x-maas-username".to_owned()),
+        Just("x-maas-group".to_owned()),
+        Just("x-maas-subscription".to_owned()),
+        Just("x-maas-tier".to_owned()),
+        Just("x-maas-key-id".to_owned()),
+        "[a-z-]{1,16}",
+        any::<String>(),
+    ];
+    proptest::collection::hash_map(name, header_value(valid, revoked), 0..6)
+}
+
+fn paths() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<String>(),
+        Just("/simulator/v1/chat/completions".to_owned()),
+        "/[a-z0-9._-]{0,12}(/[a-z0-9._-]{0,12}){0,4}(\\?.{0,20})?",
+        "/(llm|simulator|[a-z]{1,8})/[a-z0-9-]{0,12}/v1/(chat/completions|completions|models|embeddings)",
+    ]
+}
+
+fn bodies() -> impl Strategy<Value = (String, Vec<u8>)> {
+    prop_oneof![
+        Just((String::new(), Vec::new())),
+        any::<String>().prop_map(|body| (body, Vec::new())),
+        proptest::collection::vec(any::<u8>(), 0..200).prop_map(|raw| (String::new(), raw)),
+        "\\{\"model\": ?\".{0,30}\"(, ?\"messages\": ?\\[\\])?\\}"
+            .prop_map(|body| (body, Vec::new())),
+    ]
+}
+
+#[test]
+fn check_answers_arbitrary_headers_paths_and_bodies_and_every_denial_is_a_4xx() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let valid = ApiKey::generate().unwrap();
+    let revoked = ApiKey::generate().unwrap();
+    let store = InMemoryStore {
+        keys: [
+            (valid.hash(), record(&valid, KeyStatus::Active)),
+            (revoked.hash(), record(&revoked, KeyStatus::Revoked)),
+        ]
+        .into(),
+    };
+    let policy = Policy::load(&example_policy_path()).expect("example policy");
+    let authorizer = Arc::new(Authorizer::new(
+        Arc::new(store),
+        KeyCache::new(CacheSettings {
+            capacity: 100,
+            ttl: Duration::from_secs(30),
+            max_staleness: Duration::from_secs(900),
+            negative_capacity: 100,
+            negative_ttl: Duration::from_secs(5),
+        }),
+        Arc::new(ArcSwap::from_pointee(policy)),
+        (),
+    ));
+    let service = ExtAuthzService::new(authorizer, ());
+    let requests = (
+        headers(valid.expose().to_owned(), revoked.expose().to_owned()),
+        paths(),
+        bodies(),
+    );
+
+    let (allowed, denied) = (AtomicUsize::new(0), AtomicUsize::new(0));
+
+    runner(256)
+        .run(&requests, |(headers, path, (body, raw_body))| {
+            let request = CheckRequest {
+                attributes: Some(AttributeContext {
+                    request: Some(Request {
+                        http: Some(HttpRequest {
+                            method: "POST".to_owned(),
+                            path,
+                            host: "gateway.local".to_owned(),
+                            headers,
+                            body,
+                            raw_body,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            };
+            let response = runtime
+                .block_on(service.check(&request))
+                .expect("the in-memory store never fails, so Check always decides")
+                .decode()
+                .expect("the answer is a well-formed CheckResponse");
+            let code = response.status.as_ref().map_or(0, |s| s.code);
+            match response.http_response {
+                Some(HttpResponse::OkResponse(ok)) => {
+                    allowed.fetch_add(1, Ordering::Relaxed);
+                    prop_assert_eq!(code, 0);
+                    // Whatever identity headers the client sent, ours replace them.
+                    for name in IDENTITY_HEADERS {
+                        let set: Vec<_> = ok
+                            .headers
+                            .iter()
+                            .filter_map(|h| h.header.as_ref().map(|v| (v, h.append_action)))
+                            .filter(|(v, _)| v.key == name)
+                            .collect();
+                        prop_assert_eq!(set.len(), 1, "{} set once", name);
+                        prop_assert_eq!(
+                            set[0].1,
+                            HeaderAppendAction::OverwriteIfExistsOrAdd as i32
+                        );
+                    }
+                    let username = ok
+                        .headers
+                        .iter()
+                        .filter_map(|h| h.header.as_ref())
+                        .find(|v| v.key == "x-maas-username")
+                        .map(|v| v.value.clone());
+                    prop_assert_eq!(username.as_deref(), Some("alice"));
+                }
+                Some(HttpResponse::DeniedResponse(denial)) => {
+                    denied.fetch_add(1, Ordering::Relaxed);
+                    prop_assert_ne!(code, 0);
+                    let http = denial.status.map_or(0, |s| s.code);
+                    prop_assert!((400..500).contains(&http), "denied with HTTP {}", http);
+                }
+                other => prop_assert!(false, "neither allowed nor denied: {:?}", other),
+            }
+            Ok(())
+        })
+        .unwrap();
+    // Both outcomes were exercised, not only the early rejections.
+    assert!(
+        allowed.load(Ordering::Relaxed) > 0,
+        "no request was allowed"
+    );
+    assert!(denied.load(Ordering::Relaxed) > 0, "no request was denied");
+}
