@@ -174,7 +174,10 @@ async fn health_and_readiness() {
         .call(Method::GET, "/maas-api/ready")
         .send()
         .await
-        .assert_exactly(503, json!({"status": "unavailable"}));
+        .assert_exactly(
+            503,
+            json!({"status": "unavailable", "database": "unavailable"}),
+        );
 }
 
 #[tokio::test]
