@@ -22,7 +22,7 @@ use crate::authorizer::{
 };
 use crate::grpc::check_server::EncodedCheckResponse;
 use crate::limits::{LimitStatus, WindowStatus, retry_after_seconds};
-use crate::store::KeyStore;
+use crate::store::{KeyStore, StoreError};
 
 /// Identity headers we own: always overwritten, so a client's copy never reaches the model.
 pub const HEADER_USERNAME: &str = "x-maas-username";
@@ -273,7 +273,13 @@ pub fn check_response(outcome: Result<Decision, CheckError>) -> Result<CheckResp
             Ok(response)
         }
         Err(CheckError::StoreUnavailable(error)) => {
-            tracing::warn!(%error, "check failed: key store unavailable");
+            // While the breaker is open every uncached key fails here, thousands a second: the
+            // breaker's own transitions, the metrics and `/ready` already tell the operator.
+            if matches!(error, StoreError::CircuitOpen) {
+                tracing::debug!(%error, "check failed: key store unavailable");
+            } else {
+                tracing::warn!(%error, "check failed: key store unavailable");
+            }
             Err(Status::unavailable("key store unavailable"))
         }
         // MAAS_AUTHZ_LIMITS_ON_REDIS_ERROR=deny: the gateway's failure mode (503), not a 429
