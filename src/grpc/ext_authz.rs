@@ -643,7 +643,7 @@ mod tests {
         let memo = ResponseMemo::new(4);
         let error = memo
             .encoded(Err(CheckError::StoreUnavailable(
-                crate::store::StoreError::Unavailable("down".to_owned()),
+                StoreError::Unavailable("down".to_owned()),
             )))
             .unwrap_err();
         assert_eq!(error.code(), tonic::Code::Unavailable);
