@@ -22,6 +22,10 @@ use moka::future::Cache;
 use crate::key::KeyHash;
 use crate::store::{KeyRecord, KeyStore, StoreError};
 
+
+/// The caches' hasher: keys are SHA-256 digests, so a fast seeded hash is enough (moka's default
+/// SipHash costs a few hundred nanoseconds per Check on the hot path).
+type Hasher = foldhash::fast::RandomState;
 /// Sizes and lifetimes of both caches.
 #[derive(Debug, Clone, Copy)]
 pub struct CacheSettings {
@@ -66,11 +70,11 @@ struct Cached {
 /// Keys by hash, in front of a [`KeyStore`].
 #[derive(Clone)]
 pub struct KeyCache {
-    known: Cache<KeyHash, Cached>,
-    unknown: Cache<KeyHash, ()>,
+    known: Cache<KeyHash, Cached, Hasher>,
+    unknown: Cache<KeyHash, (), Hasher>,
     /// Store queries under way, so concurrent lookups of one hash share one query. Entries live
     /// only until their query's leader removes them.
-    in_flight: Cache<KeyHash, Option<Arc<KeyRecord>>>,
+    in_flight: Cache<KeyHash, Option<Arc<KeyRecord>>, Hasher>,
     epoch: Arc<AtomicU64>,
     /// Entries loaded at or before `created + revalidate_before` nanoseconds count as past their
     /// TTL (see [`KeyCache::revalidate_all`]); 0: none.
@@ -104,16 +108,16 @@ impl KeyCache {
             known: Cache::builder()
                 .max_capacity(settings.capacity)
                 .time_to_live(settings.ttl.max(settings.max_staleness))
-                .build(),
+                .build_with_hasher(Hasher::default()),
             unknown: Cache::builder()
                 .max_capacity(settings.negative_capacity)
                 .time_to_live(settings.negative_ttl)
-                .build(),
+                .build_with_hasher(Hasher::default()),
             in_flight: Cache::builder()
                 .max_capacity(settings.capacity)
                 // Only a safety net: each query's leader removes its entry when done.
                 .time_to_live(Duration::from_secs(1))
-                .build(),
+                .build_with_hasher(Hasher::default()),
             epoch: Arc::new(AtomicU64::new(0)),
             revalidate_before: Arc::new(AtomicU64::new(0)),
             created: clock(),

@@ -1,7 +1,7 @@
 //! Envoy's `envoy.service.auth.v3.Authorization/Check`, translated to and from the [`Authorizer`].
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -123,6 +123,7 @@ const ALLOW_MEMO_SLOTS: usize = 8192;
 /// model simply miss and re-encode. Status and expiry never reach here: the authorizer judges
 /// them on every request before an `Allowed` exists.
 struct ResponseMemo {
+    slot_hasher: foldhash::fast::RandomState,
     denials: Vec<EncodedCheckResponse>,
     allows: Box<[Mutex<Option<MemoizedAllow>>]>,
 }
@@ -135,6 +136,7 @@ struct MemoizedAllow {
 impl ResponseMemo {
     fn new(slots: usize) -> Self {
         Self {
+            slot_hasher: foldhash::fast::RandomState::default(),
             denials: DenyReason::ALL
                 .iter()
                 .map(|&reason| EncodedCheckResponse::encode(&deny_response(reason)))
@@ -160,6 +162,14 @@ impl ResponseMemo {
         }
     }
 
+    fn slot_of(&self, allowed: &Allowed) -> usize {
+        let mut hasher = self.slot_hasher.build_hasher();
+        std::ptr::hash(Arc::as_ptr(&allowed.key), &mut hasher);
+        allowed.model.hash(&mut hasher);
+        allowed.credentials.hash(&mut hasher);
+        hasher.finish() as usize & (self.allows.len() - 1)
+    }
+
     fn allow(&self, allowed: Box<Allowed>) -> EncodedCheckResponse {
         // The rate-limit headers change with every request, so they travel as a second encoded
         // `CheckResponse` after the memoised one: protobuf parsers merge a repeated message field
@@ -169,7 +179,7 @@ impl ResponseMemo {
             .limits
             .as_ref()
             .map(|limits| EncodedCheckResponse::encode(&rate_limit_tail(limits)));
-        let slot = &self.allows[allow_slot(&allowed) & (self.allows.len() - 1)];
+        let slot = &self.allows[self.slot_of(&allowed)];
         if let Some(hit) = lock(slot).as_ref()
             && same_allow_answer(&hit.allowed, &allowed)
         {
@@ -200,14 +210,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn allow_slot(allowed: &Allowed) -> usize {
-    let mut hasher = std::hash::DefaultHasher::new();
-    std::ptr::hash(Arc::as_ptr(&allowed.key), &mut hasher);
-    allowed.model.hash(&mut hasher);
-    allowed.credentials.hash(&mut hasher);
-    hasher.finish() as usize
 }
 
 /// True when `allow_response` gives the same answer for both: every input it reads is compared.

@@ -17,7 +17,8 @@ mod source;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, HashSet};
+// Looked up on every Check; the policy comes from the operator's files, so no hash flooding.
+use foldhash::{HashMap, HashMapExt, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
