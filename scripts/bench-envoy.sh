@@ -26,6 +26,9 @@
 #   BENCH_ROUNDS=2            alternations of baseline / maas-authz
 #   BENCH_ENVOY_CONCURRENCY=1 worker threads per Envoy (two Envoys share the box)
 #   BENCH_PORT_BASE=19000     ports BASE..BASE+13 on 127.0.0.1 must be free
+#   BENCH_LIMITS=false        MAAS_AUTHZ_LIMITS_ENABLED for maas-authz: off by default, since the
+#                             example policy's premium tier allows 20 requests a minute and the
+#                             run would measure 429s (BENCHMARKS.md section 4 measures limits)
 #   MAAS_AUTHZ_NO_INSTALL=1   never apt-get install wrk
 #   plus everything ensure-postgres.sh and ensure-python-venv.sh read.
 #
@@ -43,6 +46,7 @@ readonly DURATION="${BENCH_DURATION:-10s}"
 readonly CONNECTIONS="${BENCH_CONNECTIONS:-32}"
 readonly THREADS="${BENCH_THREADS:-1}"
 readonly ROUNDS="${BENCH_ROUNDS:-2}"
+readonly LIMITS="${BENCH_LIMITS:-false}"
 readonly ENVOY_CONCURRENCY="${BENCH_ENVOY_CONCURRENCY:-1}"
 readonly BASE="${BENCH_PORT_BASE:-19000}"
 readonly SIM_PORT=$((BASE + 0))
@@ -211,7 +215,7 @@ EOF
     start maas-authz env RUST_LOG=warn \
         MAAS_AUTHZ_GRPC_ADDR="127.0.0.1:$GRPC_PORT" MAAS_AUTHZ_METRICS_ADDR="127.0.0.1:$METRICS_PORT" \
         MAAS_AUTHZ_HTTP_ADDR="127.0.0.1:$HTTP_PORT" MAAS_AUTHZ_INTERNAL_ADDR="127.0.0.1:$INTERNAL_PORT" \
-        MAAS_AUTHZ_SKIP_MIGRATIONS=true "$target_dir/release/maas-authz" serve
+        MAAS_AUTHZ_SKIP_MIGRATIONS=true MAAS_AUTHZ_LIMITS_ENABLED="$LIMITS" "$target_dir/release/maas-authz" serve
     start simulator env RUST_LOG=warn "$target_dir/release/maas-simulator" \
         --addr "127.0.0.1:$SIM_PORT" --noop-ext-authz "127.0.0.1:$NOOP_PORT"
     render "$STATE_DIR/envoy-authz.yaml" "$AUTHZ_ENVOY_PORT" "$AUTHZ_ADMIN_PORT" "$GRPC_PORT"

@@ -22,7 +22,6 @@ use moka::future::Cache;
 use crate::key::KeyHash;
 use crate::store::{KeyRecord, KeyStore, StoreError};
 
-
 /// The caches' hasher: keys are SHA-256 digests, so a fast seeded hash is enough (moka's default
 /// SipHash costs a few hundred nanoseconds per Check on the hot path).
 type Hasher = foldhash::fast::RandomState;

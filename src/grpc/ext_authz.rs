@@ -644,9 +644,9 @@ mod tests {
     fn a_store_failure_is_unavailable_not_an_answer() {
         let memo = ResponseMemo::new(4);
         let error = memo
-            .encoded(Err(CheckError::StoreUnavailable(
-                StoreError::Unavailable("down".to_owned()),
-            )))
+            .encoded(Err(CheckError::StoreUnavailable(StoreError::Unavailable(
+                "down".to_owned(),
+            ))))
             .unwrap_err();
         assert_eq!(error.code(), tonic::Code::Unavailable);
     }
