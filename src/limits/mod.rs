@@ -219,18 +219,7 @@ impl Limiter {
         }
         let now = self.clock.now_millis();
         let owner = self.owner(user, selected_subscription_key);
-        let windows: Vec<(LimitKind, RateLimit, FixedWindow)> = limits
-            .request_limits
-            .iter()
-            .map(|limit| (LimitKind::Requests, *limit))
-            .chain(
-                limits
-                    .token_limits
-                    .iter()
-                    .map(|limit| (LimitKind::Tokens, *limit)),
-            )
-            .map(|(kind, limit)| (kind, limit, FixedWindow::containing(now, limit.window)))
-            .collect();
+        let windows = windows_at(limits, now);
         let specs: Vec<CounterSpec> = windows
             .iter()
             .map(|(kind, limit, window)| CounterSpec {
@@ -340,18 +329,7 @@ impl Limiter {
         let mut layout = Vec::with_capacity(entries.len());
         for (selected_subscription_key, limits) in entries {
             let owner = self.owner(user, selected_subscription_key);
-            let windows: Vec<(LimitKind, RateLimit, FixedWindow)> = limits
-                .request_limits
-                .iter()
-                .map(|limit| (LimitKind::Requests, *limit))
-                .chain(
-                    limits
-                        .token_limits
-                        .iter()
-                        .map(|limit| (LimitKind::Tokens, *limit)),
-                )
-                .map(|(kind, limit)| (kind, limit, FixedWindow::containing(now, limit.window)))
-                .collect();
+            let windows = windows_at(limits, now);
             keys.extend(
                 windows
                     .iter()
@@ -457,6 +435,22 @@ fn tightest(statuses: &[(LimitKind, WindowStatus)]) -> LimitStatus {
         requests: pick(LimitKind::Requests),
         tokens: pick(LimitKind::Tokens),
     }
+}
+
+/// Every request and token window of `limits` that contains `now`, requests first.
+fn windows_at(limits: &SubscriptionModel, now: u64) -> Vec<(LimitKind, RateLimit, FixedWindow)> {
+    let requests = limits
+        .request_limits
+        .iter()
+        .map(|limit| (LimitKind::Requests, *limit));
+    let tokens = limits
+        .token_limits
+        .iter()
+        .map(|limit| (LimitKind::Tokens, *limit));
+    requests
+        .chain(tokens)
+        .map(|(kind, limit)| (kind, limit, FixedWindow::containing(now, limit.window)))
+        .collect()
 }
 
 /// The token meter's sink when limits are on: each metered response is charged to its caller's

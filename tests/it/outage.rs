@@ -101,23 +101,6 @@ async fn readiness(server: &RunningServer) -> (u16, serde_json::Value) {
     (response.status().as_u16(), response.json().await.unwrap())
 }
 
-async fn wait_for_listener(db: &TestDb) {
-    let client = db.client().await;
-    eventually("the key-change listener is connected", async || {
-        let listening: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'maas-authz-key-listener' \
-                 AND datname = current_database() AND query ILIKE 'LISTEN%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        listening > 0
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cached_key_keeps_being_allowed_during_an_outage_past_the_cache_ttl() {
     let db = TestDb::migrated().await;

@@ -42,26 +42,6 @@ async fn wait_until_refused(client: &mut AuthorizationClient<Channel>, key: &str
     false
 }
 
-async fn wait_for_listener(db: &TestDb) {
-    let client = db.client().await;
-    for _ in 0..500 {
-        let listening: i64 = client
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'maas-authz-key-listener' \
-                 AND datname = current_database() AND query ILIKE 'LISTEN%'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if listening > 0 {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    panic!("the key-change listener never connected");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_revoked_on_one_replica_is_refused_by_another_without_waiting_for_the_cache() {
     let db = TestDb::migrated().await;

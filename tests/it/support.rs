@@ -388,3 +388,24 @@ impl Drop for DbProxy {
         self.accept.abort();
     }
 }
+
+/// Waits until the server's key-change listener has issued its `LISTEN`, so no notice is missed.
+pub async fn wait_for_listener(db: &TestDb) {
+    let client = db.client().await;
+    for _ in 0..500 {
+        let listening: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'maas-authz-key-listener' \
+                 AND datname = current_database() AND query ILIKE 'LISTEN%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if listening > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the key-change listener never connected");
+}
