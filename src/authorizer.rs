@@ -339,7 +339,7 @@ impl<S: KeyStore, O: CheckObserver> Authorizer<S, O> {
         }
         let policy = self.policy.load();
         match authorize_model(&policy, &record, input) {
-            Ok((model, subscription)) => {
+            Ok((model, subscription, limits)) => {
                 self.note_use(&record, now);
                 let (subscription_name, subscription_namespace, tier) = match subscription {
                     Some(sub) => (
@@ -353,12 +353,6 @@ impl<S: KeyStore, O: CheckObserver> Authorizer<S, O> {
                         record.subscription.clone(),
                     ),
                 };
-                let limits = subscription
-                    .zip(model.as_ref())
-                    .and_then(|(sub, resolved)| {
-                        let model = policy.find_model(Some(&resolved.namespace), &resolved.name);
-                        policy.subscription_model(sub, model.ok()?)
-                    });
                 let mut allowed = Allowed {
                     key: record,
                     subscription: subscription_name,
@@ -559,17 +553,19 @@ fn model_from_body(body: &[u8]) -> Option<String> {
 
 /// Access to the request's model, if it names one: the subscription must contain it, be
 /// accessible to the key's snapshot, and an auth policy must grant it.
+/// What an authorized request resolved to: the model, the key's subscription, and that
+/// subscription's entry (limits) for the model.
+type Authorized<'p> = (
+    Option<ResolvedModel>,
+    Option<&'p crate::policy::Subscription>,
+    Option<&'p crate::policy::SubscriptionModel>,
+);
+
 fn authorize_model<'p>(
     policy: &'p Policy,
     record: &KeyRecord,
     input: &CheckInput<'_>,
-) -> Result<
-    (
-        Option<ResolvedModel>,
-        Option<&'p crate::policy::Subscription>,
-    ),
-    DenyReason,
-> {
+) -> Result<Authorized<'p>, DenyReason> {
     let subscription = policy.find_subscription(&record.subscription);
     let body_model;
     let requested = match model_from_path(input.path) {
@@ -589,7 +585,7 @@ fn authorize_model<'p>(
         },
     };
     let Some(requested) = requested else {
-        return Ok((None, subscription));
+        return Ok((None, subscription, None));
     };
     let model = policy
         .find_model(requested.namespace, requested.name)
@@ -598,9 +594,9 @@ fn authorize_model<'p>(
             ModelLookupError::Ambiguous => DenyReason::ModelAmbiguous,
         })?;
     let subscription = subscription.ok_or(DenyReason::SubscriptionNotFound)?;
-    if !policy.subscription_contains(subscription, model) {
+    let Some(entry) = policy.subscription_model(subscription, model) else {
         return Err(DenyReason::ModelNotInSubscription);
-    }
+    };
     if !policy.subscription_accessible(subscription, &record.username, &record.groups) {
         return Err(DenyReason::SubscriptionAccessDenied);
     }
@@ -611,7 +607,7 @@ fn authorize_model<'p>(
         namespace: model.namespace.clone(),
         name: model.name.clone(),
     };
-    Ok((Some(resolved), Some(subscription)))
+    Ok((Some(resolved), Some(subscription), Some(entry)))
 }
 
 #[cfg(test)]
