@@ -412,7 +412,7 @@ pub async fn start_with_clock(
         "gRPC server",
         tokio::spawn(async move {
             let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-            grpc.serve_with_incoming_shutdown(incoming, grpc_shutdown)
+            grpc.serve_with_incoming_shutdown(crate::grpc::socket::copying(incoming), grpc_shutdown)
                 .await
                 .context("gRPC server failed")
         }),

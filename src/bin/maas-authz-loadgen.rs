@@ -38,6 +38,7 @@ use maas_authz::config::{
     DatabaseConfig, HttpConfig, LimitsConfig, OptionalDuration, ServeConfig,
     identity_args_without_sources,
 };
+use maas_authz::grpc::socket::copying;
 use maas_authz::key::ApiKey;
 use maas_authz::minting::{MintRequest, mint_key};
 use maas_authz::serve::{RunningServer, start};
@@ -996,7 +997,8 @@ impl Authorization for DoNothing {
     }
 }
 
-/// The do-nothing server on a free loopback port, served like maas-authz serves (tonic, nodelay).
+/// The do-nothing server on a free loopback port, served like maas-authz serves (tonic, nodelay,
+/// the same [`copying`] sockets).
 struct BaselineServer {
     addr: SocketAddr,
     shutdown: watch::Sender<bool>,
@@ -1015,7 +1017,7 @@ impl BaselineServer {
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_service(AuthorizationServer::new(DoNothing))
-                .serve_with_incoming_shutdown(incoming, async move {
+                .serve_with_incoming_shutdown(copying(incoming), async move {
                     let _ = stop.wait_for(|stop| *stop).await;
                 }),
         );

@@ -4,3 +4,4 @@ pub mod check_server;
 pub mod ext_authz;
 pub mod ext_proc;
 pub mod key_validation;
+pub mod socket;
