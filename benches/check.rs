@@ -19,6 +19,7 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, 
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use maas_authz::authorizer::{Authorizer, CheckInput, Decision, DenyReason};
 use maas_authz::cache::{CacheSettings, KeyCache};
+use maas_authz::grpc::check_request::CheckAttributes;
 use maas_authz::grpc::ext_authz::{ExtAuthzService, check_response};
 use maas_authz::key::{ApiKey, KeyHash};
 use maas_authz::last_used::LastUsedTracker;
@@ -27,6 +28,8 @@ use maas_authz::metrics::Metrics;
 use maas_authz::minting::{MintRequest, mint_key};
 use maas_authz::policy::Policy;
 use maas_authz::store::{KeyRecord, KeyRecordId, KeyStatus, KeyStore, NewKey, StoreError};
+use prost::Message as _;
+use prost::bytes::Bytes;
 use tokio::runtime::Runtime;
 
 /// The path Envoy reports for an OpenAI-style chat call to the example `simulator` model.
@@ -425,24 +428,40 @@ fn bench_adapter(c: &mut Criterion, fixture: &Fixture) {
         b.iter_batched(|| Ok(deny.clone()), check_response, BatchSize::SmallInput)
     });
 
+    // Decoding the request off the wire: the fields Check reads, against prost's whole message.
+    let hit = Bytes::from(check_request(&fixture.bearers[0]).encode_to_vec());
+    group.bench_function("decode_check_attributes", |b| {
+        b.iter(|| CheckAttributes::decode(black_box(hit.clone())).unwrap())
+    });
+    group.bench_function("decode_check_request_prost", |b| {
+        b.iter(|| CheckRequest::decode(black_box(hit.clone())).unwrap())
+    });
+
     // The whole tonic handler as `serve` wires it (metrics observers included), minus the
-    // transport: header extraction, decision at `Utc::now()`, response mapping.
+    // transport: decoding the request, decision at `Utc::now()`, the encoded answer.
     let service = &ExtAuthzService::new(fixture.metered.clone(), fixture.metrics.clone());
-    let hit = check_request(&fixture.bearers[0]);
+    let decode_and_check = |service, message: &Bytes| {
+        let service: &ExtAuthzService<_, _, _> = service;
+        let message = message.clone();
+        async move {
+            let request = CheckAttributes::decode(black_box(message)).unwrap();
+            service.check(&request).await.unwrap()
+        }
+    };
     group.bench_function("service_check_hit", |b| {
         b.to_async(&fixture.runtime)
-            .iter(|| async { service.check(black_box(&hit)).await.unwrap() })
+            .iter(|| decode_and_check(service, &hit))
     });
     let limited_service =
         &ExtAuthzService::new(fixture.metered_limited.clone(), fixture.metrics.clone());
     group.bench_function("service_check_hit_limits_in_process", |b| {
         b.to_async(&fixture.runtime)
-            .iter(|| async { limited_service.check(black_box(&hit)).await.unwrap() })
+            .iter(|| decode_and_check(limited_service, &hit))
     });
-    let junk = check_request("Bearer nope");
+    let junk = Bytes::from(check_request("Bearer nope").encode_to_vec());
     group.bench_function("service_check_malformed", |b| {
         b.to_async(&fixture.runtime)
-            .iter(|| async { service.check(black_box(&junk)).await.unwrap() })
+            .iter(|| decode_and_check(service, &junk))
     });
     group.finish();
 }

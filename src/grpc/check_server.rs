@@ -2,20 +2,22 @@
 //!
 //! envoy-types' generated `AuthorizationServer` hard-wires prost encoding of a `CheckResponse`
 //! message, so every allow would be built and encoded anew. This server is the same routing
-//! around `tonic::server::Grpc::unary`, with a codec that decodes `CheckRequest` as usual but
-//! writes an [`EncodedCheckResponse`] as is: the adapter memoises the encoded allow answer per key
-//! and model and keeps every denial encoded once (see `ext_authz::ResponseMemo`).
+//! around `tonic::server::Grpc::unary`, with a codec that reads only the `CheckRequest` fields
+//! Check needs ([`CheckAttributes::decode`]) and writes an [`EncodedCheckResponse`] as is: the
+//! adapter memoises the encoded allow answer per key and model and keeps every denial encoded
+//! once (see `ext_authz::ResponseMemo`).
 
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
+use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
 use prost::Message;
 use prost::bytes::{Buf, BufMut};
-use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{Body, BoxFuture, Bytes, Context, Poll, Service, StdError, http};
 use tonic::{Request, Response, Status};
 
 use crate::authorizer::CheckObserver;
+use crate::grpc::check_request::CheckAttributes;
 use crate::grpc::ext_authz::{DecisionObserver, ExtAuthzService};
 use crate::store::KeyStore;
 
@@ -134,7 +136,7 @@ where
 /// The unary method: decide, then hand back the encoded answer.
 struct CheckMethod<S, O, D>(Arc<ExtAuthzService<S, O, D>>);
 
-impl<S, O, D> tonic::server::UnaryService<CheckRequest> for CheckMethod<S, O, D>
+impl<S, O, D> tonic::server::UnaryService<CheckAttributes> for CheckMethod<S, O, D>
 where
     S: KeyStore,
     O: CheckObserver,
@@ -143,7 +145,7 @@ where
     type Response = EncodedCheckResponse;
     type Future = BoxFuture<Response<EncodedCheckResponse>, Status>;
 
-    fn call(&mut self, request: Request<CheckRequest>) -> Self::Future {
+    fn call(&mut self, request: Request<CheckAttributes>) -> Self::Future {
         let service = Arc::clone(&self.0);
         // The decoded request lives on the heap: the future then stays small to move.
         let request = Box::new(request.into_inner());
@@ -151,22 +153,37 @@ where
     }
 }
 
-/// Decodes `CheckRequest` with prost; encodes an [`EncodedCheckResponse`] by copying its bytes.
+/// Decodes the [`CheckAttributes`] of a `CheckRequest`; encodes an [`EncodedCheckResponse`] by
+/// copying its bytes.
 #[derive(Debug, Clone, Copy, Default)]
 struct CheckCodec;
 
 impl Codec for CheckCodec {
     type Encode = EncodedCheckResponse;
-    type Decode = CheckRequest;
+    type Decode = CheckAttributes;
     type Encoder = CheckCodec;
-    type Decoder = tonic_prost::ProstDecoder<CheckRequest>;
+    type Decoder = CheckCodec;
 
     fn encoder(&mut self) -> Self::Encoder {
         CheckCodec
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        tonic_prost::ProstDecoder::new(BufferSettings::default())
+        CheckCodec
+    }
+}
+
+impl Decoder for CheckCodec {
+    type Item = CheckAttributes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Self::Error> {
+        // Shares the receive buffer's memory: no copy of the message.
+        let message = src.copy_to_bytes(src.remaining());
+        // INTERNAL, as tonic answers any message it cannot decode.
+        CheckAttributes::decode(message)
+            .map(Some)
+            .map_err(|error| Status::internal(error.to_string()))
     }
 }
 

@@ -8,9 +8,8 @@ use std::time::Instant;
 use envoy_types::pb::envoy::config::core::v3::{
     HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
 };
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use envoy_types::pb::envoy::service::auth::v3::{
-    CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response::HttpResponse,
+    CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response::HttpResponse,
 };
 use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode as HttpStatusCode};
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
@@ -20,6 +19,7 @@ use tonic::Status;
 use crate::authorizer::{
     Allowed, Authorizer, CheckError, CheckInput, CheckObserver, Decision, DenialKind, DenyReason,
 };
+use crate::grpc::check_request::CheckAttributes;
 use crate::grpc::check_server::EncodedCheckResponse;
 use crate::limits::{LimitStatus, WindowStatus, retry_after_seconds};
 use crate::store::{KeyStore, StoreError};
@@ -32,7 +32,6 @@ pub const HEADER_TIER: &str = "x-maas-tier";
 pub const HEADER_KEY_ID: &str = "x-maas-key-id";
 /// Carries the denial reason to the client (as Authorino does).
 pub const HEADER_REASON: &str = "x-ext-auth-reason";
-const HEADER_MODEL_NAME: &str = "x-gateway-model-name";
 
 /// Observes each Check's outcome and latency (implemented by the metrics module).
 pub trait DecisionObserver: Send + Sync + 'static {
@@ -73,29 +72,14 @@ impl<S, O, D> ExtAuthzService<S, O, D> {
 
 impl<S: KeyStore, O: CheckObserver, D: DecisionObserver> ExtAuthzService<S, O, D> {
     /// Decides one Check request and returns the answer's wire form (see [`check_response`]).
-    pub async fn check(&self, request: &CheckRequest) -> Result<EncodedCheckResponse, Status> {
+    pub async fn check(&self, request: &CheckAttributes) -> Result<EncodedCheckResponse, Status> {
         let started = Instant::now();
-        let http = request
-            .attributes
-            .as_ref()
-            .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref());
-        let header = |name: &str| http.and_then(|h| request_header(h, name));
-        let body = http.and_then(|h| {
-            if !h.raw_body.is_empty() {
-                Some(h.raw_body.as_slice())
-            } else if !h.body.is_empty() {
-                Some(h.body.as_bytes())
-            } else {
-                None
-            }
-        });
         let input = CheckInput {
-            authorization: header("authorization"),
-            x_api_key: header("x-api-key"),
-            path: http.map(|h| h.path.as_str()).unwrap_or_default(),
-            model_header: header(HEADER_MODEL_NAME),
-            body,
+            authorization: request.authorization(),
+            x_api_key: request.x_api_key(),
+            path: request.path(),
+            model_header: request.model_header(),
+            body: request.body(),
         };
         let outcome = self.authorizer.check(&input, chrono::Utc::now()).await;
         let elapsed = started.elapsed();
@@ -220,25 +204,6 @@ fn same_allow_answer(a: &Allowed, b: &Allowed) -> bool {
         && a.tier == b.tier
         && a.model == b.model
         && a.credentials == b.credentials
-}
-
-/// A request header by lowercase name: from `headers`, or from `header_map` when Envoy is set to
-/// `encode_raw_headers` (values that are not UTF-8 count as absent).
-fn request_header<'a>(http: &'a HttpRequest, name: &str) -> Option<&'a str> {
-    if let Some(value) = http.headers.get(name) {
-        return Some(value);
-    }
-    let raw = http.header_map.as_ref()?;
-    raw.headers
-        .iter()
-        .find(|h| h.key.eq_ignore_ascii_case(name))
-        .and_then(|h| {
-            if h.raw_value.is_empty() {
-                Some(h.value.as_str())
-            } else {
-                std::str::from_utf8(&h.raw_value).ok()
-            }
-        })
 }
 
 /// Maps a decision to what Envoy does with it:

@@ -589,3 +589,84 @@ async fn check_reads_headers_from_the_raw_header_map_when_envoy_encodes_raw_head
         "{response:?}"
     );
 }
+
+/// Sends `message` as the Check request's bytes, as a broken or hostile peer could.
+async fn check_raw(
+    server: &TestServer,
+    message: &'static [u8],
+) -> Result<CheckResponse, tonic::Status> {
+    #[derive(Debug, Clone, Copy)]
+    struct RawCodec;
+    impl tonic::codec::Codec for RawCodec {
+        type Encode = &'static [u8];
+        type Decode = CheckResponse;
+        type Encoder = RawCodec;
+        type Decoder = tonic_prost::ProstDecoder<CheckResponse>;
+        fn encoder(&mut self) -> Self::Encoder {
+            RawCodec
+        }
+        fn decoder(&mut self) -> Self::Decoder {
+            tonic_prost::ProstDecoder::new(tonic::codec::BufferSettings::default())
+        }
+    }
+    impl tonic::codec::Encoder for RawCodec {
+        type Item = &'static [u8];
+        type Error = tonic::Status;
+        fn encode(
+            &mut self,
+            item: Self::Item,
+            dst: &mut tonic::codec::EncodeBuf<'_>,
+        ) -> Result<(), Self::Error> {
+            prost::bytes::BufMut::put_slice(dst, item);
+            Ok(())
+        }
+    }
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", server.server.grpc_addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    grpc.unary(
+        tonic::Request::new(message),
+        "/envoy.service.auth.v3.Authorization/Check"
+            .parse()
+            .unwrap(),
+        RawCodec,
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn check_refuses_a_request_that_is_not_protobuf_with_internal_and_keeps_serving() {
+    let server = TestServer::start().await;
+
+    // attributes (field 1) claiming five bytes, with one sent.
+    let truncated = check_raw(&server, &[0x0a, 0x05, 0x22]).await.unwrap_err();
+    // attributes.request.http.headers { "authorization": "\xff" }: our header, not UTF-8.
+    let not_utf8 = check_raw(
+        &server,
+        &[
+            0x0a, 0x18, 0x22, 0x16, 0x12, 0x14, 0x1a, 0x12, 0x0a, 0x0d, b'a', b'u', b't', b'h',
+            b'o', b'r', b'i', b'z', b'a', b't', b'i', b'o', b'n', 0x12, 0x01, 0xff,
+        ],
+    )
+    .await
+    .unwrap_err();
+    let afterwards = check_raw(&server, &[]).await.unwrap();
+
+    assert_eq!(truncated.code(), tonic::Code::Internal);
+    assert_eq!(
+        truncated.message(),
+        "failed to decode CheckRequest: length runs past the end of the message"
+    );
+    assert_eq!(not_utf8.code(), tonic::Code::Internal);
+    assert_eq!(
+        not_utf8.message(),
+        "failed to decode CheckRequest: invalid UTF-8 in a header"
+    );
+    assert_unauthenticated(&afterwards, "missing_credentials");
+}

@@ -16,12 +16,15 @@ use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use maas_authz::authorizer::Authorizer;
 use maas_authz::cache::{CacheSettings, KeyCache};
+use maas_authz::grpc::check_request::CheckAttributes;
 use maas_authz::grpc::ext_authz::ExtAuthzService;
 use maas_authz::key::{ApiKey, KeyHash};
 use maas_authz::policy::Policy;
 use maas_authz::store::{KeyRecord, KeyRecordId, KeyStatus, KeyStore, NewKey, StoreError};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
+use prost::Message as _;
+use prost::bytes::Bytes;
 
 use crate::support::example_policy_path;
 
@@ -244,8 +247,12 @@ fn check_answers_arbitrary_headers_paths_and_bodies_and_every_denial_is_a_4xx() 
                     ..Default::default()
                 }),
             };
+            // Through the wire decoder the server uses, which must read what prost reads.
+            let attributes = CheckAttributes::decode(Bytes::from(request.encode_to_vec()))
+                .expect("prost's encoding decodes");
+            prop_assert_eq!(&attributes, &CheckAttributes::from(&request));
             let response = runtime
-                .block_on(service.check(&request))
+                .block_on(service.check(&attributes))
                 .expect("the in-memory store never fails, so Check always decides")
                 .decode()
                 .expect("the answer is a well-formed CheckResponse");
