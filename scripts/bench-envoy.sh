@@ -29,6 +29,9 @@
 #   BENCH_LIMITS=false        MAAS_AUTHZ_LIMITS_ENABLED for maas-authz: off by default, since the
 #                             example policy's premium tier allows 20 requests a minute and the
 #                             run would measure 429s (BENCHMARKS.md section 4 measures limits)
+#   BENCH_DYNAMIC_METADATA=true  MAAS_AUTHZ_DYNAMIC_METADATA for maas-authz: `false` leaves the
+#                             identity metadata out of allow answers (only with BENCH_LIMITS=false),
+#                             which shows what Envoy spends ingesting it (BENCHMARKS.md section 0)
 #   MAAS_AUTHZ_NO_INSTALL=1   never apt-get install wrk
 #   plus everything ensure-postgres.sh and ensure-python-venv.sh read.
 #
@@ -47,6 +50,7 @@ readonly CONNECTIONS="${BENCH_CONNECTIONS:-32}"
 readonly THREADS="${BENCH_THREADS:-1}"
 readonly ROUNDS="${BENCH_ROUNDS:-2}"
 readonly LIMITS="${BENCH_LIMITS:-false}"
+readonly DYNAMIC_METADATA="${BENCH_DYNAMIC_METADATA:-true}"
 readonly ENVOY_CONCURRENCY="${BENCH_ENVOY_CONCURRENCY:-1}"
 readonly BASE="${BENCH_PORT_BASE:-19000}"
 readonly SIM_PORT=$((BASE + 0))
@@ -215,7 +219,8 @@ EOF
     start maas-authz env RUST_LOG=warn \
         MAAS_AUTHZ_GRPC_ADDR="127.0.0.1:$GRPC_PORT" MAAS_AUTHZ_METRICS_ADDR="127.0.0.1:$METRICS_PORT" \
         MAAS_AUTHZ_HTTP_ADDR="127.0.0.1:$HTTP_PORT" MAAS_AUTHZ_INTERNAL_ADDR="127.0.0.1:$INTERNAL_PORT" \
-        MAAS_AUTHZ_SKIP_MIGRATIONS=true MAAS_AUTHZ_LIMITS_ENABLED="$LIMITS" "$target_dir/release/maas-authz" serve
+        MAAS_AUTHZ_SKIP_MIGRATIONS=true MAAS_AUTHZ_LIMITS_ENABLED="$LIMITS" \
+        MAAS_AUTHZ_DYNAMIC_METADATA="$DYNAMIC_METADATA" "$target_dir/release/maas-authz" serve
     start simulator env RUST_LOG=warn "$target_dir/release/maas-simulator" \
         --addr "127.0.0.1:$SIM_PORT" --noop-ext-authz "127.0.0.1:$NOOP_PORT"
     render "$STATE_DIR/envoy-authz.yaml" "$AUTHZ_ENVOY_PORT" "$AUTHZ_ADMIN_PORT" "$GRPC_PORT"
@@ -262,8 +267,12 @@ EOF
     [[ "$s" == 200 ]] || die "Envoy without ext_authz answered $s without a key (wanted 200)"
     s="$(status_of "$meter_url" "$KEY")"
     [[ "$s" == 200 ]] || die "Envoy+maas-authz+meter answered $s to the bench request (wanted 200)"
-    curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | grep -q '^maas_authz_tokens_charged_total [1-9]' ||
-        die "the token meter charged nothing for the bench request: is ext_proc reaching maas-authz?"
+    if is_true "$DYNAMIC_METADATA"; then
+        curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | grep -q '^maas_authz_tokens_charged_total [1-9]' ||
+            die "the token meter charged nothing for the bench request: is ext_proc reaching maas-authz?"
+    else
+        log "BENCH_DYNAMIC_METADATA=false: the meter finds no identity and charges nothing (+meter rows)"
+    fi
 
     log "warm-up (3 s each)"
     run_wrk warmup "$noop_url" 3s >/dev/null

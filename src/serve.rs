@@ -165,6 +165,13 @@ pub async fn start_with_clock(
     config: ServeConfig,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<RunningServer> {
+    if !config.dynamic_metadata && config.limits.limits_enabled {
+        anyhow::bail!(
+            "MAAS_AUTHZ_DYNAMIC_METADATA=false needs MAAS_AUTHZ_LIMITS_ENABLED=false: the token \
+             meter charges tokens to the identity in Check's dynamic metadata, so token limits \
+             would never be spent"
+        );
+    }
     let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
     if !config.skip_migrations {
         migrate(&config.database, config.startup_timeout).await?;
@@ -392,10 +399,10 @@ pub async fn start_with_clock(
         .tcp_nodelay(true)
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(CheckServer::new(ExtAuthzService::new(
-            authorizer.clone(),
-            metrics.clone(),
-        )))
+        .add_service(CheckServer::new(
+            ExtAuthzService::new(authorizer.clone(), metrics.clone())
+                .with_dynamic_metadata(config.dynamic_metadata),
+        ))
         .add_service(KeyValidationServer::new(KeyValidationService::new(
             authorizer.clone(),
             config.database.tenant.clone(),

@@ -384,6 +384,7 @@ fn serve_config(args: &Args, database_url: &str, raised_policy: Option<PathBuf>)
         last_used_interval: Duration::from_secs(60),
         last_used_flush_interval: Duration::from_secs(5),
         force_stream_usage: true,
+        dynamic_metadata: true,
         http: HttpConfig::on_loopback(),
         identity: identity_args_without_sources(),
         limits,

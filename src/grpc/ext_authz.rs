@@ -65,8 +65,15 @@ impl<S, O, D> ExtAuthzService<S, O, D> {
         Self {
             authorizer,
             observer,
-            responses: ResponseMemo::new(ALLOW_MEMO_SLOTS),
+            responses: ResponseMemo::new(ALLOW_MEMO_SLOTS, true),
         }
+    }
+
+    /// Whether allow answers carry the identity as dynamic metadata (`MAAS_AUTHZ_DYNAMIC_METADATA`;
+    /// on by default).
+    pub fn with_dynamic_metadata(mut self, on: bool) -> Self {
+        self.responses = ResponseMemo::new(ALLOW_MEMO_SLOTS, on);
+        self
     }
 }
 
@@ -108,6 +115,8 @@ const ALLOW_MEMO_SLOTS: usize = 8192;
 /// them on every request before an `Allowed` exists.
 struct ResponseMemo {
     slot_hasher: foldhash::fast::RandomState,
+    /// False: allow answers leave out `dynamic_metadata` (`MAAS_AUTHZ_DYNAMIC_METADATA=false`).
+    dynamic_metadata: bool,
     denials: Vec<EncodedCheckResponse>,
     allows: Box<[Mutex<Option<MemoizedAllow>>]>,
 }
@@ -118,9 +127,10 @@ struct MemoizedAllow {
 }
 
 impl ResponseMemo {
-    fn new(slots: usize) -> Self {
+    fn new(slots: usize, dynamic_metadata: bool) -> Self {
         Self {
             slot_hasher: foldhash::fast::RandomState::default(),
+            dynamic_metadata,
             denials: DenyReason::ALL
                 .iter()
                 .map(|&reason| EncodedCheckResponse::encode(&deny_response(reason)))
@@ -169,7 +179,11 @@ impl ResponseMemo {
         {
             return hit.encoded.clone().followed_by(tail);
         }
-        let encoded = EncodedCheckResponse::encode(&allow_response(&allowed));
+        let mut response = allow_response(&allowed);
+        if !self.dynamic_metadata {
+            response.dynamic_metadata = None;
+        }
+        let encoded = EncodedCheckResponse::encode(&response);
         *lock(slot) = Some(MemoizedAllow {
             allowed,
             encoded: encoded.clone(),
@@ -481,7 +495,7 @@ mod tests {
 
     #[test]
     fn deny_reasons_index_their_own_encoded_answer() {
-        let memo = ResponseMemo::new(4);
+        let memo = ResponseMemo::new(4, true);
         for (index, reason) in DenyReason::ALL.into_iter().enumerate() {
             assert_eq!(reason as usize, index, "{reason:?} is out of order in ALL");
             let encoded = memo
@@ -497,7 +511,7 @@ mod tests {
 
     #[test]
     fn a_memoised_allow_is_the_same_answer_as_a_fresh_one() {
-        let memo = ResponseMemo::new(4);
+        let memo = ResponseMemo::new(4, true);
         let key = record("alice");
         let first = memo.allow(allowed(&key));
         let second = memo.allow(allowed(&key));
@@ -506,9 +520,24 @@ mod tests {
     }
 
     #[test]
+    fn without_dynamic_metadata_an_allow_is_the_same_answer_minus_the_metadata() {
+        let memo = ResponseMemo::new(4, false);
+        let key = record("alice");
+        let mut wanted = expected(&allowed(&key));
+        assert!(wanted.dynamic_metadata.is_some());
+        wanted.dynamic_metadata = None;
+
+        let first = memo.allow(allowed(&key));
+        let memoised = memo.allow(allowed(&key));
+
+        assert_eq!(first.decode().unwrap(), wanted);
+        assert_eq!(memoised, first);
+    }
+
+    #[test]
     fn every_input_of_the_allow_answer_gets_its_own_memo_entry() {
         // One slot, so every variant lands on the previous one's entry and must not reuse it.
-        let memo = ResponseMemo::new(1);
+        let memo = ResponseMemo::new(1, true);
         let key = record("alice");
         let base = allowed(&key);
         let other_user = allowed(&record("bob"));
@@ -554,7 +583,7 @@ mod tests {
 
     #[test]
     fn rate_limit_headers_ride_after_the_memoised_allow_and_merge_into_it() {
-        let memo = ResponseMemo::new(4);
+        let memo = ResponseMemo::new(4, true);
         let key = record("alice");
         for used in [1, 2] {
             let mut counted = allowed(&key);
@@ -581,7 +610,7 @@ mod tests {
 
     #[test]
     fn a_429_carries_its_own_retry_after_not_a_memoised_denial() {
-        let memo = ResponseMemo::new(4);
+        let memo = ResponseMemo::new(4, true);
         let denied = Denied {
             reason: DenyReason::RequestRateLimited,
             retry_after: Some(std::time::Duration::from_millis(12_300)),
@@ -607,7 +636,7 @@ mod tests {
 
     #[test]
     fn a_store_failure_is_unavailable_not_an_answer() {
-        let memo = ResponseMemo::new(4);
+        let memo = ResponseMemo::new(4, true);
         let error = memo
             .encoded(Err(CheckError::StoreUnavailable(StoreError::Unavailable(
                 "down".to_owned(),

@@ -670,3 +670,35 @@ async fn check_refuses_a_request_that_is_not_protobuf_with_internal_and_keeps_se
     );
     assert_unauthenticated(&afterwards, "missing_credentials");
 }
+
+#[tokio::test]
+async fn check_leaves_out_dynamic_metadata_when_told_to_and_still_stamps_headers() {
+    let db = TestDb::migrated().await;
+    let mut config = serve_config(&db);
+    config.dynamic_metadata = false;
+    config.limits.limits_enabled = false;
+    let server = maas_authz::serve::start(config)
+        .await
+        .expect("server starts");
+    let (key, _) = mint(&db.store(), &FREE_USER).await;
+    let mut client =
+        envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(
+            format!("http://{}", server.grpc_addr),
+        )
+        .await
+        .unwrap();
+
+    let response = client
+        .check(check_request(CHAT, &[("authorization", &bearer(&key))]))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let Some(HttpResponse::OkResponse(ok)) = response.http_response.as_ref() else {
+        panic!("expected ok_response, got {response:?}");
+    };
+    assert_eq!(header(&ok.headers, "x-maas-username"), Some("alice"));
+    assert_eq!(ok.headers_to_remove, vec!["authorization".to_owned()]);
+    assert_eq!(response.dynamic_metadata, None);
+    server.shutdown().await.unwrap();
+}

@@ -227,6 +227,11 @@ fn serve_with_a_bad_setting_names_the_variable() {
             "invalid value 'maybe'",
         ),
         (
+            "MAAS_AUTHZ_DYNAMIC_METADATA",
+            "perhaps",
+            "invalid value 'perhaps'",
+        ),
+        (
             "MAAS_AUTHZ_CACHE_MAX_STALENESS",
             "0s",
             "must be greater than zero",
@@ -263,6 +268,25 @@ fn serve_with_a_bad_setting_names_the_variable() {
         assert!(text.contains(variable), "{variable}: {text}");
         assert!(text.contains(message), "{variable}: {text}");
     }
+}
+
+#[test]
+fn serve_refuses_dynamic_metadata_off_while_limits_would_need_it() {
+    let output = maas_authz(
+        &["serve"],
+        &[
+            ("DATABASE_URL", "postgres://x@127.0.0.1:9/x"),
+            ("MAAS_AUTHZ_POLICY_PATH", "examples/policy"),
+            ("MAAS_AUTHZ_DYNAMIC_METADATA", "false"),
+        ],
+    );
+
+    let text = stderr(&output);
+    assert!(!output.status.success());
+    assert!(
+        text.contains("MAAS_AUTHZ_DYNAMIC_METADATA=false needs MAAS_AUTHZ_LIMITS_ENABLED=false"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

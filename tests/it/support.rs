@@ -173,6 +173,7 @@ pub fn serve_config(db: &TestDb) -> ServeConfig {
         last_used_interval: Duration::from_secs(60),
         last_used_flush_interval: Duration::from_millis(50),
         force_stream_usage: true,
+        dynamic_metadata: true,
         http: HttpConfig::on_loopback(),
         identity: identity_args_without_sources(),
         limits: LimitsConfig::in_process(),
