@@ -48,13 +48,8 @@ impl CheckAttributes {
     /// `message`'s memory.
     pub fn decode(message: Bytes) -> Result<Self, WireError> {
         let mut found = Found::default();
-        let mut request = Reader::new(&message);
-        while let Some((field, wire)) = request.key()? {
-            match field {
-                1 => decode_attributes(request.message(wire)?, &mut found)?,
-                _ => request.skip(field, wire)?,
-            }
-        }
+        // CheckRequest: only `attributes` (1) matters.
+        each_submessage(Reader::new(&message), 1, &mut found, decode_attributes)?;
         // `raw_body` wins over `body` whenever it is non-empty, whatever the order on the wire.
         let body = match (&found.raw_body, &found.text_body) {
             (Some(raw), _) if !raw.is_empty() => message.slice(raw.clone()),
@@ -177,26 +172,32 @@ impl Found {
     }
 }
 
-/// `AttributeContext`: only `request` (4) matters.
-fn decode_attributes(mut attributes: Reader<'_>, found: &mut Found) -> Result<(), WireError> {
-    while let Some((field, wire)) = attributes.key()? {
-        match field {
-            4 => decode_request(attributes.message(wire)?, found)?,
-            _ => attributes.skip(field, wire)?,
+/// Hands every occurrence of the submessage `wanted` in `message` to `inner` (so repeated
+/// occurrences merge into `found`) and skips every other field.
+fn each_submessage<'a>(
+    mut message: Reader<'a>,
+    wanted: u32,
+    found: &mut Found,
+    inner: fn(Reader<'a>, &mut Found) -> Result<(), WireError>,
+) -> Result<(), WireError> {
+    while let Some((field, wire)) = message.key()? {
+        if field == wanted {
+            inner(message.message(wire)?, found)?;
+        } else {
+            message.skip(field, wire)?;
         }
     }
     Ok(())
 }
 
+/// `AttributeContext`: only `request` (4) matters.
+fn decode_attributes(attributes: Reader<'_>, found: &mut Found) -> Result<(), WireError> {
+    each_submessage(attributes, 4, found, decode_request)
+}
+
 /// `AttributeContext.Request`: only `http` (2) matters.
-fn decode_request(mut request: Reader<'_>, found: &mut Found) -> Result<(), WireError> {
-    while let Some((field, wire)) = request.key()? {
-        match field {
-            2 => decode_http(request.message(wire)?, found)?,
-            _ => request.skip(field, wire)?,
-        }
-    }
-    Ok(())
+fn decode_request(request: Reader<'_>, found: &mut Found) -> Result<(), WireError> {
+    each_submessage(request, 2, found, decode_http)
 }
 
 /// `AttributeContext.HttpRequest`: `headers` (3), `path` (4), `body` (11), `raw_body` (12) and
@@ -207,7 +208,7 @@ fn decode_http(mut http: Reader<'_>, found: &mut Found) -> Result<(), WireError>
             3 => decode_map_entry(http.message(wire)?, found)?,
             4 => found.path = Some(http.string(wire)?.to_owned()),
             11 => found.text_body = Some(http.string_range(wire)?),
-            12 => found.raw_body = Some(http.bytes_range(wire)?),
+            12 => found.raw_body = Some(http.len_range(wire)?),
             13 => decode_header_map(http.message(wire)?, found)?,
             _ => http.skip(field, wire)?,
         }
@@ -355,10 +356,6 @@ impl<'a> Reader<'a> {
     fn bytes(&mut self, wire: u8) -> Result<&'a [u8], WireError> {
         let range = self.len_range(wire)?;
         Ok(&self.data[range])
-    }
-
-    fn bytes_range(&mut self, wire: u8) -> Result<std::ops::Range<usize>, WireError> {
-        self.len_range(wire)
     }
 
     fn string(&mut self, wire: u8) -> Result<&'a str, WireError> {

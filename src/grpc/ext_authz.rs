@@ -72,7 +72,8 @@ impl<S, O, D> ExtAuthzService<S, O, D> {
     /// Whether allow answers carry the identity as dynamic metadata (`MAAS_AUTHZ_DYNAMIC_METADATA`;
     /// on by default).
     pub fn with_dynamic_metadata(mut self, on: bool) -> Self {
-        self.responses = ResponseMemo::new(ALLOW_MEMO_SLOTS, on);
+        // Nothing is memoised yet, so no answer was encoded with the other setting.
+        self.responses.dynamic_metadata = on;
         self
     }
 }
