@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use maas_authz::assertion::SigningKeys;
 use maas_authz::authorizer::{Authorizer, CheckInput, Decision, DenyReason};
 use maas_authz::cache::{CacheSettings, KeyCache};
 use maas_authz::grpc::check_request::CheckAttributes;
@@ -409,10 +410,16 @@ fn bench_check(c: &mut Criterion, fixture: &Fixture) {
 fn bench_adapter(c: &mut Criterion, fixture: &Fixture) {
     let mut group = c.benchmark_group("adapter");
 
+    let signing = Arc::new(SigningKeys::ephemeral().unwrap());
+    let now = fixture.now.timestamp();
     let allow = fixture.allow_decision();
     assert!(matches!(allow, Decision::Allow(_)));
     group.bench_function("check_response_allow", |b| {
-        b.iter_batched(|| Ok(allow.clone()), check_response, BatchSize::SmallInput)
+        b.iter_batched(
+            || Ok(allow.clone()),
+            |outcome| check_response(outcome, &signing, now),
+            BatchSize::SmallInput,
+        )
     });
 
     let deny = fixture
@@ -425,7 +432,11 @@ fn bench_adapter(c: &mut Criterion, fixture: &Fixture) {
         .unwrap();
     assert!(denied_for(&deny, DenyReason::KeyNotFound));
     group.bench_function("check_response_deny", |b| {
-        b.iter_batched(|| Ok(deny.clone()), check_response, BatchSize::SmallInput)
+        b.iter_batched(
+            || Ok(deny.clone()),
+            |outcome| check_response(outcome, &signing, now),
+            BatchSize::SmallInput,
+        )
     });
 
     // Decoding the request off the wire: the fields Check reads, against prost's whole message.
@@ -439,7 +450,11 @@ fn bench_adapter(c: &mut Criterion, fixture: &Fixture) {
 
     // The whole tonic handler as `serve` wires it (metrics observers included), minus the
     // transport: decoding the request, decision at `Utc::now()`, the encoded answer.
-    let service = &ExtAuthzService::new(fixture.metered.clone(), fixture.metrics.clone());
+    let service = &ExtAuthzService::new(
+        fixture.metered.clone(),
+        fixture.metrics.clone(),
+        signing.clone(),
+    );
     let decode_and_check = |service, message: &Bytes| {
         let service: &ExtAuthzService<_, _, _> = service;
         let message = message.clone();
@@ -452,8 +467,11 @@ fn bench_adapter(c: &mut Criterion, fixture: &Fixture) {
         b.to_async(&fixture.runtime)
             .iter(|| decode_and_check(service, &hit))
     });
-    let limited_service =
-        &ExtAuthzService::new(fixture.metered_limited.clone(), fixture.metrics.clone());
+    let limited_service = &ExtAuthzService::new(
+        fixture.metered_limited.clone(),
+        fixture.metrics.clone(),
+        signing,
+    );
     group.bench_function("service_check_hit_limits_in_process", |b| {
         b.to_async(&fixture.runtime)
             .iter(|| decode_and_check(limited_service, &hit))

@@ -1,5 +1,11 @@
-//! The Check decision: credential → key → cache/store → status and expiry → model → subscription
-//! and auth policy. Pure domain: it knows nothing of gRPC or Envoy types.
+//! The Check decision: canonical path → credential → key → cache/store → status and expiry →
+//! model → subscription and auth policy → limits. Pure domain: it knows nothing of gRPC or Envoy types.
+//!
+//! The model is decided fail-closed: the route's model (set by the operator in Envoy's
+//! per-route `context_extensions`) wins; else the canonical path's; else `x-gateway-model-name`;
+//! else the body's `model`. Every other source that names a model must name the same one (else
+//! 400), and a request that names none is refused unless its path is on the operator's
+//! model-free list. So the model a request reaches is the model that was authorized.
 
 use std::sync::Arc;
 
@@ -10,7 +16,8 @@ use crate::cache::{CacheOutcome, KeyCache, Lookup};
 use crate::key::ApiKey;
 use crate::last_used::LastUsedTracker;
 use crate::limits::{LimitError, LimitKind, LimitStatus, Limiter, RequestVerdict};
-use crate::policy::{ModelLookupError, Policy};
+use crate::policy::{Model, ModelLookupError, Policy};
+use crate::request_path::{CanonicalPath, ModelFreePaths};
 use crate::store::{KeyRecord, KeyStatus, KeyStore, StoreError};
 
 /// The parts of an HTTP request that the decision reads, borrowed from the adapter's message.
@@ -21,6 +28,9 @@ pub struct CheckInput<'a> {
     pub x_api_key: Option<&'a str>,
     /// Path with any query string, as Envoy reports it.
     pub path: &'a str,
+    /// The route's model, from the ext_authz `context_extensions` key `model` (`ns/name` or
+    /// `name`), set by the operator per route: it wins over anything the client sends.
+    pub route_model: Option<&'a str>,
     /// `x-gateway-model-name`, set by a body-to-header filter ahead of us.
     pub model_header: Option<&'a str>,
     /// The request body, when Envoy is configured to send it.
@@ -56,7 +66,25 @@ pub struct Allowed {
     pub limits: Option<LimitStatus>,
 }
 
+/// The route-model key of ext_authz `context_extensions` (e.g. `model: llm/qwen3`).
+pub const CONTEXT_EXTENSION_MODEL: &str = "model";
+
 impl Allowed {
+    /// What the token meter may charge for this request: Check's signed word on it.
+    pub fn identity_assertion(&self, issued_at: i64) -> crate::assertion::IdentityAssertion {
+        crate::assertion::IdentityAssertion {
+            user: self.key.username.clone(),
+            subscription_key: self.selected_subscription_key(),
+            model: self
+                .model
+                .as_ref()
+                .map(|m| format!("{}/{}", m.namespace, m.name))
+                .unwrap_or_default(),
+            key_id: self.key.id.to_string(),
+            issued_at,
+        }
+    }
+
     /// Upstream's rate-limit key: `<subNs>/<subName>@<modelNs>/<modelName>`; empty without a model.
     pub fn selected_subscription_key(&self) -> String {
         match (&self.model, &self.subscription_namespace) {
@@ -72,6 +100,8 @@ impl Allowed {
 /// How a denial is answered; each maps to one HTTP status and OpenAI error shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DenialKind {
+    /// 400 `invalid_request_error`, with the reason as the code.
+    BadRequest,
     /// 401 `invalid_request_error` / `invalid_api_key`.
     Unauthenticated,
     /// 403 `permission_error` / `access_denied`.
@@ -101,10 +131,13 @@ pub enum DenyReason {
     ModelAmbiguous,
     RequestRateLimited,
     TokenRateLimited,
+    NonCanonicalPath,
+    ModelMismatch,
+    ModelNotSpecified,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 16] = [
+    pub const ALL: [DenyReason; 19] = [
         DenyReason::MissingCredentials,
         DenyReason::MalformedAuthorization,
         DenyReason::ConflictingCredentials,
@@ -121,6 +154,9 @@ impl DenyReason {
         DenyReason::ModelAmbiguous,
         DenyReason::RequestRateLimited,
         DenyReason::TokenRateLimited,
+        DenyReason::NonCanonicalPath,
+        DenyReason::ModelMismatch,
+        DenyReason::ModelNotSpecified,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -141,6 +177,9 @@ impl DenyReason {
             DenyReason::ModelAmbiguous => "model_ambiguous",
             DenyReason::RequestRateLimited => "request_rate_limited",
             DenyReason::TokenRateLimited => "token_rate_limited",
+            DenyReason::NonCanonicalPath => "non_canonical_path",
+            DenyReason::ModelMismatch => "model_mismatch",
+            DenyReason::ModelNotSpecified => "model_not_specified",
         }
     }
 
@@ -158,7 +197,10 @@ impl DenyReason {
             | DenyReason::SubscriptionAccessDenied
             | DenyReason::ModelNotInSubscription
             | DenyReason::AuthPolicyDenied => DenialKind::Forbidden,
-            DenyReason::ModelNotFound | DenyReason::ModelAmbiguous => DenialKind::ModelNotFound,
+            DenyReason::ModelNotFound
+            | DenyReason::ModelAmbiguous
+            | DenyReason::ModelNotSpecified => DenialKind::ModelNotFound,
+            DenyReason::NonCanonicalPath | DenyReason::ModelMismatch => DenialKind::BadRequest,
             DenyReason::RequestRateLimited | DenyReason::TokenRateLimited => {
                 DenialKind::RateLimited
             }
@@ -195,6 +237,17 @@ impl DenyReason {
             }
             // The seed's exact message.
             DenyReason::RequestRateLimited | DenyReason::TokenRateLimited => "Rate limit exceeded",
+            DenyReason::NonCanonicalPath => {
+                "The request path is not canonical (send /<model>/v1/... as is, without \
+                 percent-encodings a server would decode, dot segments or '//')"
+            }
+            DenyReason::ModelMismatch => {
+                "The request names two different models: the route or path, the \
+                 x-gateway-model-name header and the body's 'model' must name the same model"
+            }
+            DenyReason::ModelNotSpecified => {
+                "This request names no model: call /<model>/v1/... or /<namespace>/<model>/v1/..."
+            }
         }
     }
 }
@@ -203,6 +256,8 @@ impl DenyReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Denied {
     pub reason: DenyReason,
+    /// A more precise message than the reason's own (e.g. which rule a path breaks).
+    pub detail: Option<&'static str>,
     /// For rate limits: until the full window resets.
     pub retry_after: Option<std::time::Duration>,
     /// For rate limits: where the request stands (nothing was counted).
@@ -213,8 +268,17 @@ impl Denied {
     pub fn new(reason: DenyReason) -> Self {
         Self {
             reason,
+            detail: None,
             retry_after: None,
             limits: None,
+        }
+    }
+
+    /// The client's message: the reason's, followed by the detail when there is one.
+    pub fn message(&self) -> std::borrow::Cow<'static, str> {
+        match self.detail {
+            Some(detail) => format!("{}: {detail}", self.reason.message()).into(),
+            None => self.reason.message().into(),
         }
     }
 }
@@ -253,6 +317,7 @@ pub struct Authorizer<S, O = ()> {
     observer: O,
     last_used: Option<Arc<LastUsedTracker>>,
     limiter: Option<Arc<Limiter>>,
+    model_free: ModelFreePaths,
 }
 
 impl<S, O> std::fmt::Debug for Authorizer<S, O> {
@@ -272,7 +337,14 @@ impl<S: KeyStore, O: CheckObserver> Authorizer<S, O> {
             observer,
             last_used: None,
             limiter: None,
+            model_free: ModelFreePaths::default(),
         }
+    }
+
+    /// Paths a valid key may call without naming a model (`MAAS_AUTHZ_MODEL_FREE_PATHS`).
+    pub fn with_model_free_paths(mut self, paths: ModelFreePaths) -> Self {
+        self.model_free = paths;
+        self
     }
 
     /// Enforces the policy's request and token limits after every allow decision.
@@ -316,6 +388,16 @@ impl<S: KeyStore, O: CheckObserver> Authorizer<S, O> {
         now: DateTime<Utc>,
     ) -> Result<Decision, CheckError> {
         let deny = |reason| Ok(Decision::Deny(Denied::new(reason)));
+        // Before any key work: a path a backend could read differently is never authorized.
+        let path = match CanonicalPath::parse(input.path) {
+            Ok(path) => path,
+            Err(why) => {
+                return Ok(Decision::Deny(Denied {
+                    detail: Some(why.message()),
+                    ..Denied::new(DenyReason::NonCanonicalPath)
+                }));
+            }
+        };
         let (token, credentials) = match extract_credential(input) {
             Ok(found) => found,
             Err(reason) => return deny(reason),
@@ -338,7 +420,7 @@ impl<S: KeyStore, O: CheckObserver> Authorizer<S, O> {
             return deny(DenyReason::NoSubscriptionBound);
         }
         let policy = self.policy.load();
-        match authorize_model(&policy, &record, input) {
+        match authorize_model(&policy, &record, input, &path, &self.model_free) {
             Ok((model, subscription, limits)) => {
                 self.note_use(&record, now);
                 let (subscription_name, subscription_namespace, tier) = match subscription {
@@ -362,7 +444,9 @@ impl<S: KeyStore, O: CheckObserver> Authorizer<S, O> {
                     credentials,
                     limits: None,
                 };
-                if let (Some(limiter), Some(limits)) = (&self.limiter, limits)
+                // Model discovery under a model route is free, as `/v1/models` is.
+                let counted = limits.filter(|_| !path.is_model_listing());
+                if let (Some(limiter), Some(limits)) = (&self.limiter, counted)
                     && let Some(denied) = apply_limits(limiter, &mut allowed, limits).await?
                 {
                     return Ok(Decision::Deny(denied));
@@ -433,6 +517,7 @@ async fn apply_limits(
             retry_after,
             status,
         } => Some(Denied {
+            detail: None,
             reason: match kind {
                 LimitKind::Requests => DenyReason::RequestRateLimited,
                 LimitKind::Tokens => DenyReason::TokenRateLimited,
@@ -512,35 +597,9 @@ fn bearer_token(header: &str) -> Option<&str> {
     (!token.is_empty()).then_some(token)
 }
 
-/// The model named by the request: path, else header, else body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ModelName<'a> {
-    pub namespace: Option<&'a str>,
-    pub name: &'a str,
-}
-
-/// `/<ns>/<name>/v1/…` or `/<name>/v1/…`; `None` for paths that name no model (`/v1/…`, `/maas-api/…`).
-pub fn model_from_path(path: &str) -> Option<ModelName<'_>> {
-    let path = path.split(['?', '#']).next().unwrap_or_default();
-    let mut segments = path.split('/').filter(|s| !s.is_empty());
-    let first = segments.next()?;
-    if first == "v1" || first == "maas-api" {
-        return None;
-    }
-    let second = segments.next()?;
-    if second == "v1" {
-        return Some(ModelName {
-            namespace: None,
-            name: first,
-        });
-    }
-    (segments.next()? == "v1").then_some(ModelName {
-        namespace: Some(first),
-        name: second,
-    })
-}
-
-/// The body's top-level `model` string, if the body is a JSON object that has one.
+/// The body's top-level `model` string, if the body is a JSON object that has one. A body Check
+/// cannot read (partial, not JSON) names nothing here: the token meter reads the whole body and
+/// refuses one whose model disagrees.
 fn model_from_body(body: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct ModelField {
@@ -551,48 +610,31 @@ fn model_from_body(body: &[u8]) -> Option<String> {
         .and_then(|field| field.model)
 }
 
-/// Access to the request's model, if it names one: the subscription must contain it, be
-/// accessible to the key's snapshot, and an auth policy must grant it.
-/// What an authorized request resolved to: the model, the key's subscription, and that
-/// subscription's entry (limits) for the model.
+/// What an authorized request resolved to: the model (none on a model-free path), the key's
+/// subscription, and that subscription's entry (limits) for the model.
 type Authorized<'p> = (
     Option<ResolvedModel>,
     Option<&'p crate::policy::Subscription>,
     Option<&'p crate::policy::SubscriptionModel>,
 );
 
+/// The subscription must contain the model, be accessible to the key's snapshot, and an auth
+/// policy must grant it.
 fn authorize_model<'p>(
     policy: &'p Policy,
     record: &KeyRecord,
     input: &CheckInput<'_>,
+    path: &CanonicalPath<'_>,
+    model_free: &ModelFreePaths,
 ) -> Result<Authorized<'p>, DenyReason> {
     let subscription = policy.find_subscription(&record.subscription);
-    let body_model;
-    let requested = match model_from_path(input.path) {
-        Some(named) => Some(named),
-        None => match input.model_header.map(str::trim).filter(|h| !h.is_empty()) {
-            Some(header) => Some(ModelName {
-                namespace: None,
-                name: header,
-            }),
-            None => {
-                body_model = input.body.and_then(model_from_body);
-                body_model.as_deref().map(|name| ModelName {
-                    namespace: None,
-                    name,
-                })
-            }
-        },
+    let Some(model) = requested_model(policy, input, path)? else {
+        return if model_free.contains(path) {
+            Ok((None, subscription, None))
+        } else {
+            Err(DenyReason::ModelNotSpecified)
+        };
     };
-    let Some(requested) = requested else {
-        return Ok((None, subscription, None));
-    };
-    let model = policy
-        .find_model(requested.namespace, requested.name)
-        .map_err(|error| match error {
-            ModelLookupError::NotFound => DenyReason::ModelNotFound,
-            ModelLookupError::Ambiguous => DenyReason::ModelAmbiguous,
-        })?;
     let subscription = subscription.ok_or(DenyReason::SubscriptionNotFound)?;
     let Some(entry) = policy.subscription_model(subscription, model) else {
         return Err(DenyReason::ModelNotInSubscription);
@@ -610,40 +652,48 @@ fn authorize_model<'p>(
     Ok((Some(resolved), Some(subscription), Some(entry)))
 }
 
+fn non_empty(value: Option<&str>) -> Option<&str> {
+    value.map(str::trim).filter(|v| !v.is_empty())
+}
+
+/// The one model the request names, from its first source in order of trust (route, path,
+/// header, body); every later source must name the same model. `None` when no source names one.
+fn requested_model<'p>(
+    policy: &'p Policy,
+    input: &CheckInput<'_>,
+    path: &CanonicalPath<'_>,
+) -> Result<Option<&'p Model>, DenyReason> {
+    let body_model = input.body.and_then(model_from_body);
+    let path_model = path.model();
+    let sources = [
+        non_empty(input.route_model).map(|name| (None, name)),
+        path_model.map(|m| (m.namespace, m.name)),
+        non_empty(input.model_header).map(|name| (None, name)),
+        body_model.as_deref().map(|name| (None, name)),
+    ];
+    let mut chosen: Option<&Model> = None;
+    for (namespace, name) in sources.into_iter().flatten() {
+        match chosen {
+            None => {
+                chosen = Some(
+                    policy
+                        .find_model(namespace, name)
+                        .map_err(|error| match error {
+                            ModelLookupError::NotFound => DenyReason::ModelNotFound,
+                            ModelLookupError::Ambiguous => DenyReason::ModelAmbiguous,
+                        })?,
+                );
+            }
+            Some(model) if model.answers_to(namespace, name) => {}
+            Some(_) => return Err(DenyReason::ModelMismatch),
+        }
+    }
+    Ok(chosen)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn model_from_path_reads_namespace_and_name_forms() {
-        assert_eq!(
-            model_from_path("/llm/simulator/v1/chat/completions"),
-            Some(ModelName {
-                namespace: Some("llm"),
-                name: "simulator"
-            })
-        );
-        assert_eq!(
-            model_from_path("/simulator/v1/chat/completions?x=1"),
-            Some(ModelName {
-                namespace: None,
-                name: "simulator"
-            })
-        );
-        assert_eq!(model_from_path("/v1/models"), None);
-        assert_eq!(model_from_path("/maas-api/v1/api-keys"), None);
-        assert_eq!(model_from_path("/"), None);
-        assert_eq!(model_from_path(""), None);
-        assert_eq!(model_from_path("/simulator"), None);
-        assert_eq!(model_from_path("/a/b/c/v1"), None);
-        assert_eq!(
-            model_from_path("//simulator//v1/x"),
-            Some(ModelName {
-                namespace: None,
-                name: "simulator"
-            })
-        );
-    }
 
     #[test]
     fn bearer_token_requires_the_scheme_and_a_token() {

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::assertion::SigningKeys;
 use crate::duration::parse_duration;
 use crate::identity::IdentityArgs;
+use crate::request_path::ModelFreePaths;
 
 /// maas-authz: API-key ext_authz server and key tools for an LLM Models-as-a-Service gateway.
 #[derive(Debug, Parser)]
@@ -183,6 +185,79 @@ pub struct ServeConfig {
     pub identity: IdentityArgs,
     #[command(flatten)]
     pub limits: LimitsConfig,
+    #[command(flatten)]
+    pub enforcement: EnforcementConfig,
+}
+
+/// What keeps the model check and the token meter from being walked around.
+#[derive(Debug, Clone, Args)]
+pub struct EnforcementConfig {
+    /// Comma-separated `<key id>=<secret>` (secret at least 32 bytes) that sign the identity
+    /// assertion Check stamps for the token meter; the first signs, all verify (rotation: add
+    /// the new key second everywhere, then first, then drop the old). Every replica needs the
+    /// same keys. Unset: a random key for this process only (one replica).
+    #[arg(long, env = "MAAS_AUTHZ_IDENTITY_SIGNING_KEYS", value_name = "MAAS_AUTHZ_IDENTITY_SIGNING_KEYS", hide_env_values = true, value_parser = secret_setting)]
+    pub identity_signing_keys: Option<SecretSetting>,
+    /// Comma-separated canonical paths (each with everything under it) that a valid key may call
+    /// without naming a model, e.g. `/v1/tokenize`. Empty: every request must name a model.
+    #[arg(long, env = "MAAS_AUTHZ_MODEL_FREE_PATHS", value_name = "MAAS_AUTHZ_MODEL_FREE_PATHS", default_value = "", value_parser = model_free_paths)]
+    pub model_free_paths: ModelFreePaths,
+    /// Largest request body on a model route; larger ones are refused with 413 (never passed
+    /// unmetered). Envoy's per-connection buffer must be at least this large.
+    #[arg(long, env = "MAAS_AUTHZ_METER_MAX_REQUEST_BYTES", value_name = "MAAS_AUTHZ_METER_MAX_REQUEST_BYTES", default_value_t = crate::grpc::ext_proc::DEFAULT_MAX_REQUEST_BYTES as u64, value_parser = clap::value_parser!(u64).range(1024..=(256 * 1024 * 1024)))]
+    pub meter_max_request_bytes: u64,
+}
+
+impl Default for EnforcementConfig {
+    fn default() -> Self {
+        Self {
+            identity_signing_keys: None,
+            model_free_paths: ModelFreePaths::default(),
+            meter_max_request_bytes: crate::grpc::ext_proc::DEFAULT_MAX_REQUEST_BYTES as u64,
+        }
+    }
+}
+
+impl EnforcementConfig {
+    /// The assertion keys: the configured ones, else a random key for this process.
+    pub fn signing_keys(&self) -> anyhow::Result<SigningKeys> {
+        match &self.identity_signing_keys {
+            Some(spec) => SigningKeys::parse(spec.expose())
+                .map_err(|error| anyhow::anyhow!("MAAS_AUTHZ_IDENTITY_SIGNING_KEYS: {error}")),
+            None => SigningKeys::ephemeral().map_err(|error| {
+                anyhow::anyhow!("MAAS_AUTHZ_IDENTITY_SIGNING_KEYS unset: {error}")
+            }),
+        }
+    }
+}
+
+/// A setting whose value is secret: kept as given, never shown by `Debug` or in a parse error.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretSetting(String);
+
+impl SecretSetting {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretSetting(<redacted>)")
+    }
+}
+
+/// Accepts any text: checked after parsing, so that clap never echoes a secret in its error.
+fn secret_setting(text: &str) -> Result<SecretSetting, String> {
+    Ok(SecretSetting(text.to_owned()))
+}
+
+fn model_free_paths(text: &str) -> Result<ModelFreePaths, String> {
+    ModelFreePaths::parse(text).map_err(|error| error.to_string())
 }
 
 /// What a request does when the Redis counter store does not answer.
@@ -423,6 +498,79 @@ mod tests {
         assert_eq!(
             optional_duration("5m"),
             Ok(OptionalDuration(Some(Duration::from_secs(300))))
+        );
+    }
+
+    #[test]
+    fn bad_enforcement_settings_name_the_variable_and_never_echo_a_secret() {
+        let secret = "a-short-secret";
+        let config = EnforcementConfig {
+            identity_signing_keys: Some(SecretSetting::new(format!("k1={secret}"))),
+            ..EnforcementConfig::default()
+        };
+
+        let error = config.signing_keys().unwrap_err().to_string();
+
+        assert_eq!(
+            error,
+            "MAAS_AUTHZ_IDENTITY_SIGNING_KEYS: entry 1 (key id \"k1\"): the secret must be at \
+             least 32 bytes"
+        );
+        assert!(!format!("{config:?}").contains(secret));
+        assert_eq!(
+            model_free_paths("/v1/../x").unwrap_err(),
+            "\"/v1/../x\" is not a canonical path: the path has a dot segment ('.' or '..')"
+        );
+    }
+
+    #[test]
+    fn without_signing_keys_a_process_key_is_made_up() {
+        let keys = EnforcementConfig::default().signing_keys().unwrap();
+
+        assert!(keys.is_ephemeral());
+    }
+
+    #[test]
+    fn the_serve_command_reads_the_enforcement_settings_from_flags() {
+        let cli = Cli::try_parse_from([
+            "maas-authz",
+            "serve",
+            "--database-url",
+            "postgres://x@localhost/db",
+            "--policy-path",
+            "examples/policy",
+            "--model-free-paths",
+            "/v1/tokenize",
+            "--meter-max-request-bytes",
+            "2048",
+            "--identity-signing-keys",
+            "k=0123456789abcdef0123456789abcdef",
+        ])
+        .unwrap();
+        let Command::Serve(config) = cli.command else {
+            panic!("not serve");
+        };
+        assert_eq!(config.enforcement.meter_max_request_bytes, 2048);
+        assert!(!config.enforcement.model_free_paths.is_empty());
+        assert_eq!(
+            config.enforcement.signing_keys().unwrap().signing_key_id(),
+            "k"
+        );
+        let too_small = Cli::try_parse_from([
+            "maas-authz",
+            "serve",
+            "--database-url",
+            "postgres://x@localhost/db",
+            "--policy-path",
+            "p",
+            "--meter-max-request-bytes",
+            "10",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            too_small.contains("MAAS_AUTHZ_METER_MAX_REQUEST_BYTES"),
+            "{too_small}"
         );
     }
 

@@ -1,9 +1,10 @@
 //! maas-authz: Envoy ext_authz server and key-management API for an LLM Models-as-a-Service gateway.
 //!
-//! See `ARCHITECTURE.md` for the map. Domain: [`key`], [`policy`], [`authorizer`], [`minting`],
+//! See `ARCHITECTURE.md` for the map. Domain: [`key`], [`policy`], [`request_path`], [`assertion`], [`authorizer`], [`minting`],
 //! [`keys`], [`catalog`], [`identity`], [`cache`], [`limits`], [`usage`], [`duration`]. Edges: [`grpc`], [`http`],
 //! [`store`], [`cli`], [`serve`], [`metrics`].
 
+pub mod assertion;
 pub mod authorizer;
 pub mod breaker;
 pub mod cache;
@@ -23,6 +24,7 @@ pub mod metrics;
 pub mod minting;
 pub mod pb;
 pub mod policy;
+pub mod request_path;
 pub mod serve;
 pub mod simulator;
 pub mod store;

@@ -14,7 +14,9 @@ use crate::cache::CacheOutcome;
 use crate::grpc::ext_authz::DecisionObserver;
 use crate::limits::{LimitKind, LimitObserver};
 use crate::store::postgres::{PoolState, QueryObserver};
-use crate::usage::{Endpoint, MeterOutcome, TokenSink, TokenUsage, UsageObserver, UsageSubject};
+use crate::usage::{
+    Charge, Endpoint, MeterOutcome, MeterRefusal, TokenSink, UsageObserver, UsageSubject,
+};
 
 /// Check latencies are tens of microseconds on a hit and milliseconds on a miss.
 const CHECK_BUCKETS: &[f64] = &[
@@ -48,6 +50,9 @@ pub struct Metrics {
     policy_objects: IntGaugeVec,
     /// `[prompt, completion, total]`.
     tokens_metered: [IntCounter; 3],
+    /// `[prompt, completion, total]` of the charges that were estimates.
+    tokens_estimated: [IntCounter; 3],
+    meter_refusals: IntCounterVec,
     metered_responses: IntCounterVec,
     forced_stream_usage: IntCounterVec,
     tokens_charged: IntCounter,
@@ -156,6 +161,27 @@ impl Metrics {
             "tokens_charged_total",
             "Tokens charged to callers (the total of each metered response)",
         )?;
+        let tokens_estimated = IntCounterVec::new(
+            Opts::new(
+                "tokens_estimated_total",
+                "Tokens charged by estimate (responses without usage, interrupted streams), by kind; \
+                 also counted in tokens_metered_total",
+            ),
+            &["kind"],
+        )?;
+        let meter_refusals = IntCounterVec::new(
+            Opts::new(
+                "meter_refusals_total",
+                "Requests or responses the token meter refused to pass because it could not charge \
+                 them, by reason",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(tokens_estimated.clone()))?;
+        registry.register(Box::new(meter_refusals.clone()))?;
+        for refusal in MeterRefusal::all() {
+            meter_refusals.with_label_values(&[refusal.as_str()]);
+        }
         registry.register(Box::new(tokens_metered.clone()))?;
         registry.register(Box::new(metered_responses.clone()))?;
         registry.register(Box::new(forced_stream_usage.clone()))?;
@@ -210,6 +236,9 @@ impl Metrics {
             policy_objects,
             tokens_metered: ["prompt", "completion", "total"]
                 .map(|kind| tokens_metered.with_label_values(&[kind])),
+            tokens_estimated: ["prompt", "completion", "total"]
+                .map(|kind| tokens_estimated.with_label_values(&[kind])),
+            meter_refusals,
             metered_responses,
             forced_stream_usage,
             tokens_charged,
@@ -285,21 +314,28 @@ impl Metrics {
 }
 
 impl UsageObserver for Metrics {
-    fn observe_response(
-        &self,
-        endpoint: Endpoint,
-        outcome: MeterOutcome,
-        usage: Option<&TokenUsage>,
-    ) {
+    fn observe_response(&self, endpoint: Endpoint, outcome: MeterOutcome, charge: Option<&Charge>) {
         self.metered_responses
             .with_label_values(&[endpoint.as_str(), outcome.as_str()])
             .inc();
-        if let Some(usage) = usage {
-            let [prompt, completion, total] = &self.tokens_metered;
-            prompt.inc_by(usage.prompt);
-            completion.inc_by(usage.completion);
-            total.inc_by(usage.total);
+        if let Some(charge) = charge {
+            let usage = &charge.usage;
+            let counters = [
+                Some(&self.tokens_metered),
+                charge.estimated.then_some(&self.tokens_estimated),
+            ];
+            for [prompt, completion, total] in counters.into_iter().flatten() {
+                prompt.inc_by(usage.prompt);
+                completion.inc_by(usage.completion);
+                total.inc_by(usage.total);
+            }
         }
+    }
+
+    fn observe_refusal(&self, reason: MeterRefusal) {
+        self.meter_refusals
+            .with_label_values(&[reason.as_str()])
+            .inc();
     }
 
     fn observe_forced_stream_usage(&self, endpoint: Endpoint) {

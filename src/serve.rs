@@ -165,11 +165,12 @@ pub async fn start_with_clock(
     config: ServeConfig,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<RunningServer> {
-    if !config.dynamic_metadata && config.limits.limits_enabled {
-        anyhow::bail!(
-            "MAAS_AUTHZ_DYNAMIC_METADATA=false needs MAAS_AUTHZ_LIMITS_ENABLED=false: the token \
-             meter charges tokens to the identity in Check's dynamic metadata, so token limits \
-             would never be spent"
+    let signing = Arc::new(config.enforcement.signing_keys()?);
+    if signing.is_ephemeral() {
+        tracing::warn!(
+            "MAAS_AUTHZ_IDENTITY_SIGNING_KEYS is unset: identity assertions are signed with a key \
+             of this process only, so with several replicas the token meter of one refuses \
+             requests another checked; set the same keys on every replica"
         );
     }
     let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
@@ -213,7 +214,8 @@ pub async fn start_with_clock(
     let last_used = Arc::new(LastUsedTracker::new(config.last_used_interval));
     let mut authorizer =
         Authorizer::new(store.clone(), cache, shared_policy.clone(), metrics.clone())
-            .with_last_used(last_used.clone());
+            .with_last_used(last_used.clone())
+            .with_model_free_paths(config.enforcement.model_free_paths.clone());
     if config.limits.limits_enabled {
         authorizer = authorizer.with_limiter(Arc::new(limiter(
             &config.limits,
@@ -309,6 +311,7 @@ pub async fn start_with_clock(
         ));
     }
 
+    let meter_policy = shared_policy.clone();
     let reload_metrics = metrics.clone();
     let reloader = PolicyReloader::run(
         config.policy_path.clone(),
@@ -400,20 +403,28 @@ pub async fn start_with_clock(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(CheckServer::new(
-            ExtAuthzService::new(authorizer.clone(), metrics.clone())
+            ExtAuthzService::new(authorizer.clone(), metrics.clone(), signing.clone())
                 .with_dynamic_metadata(config.dynamic_metadata),
         ))
         .add_service(KeyValidationServer::new(KeyValidationService::new(
             authorizer.clone(),
             config.database.tenant.clone(),
         )))
-        .add_service(ExternalProcessorServer::new(ExtProcService::new(
-            token_sink,
-            metrics.clone(),
-            MeterSettings {
-                force_stream_usage: config.force_stream_usage,
-            },
-        )));
+        .add_service({
+            let meter = ExtProcService::new(
+                token_sink,
+                metrics.clone(),
+                MeterSettings {
+                    force_stream_usage: config.force_stream_usage,
+                    max_request_bytes: usize::try_from(config.enforcement.meter_max_request_bytes)
+                        .unwrap_or(usize::MAX),
+                },
+                signing,
+                meter_policy,
+            );
+            let max_message = meter.max_message_bytes();
+            ExternalProcessorServer::new(meter).max_decoding_message_size(max_message)
+        });
     let grpc_shutdown = wait_for(shutdown_rx.clone());
     tasks.push((
         "gRPC server",

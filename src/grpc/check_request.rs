@@ -34,6 +34,8 @@ pub struct CheckAttributes {
     path: String,
     headers: [Option<String>; 3],
     body: Bytes,
+    /// `context_extensions["model"]`: the route's model, set by the operator in Envoy.
+    route_model: Option<String>,
 }
 
 /// A `CheckRequest` whose bytes are not valid protobuf (truncated, a bad varint or length, a
@@ -60,7 +62,13 @@ impl CheckAttributes {
             headers: found.headers(),
             path: found.path.unwrap_or_default(),
             body,
+            route_model: found.route_model,
         })
+    }
+
+    /// The model the operator set on the route (ext_authz `context_extensions` key `model`).
+    pub fn route_model(&self) -> Option<&str> {
+        self.route_model.as_deref()
     }
 
     /// The request path with any query string, as Envoy reports it ("" when absent).
@@ -94,13 +102,21 @@ impl CheckAttributes {
 /// [`decode`]: CheckAttributes::decode
 impl From<&CheckRequest> for CheckAttributes {
     fn from(request: &CheckRequest) -> Self {
+        let route_model = request.attributes.as_ref().and_then(|a| {
+            a.context_extensions
+                .get(crate::authorizer::CONTEXT_EXTENSION_MODEL)
+                .cloned()
+        });
         let http = request
             .attributes
             .as_ref()
             .and_then(|a| a.request.as_ref())
             .and_then(|r| r.http.as_ref());
         let Some(http) = http else {
-            return Self::default();
+            return Self {
+                route_model,
+                ..Self::default()
+            };
         };
         let body = if !http.raw_body.is_empty() {
             Bytes::copy_from_slice(&http.raw_body)
@@ -111,6 +127,7 @@ impl From<&CheckRequest> for CheckAttributes {
             path: http.path.clone(),
             headers: HEADERS.map(|name| request_header(http, name).map(str::to_owned)),
             body,
+            route_model,
         }
     }
 }
@@ -124,6 +141,7 @@ impl std::fmt::Debug for CheckAttributes {
             .field("x_api_key", &shown(&self.headers[X_API_KEY]))
             .field("model_header", &self.headers[MODEL_NAME])
             .field("body_bytes", &self.body.len())
+            .field("route_model", &self.route_model)
             .finish()
     }
 }
@@ -160,6 +178,8 @@ struct Found {
     /// `raw_body` and `body` as byte ranges of the message; the last occurrence of each wins.
     raw_body: Option<std::ops::Range<usize>>,
     text_body: Option<std::ops::Range<usize>>,
+    /// `context_extensions["model"]`; the last entry with the key wins, as in a map.
+    route_model: Option<String>,
 }
 
 impl Found {
@@ -190,9 +210,34 @@ fn each_submessage<'a>(
     Ok(())
 }
 
-/// `AttributeContext`: only `request` (4) matters.
-fn decode_attributes(attributes: Reader<'_>, found: &mut Found) -> Result<(), WireError> {
-    each_submessage(attributes, 4, found, decode_request)
+/// `AttributeContext`: `request` (4) and `context_extensions` (10) matter.
+fn decode_attributes(mut attributes: Reader<'_>, found: &mut Found) -> Result<(), WireError> {
+    while let Some((field, wire)) = attributes.key()? {
+        match field {
+            4 => decode_request(attributes.message(wire)?, found)?,
+            10 => decode_context_extension(attributes.message(wire)?, found)?,
+            _ => attributes.skip(field, wire)?,
+        }
+    }
+    Ok(())
+}
+
+/// One entry of the `context_extensions` map: `key` (1) and `value` (2), either possibly absent.
+fn decode_context_extension(mut entry: Reader<'_>, found: &mut Found) -> Result<(), WireError> {
+    let (mut key, mut value): (&[u8], &[u8]) = (b"", b"");
+    while let Some((field, wire)) = entry.key()? {
+        match field {
+            1 => key = entry.bytes(wire)?,
+            2 => value = entry.bytes(wire)?,
+            _ => entry.skip(field, wire)?,
+        }
+    }
+    if key == crate::authorizer::CONTEXT_EXTENSION_MODEL.as_bytes() {
+        let value = std::str::from_utf8(value)
+            .map_err(|_| WireError("invalid UTF-8 in a context extension"))?;
+        found.route_model = Some(value.to_owned());
+    }
+    Ok(())
 }
 
 /// `AttributeContext.Request`: only `http` (2) matters.
@@ -434,6 +479,13 @@ mod tests {
     use super::*;
 
     fn http_request(http: HttpRequest) -> CheckRequest {
+        with_extensions(
+            http,
+            HashMap::from([("route".to_owned(), "models".to_owned())]),
+        )
+    }
+
+    fn with_extensions(http: HttpRequest, extensions: HashMap<String, String>) -> CheckRequest {
         CheckRequest {
             attributes: Some(AttributeContext {
                 source: Some(Peer {
@@ -451,7 +503,7 @@ mod tests {
                     http: Some(http),
                     ..Default::default()
                 }),
-                context_extensions: HashMap::from([("route".to_owned(), "models".to_owned())]),
+                context_extensions: extensions,
                 ..Default::default()
             }),
         }
@@ -491,6 +543,30 @@ mod tests {
         assert_eq!(attributes.x_api_key(), None);
         assert_eq!(attributes.model_header(), Some("simulator"));
         assert_eq!(attributes.body(), None);
+    }
+
+    #[test]
+    fn the_route_model_comes_from_the_model_context_extension_only() {
+        let http = envoy_like("Bearer k")
+            .attributes
+            .unwrap()
+            .request
+            .unwrap()
+            .http
+            .unwrap();
+        let request = with_extensions(
+            http,
+            HashMap::from([
+                ("model".to_owned(), "llm/qwen3".to_owned()),
+                ("route".to_owned(), "models".to_owned()),
+            ]),
+        );
+
+        let attributes = decoded(&request);
+
+        assert_eq!(attributes.route_model(), Some("llm/qwen3"));
+        assert_eq!(attributes, CheckAttributes::from(&request));
+        assert_eq!(decoded(&envoy_like("Bearer k")).route_model(), None);
     }
 
     #[test]
@@ -735,15 +811,23 @@ mod tests {
             })
     }
 
+    fn any_extensions() -> impl Strategy<Value = HashMap<String, String>> {
+        proptest::collection::hash_map(
+            prop_oneof![Just("model".to_owned()), Just("route".to_owned()), ".{0,4}"],
+            ".{0,12}",
+            0..3,
+        )
+    }
+
     proptest! {
         #[test]
         fn decode_reads_exactly_what_prost_reads(
-            first in any_http_request(),
-            second in proptest::option::of(any_http_request()),
+            first in (any_http_request(), any_extensions()),
+            second in proptest::option::of((any_http_request(), any_extensions())),
         ) {
-            let mut wire = http_request(first).encode_to_vec();
-            if let Some(second) = second {
-                wire.extend(http_request(second).encode_to_vec());
+            let mut wire = with_extensions(first.0, first.1).encode_to_vec();
+            if let Some((http, extensions)) = second {
+                wire.extend(with_extensions(http, extensions).encode_to_vec());
             }
             let reference = CheckRequest::decode(&wire[..]).unwrap();
 

@@ -16,8 +16,10 @@ use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 use tonic::Status;
 
+use crate::assertion::{HEADER_IDENTITY_ASSERTION, SigningKeys};
 use crate::authorizer::{
-    Allowed, Authorizer, CheckError, CheckInput, CheckObserver, Decision, DenialKind, DenyReason,
+    Allowed, Authorizer, CheckError, CheckInput, CheckObserver, Decision, DenialKind, Denied,
+    DenyReason,
 };
 use crate::grpc::check_request::CheckAttributes;
 use crate::grpc::check_server::EncodedCheckResponse;
@@ -54,6 +56,10 @@ pub struct ExtAuthzService<S, O, D> {
     responses: ResponseMemo,
 }
 
+/// How long a memoised allow answer keeps its identity assertion before it is signed again: well
+/// inside the assertion's validity ([`crate::assertion::MAX_AGE`]).
+const ASSERTION_REFRESH_SECONDS: i64 = 30;
+
 impl<S, O, D> std::fmt::Debug for ExtAuthzService<S, O, D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ExtAuthzService").finish_non_exhaustive()
@@ -61,11 +67,12 @@ impl<S, O, D> std::fmt::Debug for ExtAuthzService<S, O, D> {
 }
 
 impl<S, O, D> ExtAuthzService<S, O, D> {
-    pub fn new(authorizer: Arc<Authorizer<S, O>>, observer: D) -> Self {
+    /// `signing` signs the identity assertion every allow answer carries for the token meter.
+    pub fn new(authorizer: Arc<Authorizer<S, O>>, observer: D, signing: Arc<SigningKeys>) -> Self {
         Self {
             authorizer,
             observer,
-            responses: ResponseMemo::new(ALLOW_MEMO_SLOTS, true),
+            responses: ResponseMemo::new(ALLOW_MEMO_SLOTS, true, signing),
         }
     }
 
@@ -86,17 +93,19 @@ impl<S: KeyStore, O: CheckObserver, D: DecisionObserver> ExtAuthzService<S, O, D
             authorization: request.authorization(),
             x_api_key: request.x_api_key(),
             path: request.path(),
+            route_model: request.route_model(),
             model_header: request.model_header(),
             body: request.body(),
         };
-        let outcome = self.authorizer.check(&input, chrono::Utc::now()).await;
+        let now = chrono::Utc::now();
+        let outcome = self.authorizer.check(&input, now).await;
         let elapsed = started.elapsed();
         match &outcome {
             Ok(Decision::Allow(_)) => self.observer.observe_allow(elapsed),
             Ok(Decision::Deny(denied)) => self.observer.observe_deny(denied.reason, elapsed),
             Err(_) => self.observer.observe_error(elapsed),
         }
-        self.responses.encoded(outcome)
+        self.responses.encoded(outcome, now.timestamp())
     }
 }
 
@@ -116,6 +125,7 @@ const ALLOW_MEMO_SLOTS: usize = 8192;
 /// them on every request before an `Allowed` exists.
 struct ResponseMemo {
     slot_hasher: foldhash::fast::RandomState,
+    signing: Arc<SigningKeys>,
     /// False: allow answers leave out `dynamic_metadata` (`MAAS_AUTHZ_DYNAMIC_METADATA=false`).
     dynamic_metadata: bool,
     denials: Vec<EncodedCheckResponse>,
@@ -125,12 +135,15 @@ struct ResponseMemo {
 struct MemoizedAllow {
     allowed: Box<Allowed>,
     encoded: EncodedCheckResponse,
+    /// When its identity assertion was signed (Unix seconds).
+    signed_at: i64,
 }
 
 impl ResponseMemo {
-    fn new(slots: usize, dynamic_metadata: bool) -> Self {
+    fn new(slots: usize, dynamic_metadata: bool, signing: Arc<SigningKeys>) -> Self {
         Self {
             slot_hasher: foldhash::fast::RandomState::default(),
+            signing,
             dynamic_metadata,
             denials: DenyReason::ALL
                 .iter()
@@ -145,15 +158,15 @@ impl ResponseMemo {
     fn encoded(
         &self,
         outcome: Result<Decision, CheckError>,
+        now_unix: i64,
     ) -> Result<EncodedCheckResponse, Status> {
         match outcome {
-            Ok(Decision::Allow(allowed)) => Ok(self.allow(allowed)),
-            Ok(Decision::Deny(denied))
-                if denied.limits.is_none() && denied.retry_after.is_none() =>
-            {
+            Ok(Decision::Allow(allowed)) => Ok(self.allow(allowed, now_unix)),
+            Ok(Decision::Deny(denied)) if denied == Denied::new(denied.reason) => {
                 Ok(self.denials[denied.reason as usize].clone())
             }
-            other => check_response(other).map(|r| EncodedCheckResponse::encode(&r)),
+            other => check_response(other, &self.signing, now_unix)
+                .map(|r| EncodedCheckResponse::encode(&r)),
         }
     }
 
@@ -165,7 +178,7 @@ impl ResponseMemo {
         hasher.finish() as usize & (self.allows.len() - 1)
     }
 
-    fn allow(&self, allowed: Box<Allowed>) -> EncodedCheckResponse {
+    fn allow(&self, allowed: Box<Allowed>, now_unix: i64) -> EncodedCheckResponse {
         // The rate-limit headers change with every request, so they travel as a second encoded
         // `CheckResponse` after the memoised one: protobuf parsers merge a repeated message field
         // into the first (the repeated `response_headers_to_add` is appended), which gives
@@ -177,10 +190,11 @@ impl ResponseMemo {
         let slot = &self.allows[self.slot_of(&allowed)];
         if let Some(hit) = lock(slot).as_ref()
             && same_allow_answer(&hit.allowed, &allowed)
+            && (0..ASSERTION_REFRESH_SECONDS).contains(&(now_unix - hit.signed_at))
         {
             return hit.encoded.clone().followed_by(tail);
         }
-        let mut response = allow_response(&allowed);
+        let mut response = allow_response(&allowed, &self.signing, now_unix);
         if !self.dynamic_metadata {
             response.dynamic_metadata = None;
         }
@@ -188,6 +202,7 @@ impl ResponseMemo {
         *lock(slot) = Some(MemoizedAllow {
             allowed,
             encoded: encoded.clone(),
+            signed_at: now_unix,
         });
         encoded.followed_by(tail)
     }
@@ -223,16 +238,21 @@ fn same_allow_answer(a: &Allowed, b: &Allowed) -> bool {
 
 /// Maps a decision to what Envoy does with it:
 /// - allow → gRPC OK with `ok_response`: Envoy forwards the request with our identity headers
-///   set (overwriting any client copies), the credential headers removed, and `dynamic_metadata`
+///   set (overwriting any client copies), the identity assertion for the token meter (signed
+///   with `signing` at `now_unix`), the credential headers removed, and `dynamic_metadata`
 ///   handed to later filters (rate limit, access log) under `envoy.filters.http.ext_authz`;
 /// - deny → `denied_response`: Envoy answers the client itself with our status, headers and JSON
 ///   body, and the request never reaches the model;
 /// - error → the RPC fails with `UNAVAILABLE`: Envoy applies its failure mode
 ///   (`failure_mode_allow`, else `status_on_error`), so we never allow what we could not check.
-pub fn check_response(outcome: Result<Decision, CheckError>) -> Result<CheckResponse, Status> {
+pub fn check_response(
+    outcome: Result<Decision, CheckError>,
+    signing: &SigningKeys,
+    now_unix: i64,
+) -> Result<CheckResponse, Status> {
     match outcome {
         Ok(Decision::Allow(allowed)) => {
-            let mut response = allow_response(&allowed);
+            let mut response = allow_response(&allowed, signing, now_unix);
             // To the client's response (not upstream): where it stands against its limits.
             if let (Some(HttpResponse::OkResponse(ok)), Some(limits)) =
                 (response.http_response.as_mut(), allowed.limits.as_ref())
@@ -242,7 +262,7 @@ pub fn check_response(outcome: Result<Decision, CheckError>) -> Result<CheckResp
             Ok(response)
         }
         Ok(Decision::Deny(denied)) => {
-            let mut response = deny_response(denied.reason);
+            let mut response = deny_answer(&denied);
             if let Some(HttpResponse::DeniedResponse(answer)) = response.http_response.as_mut() {
                 if let Some(limits) = &denied.limits {
                     answer.headers.extend(rate_limit_headers(limits));
@@ -306,8 +326,9 @@ fn rate_limit_headers(limits: &LimitStatus) -> Vec<HeaderValueOption> {
     headers
 }
 
-/// The allow answer. Reads only what `same_allow_answer` compares: keep the two in step.
-fn allow_response(allowed: &Allowed) -> CheckResponse {
+/// The allow answer. Reads only what `same_allow_answer` compares (and the signing time, which
+/// the memo tracks itself): keep the two in step.
+fn allow_response(allowed: &Allowed, signing: &SigningKeys, now_unix: i64) -> CheckResponse {
     let key = &allowed.key;
     let groups_json = serde_json::to_string(&key.groups).unwrap_or_else(|_| "[]".to_owned());
     let key_id = key.id.to_string();
@@ -322,6 +343,10 @@ fn allow_response(allowed: &Allowed) -> CheckResponse {
         overwrite(HEADER_SUBSCRIPTION, &allowed.subscription),
         overwrite(HEADER_TIER, &allowed.tier),
         overwrite(HEADER_KEY_ID, &key_id),
+        overwrite(
+            HEADER_IDENTITY_ASSERTION,
+            &signing.sign(&allowed.identity_assertion(now_unix)),
+        ),
     ];
     let mut headers_to_remove = Vec::with_capacity(2);
     if allowed.credentials.authorization {
@@ -372,7 +397,18 @@ fn allow_response(allowed: &Allowed) -> CheckResponse {
 }
 
 fn deny_response(reason: DenyReason) -> CheckResponse {
+    deny_answer(&Denied::new(reason))
+}
+
+fn deny_answer(denied: &Denied) -> CheckResponse {
+    let reason = denied.reason;
     let (http_status, rpc_code, error_type, code) = match reason.kind() {
+        DenialKind::BadRequest => (
+            HttpStatusCode::BadRequest,
+            tonic::Code::InvalidArgument,
+            "invalid_request_error",
+            reason.as_str(),
+        ),
         DenialKind::Unauthenticated => (
             HttpStatusCode::Unauthorized,
             tonic::Code::Unauthenticated,
@@ -399,7 +435,7 @@ fn deny_response(reason: DenyReason) -> CheckResponse {
         ),
     };
     let body = serde_json::json!({
-        "error": { "message": reason.message(), "type": error_type, "code": code }
+        "error": { "message": denied.message(), "type": error_type, "code": code }
     })
     .to_string();
     let mut headers = vec![
@@ -448,11 +484,21 @@ fn string_value(text: &str) -> Value {
 mod tests {
     use std::collections::BTreeMap;
 
-    use crate::authorizer::{CredentialHeaders, Denied, ResolvedModel};
+    use crate::authorizer::{CredentialHeaders, ResolvedModel};
     use crate::key::ApiKey;
     use crate::store::{KeyRecord, KeyRecordId, KeyStatus};
 
     use super::*;
+
+    const NOW: i64 = 1_790_000_000;
+
+    fn signing() -> Arc<SigningKeys> {
+        static KEYS: std::sync::OnceLock<Arc<SigningKeys>> = std::sync::OnceLock::new();
+        KEYS.get_or_init(|| {
+            Arc::new(SigningKeys::parse("test=a-test-secret-of-thirty-two-bytes-or-more").unwrap())
+        })
+        .clone()
+    }
 
     fn record(username: &str) -> Arc<KeyRecord> {
         Arc::new(KeyRecord {
@@ -491,16 +537,21 @@ mod tests {
     }
 
     fn expected(allowed: &Allowed) -> CheckResponse {
-        check_response(Ok(Decision::Allow(Box::new(allowed.clone())))).unwrap()
+        check_response(
+            Ok(Decision::Allow(Box::new(allowed.clone()))),
+            &signing(),
+            NOW,
+        )
+        .unwrap()
     }
 
     #[test]
     fn deny_reasons_index_their_own_encoded_answer() {
-        let memo = ResponseMemo::new(4, true);
+        let memo = ResponseMemo::new(4, true, signing());
         for (index, reason) in DenyReason::ALL.into_iter().enumerate() {
             assert_eq!(reason as usize, index, "{reason:?} is out of order in ALL");
             let encoded = memo
-                .encoded(Ok(Decision::Deny(Denied::new(reason))))
+                .encoded(Ok(Decision::Deny(Denied::new(reason))), NOW)
                 .unwrap();
             assert_eq!(
                 encoded.decode().unwrap(),
@@ -512,24 +563,24 @@ mod tests {
 
     #[test]
     fn a_memoised_allow_is_the_same_answer_as_a_fresh_one() {
-        let memo = ResponseMemo::new(4, true);
+        let memo = ResponseMemo::new(4, true, signing());
         let key = record("alice");
-        let first = memo.allow(allowed(&key));
-        let second = memo.allow(allowed(&key));
+        let first = memo.allow(allowed(&key), NOW);
+        let second = memo.allow(allowed(&key), NOW);
         assert_eq!(first, second);
         assert_eq!(second.decode().unwrap(), expected(&allowed(&key)));
     }
 
     #[test]
     fn without_dynamic_metadata_an_allow_is_the_same_answer_minus_the_metadata() {
-        let memo = ResponseMemo::new(4, false);
+        let memo = ResponseMemo::new(4, false, signing());
         let key = record("alice");
         let mut wanted = expected(&allowed(&key));
         assert!(wanted.dynamic_metadata.is_some());
         wanted.dynamic_metadata = None;
 
-        let first = memo.allow(allowed(&key));
-        let memoised = memo.allow(allowed(&key));
+        let first = memo.allow(allowed(&key), NOW);
+        let memoised = memo.allow(allowed(&key), NOW);
 
         assert_eq!(first.decode().unwrap(), wanted);
         assert_eq!(memoised, first);
@@ -538,7 +589,7 @@ mod tests {
     #[test]
     fn every_input_of_the_allow_answer_gets_its_own_memo_entry() {
         // One slot, so every variant lands on the previous one's entry and must not reuse it.
-        let memo = ResponseMemo::new(1, true);
+        let memo = ResponseMemo::new(1, true, signing());
         let key = record("alice");
         let base = allowed(&key);
         let other_user = allowed(&record("bob"));
@@ -569,7 +620,7 @@ mod tests {
             base,
         ] {
             let want = expected(&variant);
-            assert_eq!(memo.allow(variant).decode().unwrap(), want);
+            assert_eq!(memo.allow(variant, NOW).decode().unwrap(), want);
         }
     }
 
@@ -584,7 +635,7 @@ mod tests {
 
     #[test]
     fn rate_limit_headers_ride_after_the_memoised_allow_and_merge_into_it() {
-        let memo = ResponseMemo::new(4, true);
+        let memo = ResponseMemo::new(4, true, signing());
         let key = record("alice");
         for used in [1, 2] {
             let mut counted = allowed(&key);
@@ -593,7 +644,7 @@ mod tests {
                 tokens: Some(window(100, 40)),
             });
             let want = expected(&counted);
-            let got = memo.allow(counted).decode().unwrap();
+            let got = memo.allow(counted, NOW).decode().unwrap();
             assert_eq!(got, want);
             let Some(HttpResponse::OkResponse(ok)) = got.http_response else {
                 panic!("not an allow: {got:?}");
@@ -605,23 +656,28 @@ mod tests {
                 .find(|h| h.key == "x-ratelimit-remaining-requests")
                 .map(|h| h.value.clone());
             assert_eq!(remaining.as_deref(), Some((5 - used).to_string().as_str()));
-            assert_eq!(ok.headers.len(), 5, "identity headers are still there");
+            assert_eq!(
+                ok.headers.len(),
+                6,
+                "identity headers and the assertion are still there"
+            );
         }
     }
 
     #[test]
     fn a_429_carries_its_own_retry_after_not_a_memoised_denial() {
-        let memo = ResponseMemo::new(4, true);
+        let memo = ResponseMemo::new(4, true, signing());
         let denied = Denied {
             reason: DenyReason::RequestRateLimited,
+            detail: None,
             retry_after: Some(std::time::Duration::from_millis(12_300)),
             limits: Some(LimitStatus {
                 requests: Some(window(5, 5)),
                 tokens: None,
             }),
         };
-        let want = check_response(Ok(Decision::Deny(denied))).unwrap();
-        let got = memo.encoded(Ok(Decision::Deny(denied))).unwrap();
+        let want = check_response(Ok(Decision::Deny(denied)), &signing(), NOW).unwrap();
+        let got = memo.encoded(Ok(Decision::Deny(denied)), NOW).unwrap();
         assert_eq!(got.decode().unwrap(), want);
         let Some(HttpResponse::DeniedResponse(answer)) = want.http_response else {
             panic!("not a denial");
@@ -637,12 +693,92 @@ mod tests {
 
     #[test]
     fn a_store_failure_is_unavailable_not_an_answer() {
-        let memo = ResponseMemo::new(4, true);
+        let memo = ResponseMemo::new(4, true, signing());
         let error = memo
-            .encoded(Err(CheckError::StoreUnavailable(StoreError::Unavailable(
-                "down".to_owned(),
-            ))))
+            .encoded(
+                Err(CheckError::StoreUnavailable(StoreError::Unavailable(
+                    "down".to_owned(),
+                ))),
+                NOW,
+            )
             .unwrap_err();
         assert_eq!(error.code(), tonic::Code::Unavailable);
+    }
+
+    fn header<'a>(response: &'a CheckResponse, name: &str) -> Option<&'a str> {
+        let Some(HttpResponse::OkResponse(ok)) = response.http_response.as_ref() else {
+            return None;
+        };
+        ok.headers
+            .iter()
+            .filter_map(|o| o.header.as_ref())
+            .find(|h| h.key == name)
+            .map(|h| h.value.as_str())
+    }
+
+    #[test]
+    fn an_allow_carries_a_signed_assertion_of_the_identity_and_model_it_authorized() {
+        let memo = ResponseMemo::new(4, true, signing());
+        let key = record("alice");
+
+        let answer = memo.allow(allowed(&key), NOW).decode().unwrap();
+
+        let token = header(&answer, HEADER_IDENTITY_ASSERTION).expect("assertion header");
+        let assertion = signing().verify(token, NOW).expect("verifies");
+        assert_eq!(assertion.user, "alice");
+        assert_eq!(assertion.model, "llm/simulator");
+        assert_eq!(
+            assertion.subscription_key,
+            "models-as-a-service/free@llm/simulator"
+        );
+        assert_eq!(assertion.key_id, key.id.to_string());
+        assert_eq!(assertion.issued_at, NOW);
+    }
+
+    #[test]
+    fn a_memoised_allow_is_signed_again_before_its_assertion_gets_old() {
+        let memo = ResponseMemo::new(4, true, signing());
+        let key = record("alice");
+        let first = memo.allow(allowed(&key), NOW);
+
+        let within = memo.allow(allowed(&key), NOW + ASSERTION_REFRESH_SECONDS - 1);
+        let after = memo.allow(allowed(&key), NOW + ASSERTION_REFRESH_SECONDS);
+
+        assert_eq!(within, first);
+        let resigned = after.decode().unwrap();
+        let token = header(&resigned, HEADER_IDENTITY_ASSERTION).unwrap();
+        assert_eq!(
+            signing().verify(token, NOW + 40).unwrap().issued_at,
+            NOW + ASSERTION_REFRESH_SECONDS
+        );
+    }
+
+    #[test]
+    fn a_bad_request_denial_is_a_400_whose_message_says_what_is_wrong() {
+        let memo = ResponseMemo::new(4, true, signing());
+        let denied = Denied {
+            detail: Some("the path has a dot segment ('.' or '..')"),
+            ..Denied::new(DenyReason::NonCanonicalPath)
+        };
+
+        let answer = memo
+            .encoded(Ok(Decision::Deny(denied)), NOW)
+            .unwrap()
+            .decode()
+            .unwrap();
+
+        let Some(HttpResponse::DeniedResponse(denial)) = answer.http_response else {
+            panic!("not a denial");
+        };
+        assert_eq!(denial.status.map(|s| s.code), Some(400));
+        let body: serde_json::Value = serde_json::from_str(&denial.body).unwrap();
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert_eq!(body["error"]["code"], "non_canonical_path");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("The request path is not canonical")
+                && message.ends_with(": the path has a dot segment ('.' or '..')"),
+            "{message}"
+        );
     }
 }

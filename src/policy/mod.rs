@@ -66,6 +66,28 @@ impl Model {
     pub fn qualified_name(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
+
+    /// Whether a request naming `namespace`/`name` names this model, read as
+    /// [`Policy::find_model`] reads it (a bare `ns/name` is split; the namespace may be the
+    /// model's own or its backend's). Used to check that two sources of a request agree.
+    pub fn answers_to(&self, namespace: Option<&str>, name: &str) -> bool {
+        let (namespace, name) = split_model_name(namespace, name);
+        name == self.name
+            && namespace.is_none_or(|namespace| {
+                namespace == self.namespace || Some(namespace) == self.backend_namespace.as_deref()
+            })
+    }
+}
+
+/// A model named without a namespace may say `ns/name`; split it (a name with more slashes stays whole).
+fn split_model_name<'a>(namespace: Option<&'a str>, name: &'a str) -> (Option<&'a str>, &'a str) {
+    match namespace {
+        Some(namespace) => (Some(namespace), name),
+        None => match name.split_once('/') {
+            Some((namespace, bare)) if !bare.contains('/') => (Some(namespace), bare),
+            _ => (None, name),
+        },
+    }
 }
 
 /// Refers to a [`Model`] of the [`Policy`] it came from; see [`Policy::model`].
@@ -174,6 +196,16 @@ impl Policy {
     ) -> Result<&Model, ModelLookupError> {
         self.model_position(namespace, name)
             .map(|position| &self.models[position])
+    }
+
+    /// Whether `named` (a body's `model`, read as [`Policy::find_model`] reads names without a
+    /// namespace) names the model `authorized` (`namespace/name`, as Check's assertion carries
+    /// it). A model no longer in the policy is only named by its own `namespace/name`.
+    pub fn same_model(&self, authorized: &str, named: &str) -> bool {
+        match self.find_model(None, authorized) {
+            Ok(model) => model.answers_to(None, named),
+            Err(_) => authorized == named,
+        }
     }
 
     /// The model a [`SubscriptionModel`] of this policy refers to.
@@ -300,13 +332,7 @@ impl Policy {
         namespace: Option<&str>,
         name: &str,
     ) -> Result<usize, ModelLookupError> {
-        let (namespace, name) = match namespace {
-            Some(namespace) => (Some(namespace), name),
-            None => match name.split_once('/') {
-                Some((namespace, bare)) if !bare.contains('/') => (Some(namespace), bare),
-                _ => (None, name),
-            },
-        };
+        let (namespace, name) = split_model_name(namespace, name);
         let candidates = self
             .models_by_name
             .get(name)

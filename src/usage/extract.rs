@@ -28,11 +28,15 @@ const RESPONSES: FieldNames = FieldNames {
     total: Some("total_tokens"),
 };
 
-fn field_names(endpoint: Endpoint) -> &'static FieldNames {
+/// The field names of the endpoint's API; for an unknown endpoint, the family whose names the
+/// usage object itself uses.
+fn field_names(endpoint: Endpoint, usage: &serde_json::Map<String, Value>) -> &'static FieldNames {
     match endpoint {
         Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Embeddings => &OPENAI,
         Endpoint::Messages => &ANTHROPIC,
         Endpoint::Responses => &RESPONSES,
+        Endpoint::Other if usage.contains_key("prompt_tokens") => &OPENAI,
+        Endpoint::Other => &RESPONSES,
     }
 }
 
@@ -68,7 +72,7 @@ impl UsageTally {
         let Some(fields) = usage.as_object() else {
             return;
         };
-        let names = field_names(endpoint);
+        let names = field_names(endpoint, fields);
         let count = |name: &str| fields.get(name).and_then(Value::as_u64);
         if let Some(prompt) = count(names.prompt) {
             self.prompt = Some(prompt);

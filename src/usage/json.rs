@@ -3,6 +3,7 @@
 use serde_json::Value;
 
 use super::Endpoint;
+use super::estimate::{TextTally, generated_text};
 use super::extract::UsageTally;
 
 /// Bodies up to this size are kept whole and parsed as one document.
@@ -17,10 +18,13 @@ pub(super) struct JsonBody {
     buffer: Vec<u8>,
     /// The body outgrew [`MAX_JSON_BYTES`]: `buffer` holds only its tail.
     truncated: bool,
+    /// Bytes fed so far.
+    received: usize,
 }
 
 impl JsonBody {
     pub(super) fn feed(&mut self, chunk: &[u8]) {
+        self.received = self.received.saturating_add(chunk.len());
         self.buffer.extend_from_slice(chunk);
         if self.buffer.len() > MAX_JSON_BYTES
             || self.truncated && self.buffer.len() > 2 * TAIL_BYTES
@@ -44,6 +48,21 @@ impl JsonBody {
         if let Some(usage) = last_usage_object(&self.buffer) {
             tally.merge_usage(endpoint, &usage);
         }
+    }
+}
+
+impl JsonBody {
+    /// The generated text for an estimate: read from the body when it is whole and parses,
+    /// else every byte received counts as a character (an over-estimate, never zero).
+    pub(super) fn generated(&self) -> TextTally {
+        if !self.truncated
+            && let Ok(document) = serde_json::from_slice::<Value>(&self.buffer)
+        {
+            return generated_text(&document);
+        }
+        let mut tally = TextTally::default();
+        tally.add_bytes(self.received);
+        tally
     }
 }
 

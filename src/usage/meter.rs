@@ -2,9 +2,10 @@
 
 use serde_json::Value;
 
+use super::estimate::{TextTally, generated_text};
 use super::extract::{UsageTally, is_usage_only_chunk};
 use super::json::JsonBody;
-use super::sse::SseReader;
+use super::sse::{MAX_EVENT_BYTES, SseReader};
 use super::{Endpoint, TokenUsage};
 
 /// What to do with a body chunk that went through the meter.
@@ -21,6 +22,8 @@ pub enum ChunkAction {
 pub struct Metered {
     /// `None` when the response reported no usage the meter could read.
     pub usage: Option<TokenUsage>,
+    /// The generated text seen so far, for an estimate when usage is missing or incomplete.
+    pub generated: TextTally,
     /// SSE events skipped because they exceeded [`super::MAX_EVENT_BYTES`].
     pub oversized_events: u64,
 }
@@ -41,6 +44,8 @@ pub struct ResponseMeter {
     endpoint: Endpoint,
     body: Body,
     tally: UsageTally,
+    /// Generated text seen in stream events (JSON bodies are read at the end).
+    generated: TextTally,
     strip_usage_chunk: bool,
 }
 
@@ -67,13 +72,15 @@ impl ResponseMeter {
                 Body::Json(JsonBody::default())
             },
             tally: UsageTally::default(),
+            generated: TextTally::default(),
             strip_usage_chunk,
         }
     }
 
     /// Reads the next chunk; `end_of_stream` marks the last one (possibly empty).
     pub fn feed(&mut self, chunk: &[u8], end_of_stream: bool) -> ChunkAction {
-        let (endpoint, strip, tally) = (self.endpoint, self.strip_usage_chunk, &mut self.tally);
+        let (endpoint, strip) = (self.endpoint, self.strip_usage_chunk);
+        let (tally, generated) = (&mut self.tally, &mut self.generated);
         match &mut self.body {
             Body::Json(json) => {
                 json.feed(chunk);
@@ -83,7 +90,8 @@ impl ResponseMeter {
                 ChunkAction::Forward
             }
             Body::EventStream(reader) => {
-                let mut on_event = |data: &[u8]| read_event(endpoint, strip, tally, data);
+                let mut on_event =
+                    |data: &[u8]| read_event(endpoint, strip, tally, generated, data);
                 let mut out = reader.feed(chunk, &mut on_event);
                 if end_of_stream {
                     out.extend(reader.finish(&mut on_event));
@@ -104,27 +112,49 @@ impl ResponseMeter {
 
     /// What was read so far (the whole response's usage once `end_of_stream` was fed).
     pub fn metered(&self) -> Metered {
+        let usage = self.tally.usage();
+        let (generated, oversized_events) = match &self.body {
+            // Reading a JSON body's text costs a parse: only when there is no usage to charge.
+            Body::Json(json) if usage.is_none() => (json.generated(), 0),
+            Body::Json(_) => (TextTally::default(), 0),
+            Body::EventStream(reader) => {
+                let mut generated = self.generated;
+                // An event too large to read was at least that much text.
+                let oversized = reader.oversized_events();
+                generated.add_bytes(MAX_EVENT_BYTES.saturating_mul(oversized as usize));
+                (generated, oversized)
+            }
+        };
         Metered {
-            usage: self.tally.usage(),
-            oversized_events: match &self.body {
-                Body::Json(_) => 0,
-                Body::EventStream(reader) => reader.oversized_events(),
-            },
+            usage,
+            generated,
+            oversized_events,
         }
     }
 }
 
-/// Tallies one SSE event's usage; says whether the event stays in the stream. `[DONE]`,
-/// non-JSON data and JSON without usage are kept and ignored.
-fn read_event(endpoint: Endpoint, strip: bool, tally: &mut UsageTally, data: &[u8]) -> bool {
-    let trimmed = data.trim_ascii_start();
-    if !trimmed.starts_with(b"{") {
+/// Tallies one SSE event's usage and generated text; says whether the event stays in the
+/// stream. `[DONE]` is kept and ignored; other data that is not JSON is kept and counted as text.
+fn read_event(
+    endpoint: Endpoint,
+    strip: bool,
+    tally: &mut UsageTally,
+    generated: &mut TextTally,
+    data: &[u8],
+) -> bool {
+    let trimmed = data.trim_ascii();
+    if trimmed.is_empty() || trimmed == b"[DONE]" {
         return true;
     }
     let Ok(document) = serde_json::from_slice::<Value>(trimmed) else {
+        generated.add(TextTally {
+            chars: trimmed.len() as u64,
+            pieces: 1,
+        });
         return true;
     };
     tally.merge_document(endpoint, &document);
+    generated.add(generated_text(&document));
     !(strip && is_usage_only_chunk(&document))
 }
 

@@ -2,11 +2,17 @@
 //!
 //! The model server reports what a request cost in the response itself: a JSON body's `usage`, or
 //! an SSE stream's usage event(s). [`ResponseMeter`] reads it from the body as it passes, chunk by
-//! chunk and in bounded memory; [`force_stream_usage`] asks OpenAI-style servers for the usage
-//! chunk of a stream the client did not ask for; [`TokenSink`] receives the tokens, charged to the
+//! chunk and in bounded memory; [`inspect_request`] reads the request body first (refusing what
+//! a backend could read differently from us) and asks OpenAI-style servers for the usage chunk of
+//! a stream the client did not ask for; [`TokenSink`] receives the tokens, charged to the
 //! [`UsageSubject`] that Check stamped on the request. Nothing here knows Envoy or gRPC: the
 //! `grpc::ext_proc` adapter translates.
+//!
+//! Every served token is charged: a response that reports no usage, or ends early, is charged an
+//! estimate ([`estimate`]): prompt tokens from the request's text, completion tokens from the
+//! text already sent, at four characters per token, at least one per piece of text streamed.
 
+pub mod estimate;
 mod extract;
 mod json;
 mod meter;
@@ -16,8 +22,11 @@ mod sse;
 use std::future::Future;
 use std::pin::Pin;
 
+use crate::assertion::AssertionError;
+use crate::request_path::CanonicalPath;
+
 pub use meter::{ChunkAction, Metered, ResponseMeter};
-pub use request::force_stream_usage;
+pub use request::{InspectedRequest, RequestRefusal, inspect_request};
 pub use sse::MAX_EVENT_BYTES;
 
 pub use json::{MAX_JSON_BYTES, TAIL_BYTES};
@@ -38,25 +47,31 @@ pub trait TokenSink: Send + Sync + 'static {
     ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
 }
 
+/// What one response was charged: its usage, and whether that usage is (partly) an estimate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Charge {
+    pub usage: TokenUsage,
+    pub estimated: bool,
+}
+
 /// Observes every metered response (implemented by the metrics module).
 pub trait UsageObserver: Send + Sync + 'static {
-    /// One response finished (or was given up on) with this outcome and, if found, this usage.
-    fn observe_response(
-        &self,
-        endpoint: Endpoint,
-        outcome: MeterOutcome,
-        usage: Option<&TokenUsage>,
-    );
+    /// One response finished (or was given up on) with this outcome and, if any, this charge.
+    fn observe_response(&self, endpoint: Endpoint, outcome: MeterOutcome, charge: Option<&Charge>);
     /// A streaming request was rewritten to ask for the usage chunk.
     fn observe_forced_stream_usage(&self, endpoint: Endpoint);
+    /// The meter refused a request or response (nothing was served), for this reason.
+    fn observe_refusal(&self, reason: MeterRefusal);
 }
 
 impl UsageObserver for () {
-    fn observe_response(&self, _: Endpoint, _: MeterOutcome, _: Option<&TokenUsage>) {}
+    fn observe_response(&self, _: Endpoint, _: MeterOutcome, _: Option<&Charge>) {}
     fn observe_forced_stream_usage(&self, _: Endpoint) {}
+    fn observe_refusal(&self, _: MeterRefusal) {}
 }
 
-/// The inference APIs whose responses carry usage, by the path suffix that names them.
+/// The inference APIs whose responses carry usage, by the path that names them; anything else
+/// under a model route is [`Endpoint::Other`], metered all the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Endpoint {
     /// OpenAI `POST /v1/chat/completions`.
@@ -69,23 +84,27 @@ pub enum Endpoint {
     Messages,
     /// OpenAI `POST /v1/responses`.
     Responses,
+    /// Any other path under a model route (`/invocations`, `/v1/rerank`, a new API): a model
+    /// server may generate there too, so it is metered, its usage read in any known shape.
+    Other,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 5] = [
+    pub const ALL: [Endpoint; 6] = [
         Endpoint::ChatCompletions,
         Endpoint::Completions,
         Endpoint::Embeddings,
         Endpoint::Messages,
         Endpoint::Responses,
+        Endpoint::Other,
     ];
 
-    /// The endpoint a request path calls, whatever gateway prefix precedes `/v1/...`
-    /// (`/simulator/v1/chat/completions`, `/llm/qwen3/v1/messages`); the query is ignored.
-    /// `None` for anything else, e.g. `/v1/models` or `/v1/responses/{id}`.
-    pub fn from_path(path: &str) -> Option<Self> {
-        let path = path.split(['?', '#']).next().unwrap_or_default();
-        let path = path.strip_suffix('/').unwrap_or(path);
+    /// The endpoint a canonical path calls, read from its API part (see
+    /// [`CanonicalPath::api`]) whatever gateway prefix precedes it, case-insensitively (some
+    /// servers route so); one trailing slash is ignored.
+    pub fn of_path(path: &CanonicalPath<'_>) -> Self {
+        let api = path.api();
+        let api = api.strip_suffix('/').unwrap_or(api);
         [
             ("/v1/chat/completions", Endpoint::ChatCompletions),
             ("/v1/completions", Endpoint::Completions),
@@ -94,8 +113,8 @@ impl Endpoint {
             ("/v1/responses", Endpoint::Responses),
         ]
         .into_iter()
-        .find(|(suffix, _)| path.ends_with(suffix))
-        .map(|(_, endpoint)| endpoint)
+        .find(|(known, _)| api.eq_ignore_ascii_case(known))
+        .map_or(Endpoint::Other, |(_, endpoint)| endpoint)
     }
 
     /// The metric label.
@@ -106,6 +125,7 @@ impl Endpoint {
             Endpoint::Embeddings => "embeddings",
             Endpoint::Messages => "messages",
             Endpoint::Responses => "responses",
+            Endpoint::Other => "other",
         }
     }
 
@@ -131,32 +151,86 @@ pub struct TokenUsage {
 pub enum MeterOutcome {
     /// The response reported usage; its total was charged.
     Metered,
-    /// The response completed without any usage the meter could read.
-    NoUsage,
-    /// The model server answered with a non-2xx status: nothing to meter.
-    NotSuccessful,
-    /// The body is compressed (`content-encoding`), so its usage cannot be read.
-    Encoded,
-    /// The response ended early (client gone, stream reset); any usage already seen was charged.
+    /// The response completed without usage the meter could read: an estimate was charged.
+    Estimated,
+    /// The response ended early (client gone, stream reset): what was reported, else an
+    /// estimate, was charged.
     Interrupted,
+    /// The model server answered with a non-2xx status: nothing to charge.
+    NotSuccessful,
+    /// The meter refused the request or the response (see [`MeterRefusal`]): nothing served.
+    Refused,
 }
 
 impl MeterOutcome {
     pub const ALL: [MeterOutcome; 5] = [
         MeterOutcome::Metered,
-        MeterOutcome::NoUsage,
-        MeterOutcome::NotSuccessful,
-        MeterOutcome::Encoded,
+        MeterOutcome::Estimated,
         MeterOutcome::Interrupted,
+        MeterOutcome::NotSuccessful,
+        MeterOutcome::Refused,
     ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             MeterOutcome::Metered => "metered",
-            MeterOutcome::NoUsage => "no_usage",
-            MeterOutcome::NotSuccessful => "not_successful",
-            MeterOutcome::Encoded => "encoded",
+            MeterOutcome::Estimated => "estimated",
             MeterOutcome::Interrupted => "interrupted",
+            MeterOutcome::NotSuccessful => "not_successful",
+            MeterOutcome::Refused => "refused",
+        }
+    }
+}
+
+/// Why the meter refused to pass a request (or a response) it could not charge. Fail closed:
+/// what cannot be metered is not served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MeterRefusal {
+    /// No valid identity assertion from Check: not a request Check allowed.
+    Identity(AssertionError),
+    /// The path could be read differently by the model server (Check refuses it too).
+    NonCanonicalPath,
+    /// The request body is larger than the meter's limit (or Envoy's buffer).
+    RequestTooLarge,
+    /// The request body cannot be read the way every model server would read it.
+    InvalidBody(RequestRefusal),
+    /// The body names another model than the one Check authorized.
+    ModelMismatch,
+    /// The model server compressed its response although the gateway asked it not to: its
+    /// usage cannot be read.
+    ResponseEncoded,
+}
+
+impl MeterRefusal {
+    /// Every label, for registering metrics up front.
+    pub fn all() -> Vec<MeterRefusal> {
+        let mut all: Vec<MeterRefusal> = AssertionError::ALL
+            .into_iter()
+            .map(MeterRefusal::Identity)
+            .collect();
+        all.extend([
+            MeterRefusal::NonCanonicalPath,
+            MeterRefusal::RequestTooLarge,
+            MeterRefusal::ModelMismatch,
+            MeterRefusal::ResponseEncoded,
+        ]);
+        all.extend(
+            RequestRefusal::ALL
+                .into_iter()
+                .map(MeterRefusal::InvalidBody),
+        );
+        all
+    }
+
+    /// The metric label and `x-ext-auth-reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MeterRefusal::Identity(error) => error.as_str(),
+            MeterRefusal::NonCanonicalPath => "non_canonical_path",
+            MeterRefusal::RequestTooLarge => "request_too_large",
+            MeterRefusal::InvalidBody(refusal) => refusal.as_str(),
+            MeterRefusal::ModelMismatch => "model_mismatch",
+            MeterRefusal::ResponseEncoded => "response_encoded",
         }
     }
 }
@@ -166,26 +240,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn endpoints_are_recognised_behind_any_gateway_prefix() {
+    fn endpoints_are_recognised_behind_any_gateway_prefix_and_in_any_case() {
         let cases = [
-            (
-                "/simulator/v1/chat/completions",
-                Some(Endpoint::ChatCompletions),
-            ),
-            ("/v1/chat/completions?x=1", Some(Endpoint::ChatCompletions)),
-            ("/llm/qwen3/v1/completions", Some(Endpoint::Completions)),
-            ("/m/v1/embeddings/", Some(Endpoint::Embeddings)),
-            ("/claude/v1/messages", Some(Endpoint::Messages)),
-            ("/m/v1/responses", Some(Endpoint::Responses)),
-            ("/m/v1/responses/resp_123", None),
-            ("/m/v1/models", None),
-            ("/m/v1/chat", None),
-            ("/m/chat/completions", None),
-            ("", None),
+            ("/simulator/v1/chat/completions", Endpoint::ChatCompletions),
+            ("/v1/chat/completions?x=1", Endpoint::ChatCompletions),
+            ("/llm/qwen3/v1/completions", Endpoint::Completions),
+            ("/m/v1/embeddings/", Endpoint::Embeddings),
+            ("/claude/v1/messages", Endpoint::Messages),
+            ("/m/v1/responses", Endpoint::Responses),
+            ("/m/v1/Chat/Completions", Endpoint::ChatCompletions),
+            ("/m/v1/EMBEDDINGS", Endpoint::Embeddings),
+            ("/m/v1/responses/resp_123", Endpoint::Other),
+            ("/m/v1/models", Endpoint::Other),
+            ("/m/v1/chat", Endpoint::Other),
+            ("/m/invocations", Endpoint::Other),
+            ("/", Endpoint::Other),
         ];
         for (path, expected) in cases {
-            assert_eq!(Endpoint::from_path(path), expected, "{path}");
+            let path = CanonicalPath::parse(path).unwrap();
+            assert_eq!(Endpoint::of_path(&path), expected, "{path:?}");
         }
+    }
+
+    #[test]
+    fn every_refusal_has_a_distinct_label() {
+        let all = MeterRefusal::all();
+        let labels: std::collections::HashSet<_> = all.iter().map(|r| r.as_str()).collect();
+        assert_eq!(labels.len(), all.len());
     }
 
     #[test]

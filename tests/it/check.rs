@@ -452,21 +452,199 @@ async fn check_allows_premium_models_for_a_premium_key_by_path_header_and_body()
 }
 
 #[tokio::test]
-async fn check_needs_only_a_valid_key_on_paths_that_name_no_model() {
+async fn check_refuses_a_request_that_names_no_model_with_404_model_not_specified() {
     let server = TestServer::start().await;
     let (key, _) = mint(&server.db.store(), &FREE_USER).await;
     let mut client = server.check_client().await;
 
-    for path in ["/v1/models", "/maas-api/v1/api-keys", "/", "", "/%%%/../"] {
+    for path in [
+        "/v1/models",
+        "/v1/chat/completions",
+        "/maas-api/v1/api-keys",
+        "/",
+        "/simulator/invocations",
+        "/a/b/c/v1/chat/completions",
+    ] {
         let response = client
             .check(check_request(path, &[("authorization", &bearer(&key))]))
             .await
             .unwrap()
             .into_inner();
-        assert!(
-            matches!(response.http_response, Some(HttpResponse::OkResponse(_))),
-            "{path:?}: {response:?}"
+        assert_denied(
+            &response,
+            404,
+            "model_not_specified",
+            "invalid_request_error",
+            "model_not_found",
         );
+    }
+}
+
+#[tokio::test]
+async fn check_allows_a_configured_model_free_path_with_a_valid_key_and_counts_nothing() {
+    let db = TestDb::migrated().await;
+    let mut config = serve_config(&db);
+    config.enforcement.model_free_paths =
+        maas_authz::request_path::ModelFreePaths::parse("/v1/tokenize").unwrap();
+    let server = maas_authz::serve::start(config).await.unwrap();
+    let (key, _) = mint(&db.store(), &FREE_USER).await;
+    let mut client = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(format!("http://{}", server.grpc_addr))
+        .await
+        .unwrap();
+
+    let allowed = client
+        .check(check_request(
+            "/v1/tokenize?x=1",
+            &[("authorization", &bearer(&key))],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let no_key = client
+        .check(check_request("/v1/tokenize", &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    let elsewhere = client
+        .check(check_request(
+            "/v1/tokenizer",
+            &[("authorization", &bearer(&key))],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let Some(HttpResponse::OkResponse(ok)) = allowed.http_response else {
+        panic!("not allowed: {allowed:?}");
+    };
+    assert!(
+        ok.response_headers_to_add.is_empty(),
+        "not counted: no rate-limit headers"
+    );
+    assert_unauthenticated(&no_key, "missing_credentials");
+    assert_denied(
+        &elsewhere,
+        404,
+        "model_not_specified",
+        "invalid_request_error",
+        "model_not_found",
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// The model Check authorized (`ns/name`) in an allow answer's assertion-bearing metadata.
+fn allowed_model(response: &CheckResponse) -> String {
+    assert!(
+        matches!(response.http_response, Some(HttpResponse::OkResponse(_))),
+        "expected an allow: {response:?}"
+    );
+    match &response.dynamic_metadata.as_ref().unwrap().fields["model"].kind {
+        Some(Kind::StringValue(model)) => model.clone(),
+        other => panic!("model metadata: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn check_authorizes_the_route_model_and_refuses_any_source_that_names_another() {
+    let server = TestServer::start().await;
+    let (key, _) = mint(&server.db.store(), &FREE_USER).await;
+    let auth = bearer(&key);
+    let mut client = server.check_client().await;
+    let mut check = async |request| client.check(request).await.unwrap().into_inner();
+
+    // The route's model wins, whatever the path names (it may have been rewritten).
+    let route_only = check(check_request_on_route(
+        "llm/simulator",
+        "/v1/chat/completions",
+        &[("authorization", &auth)],
+        "",
+    ))
+    .await;
+    let route_not_granted = check(check_request_on_route(
+        "llm/qwen3",
+        "/v1/chat/completions",
+        &[("authorization", &auth)],
+        "",
+    ))
+    .await;
+    // Every other source must name the same model.
+    let path_disagrees = check(check_request_on_route(
+        "llm/qwen3",
+        "/simulator/v1/chat/completions",
+        &[("authorization", &auth)],
+        "",
+    ))
+    .await;
+    let header_disagrees = check(check_request(
+        "/simulator/v1/chat/completions",
+        &[("authorization", &auth), ("x-gateway-model-name", "qwen3")],
+    ))
+    .await;
+    let body_disagrees = check(check_request_with_body(
+        "/simulator/v1/chat/completions",
+        &[("authorization", &auth)],
+        r#"{"model":"qwen3","messages":[]}"#,
+    ))
+    .await;
+    let all_agree = check(check_request_on_route(
+        "llm/simulator",
+        "/llm/simulator/v1/chat/completions",
+        &[
+            ("authorization", &auth),
+            ("x-gateway-model-name", "simulator"),
+        ],
+        r#"{"model":"models-as-a-service/simulator"}"#,
+    ))
+    .await;
+
+    assert_eq!(allowed_model(&route_only), "models-as-a-service/simulator");
+    assert_denied(
+        &route_not_granted,
+        403,
+        "model_not_in_subscription",
+        "permission_error",
+        "access_denied",
+    );
+    for response in [&path_disagrees, &header_disagrees, &body_disagrees] {
+        assert_denied(
+            response,
+            400,
+            "model_mismatch",
+            "invalid_request_error",
+            "model_mismatch",
+        );
+    }
+    assert_eq!(allowed_model(&all_agree), "models-as-a-service/simulator");
+}
+
+#[tokio::test]
+async fn check_refuses_a_non_canonical_path_with_400_before_looking_at_the_key() {
+    let server = TestServer::start().await;
+    let mut client = server.check_client().await;
+
+    for (path, detail) in [
+        ("", "must start with '/'"),
+        ("/%%%/../", "invalid percent-encoding"),
+        ("/llm/qwen3/%76%31/chat/completions", "percent-encodes"),
+        ("/llm/simulator/../qwen3/v1/chat/completions", "dot segment"),
+        ("/llm/qwen3/V1/chat/completions", "'v1', in lowercase"),
+    ] {
+        // No key at all: the path is judged first.
+        let response = client
+            .check(check_request(path, &[]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_denied(
+            &response,
+            400,
+            "non_canonical_path",
+            "invalid_request_error",
+            "non_canonical_path",
+        );
+        let (_, _, body) = denial(&response);
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(detail), "{path:?}: {message}");
     }
 }
 
@@ -518,7 +696,14 @@ async fn check_survives_an_empty_or_garbage_request() {
         .unwrap()
         .into_inner();
 
-    assert_unauthenticated(&empty, "missing_credentials");
+    // An empty request has no path: refused before its (missing) credentials are looked at.
+    assert_denied(
+        &empty,
+        400,
+        "non_canonical_path",
+        "invalid_request_error",
+        "non_canonical_path",
+    );
     assert_unauthenticated(&garbage_body, "key_not_found");
 }
 
@@ -668,7 +853,13 @@ async fn check_refuses_a_request_that_is_not_protobuf_with_internal_and_keeps_se
         not_utf8.message(),
         "failed to decode CheckRequest: invalid UTF-8 in a header"
     );
-    assert_unauthenticated(&afterwards, "missing_credentials");
+    assert_denied(
+        &afterwards,
+        400,
+        "non_canonical_path",
+        "invalid_request_error",
+        "non_canonical_path",
+    );
 }
 
 #[tokio::test]

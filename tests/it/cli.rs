@@ -271,20 +271,43 @@ fn serve_with_a_bad_setting_names_the_variable() {
 }
 
 #[test]
-fn serve_refuses_dynamic_metadata_off_while_limits_would_need_it() {
+fn serve_refuses_bad_signing_keys_naming_the_variable_without_echoing_the_secret() {
     let output = maas_authz(
         &["serve"],
         &[
             ("DATABASE_URL", "postgres://x@127.0.0.1:9/x"),
             ("MAAS_AUTHZ_POLICY_PATH", "examples/policy"),
-            ("MAAS_AUTHZ_DYNAMIC_METADATA", "false"),
+            ("MAAS_AUTHZ_IDENTITY_SIGNING_KEYS", "k1=too-short-secret"),
         ],
     );
 
     let text = stderr(&output);
     assert!(!output.status.success());
     assert!(
-        text.contains("MAAS_AUTHZ_DYNAMIC_METADATA=false needs MAAS_AUTHZ_LIMITS_ENABLED=false"),
+        text.contains(
+            "MAAS_AUTHZ_IDENTITY_SIGNING_KEYS: entry 1 (key id \"k1\"): the secret must be at least 32 bytes"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("too-short-secret"), "{text}");
+}
+
+#[test]
+fn serve_refuses_a_model_free_path_that_is_not_canonical() {
+    let output = maas_authz(
+        &["serve"],
+        &[
+            ("DATABASE_URL", "postgres://x@127.0.0.1:9/x"),
+            ("MAAS_AUTHZ_POLICY_PATH", "examples/policy"),
+            ("MAAS_AUTHZ_MODEL_FREE_PATHS", "/v1/tokenize,/tools/%2e%2e"),
+        ],
+    );
+
+    let text = stderr(&output);
+    assert!(!output.status.success());
+    assert!(text.contains("MAAS_AUTHZ_MODEL_FREE_PATHS"), "{text}");
+    assert!(
+        text.contains("\"/tools/%2e%2e\" is not a canonical path"),
         "{text}"
     );
 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue, Metadata};
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
@@ -16,7 +17,9 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use futures::channel::mpsc;
 use futures::{SinkExt, StreamExt};
-use maas_authz::grpc::ext_proc::{EXT_AUTHZ_NAMESPACE, ExtProcService, MeterSettings};
+use maas_authz::assertion::{HEADER_IDENTITY_ASSERTION, IdentityAssertion, SigningKeys};
+use maas_authz::grpc::ext_proc::{ExtProcService, MeterSettings};
+use maas_authz::policy::Policy;
 use maas_authz::usage::{TokenSink, UsageSubject};
 use tokio::sync::Notify;
 use tonic::Streaming;
@@ -55,12 +58,13 @@ async fn serve_meter() -> (
     Arc<RecordingSink>,
 ) {
     let sink = Arc::new(RecordingSink::default());
+    let policy = Policy::load(&crate::support::example_policy_path()).unwrap();
     let service = ExtProcService::new(
         sink.clone(),
         Arc::new(()),
-        MeterSettings {
-            force_stream_usage: true,
-        },
+        MeterSettings::default(),
+        Arc::new(signing_keys()),
+        Arc::new(ArcSwap::from_pointee(policy)),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -89,10 +93,13 @@ impl Conversation {
     }
 
     async fn send(&mut self, request: Message) -> Reply {
-        let metadata = identity("alice", "maas/premium@llm/simulator");
+        self.send_with(request, None).await
+    }
+
+    async fn send_with(&mut self, request: Message, metadata: Option<Metadata>) -> Reply {
         self.to_meter
             .send(ProcessingRequest {
-                metadata_context: Some(metadata),
+                metadata_context: metadata,
                 request: Some(request),
                 ..Default::default()
             })
@@ -108,13 +115,43 @@ impl Conversation {
     }
 }
 
-fn identity(user: &str, subscription_key: &str) -> Metadata {
+const SUBSCRIPTION_KEY: &str = "maas/premium@models-as-a-service/simulator";
+
+fn signing_keys() -> SigningKeys {
+    SigningKeys::parse("it=an-integration-test-secret-of-32-bytes").unwrap()
+}
+
+/// Check's assertion for alice on the simulator, as Check stamps it now.
+fn assertion() -> String {
+    signing_keys().sign(&IdentityAssertion {
+        user: "alice".to_owned(),
+        subscription_key: SUBSCRIPTION_KEY.to_owned(),
+        model: "models-as-a-service/simulator".to_owned(),
+        key_id: "0f".to_owned(),
+        issued_at: chrono::Utc::now().timestamp(),
+    })
+}
+
+/// Request headers of a POST that carries no body, with Check's assertion.
+fn request_headers(path: &str) -> Message {
+    let token = assertion();
+    let mut message = headers(&[
+        (":method", "POST"),
+        (":path", path),
+        (HEADER_IDENTITY_ASSERTION, &token),
+    ]);
+    message.end_of_stream = true;
+    Message::RequestHeaders(message)
+}
+
+/// What an attacker on the gRPC port sends: Envoy's old identity metadata, naming a victim.
+fn forged_identity(user: &str, subscription_key: &str) -> Metadata {
     let text = |s: &str| Value {
         kind: Some(Kind::StringValue(s.to_owned())),
     };
     Metadata {
         filter_metadata: HashMap::from([(
-            EXT_AUTHZ_NAMESPACE.to_owned(),
+            "envoy.filters.http.ext_authz".to_owned(),
             Struct {
                 fields: HashMap::from([
                     ("user".to_owned(), text(user)),
@@ -156,7 +193,7 @@ fn body(bytes: &[u8], end_of_stream: bool) -> HttpBody {
 fn alice() -> UsageSubject {
     UsageSubject {
         user: "alice".to_owned(),
-        subscription_key: "maas/premium@llm/simulator".to_owned(),
+        subscription_key: SUBSCRIPTION_KEY.to_owned(),
     }
 }
 
@@ -165,12 +202,7 @@ async fn ext_proc_charges_the_identity_check_stamped_once_at_the_end_of_the_resp
     let (mut client, sink) = serve_meter().await;
     let mut conversation = Conversation::open(&mut client).await;
 
-    let reply = conversation
-        .send(Message::RequestHeaders(headers(&[
-            (":method", "POST"),
-            (":path", "/m/v1/embeddings"),
-        ])))
-        .await;
+    let reply = conversation.send(request_headers("/m/v1/embeddings")).await;
     assert!(matches!(reply, Reply::RequestHeaders(_)), "{reply:?}");
     let reply = conversation
         .send(Message::ResponseHeaders(headers(&[
@@ -203,14 +235,11 @@ async fn ext_proc_charges_the_identity_check_stamped_once_at_the_end_of_the_resp
 }
 
 #[tokio::test]
-async fn ext_proc_charges_what_it_saw_when_envoy_drops_the_stream_mid_response() {
+async fn ext_proc_charges_what_it_saw_and_an_estimate_when_envoy_drops_the_stream_mid_response() {
     let (mut client, sink) = serve_meter().await;
     let mut conversation = Conversation::open(&mut client).await;
     conversation
-        .send(Message::RequestHeaders(headers(&[
-            (":method", "POST"),
-            (":path", "/claude/v1/messages"),
-        ])))
+        .send(request_headers("/claude/v1/messages"))
         .await;
     conversation
         .send(Message::ResponseHeaders(headers(&[
@@ -220,12 +249,66 @@ async fn ext_proc_charges_what_it_saw_when_envoy_drops_the_stream_mid_response()
         .await;
     conversation
         .send(Message::ResponseBody(body(
-            b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":30,\"output_tokens\":1}}}\n\n",
+            b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":30,\"output_tokens\":1}}}\n\nevent: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"twelve chars\"}}\n\n",
             false,
         )))
         .await;
 
     drop(conversation);
 
-    assert_eq!(sink.next_charge().await, [(alice(), 31)]);
+    // 30 reported prompt tokens, and 3 estimated from the 12 characters streamed (the stream
+    // reported 1 so far).
+    assert_eq!(sink.next_charge().await, [(alice(), 33)]);
+}
+
+#[tokio::test]
+async fn a_forged_process_call_naming_a_victim_is_refused_and_charges_nobody() {
+    let (mut client, sink) = serve_meter().await;
+    let mut forged = Conversation::open(&mut client).await;
+
+    let reply = forged
+        .send_with(
+            Message::RequestHeaders(headers(&[
+                (":method", "POST"),
+                (":path", "/simulator/v1/chat/completions"),
+                ("x-maas-username", "victim"),
+            ])),
+            Some(forged_identity(
+                "victim",
+                "maas/free@models-as-a-service/simulator",
+            )),
+        )
+        .await;
+
+    let Reply::ImmediateResponse(answer) = reply else {
+        panic!("not refused: {reply:?}");
+    };
+    assert_eq!(answer.status.map(|s| s.code), Some(403));
+    let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    assert_eq!(body["error"]["code"], "identity_missing");
+    // The attacker now claims a response with 999,999,999 tokens; the meter charges nothing.
+    forged
+        .to_meter
+        .send(ProcessingRequest {
+            request: Some(Message::ResponseBody(body_with_usage(999_999_999))),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    drop(forged);
+
+    // A real conversation afterwards is charged, and it is the only charge.
+    let mut real = Conversation::open(&mut client).await;
+    real.send(request_headers("/m/v1/embeddings")).await;
+    real.send(Message::ResponseHeaders(headers(&[(":status", "200")])))
+        .await;
+    real.send(Message::ResponseBody(body_with_usage(8))).await;
+    assert_eq!(sink.next_charge().await, [(alice(), 8)]);
+}
+
+fn body_with_usage(total: u64) -> HttpBody {
+    body(
+        format!(r#"{{"usage":{{"prompt_tokens":{total},"total_tokens":{total}}}}}"#).as_bytes(),
+        true,
+    )
 }

@@ -14,8 +14,8 @@ async fn a_burst_of_256_checks_on_one_key_makes_one_write_of_last_used_at() {
 
     let answers = join_all((0..256).map(|_| {
         let mut client = client.clone();
-        // A path that names no model: the free tier's 5 requests a minute do not apply.
-        let request = check_request("/v1/models", &[("authorization", &authorization)]);
+        // A model listing: the free tier's 5 requests a minute do not apply.
+        let request = check_request("/simulator/v1/models", &[("authorization", &authorization)]);
         async move { client.check(request).await.unwrap().into_inner() }
     }))
     .await;
@@ -70,7 +70,7 @@ async fn shutdown_writes_the_uses_noted_since_the_last_flush() {
     .unwrap();
     client
         .check(check_request(
-            "/v1/models",
+            "/simulator/v1/models",
             &[("authorization", &bearer(&key))],
         ))
         .await

@@ -190,15 +190,19 @@ async fn check_refuses_with_429_once_charged_tokens_spend_the_window() {
 }
 
 #[tokio::test]
-async fn paths_that_name_no_model_are_never_counted() {
+async fn model_listings_under_a_model_are_never_counted() {
     let db = TestDb::migrated().await;
     let clock = Arc::new(ManualClock::at_millis(TEN_SECONDS_INTO_A_MINUTE));
     let server = start_server(serve_config(&db), &clock).await;
     let (key, _) = mint(&db.store(), &FREE_USER).await;
 
-    for _ in 0..8 {
-        let models = check(&server, &key, "/v1/models").await;
-        assert!(allowed_limits(&models).is_empty());
+    for path in ["/simulator/v1/models", "/llm/simulator/v1/models/simulator"]
+        .into_iter()
+        .cycle()
+        .take(8)
+    {
+        let models = check(&server, &key, path).await;
+        assert!(allowed_limits(&models).is_empty(), "{path}");
     }
     let chat = check(&server, &key, CHAT).await;
 
@@ -368,7 +372,7 @@ async fn with_redis_unreachable_and_deny_configured_check_fails_unavailable_and_
         .await;
     let models = client
         .check(check_request(
-            "/v1/models",
+            "/simulator/v1/models",
             &[("authorization", &bearer(&key))],
         ))
         .await;
@@ -378,7 +382,13 @@ async fn with_redis_unreachable_and_deny_configured_check_fails_unavailable_and_
 
     let status = outcome.expect_err("Check must fail, not allow");
     assert_eq!(status.code(), tonic::Code::Unavailable);
-    assert!(models.is_ok(), "paths that name no model need no counter");
+    let models = models
+        .expect("a model listing needs no counter")
+        .into_inner();
+    assert!(
+        matches!(models.http_response, Some(HttpResponse::OkResponse(_))),
+        "{models:?}"
+    );
     assert_eq!(ready.status().as_u16(), 503);
     server.shutdown().await.unwrap();
 }

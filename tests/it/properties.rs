@@ -219,7 +219,11 @@ fn check_answers_arbitrary_headers_paths_and_bodies_and_every_denial_is_a_4xx() 
         Arc::new(ArcSwap::from_pointee(policy)),
         (),
     ));
-    let service = ExtAuthzService::new(authorizer, ());
+    let service = ExtAuthzService::new(
+        authorizer,
+        (),
+        Arc::new(maas_authz::assertion::SigningKeys::ephemeral().unwrap()),
+    );
     let requests = (
         headers(valid.expose().to_owned(), revoked.expose().to_owned()),
         paths(),

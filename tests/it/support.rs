@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use maas_authz::config::{
-    DatabaseConfig, HttpConfig, LimitsConfig, OptionalDuration, ServeConfig,
+    DatabaseConfig, EnforcementConfig, HttpConfig, LimitsConfig, OptionalDuration, ServeConfig,
     identity_args_without_sources,
 };
 use maas_authz::key::ApiKey;
@@ -177,6 +177,7 @@ pub fn serve_config(db: &TestDb) -> ServeConfig {
         http: HttpConfig::on_loopback(),
         identity: identity_args_without_sources(),
         limits: LimitsConfig::in_process(),
+        enforcement: EnforcementConfig::default(),
     }
 }
 
@@ -297,6 +298,22 @@ pub fn check_request_with_body(path: &str, headers: &[(&str, &str)], body: &str)
             ..Default::default()
         }),
     }
+}
+
+/// [`check_request_with_body`] on a route whose operator set its model (`context_extensions`).
+pub fn check_request_on_route(
+    route_model: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> CheckRequest {
+    let mut request = check_request_with_body(path, headers, body);
+    if let Some(attributes) = request.attributes.as_mut() {
+        attributes
+            .context_extensions
+            .insert("model".to_owned(), route_model.to_owned());
+    }
+    request
 }
 
 pub fn bearer(key: &str) -> String {
