@@ -172,11 +172,10 @@ pub struct ServeConfig {
     #[arg(long, env = "MAAS_AUTHZ_FORCE_STREAM_USAGE", value_name = "MAAS_AUTHZ_FORCE_STREAM_USAGE", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub force_stream_usage: bool,
     /// Return Check's identity as ext_authz dynamic metadata (user, groups, key id,
-    /// subscription, tier, model, selected_subscription_key) for Envoy's later filters: the token
-    /// meter, rate-limit and access-log filters read it. `false` spares Envoy ingesting it on
-    /// every request (about a fifth of its per-request CPU in BENCHMARKS.md) where nothing
-    /// reads it; refused together with MAAS_AUTHZ_LIMITS_ENABLED, whose token limits are
-    /// charged to that identity.
+    /// subscription, tier, model, selected_subscription_key) for Envoy's later filters (rate
+    /// limit, access log). `false` spares Envoy ingesting it on every request (about a fifth of
+    /// its per-request CPU in BENCHMARKS.md) where nothing reads it. The token meter does not
+    /// read it: it trusts only the signed identity assertion header.
     #[arg(long, env = "MAAS_AUTHZ_DYNAMIC_METADATA", value_name = "MAAS_AUTHZ_DYNAMIC_METADATA", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub dynamic_metadata: bool,
     #[command(flatten)]
