@@ -23,7 +23,10 @@ const PREMIUM_USERNAME: &str = "e2e-premium";
 pub(crate) const FREE_TOKEN: &str = "e2e-static-token-free-user";
 const FREE_USERNAME: &str = "e2e-free";
 
-const ENVOY_TEMPLATE: &str = include_str!("../../deploy/envoy/envoy.yaml");
+/// The shipped gateway configuration.
+pub(crate) const SHIPPED_ENVOY_TEMPLATE: &str = include_str!("../../deploy/envoy/envoy.yaml");
+/// A plain Envoy without the shipped path protections or route models (attack tests).
+pub(crate) const PLAIN_ENVOY_TEMPLATE: &str = include_str!("../e2e/envoy-plain.yaml");
 
 /// An Envoy child process on free loopback ports; killed on drop.
 struct Envoy {
@@ -64,9 +67,14 @@ impl Envoy {
     }
 
     /// Renders the template for these backends and starts Envoy; returns once it is ready.
-    async fn start(ext_authz: SocketAddr, rest_api: SocketAddr, simulator: SocketAddr) -> Self {
+    async fn start(
+        template: &str,
+        ext_authz: SocketAddr,
+        rest_api: SocketAddr,
+        simulator: SocketAddr,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = render_envoy_config(ext_authz, rest_api, simulator);
+        let config = render_envoy_config(template, ext_authz, rest_api, simulator);
         let config_path = dir.path().join("envoy.yaml");
         std::fs::write(&config_path, config).expect("write envoy.yaml");
         let admin_path = dir.path().join("admin-address");
@@ -148,6 +156,7 @@ impl Drop for Envoy {
 
 /// The Envoy template with every placeholder filled in (Envoy picks its own ports).
 fn render_envoy_config(
+    template: &str,
     ext_authz: SocketAddr,
     rest_api: SocketAddr,
     simulator: SocketAddr,
@@ -164,15 +173,34 @@ fn render_envoy_config(
         ("SIMULATOR_ADDRESS", simulator.ip().to_string()),
         ("SIMULATOR_PORT", simulator.port().to_string()),
     ];
-    let mut config = ENVOY_TEMPLATE.to_owned();
+    let mut config = template.to_owned();
     for (name, value) in values {
         config = config.replace(&format!("{{{{{name}}}}}"), &value);
     }
     assert!(
         !config.contains("{{"),
-        "deploy/envoy/envoy.yaml has a placeholder the harness does not know"
+        "the Envoy template has a placeholder the harness does not know"
     );
     config
+}
+
+/// How [`Gateway::start_with`] builds a gateway.
+pub(crate) struct GatewayOptions {
+    pub(crate) clock: std::sync::Arc<dyn maas_authz::limits::Clock>,
+    /// The Envoy configuration template (placeholders as in deploy/envoy/envoy.yaml).
+    pub(crate) envoy_template: &'static str,
+    /// Changes to maas-authz's configuration before it starts.
+    pub(crate) configure: Box<dyn FnOnce(&mut maas_authz::config::ServeConfig)>,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        Self {
+            clock: std::sync::Arc::new(maas_authz::limits::SystemClock),
+            envoy_template: SHIPPED_ENVOY_TEMPLATE,
+            configure: Box::new(|_| {}),
+        }
+    }
 }
 
 /// maas-authz (gRPC + REST) and the simulator in-process, a real Envoy in front.
@@ -196,6 +224,20 @@ impl Gateway {
     pub(crate) async fn start_with_clock(
         clock: std::sync::Arc<dyn maas_authz::limits::Clock>,
     ) -> Self {
+        Self::start_with(GatewayOptions {
+            clock,
+            ..GatewayOptions::default()
+        })
+        .await
+    }
+
+    /// A gateway as `options` say: which Envoy, which policy, which server settings.
+    pub(crate) async fn start_with(options: GatewayOptions) -> Self {
+        let GatewayOptions {
+            clock,
+            envoy_template,
+            configure,
+        } = options;
         let db = TestDb::migrated().await;
         let tokens = tempfile::NamedTempFile::new().expect("tokens file");
         std::fs::write(
@@ -210,6 +252,7 @@ impl Gateway {
         config.http.http_addr = "127.0.0.1:0".parse().unwrap();
         config.http.internal_addr = "127.0.0.1:0".parse().unwrap();
         config.identity.static_tokens_file = Some(tokens.path().to_owned());
+        configure(&mut config);
         let server = maas_authz::serve::start_with_clock(config, clock)
             .await
             .expect("maas-authz starts");
@@ -221,7 +264,13 @@ impl Gateway {
             let _ = stopped.await;
         }));
 
-        let envoy = Envoy::start(server.grpc_addr, server.http_addr, simulator_addr).await;
+        let envoy = Envoy::start(
+            envoy_template,
+            server.grpc_addr,
+            server.http_addr,
+            simulator_addr,
+        )
+        .await;
         Self {
             url: envoy.url.clone(),
             http: reqwest::Client::builder()

@@ -9,11 +9,11 @@ use serde_json::{Value, json};
 use crate::e2e::{FREE_TOKEN, Gateway, PREMIUM_TOKEN, header, hello};
 
 /// A sample of maas-authz's metrics: `name{labels} value` lines, by their `name{labels}`.
-struct MetricsSample(String);
+pub(crate) struct MetricsSample(pub(crate) String);
 
 impl MetricsSample {
     /// The value of `series` (e.g. `maas_authz_tokens_metered_total{kind="total"}`), 0 if absent.
-    fn value(&self, series: &str) -> u64 {
+    pub(crate) fn value(&self, series: &str) -> u64 {
         self.0
             .lines()
             .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
@@ -23,7 +23,7 @@ impl MetricsSample {
     }
 }
 
-async fn metrics(gateway: &Gateway) -> MetricsSample {
+pub(crate) async fn metrics(gateway: &Gateway) -> MetricsSample {
     let text = gateway
         .http
         .get(gateway.metrics_url())

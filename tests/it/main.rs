@@ -10,6 +10,7 @@
 mod check;
 mod cli;
 mod e2e;
+mod e2e_attacks;
 mod e2e_tokens;
 mod ext_proc;
 mod helm;
@@ -20,6 +21,7 @@ mod limits;
 mod migrations;
 mod outage;
 mod properties;
+mod raw_http;
 mod rest;
 mod rest_internal;
 mod rest_models;
