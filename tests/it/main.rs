@@ -21,6 +21,7 @@ mod migrations;
 mod outage;
 mod properties;
 mod rest;
+mod rest_admin;
 mod rest_internal;
 mod rest_models;
 mod rest_openapi;
