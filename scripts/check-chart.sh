@@ -349,6 +349,12 @@ check_negative() {
     expect_refused "an HPA whose minimum exceeds its maximum" \
         "autoscaling: minReplicas (5) must not exceed maxReplicas (3)" \
         "${tpl[@]}" --set "database.url=$url" --set autoscaling.minReplicas=5 --set autoscaling.maxReplicas=3 || failed=1
+    expect_refused "an empty OIDC username claim" \
+        "at '/identity/oidc/usernameClaim': '' does not match pattern" \
+        "${tpl[@]}" --set "database.url=$url" --set identity.oidc.usernameClaim= || failed=1
+    expect_refused "an OIDC groups prefix that would make invalid group names" \
+        "at '/identity/oidc/groupsPrefix': 'idp groups' does not match pattern" \
+        "${tpl[@]}" --set "database.url=$url" --set "identity.oidc.groupsPrefix=idp groups" || failed=1
     [[ $failed -eq 0 ]] || die "at least one bad value set was not refused as expected"
 }
 

@@ -147,12 +147,12 @@ mod tests {
     }
 
     fn person(name: &str, groups: &[&str]) -> Caller {
-        Caller {
-            username: name.to_owned(),
-            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
-            admin: false,
-            credential: CredentialKind::StaticToken,
-        }
+        Caller::new(
+            name.to_owned(),
+            groups.iter().map(|g| (*g).to_owned()).collect(),
+            CredentialKind::StaticToken,
+            &[],
+        )
     }
 
     fn names(models: &[VisibleModel<'_>]) -> Vec<(String, String)> {

@@ -241,9 +241,9 @@ impl<S: KeyAdminStore, O: CheckObserver> KeyManager<S, O> {
             .collect::<Result<Vec<_>, _>>()?;
         let requested_user = request.username.filter(|u| !u.trim().is_empty());
         let username = match requested_user {
-            Some(user) if user == caller.username || caller.admin => Some(user),
+            Some(user) if user == caller.username || caller.is_admin() => Some(user),
             Some(_) => return Err(KeyError::SearchOthersDenied),
-            None if caller.admin => None,
+            None if caller.is_admin() => None,
             None => Some(caller.username.clone()),
         };
         let sort_by = match request.sort_by.as_deref().map(str::trim) {
@@ -311,7 +311,7 @@ impl<S: KeyAdminStore, O: CheckObserver> KeyManager<S, O> {
             .find_by_id(id)
             .await?
             .ok_or(KeyError::NotFound)?;
-        if record.username != caller.username && !caller.admin {
+        if record.username != caller.username && !caller.is_admin() {
             return Err(KeyError::NotFound);
         }
         Ok(record)
@@ -343,7 +343,7 @@ impl<S: KeyAdminStore, O: CheckObserver> KeyManager<S, O> {
         let subscription = request.subscription.filter(|s| !s.trim().is_empty());
         let needs_admin =
             subscription.is_some() || username.as_ref().is_some_and(|u| *u != caller.username);
-        if needs_admin && !caller.admin {
+        if needs_admin && !caller.is_admin() {
             return Err(KeyError::BulkRevokeDenied);
         }
         let username = match (&username, &subscription) {
@@ -366,7 +366,7 @@ impl<S: KeyAdminStore, O: CheckObserver> KeyManager<S, O> {
         let count = self.revoke_and_evict(&scope).await?;
         tracing::info!(
             actor = %caller.username,
-            admin = caller.admin,
+            admin = caller.is_admin(),
             target_user = scope.username.as_deref().unwrap_or("*"),
             target_subscription = scope.subscription.as_deref().unwrap_or("*"),
             revoked = count,

@@ -22,8 +22,8 @@ use crate::minting::validate_group_name;
 use crate::store::{KeyRecordId, KeyStore};
 
 use self::kube::{CaSource, TokenReviewer};
-use self::oidc::OidcVerifier;
-use self::static_tokens::StaticTokens;
+use self::oidc::{ClaimMapping, OidcVerifier};
+use self::static_tokens::StaticTokenFile;
 
 /// The group every token-authenticated caller belongs to, as Kubernetes does.
 pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
@@ -39,9 +39,37 @@ pub struct Caller {
     pub username: String,
     /// Always includes `system:authenticated` for token callers; the stored snapshot for key callers.
     pub groups: Vec<String>,
-    /// Member of one of `MAAS_AUTHZ_ADMIN_GROUPS`.
-    pub admin: bool,
+    /// Private so that only [`Caller::new`]'s rule can set it; read through [`Caller::is_admin`].
+    admin: bool,
     pub credential: CredentialKind,
+}
+
+impl Caller {
+    /// A caller with the one admin rule: a live identity (static token, OIDC, TokenReview) that
+    /// is, as of this request, in one of `admin_groups`. An API key is never admin, whatever
+    /// groups it snapshotted at mint time: the snapshot is frozen, so a demoted admin's keys
+    /// would otherwise keep rights its owner no longer has.
+    pub fn new(
+        username: String,
+        groups: Vec<String>,
+        credential: CredentialKind,
+        admin_groups: &[String],
+    ) -> Self {
+        let admin =
+            credential.is_live_identity() && groups.iter().any(|g| admin_groups.contains(g));
+        Self {
+            username,
+            groups,
+            admin,
+            credential,
+        }
+    }
+
+    /// Whether the caller may act on other users' keys. Checks the credential again because
+    /// `credential` is public and could be changed after construction.
+    pub fn is_admin(&self) -> bool {
+        self.admin && self.credential.is_live_identity()
+    }
 }
 
 /// How the caller proved who they are.
@@ -55,6 +83,20 @@ pub enum CredentialKind {
     KubernetesToken,
     OidcToken,
     StaticToken,
+}
+
+impl CredentialKind {
+    /// Whether the identity was resolved from its source for this request (the static file as
+    /// it is now, the issuer's signed claims, a recent TokenReview) rather than from a snapshot
+    /// stored with an API key.
+    pub fn is_live_identity(&self) -> bool {
+        match self {
+            CredentialKind::ApiKey { .. } => false,
+            CredentialKind::KubernetesToken
+            | CredentialKind::OidcToken
+            | CredentialKind::StaticToken => true,
+        }
+    }
 }
 
 /// Why a caller could not be authenticated.
@@ -77,7 +119,8 @@ pub enum AuthError {
 /// Identity settings (flags mirror the variables); flattened into `serve`'s configuration.
 #[derive(Debug, Clone, Default, Args)]
 pub struct IdentityArgs {
-    /// YAML list of `{token, username, groups}` for local runs and demos.
+    /// YAML list of `{token, username, groups}` for local runs and demos; read on every lookup
+    /// (parsed again when its content changed), so an edit applies to the next request.
     #[arg(
         long,
         env = "MAAS_AUTHZ_STATIC_TOKENS_FILE",
@@ -106,6 +149,40 @@ pub struct IdentityArgs {
         value_name = "MAAS_AUTHZ_OIDC_AUDIENCE"
     )]
     pub oidc_audience: Option<String>,
+    /// JWT claim holding the username (default `sub`); as the Kubernetes API server's
+    /// `--oidc-username-claim`. Pick a claim users cannot edit at the issuer.
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_OIDC_USERNAME_CLAIM",
+        value_name = "MAAS_AUTHZ_OIDC_USERNAME_CLAIM",
+        value_parser = claim_name
+    )]
+    pub oidc_username_claim: Option<String>,
+    /// Put before every OIDC username; unset or empty: `<issuer>#` unless the claim is `email`;
+    /// `-`: no prefix (as `--oidc-username-prefix`).
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_OIDC_USERNAME_PREFIX",
+        value_name = "MAAS_AUTHZ_OIDC_USERNAME_PREFIX",
+        value_parser = username_prefix
+    )]
+    pub oidc_username_prefix: Option<String>,
+    /// JWT claim holding the groups (default `groups`): a list of strings, or one string.
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_OIDC_GROUPS_CLAIM",
+        value_name = "MAAS_AUTHZ_OIDC_GROUPS_CLAIM",
+        value_parser = claim_name
+    )]
+    pub oidc_groups_claim: Option<String>,
+    /// Put before every OIDC group (default: none), e.g. `oidc:`.
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_OIDC_GROUPS_PREFIX",
+        value_name = "MAAS_AUTHZ_OIDC_GROUPS_PREFIX",
+        value_parser = groups_prefix
+    )]
+    pub oidc_groups_prefix: Option<String>,
     /// Kubernetes API server for TokenReview; default: in-cluster (`KUBERNETES_SERVICE_HOST`).
     #[arg(
         long,
@@ -132,7 +209,7 @@ pub struct IdentityArgs {
 /// Authenticates REST callers against every configured identity source.
 pub struct IdentityResolver<S, O> {
     authorizer: Arc<Authorizer<S, O>>,
-    static_tokens: Option<StaticTokens>,
+    static_tokens: Option<StaticTokenFile>,
     oidc: Option<OidcVerifier>,
     kube: Option<TokenReviewer>,
     admin_groups: Vec<String>,
@@ -158,7 +235,7 @@ impl<S: KeyStore, O: CheckObserver> IdentityResolver<S, O> {
     ) -> anyhow::Result<Self> {
         let static_tokens = match &args.static_tokens_file {
             Some(path) => {
-                let tokens = StaticTokens::load(path)
+                let tokens = StaticTokenFile::open(path)
                     .with_context(|| format!("MAAS_AUTHZ_STATIC_TOKENS_FILE={}", path.display()))?;
                 tracing::info!(
                     path = %path.display(),
@@ -200,11 +277,11 @@ impl<S: KeyStore, O: CheckObserver> IdentityResolver<S, O> {
             return self.api_key_caller(token).await;
         }
         if let Some(tokens) = &self.static_tokens
-            && let Some((username, groups)) = tokens.find(token)
+            && let Some((username, groups)) = tokens.find(token).await
         {
             return Ok(self.caller(
-                username.to_owned(),
-                with_authenticated(groups.to_vec()),
+                username,
+                with_authenticated(groups),
                 CredentialKind::StaticToken,
             ));
         }
@@ -248,13 +325,7 @@ impl<S: KeyStore, O: CheckObserver> IdentityResolver<S, O> {
     }
 
     fn caller(&self, username: String, groups: Vec<String>, credential: CredentialKind) -> Caller {
-        let admin = groups.iter().any(|g| self.admin_groups.contains(g));
-        Caller {
-            username,
-            groups,
-            admin,
-            credential,
-        }
+        Caller::new(username, groups, credential, &self.admin_groups)
     }
 }
 
@@ -313,12 +384,61 @@ fn oidc_from_args(args: &IdentityArgs) -> anyhow::Result<Option<OidcVerifier>> {
         .connect_timeout(HTTP_TIMEOUT)
         .build()
         .context("cannot build the HTTP client for MAAS_AUTHZ_OIDC_ISSUER")?;
-    tracing::info!(%issuer, %audience, "OIDC tokens accepted");
+    let claims = ClaimMapping::resolve(
+        issuer,
+        args.oidc_username_claim.as_deref(),
+        args.oidc_username_prefix.as_deref(),
+        args.oidc_groups_claim.as_deref(),
+        args.oidc_groups_prefix.as_deref(),
+    );
+    tracing::info!(
+        %issuer,
+        %audience,
+        username_claim = %claims.username_claim,
+        username_prefix = %claims.username_prefix,
+        groups_claim = %claims.groups_claim,
+        groups_prefix = %claims.groups_prefix,
+        "OIDC tokens accepted"
+    );
     Ok(Some(OidcVerifier::new(
         issuer.to_owned(),
         audience.to_owned(),
+        claims,
         http,
     )))
+}
+
+/// A JWT claim name for `MAAS_AUTHZ_OIDC_USERNAME_CLAIM` and `MAAS_AUTHZ_OIDC_GROUPS_CLAIM`.
+fn claim_name(value: &str) -> Result<String, String> {
+    if value.trim().is_empty() {
+        return Err(
+            "must name a JWT claim, e.g. sub, email or preferred_username; it cannot be empty"
+                .to_owned(),
+        );
+    }
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("a claim name cannot contain whitespace or control characters".to_owned());
+    }
+    Ok(value.to_owned())
+}
+
+/// `MAAS_AUTHZ_OIDC_USERNAME_PREFIX`: any text but control characters (empty: the default).
+fn username_prefix(value: &str) -> Result<String, String> {
+    if value.chars().any(char::is_control) {
+        return Err("a username prefix cannot contain control characters".to_owned());
+    }
+    Ok(value.to_owned())
+}
+
+/// `MAAS_AUTHZ_OIDC_GROUPS_PREFIX`: prefixed groups must still be valid group names (empty: none).
+fn groups_prefix(value: &str) -> Result<String, String> {
+    if !value.is_empty() && validate_group_name(value).is_err() {
+        return Err(
+            "prefixed groups must still be valid group names: use only letters, digits and : . _ -"
+                .to_owned(),
+        );
+    }
+    Ok(value.to_owned())
 }
 
 /// `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT` when running in a pod.

@@ -1,5 +1,6 @@
-//! OIDC JWTs: discovery, a JWKS cache that follows key rotation, and claim checks (`iss`, `aud`,
-//! `azp`, `exp`/`nbf`, safe `groups`).
+//! OIDC JWTs: discovery, a JWKS cache that follows key rotation, claim checks (`iss`, `aud`,
+//! `azp`, `exp`/`nbf`, safe groups) and the username and groups claims, mapped as the Kubernetes
+//! API server's `--oidc-username-claim`/`--oidc-username-prefix`/`--oidc-groups-*` flags do.
 
 use std::time::{Duration, Instant};
 
@@ -49,10 +50,126 @@ struct JwksState {
     last_failure: Option<(Instant, String)>,
 }
 
+/// Which claims name a token's holder, and the prefixes put before them, resolved from
+/// `MAAS_AUTHZ_OIDC_USERNAME_CLAIM`/`_PREFIX` and `MAAS_AUTHZ_OIDC_GROUPS_CLAIM`/`_PREFIX`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClaimMapping {
+    pub(crate) username_claim: String,
+    pub(crate) username_prefix: String,
+    pub(crate) groups_claim: String,
+    pub(crate) groups_prefix: String,
+}
+
+/// The claim Kubernetes treats specially: no default prefix, and `email_verified` must hold.
+const EMAIL_CLAIM: &str = "email";
+
+impl ClaimMapping {
+    /// Kubernetes' rules: an unset (or empty) username prefix is `<issuer>#` unless the claim is
+    /// `email`, so that names from this issuer cannot collide with other sources' names; `-`
+    /// means no prefix. Groups get no prefix unless one is given.
+    pub(crate) fn resolve(
+        issuer: &str,
+        username_claim: Option<&str>,
+        username_prefix: Option<&str>,
+        groups_claim: Option<&str>,
+        groups_prefix: Option<&str>,
+    ) -> Self {
+        let username_claim = username_claim.unwrap_or("sub").to_owned();
+        let username_prefix = match username_prefix.filter(|p| !p.is_empty()) {
+            Some("-") => String::new(),
+            Some(prefix) => prefix.to_owned(),
+            None if username_claim == EMAIL_CLAIM => String::new(),
+            None => format!("{issuer}#"),
+        };
+        Self {
+            username_claim,
+            username_prefix,
+            groups_claim: groups_claim.unwrap_or("groups").to_owned(),
+            groups_prefix: groups_prefix.unwrap_or_default().to_owned(),
+        }
+    }
+
+    /// The holder's username: the username claim's string, prefixed. A missing, non-string or
+    /// blank claim refuses the token rather than falling back to another claim, since a
+    /// fallback (say, to a name the user may edit at the issuer) would let users choose it.
+    fn username(&self, claims: &Claims) -> Result<String, AuthError> {
+        let claim = &self.username_claim;
+        let value = match claims.get(claim) {
+            None | Some(serde_json::Value::Null) => {
+                return Err(invalid(&format!(
+                    "JWT has no {claim:?} claim, which names its user here"
+                )));
+            }
+            Some(serde_json::Value::String(value)) => value,
+            Some(_) => {
+                return Err(invalid(&format!(
+                    "JWT claim {claim:?}, which names its user here, must be a string"
+                )));
+            }
+        };
+        if value.trim().is_empty() {
+            return Err(invalid(&format!("JWT claim {claim:?} is empty")));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(invalid(&format!(
+                "JWT claim {claim:?} contains control characters"
+            )));
+        }
+        if claim == EMAIL_CLAIM {
+            // As Kubernetes: an address the issuer says it has not verified may be anyone's.
+            match claims.get("email_verified") {
+                None => {}
+                Some(serde_json::Value::Bool(true)) => {}
+                Some(serde_json::Value::Bool(false)) => {
+                    return Err(invalid(
+                        "JWT email is not verified (email_verified is false)",
+                    ));
+                }
+                Some(_) => return Err(invalid("JWT claim \"email_verified\" must be a boolean")),
+            }
+        }
+        Ok(format!("{}{value}", self.username_prefix))
+    }
+
+    /// The holder's groups: the groups claim (a list of strings, or one string, as Kubernetes
+    /// reads it), each prefixed; absent means none.
+    fn groups(&self, claims: &Claims) -> Result<Vec<String>, AuthError> {
+        let claim = &self.groups_claim;
+        let not_strings = || {
+            invalid(&format!(
+                "JWT claim {claim:?}, which lists its groups here, must be a list of strings"
+            ))
+        };
+        let names: Vec<&str> = match claims.get(claim) {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::String(group)) => vec![group.as_str()],
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .map(|item| item.as_str().ok_or_else(not_strings))
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(not_strings()),
+        };
+        let mut groups = Vec::with_capacity(names.len());
+        for name in names {
+            let group = format!("{}{name}", self.groups_prefix);
+            // Upstream's `oidc-groups-safe` rule: one unsafe group rejects the token,
+            // since groups end up in stored snapshots and policy matches.
+            if validate_group_name(&group).is_err() {
+                return Err(invalid(&format!(
+                    "JWT group {group:?} is not a valid group name"
+                )));
+            }
+            groups.push(group);
+        }
+        Ok(groups)
+    }
+}
+
 /// Verifies JWTs of one issuer for one audience.
 pub(crate) struct OidcVerifier {
     issuer: String,
     audience: String,
+    claims: ClaimMapping,
     http: reqwest::Client,
     state: RwLock<JwksState>,
     /// Serialises fetches so concurrent requests with a cold cache cause one fetch.
@@ -64,6 +181,7 @@ impl std::fmt::Debug for OidcVerifier {
         f.debug_struct("OidcVerifier")
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
+            .field("claims", &self.claims)
             .finish_non_exhaustive()
     }
 }
@@ -86,13 +204,8 @@ struct PeekedClaims {
     iss: Option<serde_json::Value>,
 }
 
-#[derive(Deserialize)]
-struct Claims {
-    sub: Option<String>,
-    preferred_username: Option<String>,
-    azp: Option<String>,
-    groups: Option<serde_json::Value>,
-}
+/// Every claim of a verified token: which ones name the holder is configuration.
+type Claims = serde_json::Map<String, serde_json::Value>;
 
 /// The three dot-separated base64url parts of a compact JWS.
 pub(crate) fn looks_like_jwt(token: &str) -> bool {
@@ -110,10 +223,16 @@ pub(crate) fn looks_like_jwt(token: &str) -> bool {
 }
 
 impl OidcVerifier {
-    pub(crate) fn new(issuer: String, audience: String, http: reqwest::Client) -> Self {
+    pub(crate) fn new(
+        issuer: String,
+        audience: String,
+        claims: ClaimMapping,
+        http: reqwest::Client,
+    ) -> Self {
         Self {
             issuer,
             audience,
+            claims,
             http,
             state: RwLock::new(JwksState::default()),
             fetch_lock: Mutex::new(()),
@@ -156,49 +275,40 @@ impl OidcVerifier {
         let mut last_error = None;
         for key in &keys {
             match decode::<Claims>(token, key, &validation) {
-                Ok(data) => return self.user_from_claims(data.claims),
+                Ok(data) => return self.user_from_claims(&data.claims),
+                Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::Json(_)) => {
+                    return Err(self.unreadable_claims(token));
+                }
                 Err(e) => last_error = Some(e),
             }
         }
         Err(last_error.map_or_else(|| invalid("bad JWT signature"), |e| jwt_error(&e)))
     }
 
-    fn user_from_claims(&self, claims: Claims) -> Result<OidcUser, AuthError> {
-        if let Some(azp) = &claims.azp
-            && azp != &self.audience
-        {
-            return Err(invalid("JWT azp is not the configured client"));
+    /// Why a token whose signature checked out has claims `decode` cannot read: jsonwebtoken
+    /// reads `sub` itself and stumbles on a `sub` that is a list or an object, so when `sub`
+    /// names users the answer should say so. Reading the payload unverified is sound here
+    /// because `decode` verifies the signature before it parses the claims.
+    fn unreadable_claims(&self, token: &str) -> AuthError {
+        match jsonwebtoken::dangerous::insecure_decode_claims::<Claims>(token) {
+            Ok(claims) => match self.claims.username(&claims) {
+                Err(why) => why,
+                Ok(_) => invalid("malformed JWT"),
+            },
+            Err(_) => invalid("malformed JWT"),
         }
-        let username = claims
-            .preferred_username
-            .filter(|name| !name.trim().is_empty())
-            .or(claims.sub.filter(|sub| !sub.trim().is_empty()))
-            .ok_or_else(|| invalid("JWT has neither preferred_username nor sub"))?;
-        if username.chars().any(char::is_control) {
-            return Err(invalid("JWT username contains control characters"));
+    }
+
+    fn user_from_claims(&self, claims: &Claims) -> Result<OidcUser, AuthError> {
+        match claims.get("azp") {
+            None | Some(serde_json::Value::Null) => {}
+            Some(serde_json::Value::String(azp)) if *azp == self.audience => {}
+            Some(_) => return Err(invalid("JWT azp is not the configured client")),
         }
-        let groups = match claims.groups {
-            None | Some(serde_json::Value::Null) => Vec::new(),
-            Some(serde_json::Value::Array(items)) => {
-                let mut groups = Vec::with_capacity(items.len());
-                for item in items {
-                    let serde_json::Value::String(group) = item else {
-                        return Err(invalid("JWT groups claim must be a list of strings"));
-                    };
-                    // Upstream's `oidc-groups-safe` rule: one unsafe group rejects the token,
-                    // since groups end up in stored snapshots and policy matches.
-                    if validate_group_name(&group).is_err() {
-                        return Err(invalid(&format!(
-                            "JWT group {group:?} is not a valid group name"
-                        )));
-                    }
-                    groups.push(group);
-                }
-                groups
-            }
-            Some(_) => return Err(invalid("JWT groups claim must be a list of strings")),
-        };
-        Ok(OidcUser { username, groups })
+        Ok(OidcUser {
+            username: self.claims.username(claims)?,
+            groups: self.claims.groups(claims)?,
+        })
     }
 
     /// The keys a token with this `kid` and `alg` may be signed with, refetching as needed.

@@ -1,7 +1,10 @@
-//! The static token file: a YAML list of `{token, username, groups}` for local runs and demos.
+//! The static token file: a YAML list of `{token, username, groups}` for local runs and demos,
+//! read on every lookup so that an edit applies to the very next request.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use serde_norway::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -14,6 +17,8 @@ use crate::minting::validate_group_name;
 pub enum StaticTokensError {
     #[error("cannot read the file: {0}")]
     Read(#[source] std::io::Error),
+    #[error("not UTF-8 text")]
+    NotUtf8,
     #[error("not valid YAML: {0}")]
     Yaml(#[source] serde_norway::Error),
     #[error("the file must hold a YAML list of {{token, username, groups}} entries")]
@@ -47,10 +52,129 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// The file as last read: its content's digest (`None` when it could not be read) and its
+/// tokens (`None` when it could not be read or parsed).
+struct FileSnapshot {
+    content: Option<[u8; 32]>,
+    tokens: Option<StaticTokens>,
+}
+
+/// The static token file, read again on every lookup. Admin rights must follow the file as it is
+/// now (a demotion takes effect at once), and the file is small, so a read per REST request is
+/// cheap; the YAML is parsed again only when the content's digest changes. A file that becomes
+/// unreadable or invalid fails closed: no static token is accepted until it is fixed, since
+/// keeping the last good version could keep a demoted admin's rights.
+pub(crate) struct StaticTokenFile {
+    path: PathBuf,
+    current: ArcSwap<FileSnapshot>,
+}
+
+impl std::fmt::Debug for StaticTokenFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaticTokenFile")
+            .field("path", &self.path)
+            .field(
+                "entries",
+                &self.current.load().tokens.as_ref().map(StaticTokens::len),
+            )
+            .finish()
+    }
+}
+
+impl StaticTokenFile {
+    /// Reads and parses the file; at start-up an unusable file is an error, not an empty set.
+    pub(crate) fn open(path: &Path) -> Result<Self, StaticTokensError> {
+        let bytes = std::fs::read(path).map_err(StaticTokensError::Read)?;
+        let tokens = StaticTokens::parse_bytes(&bytes)?;
+        Ok(Self {
+            path: path.to_owned(),
+            current: ArcSwap::from_pointee(FileSnapshot {
+                content: Some(Sha256::digest(&bytes).into()),
+                tokens: Some(tokens),
+            }),
+        })
+    }
+
+    /// The number of entries as last read (0 while the file is unusable).
+    pub(crate) fn len(&self) -> usize {
+        self.current
+            .load()
+            .tokens
+            .as_ref()
+            .map_or(0, StaticTokens::len)
+    }
+
+    /// The username and groups of the entry whose token equals `token`, in the file as it is now.
+    pub(crate) async fn find(&self, token: &str) -> Option<(String, Vec<String>)> {
+        let snapshot = self.refresh().await;
+        let (username, groups) = snapshot.tokens.as_ref()?.find(token)?;
+        Some((username.to_owned(), groups.to_vec()))
+    }
+
+    /// The snapshot of the file's current content, parsing it again if it changed.
+    async fn refresh(&self) -> Arc<FileSnapshot> {
+        let current = self.current.load_full();
+        let path = self.path.clone();
+        let read = tokio::task::spawn_blocking(move || std::fs::read(path))
+            .await
+            .unwrap_or_else(|join| Err(std::io::Error::other(join.to_string())));
+        let bytes = match read {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                if current.content.is_none() && current.tokens.is_none() {
+                    return current;
+                }
+                tracing::warn!(
+                    path = %self.path.display(),
+                    %error,
+                    "cannot read MAAS_AUTHZ_STATIC_TOKENS_FILE: no static token is accepted until it can be read"
+                );
+                let unreadable = Arc::new(FileSnapshot {
+                    content: None,
+                    tokens: None,
+                });
+                self.current.store(unreadable.clone());
+                return unreadable;
+            }
+        };
+        let content: [u8; 32] = Sha256::digest(&bytes).into();
+        if current.content == Some(content) {
+            return current;
+        }
+        let snapshot = Arc::new(match StaticTokens::parse_bytes(&bytes) {
+            Ok(tokens) => {
+                tracing::info!(
+                    path = %self.path.display(),
+                    entries = tokens.len(),
+                    "static tokens reloaded"
+                );
+                FileSnapshot {
+                    content: Some(content),
+                    tokens: Some(tokens),
+                }
+            }
+            Err(error) => {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    %error,
+                    "MAAS_AUTHZ_STATIC_TOKENS_FILE is invalid: no static token is accepted until it is fixed"
+                );
+                FileSnapshot {
+                    content: Some(content),
+                    tokens: None,
+                }
+            }
+        });
+        // Concurrent requests may both parse a new version; the result is the same either way.
+        self.current.store(snapshot.clone());
+        snapshot
+    }
+}
+
 impl StaticTokens {
-    pub(crate) fn load(path: &Path) -> Result<Self, StaticTokensError> {
-        let text = std::fs::read_to_string(path).map_err(StaticTokensError::Read)?;
-        Self::parse(&text)
+    fn parse_bytes(bytes: &[u8]) -> Result<Self, StaticTokensError> {
+        let text = std::str::from_utf8(bytes).map_err(|_| StaticTokensError::NotUtf8)?;
+        Self::parse(text)
     }
 
     /// Parses entry by entry, by hand rather than with derived serde, because serde's type errors

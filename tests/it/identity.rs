@@ -23,10 +23,13 @@ use maas_authz::store::KeyStore;
 use maas_authz::store::postgres::{NoQueryObserver, PgKeyStore, PgSettings};
 use p256::ecdsa::SigningKey;
 use p256::ecdsa::signature::Signer;
+use reqwest::Method;
 use serde_json::{Value, json};
 use tempfile::NamedTempFile;
 
-use crate::support::{FREE_USER, TestDb, admin_url, mint};
+use crate::rest_admin;
+use crate::rest_support::{BOB, RestServer};
+use crate::support::{FREE_USER, KeyOwner, TestDb, admin_url, mint};
 
 type Resolver = IdentityResolver<PgKeyStore, ()>;
 
@@ -90,6 +93,21 @@ fn bearer(token: &str) -> String {
 
 fn groups(names: &[&str]) -> Vec<String> {
     names.iter().map(|g| (*g).to_owned()).collect()
+}
+
+/// A resolved caller as the REST API reads it: username, groups, admin, credential.
+fn seen(
+    result: &Result<Caller, AuthError>,
+) -> Result<(&str, Vec<&str>, bool, CredentialKind), AuthError> {
+    match result {
+        Ok(caller) => Ok((
+            caller.username.as_str(),
+            caller.groups.iter().map(String::as_str).collect(),
+            caller.is_admin(),
+            caller.credential.clone(),
+        )),
+        Err(error) => Err(error.clone()),
+    }
 }
 
 /// A port nothing listens on.
@@ -192,22 +210,22 @@ async fn a_static_token_yields_its_user_with_groups_and_admin_flag() {
     let user = resolver.authenticate(Some("bearer  dev-user-token ")).await;
 
     assert_eq!(
-        admin,
-        Ok(Caller {
-            username: "admin".to_owned(),
-            groups: groups(&["maas-admins", "system:authenticated"]),
-            admin: true,
-            credential: CredentialKind::StaticToken,
-        })
+        seen(&admin),
+        Ok((
+            "admin",
+            vec!["maas-admins", "system:authenticated"],
+            true,
+            CredentialKind::StaticToken,
+        ))
     );
     assert_eq!(
-        user,
-        Ok(Caller {
-            username: "carol".to_owned(),
-            groups: groups(&["premium-users", "system:authenticated"]),
-            admin: false,
-            credential: CredentialKind::StaticToken,
-        })
+        seen(&user),
+        Ok((
+            "carol",
+            vec!["premium-users", "system:authenticated"],
+            false,
+            CredentialKind::StaticToken,
+        ))
     );
 }
 
@@ -308,6 +326,53 @@ async fn duplicate_static_tokens_fail_start_up() {
     );
 }
 
+#[tokio::test]
+async fn an_edited_static_token_file_applies_to_the_next_request() {
+    let file = file_with(STATIC_TOKENS);
+    let resolver = resolver(static_args(&file)).await;
+    let before = resolver.authenticate(Some("Bearer dev-admin-token")).await;
+    std::fs::write(
+        file.path(),
+        "- {token: dev-admin-token, username: admin, groups: [premium-users]}\n",
+    )
+    .expect("rewrite");
+
+    let demoted = resolver.authenticate(Some("Bearer dev-admin-token")).await;
+    let removed = resolver.authenticate(Some("Bearer dev-user-token")).await;
+
+    assert!(before.expect("admin").is_admin());
+    assert_eq!(
+        seen(&demoted),
+        Ok((
+            "admin",
+            vec!["premium-users", "system:authenticated"],
+            false,
+            CredentialKind::StaticToken,
+        ))
+    );
+    assert_eq!(
+        removed,
+        Err(AuthError::Invalid("the token is not recognised".to_owned()))
+    );
+}
+
+#[tokio::test]
+async fn a_static_token_file_broken_while_running_accepts_no_token_until_fixed() {
+    let file = file_with(STATIC_TOKENS);
+    let resolver = resolver(static_args(&file)).await;
+    std::fs::write(file.path(), "- token: [unclosed\n").expect("break");
+
+    let while_broken = resolver.authenticate(Some("Bearer dev-admin-token")).await;
+    std::fs::write(file.path(), STATIC_TOKENS).expect("fix");
+    let fixed = resolver.authenticate(Some("Bearer dev-admin-token")).await;
+
+    assert_eq!(
+        while_broken,
+        Err(AuthError::Invalid("the token is not recognised".to_owned()))
+    );
+    assert!(fixed.expect("accepted again").is_admin());
+}
+
 // ---------------------------------------------------------------------------------------------
 // sk-oai API keys
 
@@ -323,16 +388,52 @@ async fn an_api_key_yields_its_owner_with_the_stored_group_snapshot() {
     let caller = resolver.authenticate(Some(&bearer(&key))).await;
 
     assert_eq!(
-        caller,
-        Ok(Caller {
-            username: "alice".to_owned(),
-            groups: groups(&["system:authenticated"]),
-            admin: false,
-            credential: CredentialKind::ApiKey {
+        seen(&caller),
+        Ok((
+            "alice",
+            vec!["system:authenticated"],
+            false,
+            CredentialKind::ApiKey {
                 id: record.id,
                 subscription: "free".to_owned(),
             },
-        })
+        ))
+    );
+}
+
+#[tokio::test]
+async fn an_api_key_is_never_admin_even_with_an_admin_group_in_its_snapshot() {
+    let db = TestDb::migrated().await;
+    let store = db.store();
+    let owner = KeyOwner {
+        user: "root-admin",
+        groups: &["system:authenticated", "maas-admins"],
+        subscription: "free",
+    };
+    let (key, record) = mint(&store, &owner).await;
+    let resolver = IdentityResolver::from_args(
+        &IdentityArgs {
+            admin_groups: groups(&["maas-admins"]),
+            ..Default::default()
+        },
+        authorizer_on(store),
+    )
+    .await
+    .expect("set up");
+
+    let caller = resolver.authenticate(Some(&bearer(&key))).await;
+
+    assert_eq!(
+        seen(&caller),
+        Ok((
+            "root-admin",
+            vec!["system:authenticated", "maas-admins"],
+            false,
+            CredentialKind::ApiKey {
+                id: record.id,
+                subscription: "free".to_owned(),
+            },
+        ))
     );
 }
 
@@ -528,7 +629,7 @@ impl TestIssuer {
 }
 
 #[tokio::test]
-async fn an_oidc_token_signed_by_the_issuer_yields_its_user_and_groups() {
+async fn an_oidc_user_is_named_by_issuer_and_subject_by_default() {
     let key = TestKey::new("k1");
     let issuer = TestIssuer::start(&[&key]).await;
     let resolver = resolver(issuer.args()).await;
@@ -537,34 +638,270 @@ async fn an_oidc_token_signed_by_the_issuer_yields_its_user_and_groups() {
         .authenticate(Some(&bearer(&key.sign(&issuer.claims()))))
         .await;
 
+    let expected = format!("{}#3f2c9a1e-dana", issuer.url);
     assert_eq!(
-        caller,
-        Ok(Caller {
-            username: "dana".to_owned(),
-            groups: groups(&["premium-users", "maas-admins", "system:authenticated"]),
-            admin: true,
-            credential: CredentialKind::OidcToken,
-        })
+        seen(&caller),
+        Ok((
+            expected.as_str(),
+            vec!["premium-users", "maas-admins", "system:authenticated"],
+            true,
+            CredentialKind::OidcToken,
+        ))
     );
 }
 
 #[tokio::test]
-async fn an_oidc_token_without_preferred_username_is_named_by_its_subject() {
+async fn a_preferred_username_the_user_chose_does_not_change_who_they_are() {
     let key = TestKey::new("k1");
     let issuer = TestIssuer::start(&[&key]).await;
     let resolver = resolver(issuer.args()).await;
+    let mut spoofing = issuer.claims();
+    spoofing["preferred_username"] = json!("root-admin");
+    let mut impostor = issuer.claims();
+    impostor["sub"] = json!("9d41-mallory");
+
+    let dana = resolver
+        .authenticate(Some(&bearer(&key.sign(&issuer.claims()))))
+        .await
+        .expect("authenticated");
+    let renamed = resolver
+        .authenticate(Some(&bearer(&key.sign(&spoofing))))
+        .await
+        .expect("authenticated");
+    let mallory = resolver
+        .authenticate(Some(&bearer(&key.sign(&impostor))))
+        .await
+        .expect("authenticated");
+
+    assert_eq!(dana.username, format!("{}#3f2c9a1e-dana", issuer.url));
+    assert_eq!(renamed.username, dana.username);
+    assert_eq!(mallory.username, format!("{}#9d41-mallory", issuer.url));
+}
+
+#[tokio::test]
+async fn an_oidc_token_without_the_username_claim_is_refused_naming_the_claim() {
+    let result = oidc_rejection(|claims| {
+        claims.as_object_mut().unwrap().remove("sub");
+    })
+    .await;
+
+    assert_eq!(
+        result,
+        Err(AuthError::Invalid(
+            "JWT has no \"sub\" claim, which names its user here".to_owned()
+        ))
+    );
+}
+
+#[tokio::test]
+async fn a_username_claim_that_is_not_a_string_is_refused_naming_the_claim() {
+    for sub in [json!(42), json!(["dana", "admin"]), json!({"name": "dana"})] {
+        let result = oidc_rejection(|claims| claims["sub"] = sub.clone()).await;
+
+        assert_eq!(
+            result,
+            Err(AuthError::Invalid(
+                "JWT claim \"sub\", which names its user here, must be a string".to_owned()
+            )),
+            "sub {sub}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_configured_username_claim_does_not_fall_back_to_another() {
+    let key = TestKey::new("k1");
+    let issuer = TestIssuer::start(&[&key]).await;
+    let resolver = resolver(IdentityArgs {
+        oidc_username_claim: Some("preferred_username".to_owned()),
+        ..issuer.args()
+    })
+    .await;
     let mut claims = issuer.claims();
     claims.as_object_mut().unwrap().remove("preferred_username");
-    claims.as_object_mut().unwrap().remove("groups");
-    claims["aud"] = json!(AUDIENCE);
 
-    let caller = resolver
+    let result = resolver
         .authenticate(Some(&bearer(&key.sign(&claims))))
         .await;
 
-    let caller = caller.expect("authenticated");
-    assert_eq!(caller.username, "3f2c9a1e-dana");
-    assert_eq!(caller.groups, groups(&["system:authenticated"]));
+    assert_eq!(
+        result,
+        Err(AuthError::Invalid(
+            "JWT has no \"preferred_username\" claim, which names its user here".to_owned()
+        ))
+    );
+}
+
+#[tokio::test]
+async fn an_email_username_needs_a_verified_address_and_gets_no_prefix() {
+    let key = TestKey::new("k1");
+    let issuer = TestIssuer::start(&[&key]).await;
+    let resolver = resolver(IdentityArgs {
+        oidc_username_claim: Some("email".to_owned()),
+        ..issuer.args()
+    })
+    .await;
+    let with_email = |verified: Option<Value>| {
+        let mut claims = issuer.claims();
+        claims["email"] = json!("dana@example.com");
+        if let Some(verified) = verified {
+            claims["email_verified"] = verified;
+        }
+        bearer(&key.sign(&claims))
+    };
+
+    let unverified = resolver
+        .authenticate(Some(&with_email(Some(json!(false)))))
+        .await;
+    let not_a_boolean = resolver
+        .authenticate(Some(&with_email(Some(json!("true")))))
+        .await;
+    let verified = resolver
+        .authenticate(Some(&with_email(Some(json!(true)))))
+        .await;
+    let unstated = resolver.authenticate(Some(&with_email(None))).await;
+
+    assert_eq!(
+        unverified,
+        Err(AuthError::Invalid(
+            "JWT email is not verified (email_verified is false)".to_owned()
+        ))
+    );
+    assert_eq!(
+        not_a_boolean,
+        Err(AuthError::Invalid(
+            "JWT claim \"email_verified\" must be a boolean".to_owned()
+        ))
+    );
+    assert_eq!(verified.expect("verified").username, "dana@example.com");
+    assert_eq!(unstated.expect("accepted").username, "dana@example.com");
+}
+
+#[tokio::test]
+async fn a_dash_prefix_takes_the_claim_as_it_is() {
+    let key = TestKey::new("k1");
+    let issuer = TestIssuer::start(&[&key]).await;
+    let resolver = resolver(IdentityArgs {
+        oidc_username_claim: Some("preferred_username".to_owned()),
+        oidc_username_prefix: Some("-".to_owned()),
+        ..issuer.args()
+    })
+    .await;
+
+    let caller = resolver
+        .authenticate(Some(&bearer(&key.sign(&issuer.claims()))))
+        .await;
+
+    assert_eq!(caller.expect("authenticated").username, "dana");
+}
+
+#[tokio::test]
+async fn configured_prefixes_and_groups_claim_name_users_and_groups() {
+    let key = TestKey::new("k1");
+    let issuer = TestIssuer::start(&[&key]).await;
+    let resolver = resolver(IdentityArgs {
+        oidc_username_prefix: Some("oidc:".to_owned()),
+        oidc_groups_claim: Some("roles".to_owned()),
+        oidc_groups_prefix: Some("idp:".to_owned()),
+        admin_groups: groups(&["idp:maas-admins"]),
+        ..issuer.args()
+    })
+    .await;
+    let mut listed = issuer.claims();
+    listed["roles"] = json!(["premium-users", "maas-admins"]);
+    let mut single = issuer.claims();
+    single["roles"] = json!("premium-users");
+    let mut unusable = issuer.claims();
+    unusable["roles"] = json!({"premium-users": true});
+
+    let admin = resolver
+        .authenticate(Some(&bearer(&key.sign(&listed))))
+        .await;
+    let member = resolver
+        .authenticate(Some(&bearer(&key.sign(&single))))
+        .await;
+    let refused = resolver
+        .authenticate(Some(&bearer(&key.sign(&unusable))))
+        .await;
+
+    assert_eq!(
+        seen(&admin),
+        Ok((
+            "oidc:3f2c9a1e-dana",
+            vec![
+                "idp:premium-users",
+                "idp:maas-admins",
+                "system:authenticated"
+            ],
+            true,
+            CredentialKind::OidcToken,
+        ))
+    );
+    assert_eq!(
+        seen(&member),
+        Ok((
+            "oidc:3f2c9a1e-dana",
+            vec!["idp:premium-users", "system:authenticated"],
+            false,
+            CredentialKind::OidcToken,
+        ))
+    );
+    assert_eq!(
+        refused,
+        Err(AuthError::Invalid(
+            "JWT claim \"roles\", which lists its groups here, must be a list of strings"
+                .to_owned()
+        ))
+    );
+}
+
+#[test]
+fn bad_oidc_claim_settings_stop_serve_naming_the_variable() {
+    let cases = [
+        (
+            "MAAS_AUTHZ_OIDC_USERNAME_CLAIM",
+            "",
+            "must name a JWT claim, e.g. sub, email or preferred_username; it cannot be empty",
+        ),
+        (
+            "MAAS_AUTHZ_OIDC_GROUPS_CLAIM",
+            "realm roles",
+            "a claim name cannot contain whitespace or control characters",
+        ),
+        (
+            "MAAS_AUTHZ_OIDC_GROUPS_PREFIX",
+            "idp groups/",
+            "prefixed groups must still be valid group names: use only letters, digits and : . _ -",
+        ),
+        (
+            "MAAS_AUTHZ_OIDC_USERNAME_PREFIX",
+            "oidc\u{7}",
+            "a username prefix cannot contain control characters",
+        ),
+    ];
+
+    for (variable, value, message) in cases {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_maas-authz"))
+            .arg("serve")
+            .env_clear()
+            .env("DATABASE_URL", "postgres://x@127.0.0.1:9/x")
+            .env("MAAS_AUTHZ_POLICY_PATH", "examples/policy")
+            .env(
+                "MAAS_AUTHZ_OIDC_ISSUER",
+                "https://keycloak.example/realms/maas",
+            )
+            .env("MAAS_AUTHZ_OIDC_AUDIENCE", AUDIENCE)
+            .env(variable, value)
+            .output()
+            .expect("run maas-authz");
+
+        let text = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{variable}");
+        assert!(
+            text.contains(&format!("<{variable}>': {message}")),
+            "{variable}: {text}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -730,7 +1067,10 @@ async fn an_oidc_token_signed_with_a_rotated_in_key_is_accepted_after_one_refetc
         .authenticate(Some(&bearer(&new.sign(&issuer.claims()))))
         .await;
 
-    assert_eq!(caller.expect("new key accepted").username, "dana");
+    assert_eq!(
+        caller.expect("new key accepted").username,
+        format!("{}#3f2c9a1e-dana", issuer.url)
+    );
     assert_eq!(issuer.jwks_requests(), 2);
 }
 
@@ -809,6 +1149,95 @@ async fn an_oidc_issuer_that_is_not_a_url_fails_start_up() {
     assert!(
         error.contains("MAAS_AUTHZ_OIDC_ISSUER=keycloak/realms/maas"),
         "{error}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// OIDC callers of the real REST API
+
+async fn rest_server_trusting(issuer: &TestIssuer) -> RestServer {
+    RestServer::start_with(|config| {
+        config.identity.oidc_issuer = Some(issuer.url.clone());
+        config.identity.oidc_audience = Some(AUDIENCE.to_owned());
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_oidc_user_mints_and_finds_keys_under_the_issuer_prefixed_name() {
+    let signing = TestKey::new("k1");
+    let issuer = TestIssuer::start(&[&signing]).await;
+    let server = rest_server_trusting(&issuer).await;
+    let mut claims = issuer.claims();
+    claims["groups"] = json!(["premium-users"]);
+    let token = signing.sign(&claims);
+    let owner = format!("{}#3f2c9a1e-dana", issuer.url);
+
+    let created = server.create_key(&token, json!({"name": "dana's"})).await;
+    let (key, id) = (
+        created["key"].as_str().unwrap(),
+        created["id"].as_str().unwrap(),
+    );
+    let read = server
+        .call(Method::GET, &format!("/v1/api-keys/{id}"))
+        .token(&token)
+        .send()
+        .await;
+    let by_owner = server
+        .call(Method::POST, "/v1/api-keys/search")
+        .token(&token)
+        .json(json!({"filters": {"username": owner}}))
+        .send()
+        .await;
+    let validated = server
+        .internal(Method::POST, "/internal/v1/api-keys/validate")
+        .json(json!({"key": key}))
+        .send()
+        .await;
+
+    assert!(owner.starts_with("http://127.0.0.1:"), "{owner}");
+    assert_eq!(created["subscription"], "premium");
+    assert_eq!(read.assert_status(200)["username"], owner.as_str());
+    let page = by_owner.assert_status(200);
+    assert_eq!(rest_admin::names(page), ["dana's"]);
+    assert_eq!(page["data"][0]["username"], owner.as_str());
+    assert_eq!(validated.assert_status(200)["username"], owner.as_str());
+    assert_eq!(server.check("qwen3", key).await, None);
+}
+
+#[tokio::test]
+async fn an_oidc_admin_demoted_at_the_issuer_is_no_admin_with_the_next_token_nor_with_old_keys() {
+    let signing = TestKey::new("k1");
+    let issuer = TestIssuer::start(&[&signing]).await;
+    let server = rest_server_trusting(&issuer).await;
+    let bobs = server.create_key(BOB, json!({"name": "bobs"})).await;
+    let bobs_id = bobs["id"].as_str().unwrap();
+    let admin_token = signing.sign(&issuer.claims());
+    let danas = server
+        .create_key(&admin_token, json!({"name": "minted while admin"}))
+        .await;
+    let danas_key = danas["key"].as_str().unwrap();
+    let while_admin = server
+        .call(Method::POST, "/v1/api-keys/search")
+        .token(&admin_token)
+        .json(json!({"filters": {"username": "bob"}}))
+        .send()
+        .await;
+
+    let mut demoted = issuer.claims();
+    demoted["groups"] = json!(["premium-users"]);
+    let demoted_token = signing.sign(&demoted);
+    let token_after = rest_admin::attempts_on_bobs_keys(&server, &demoted_token, bobs_id).await;
+    let key_after = rest_admin::attempts_on_bobs_keys(&server, danas_key, bobs_id).await;
+
+    assert_eq!(rest_admin::names(while_admin.assert_status(200)), ["bobs"]);
+    assert_eq!(token_after, rest_admin::non_admin_answers());
+    assert_eq!(key_after, rest_admin::non_admin_answers());
+    assert_eq!(
+        server
+            .check("simulator", bobs["key"].as_str().unwrap())
+            .await,
+        None
     );
 }
 
@@ -937,13 +1366,13 @@ async fn a_kubernetes_token_yields_the_reviewed_user_and_groups() {
         .await;
 
     assert_eq!(
-        caller,
-        Ok(Caller {
-            username: "erin".to_owned(),
-            groups: groups(&["premium-users", "system:authenticated"]),
-            admin: false,
-            credential: CredentialKind::KubernetesToken,
-        })
+        seen(&caller),
+        Ok((
+            "erin",
+            vec!["premium-users", "system:authenticated"],
+            false,
+            CredentialKind::KubernetesToken,
+        ))
     );
 }
 

@@ -23,6 +23,7 @@ mod outage;
 mod properties;
 mod raw_http;
 mod rest;
+mod rest_admin;
 mod rest_internal;
 mod rest_models;
 mod rest_openapi;

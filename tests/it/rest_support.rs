@@ -32,6 +32,8 @@ const STATIC_TOKENS: &str = "\
   groups: [system:authenticated, maas-admins]
 ";
 
+const STATIC_TOKENS_FILE_NAME: &str = "static-tokens.yaml";
+
 /// One HTTP answer.
 #[derive(Debug)]
 pub struct Reply {
@@ -68,7 +70,7 @@ impl Reply {
 /// The real server, its database, and the files its identities come from.
 pub struct RestServer {
     pub test: TestServer,
-    _identities: TempDir,
+    identities: TempDir,
     client: reqwest::Client,
 }
 
@@ -153,7 +155,7 @@ impl RestServer {
         clock: std::sync::Arc<dyn Clock>,
     ) -> Self {
         let identities = tempfile::tempdir().expect("temp dir");
-        let tokens_file = identities.path().join("static-tokens.yaml");
+        let tokens_file = identities.path().join(STATIC_TOKENS_FILE_NAME);
         std::fs::write(&tokens_file, STATIC_TOKENS).expect("write static tokens");
         let db = TestDb::migrated().await;
         let mut config = serve_config(&db);
@@ -169,9 +171,16 @@ impl RestServer {
             .expect("HTTP client");
         Self {
             test: TestServer { db, server },
-            _identities: identities,
+            identities,
             client,
         }
+    }
+
+    /// Replaces the running server's static token file, as an operator editing the mounted
+    /// Secret would.
+    pub fn rewrite_static_tokens(&self, yaml: &str) {
+        std::fs::write(self.identities.path().join(STATIC_TOKENS_FILE_NAME), yaml)
+            .expect("rewrite static tokens");
     }
 
     /// A call to the public listener.
