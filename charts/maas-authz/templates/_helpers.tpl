@@ -133,9 +133,10 @@ Render-time checks the schema cannot express; each fails with the values to chan
 {{- if and .Values.autoscaling.enabled (not .Values.autoscaling.targetCPUUtilizationPercentage) (not .Values.autoscaling.targetMemoryUtilizationPercentage) }}
 {{- fail "autoscaling: set autoscaling.targetCPUUtilizationPercentage or autoscaling.targetMemoryUtilizationPercentage (both are 0), or autoscaling.enabled=false" }}
 {{- end }}
-{{- if and .Values.gateway.envoyGateway.enabled (not .Values.gateway.envoyGateway.targetRefs) }}
-{{- fail "gateway.envoyGateway.targetRefs: name at least one HTTPRoute or Gateway for the SecurityPolicy" }}
+{{- if and .Values.gateway.envoyGateway.enabled (not .Values.gateway.envoyGateway.targetRefs) (not .Values.gateway.models) }}
+{{- fail "gateway.envoyGateway.targetRefs: name at least one HTTPRoute or Gateway for the SecurityPolicy (or list the model routes in gateway.models)" }}
 {{- end }}
+{{- include "maas-authz.validateSecurity" . }}
 {{- end }}
 
 {{/* Environment shared by the server, the migrate Job and the cleanup CronJob (DatabaseConfig). */}}
@@ -157,4 +158,175 @@ Render-time checks the schema cannot express; each fails with the values to chan
   value: {{ .Values.config.logFormat | quote }}
 - name: RUST_LOG
   value: {{ .Values.config.logLevel | quote }}
+{{- end }}
+
+{{/*
+Render-time checks of the security wiring (NetworkPolicy, model routes, path hygiene); each
+fails with the values to change.
+*/}}
+{{- define "maas-authz.validateSecurity" -}}
+{{- $np := .Values.networkPolicy }}
+{{- if and $np.grpcFrom $np.unsafeGrpcFromAnywhere }}
+{{- fail "networkPolicy: grpcFrom and unsafeGrpcFromAnywhere contradict each other; keep grpcFrom (the gateway's pods) and drop unsafeGrpcFromAnywhere" }}
+{{- end }}
+{{- if and $np.enabled (not $np.grpcFrom) (not $np.unsafeGrpcFromAnywhere) }}
+{{- fail "networkPolicy.grpcFrom: name the gateway's pods (e.g. [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: istio-system}}, podSelector: {matchLabels: {istio: ingressgateway}}}]): whoever reaches the gRPC port can call Check and the token meter. Only on a cluster that does not enforce NetworkPolicies, set networkPolicy.unsafeGrpcFromAnywhere=true instead (unsafe)" }}
+{{- end }}
+{{- if and (not $np.enabled) (not $np.unsafeGrpcFromAnywhere) }}
+{{- fail "networkPolicy.enabled=false leaves the gRPC port (Check and the token meter) open to every source: keep the NetworkPolicy and set networkPolicy.grpcFrom, or confirm with networkPolicy.unsafeGrpcFromAnywhere=true (unsafe)" }}
+{{- end }}
+{{- range $i, $peer := $np.grpcFrom }}
+{{- $pods := $peer.podSelector | default dict }}
+{{- if not (or $pods.matchLabels $pods.matchExpressions $peer.ipBlock) }}
+{{- fail (printf "networkPolicy.grpcFrom[%d]: select the gateway's pods with a non-empty podSelector (alone, or with a namespaceSelector), or give an ipBlock; a namespaceSelector alone admits every pod of those namespaces" $i) }}
+{{- end }}
+{{- end }}
+{{- $gw := .Values.gateway }}
+{{- if and $gw.models (not $gw.envoyGateway.enabled) (not $gw.istio.enabled) }}
+{{- fail "gateway.models: no gateway wiring carries them; set gateway.envoyGateway.enabled or gateway.istio.enabled (a plain Envoy sets context_extensions per route itself, see deploy/envoy/envoy.yaml)" }}
+{{- end }}
+{{- $seen := dict }}
+{{- range $i, $m := include "maas-authz.routeModels" . | fromJsonArray }}
+{{- if and $gw.envoyGateway.enabled (not $m.httpRoute) }}
+{{- fail (printf "gateway.models[%d] (%s): set httpRoute, the HTTPRoute the Envoy Gateway SecurityPolicy attaches to" $i $m.model) }}
+{{- end }}
+{{- if and $gw.istio.enabled (not $m.httpRoute) (not $m.istioRoutes) }}
+{{- fail (printf "gateway.models[%d] (%s): set httpRoute or istioRoutes, the Envoy route names on the Istio gateway" $i $m.model) }}
+{{- end }}
+{{- $route := printf "%s/%s/%s" $m.namespace $m.httpRoute $m.sectionName }}
+{{- if and $m.httpRoute (hasKey $seen $route) }}
+{{- fail (printf "gateway.models[%d]: HTTPRoute %s/%s%s is listed twice (as %s and %s); one route serves one model" $i $m.namespace $m.httpRoute (ternary (printf " rule %s" $m.sectionName) "" (ne $m.sectionName "")) (get $seen $route) $m.model) }}
+{{- end }}
+{{- $_ := set $seen $route $m.model }}
+{{- if $gw.envoyGateway.enabled }}
+{{- range $gw.envoyGateway.targetRefs }}
+{{- if and (eq .kind "HTTPRoute") (eq .name $m.httpRoute) (eq $m.namespace (default $.Release.Namespace $gw.envoyGateway.namespace)) (eq (default "" .sectionName) $m.sectionName) }}
+{{- fail (printf "gateway.models[%d]: HTTPRoute %s is also in gateway.envoyGateway.targetRefs; Envoy Gateway applies one SecurityPolicy per route, so list it only in gateway.models" $i $m.httpRoute) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if and $gw.envoyGateway.enabled $gw.envoyGateway.pathHygiene (not (include "maas-authz.envoyGatewayGateways" . | fromJsonArray)) }}
+{{- fail "gateway.envoyGateway.gatewayRefs: name the Gateway(s) of the model routes ([{name, namespace}]) for the path-hygiene ClientTrafficPolicy, or set gateway.envoyGateway.pathHygiene=false if you manage that Gateway's ClientTrafficPolicy yourself" }}
+{{- end }}
+{{- if and $gw.istio.enabled (or $gw.istio.pathHygiene $gw.models) (not (include "maas-authz.istioWorkloadSelectors" . | fromJsonArray)) }}
+{{- fail "gateway.istio.workloadSelector: the targetRefs name no Gateway, so the chart cannot select the gateway pods for its EnvoyFilters; set the labels of the gateway pods" }}
+{{- end }}
+{{- end }}
+
+{{/* gateway.models with defaults filled in, as a JSON list. */}}
+{{- define "maas-authz.routeModels" -}}
+{{- $out := list }}
+{{- $ns := default .Release.Namespace .Values.gateway.envoyGateway.namespace }}
+{{- range .Values.gateway.models }}
+{{- $namespace := default $ns .namespace }}
+{{- $istio := .istioRoutes | default list }}
+{{- if and (not $istio) .httpRoute }}
+{{- /* Istio names the Envoy routes of an HTTPRoute's rule N "<namespace>.<name>.<N>". */}}
+{{- $istio = list (printf "%s.%s.0" $namespace .httpRoute) }}
+{{- end }}
+{{- $out = append $out (dict "model" .model "httpRoute" (default "" .httpRoute) "namespace" $namespace "sectionName" (default "" .sectionName) "istioRoutes" $istio) }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/* The Gateways the Envoy Gateway ClientTrafficPolicy attaches to, as a JSON list of {name, namespace, sectionName}. */}}
+{{- define "maas-authz.envoyGatewayGateways" -}}
+{{- $ns := default .Release.Namespace .Values.gateway.envoyGateway.namespace }}
+{{- $out := list }}
+{{- range .Values.gateway.envoyGateway.gatewayRefs }}
+{{- $out = append $out (dict "name" .name "namespace" (default $ns .namespace) "sectionName" (default "" .sectionName)) }}
+{{- end }}
+{{- if not $out }}
+{{- range .Values.gateway.envoyGateway.targetRefs }}
+{{- if eq .kind "Gateway" }}
+{{- $out = append $out (dict "name" .name "namespace" $ns "sectionName" (default "" .sectionName)) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/* Label sets selecting the Istio gateway pods for the chart's EnvoyFilters, as a JSON list. */}}
+{{- define "maas-authz.istioWorkloadSelectors" -}}
+{{- $istio := .Values.gateway.istio }}
+{{- $out := list }}
+{{- if $istio.workloadSelector }}
+{{- $out = list $istio.workloadSelector }}
+{{- else if not $istio.targetRefs }}
+{{- $out = list $istio.selector }}
+{{- else }}
+{{- range $istio.targetRefs }}
+{{- if eq .kind "Gateway" }}
+{{- /* Istio labels the pods it deploys for a Gateway API Gateway with its name. */}}
+{{- $out = append $out (dict "gateway.networking.k8s.io/gateway-name" .name) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/*
+Client-sent headers the gateway removes before any filter: the identity Check stamps and the
+meter trusts must never come from the client. x-maas-subscription stays: the REST API reads it.
+*/}}
+{{- define "maas-authz.untrustedClientHeaders" -}}
+{{- toJson (list "x-maas-username" "x-maas-group" "x-maas-tier" "x-maas-key-id" "x-maas-identity-assertion" "x-gateway-model-name") }}
+{{- end }}
+
+{{/* The gateway's per-connection buffer: the meter reads a whole request body (plus headroom). */}}
+{{- define "maas-authz.gatewayBufferBytes" -}}
+{{- add (int64 .Values.enforcement.meterMaxRequestBytes) 65536 }}
+{{- end }}
+
+{{/* Secret and key of MAAS_AUTHZ_IDENTITY_SIGNING_KEYS. */}}
+{{- define "maas-authz.identitySigningSecretName" -}}
+{{- if .Values.enforcement.identitySigningKeys.existingSecret }}
+{{- .Values.enforcement.identitySigningKeys.existingSecret }}
+{{- else }}
+{{- printf "%s-identity-signing" (include "maas-authz.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "maas-authz.identitySigningSecretKey" -}}
+{{- if .Values.enforcement.identitySigningKeys.existingSecret }}
+{{- .Values.enforcement.identitySigningKeys.existingSecretKey }}
+{{- else -}}
+MAAS_AUTHZ_IDENTITY_SIGNING_KEYS
+{{- end }}
+{{- end }}
+
+{{/*
+The signing keys' value as the cluster holds it (base64, as in a Secret's data), or "" when it
+cannot be read (helm template, no access). For the chart's own Secret: the stored value, else a
+new `chart=<64 base64 characters of 48 random bytes>`, generated once per render and remembered
+in the root context, so the Secret and the Deployment's checksum see the same value.
+*/}}
+{{- define "maas-authz.identitySigningKeysData" -}}
+{{- if not (hasKey $ "maasAuthzIdentitySigningKeysData") }}
+{{- $name := include "maas-authz.identitySigningSecretName" . }}
+{{- $key := include "maas-authz.identitySigningSecretKey" . }}
+{{- $stored := dig "data" $key "" (lookup "v1" "Secret" .Release.Namespace $name) }}
+{{- if and (not $stored) (not .Values.enforcement.identitySigningKeys.existingSecret) }}
+{{- $stored = printf "chart=%s" (randBytes 48) | b64enc }}
+{{- end }}
+{{- $_ := set $ "maasAuthzIdentitySigningKeysData" $stored }}
+{{- end }}
+{{- get $ "maasAuthzIdentitySigningKeysData" }}
+{{- end }}
+
+{{/* The extAuth of the chart's Envoy Gateway SecurityPolicies: gRPC to this release's Service, fail closed. */}}
+{{- define "maas-authz.envoyGatewayExtAuth" -}}
+failOpen: {{ .Values.gateway.envoyGateway.failOpen }}
+{{- with .Values.gateway.envoyGateway.headersToExtAuth }}
+headersToExtAuth:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+grpc:
+  backendRefs:
+    - group: ""
+      kind: Service
+      name: {{ include "maas-authz.fullname" . }}
+      namespace: {{ .Release.Namespace }}
+      port: {{ .Values.service.grpcPort }}
 {{- end }}
