@@ -2,7 +2,7 @@
 //!
 //! See `ARCHITECTURE.md` for the map. Domain: [`key`], [`policy`], [`authorizer`], [`minting`],
 //! [`keys`], [`catalog`], [`identity`], [`cache`], [`limits`], [`usage`], [`duration`]. Edges: [`grpc`], [`http`],
-//! [`store`], [`cli`], [`serve`], [`metrics`].
+//! [`store`], [`tls`], [`cli`], [`serve`], [`metrics`].
 
 pub mod authorizer;
 pub mod breaker;
@@ -26,4 +26,5 @@ pub mod policy;
 pub mod serve;
 pub mod simulator;
 pub mod store;
+pub mod tls;
 pub mod usage;
