@@ -349,6 +349,9 @@ check_negative() {
     expect_refused "an HPA whose minimum exceeds its maximum" \
         "autoscaling: minReplicas (5) must not exceed maxReplicas (3)" \
         "${tpl[@]}" --set "database.url=$url" --set autoscaling.minReplicas=5 --set autoscaling.maxReplicas=3 || failed=1
+    expect_refused "a CA bundle from both a Secret and a ConfigMap" \
+        "database.tls: caSecret and caConfigMap are mutually exclusive" \
+        "${tpl[@]}" --set "database.url=$url" --set database.tls.caSecret=ca --set database.tls.caConfigMap=ca || failed=1
     [[ $failed -eq 0 ]] || die "at least one bad value set was not refused as expected"
 }
 
