@@ -535,6 +535,9 @@ check_negative() {
     expect_refused "an OIDC groups prefix that would make invalid group names" \
         "at '/identity/oidc/groupsPrefix': 'idp groups' does not match pattern" \
         "${ok[@]}" --set "identity.oidc.groupsPrefix=idp groups" || failed=1
+    expect_refused "a CA bundle from both a Secret and a ConfigMap" \
+        "database.tls: caSecret and caConfigMap are mutually exclusive" \
+        "${ok[@]}" --set database.tls.caSecret=ca --set database.tls.caConfigMap=ca || failed=1
     [[ $failed -eq 0 ]] || die "at least one bad value set was not refused as expected"
 }
 

@@ -21,6 +21,11 @@
 # Usage:
 #   scripts/ensure-postgres.sh               print an admin URL (starting things as needed)
 #   scripts/ensure-postgres.sh --stop-local  stop the project-local cluster (d), if running
+#   scripts/ensure-postgres.sh --server-binaries
+#                                            print "BINDIR USER": where initdb/pg_ctl/postgres
+#                                            are (installed as in d where missing) and, as root,
+#                                            the system user to run them as (empty otherwise);
+#                                            for tests that start a cluster of their own
 #   scripts/ensure-postgres.sh --help
 #
 # Environment:
@@ -567,6 +572,20 @@ stop_local_cluster() {
     log "stopped the project-local PostgreSQL in $DATA_DIR"
 }
 
+# server_binaries: initdb, pg_ctl and postgres (installed where allowed) and, as
+# root, a system user to run them; prints "BINDIR USER" on fd 3.
+server_binaries() {
+    if ! find_server_bindir; then
+        install_postgres || true
+        find_server_bindir ||
+            die "no PostgreSQL >= $MIN_MAJOR server binaries (initdb, pg_ctl, postgres) found; install PostgreSQL $MIN_MAJOR+ (Debian/Ubuntu: apt-get install postgresql) or set MAAS_AUTHZ_PG_BINDIR"
+    fi
+    # No cluster of ours is involved: pick_pg_user must not look at one.
+    DATA_DIR=""
+    pick_pg_user
+    printf '%s %s\n' "$BINDIR" "$PG_USER" >&3
+}
+
 # --------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------
@@ -596,6 +615,11 @@ main() {
             ;;
         --stop-local)
             with_lock "$LOCK_FILE" stop_local_cluster
+            exit 0
+            ;;
+        --server-binaries)
+            mkdir -p -- "$REPO_ROOT/.local"
+            with_lock "$LOCK_FILE" server_binaries
             exit 0
             ;;
         "") ;;

@@ -15,6 +15,9 @@
 # Usage:
 #   scripts/ensure-redis.sh               print a Redis URL (starting things as needed)
 #   scripts/ensure-redis.sh --stop-local  stop the project-local server (c), if running
+#   scripts/ensure-redis.sh --server-binary
+#                                         print the path of redis-server (installed as in c
+#                                         where missing); for tests that start their own
 #
 # Environment:
 #   MAAS_AUTHZ_TEST_REDIS_URL     use this server (step a)
@@ -93,6 +96,11 @@ main() {
             ;;
         --stop-local)
             stop_local
+            exit 0
+            ;;
+        --server-binary)
+            have redis-server || install_redis
+            command -v redis-server
             exit 0
             ;;
     esac

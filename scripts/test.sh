@@ -9,7 +9,11 @@
 #  2. Redis: scripts/ensure-redis.sh finds or starts one (the machine's
 #     redis-server); its URL is exported as MAAS_AUTHZ_TEST_REDIS_URL (each
 #     Rust test uses its own random key prefix in it).
-#  3. Test tools (ensure_test_tools below): the Python virtualenv .venv/ with
+#  3. Servers the tests start themselves (tests/it/tls.rs, tests/it/limits.rs):
+#     PostgreSQL's server binaries (ensure-postgres.sh --server-binaries), exported
+#     as MAAS_AUTHZ_TEST_PG_BINDIR and, as root, MAAS_AUTHZ_TEST_PG_USER (the
+#     system user to run them as); redis-server (ensure-redis.sh --server-binary).
+#  4. Test tools (ensure_test_tools below): the Python virtualenv .venv/ with
 #     scripts/requirements-test.txt (Envoy, ...), exported as
 #     MAAS_AUTHZ_ENVOY_BIN; .venv/bin is put first on PATH.
 #
@@ -23,6 +27,8 @@
 # Environment:
 #   MAAS_AUTHZ_TEST_DATABASE_URL  admin URL to test against (checked, not replaced)
 #   MAAS_AUTHZ_TEST_REDIS_URL     Redis to test against (checked, not replaced)
+#   MAAS_AUTHZ_TEST_PG_BINDIR     PostgreSQL server binaries for the TLS tests (and
+#   MAAS_AUTHZ_TEST_PG_USER       the user to run them as); found if unset
 #   DATABASE_URL                  otherwise: server to use (see ensure-postgres.sh)
 #   MAAS_AUTHZ_ENVOY_BIN          Envoy binary to use instead of the .venv one
 #   MAAS_AUTHZ_SKIP_TEST_TOOLS=1  do not create/update .venv (offline work)
@@ -149,6 +155,15 @@ main() {
     redis_url="$(bash "$REPO_ROOT/scripts/ensure-redis.sh")"
     [[ -n "$redis_url" ]] || die "ensure-redis.sh printed no URL"
     export MAAS_AUTHZ_TEST_REDIS_URL="$redis_url"
+
+    banner "Servers the tests start themselves (PostgreSQL binaries, redis-server)"
+    if [[ -z "${MAAS_AUTHZ_TEST_PG_BINDIR:-}" ]]; then
+        local server_binaries
+        server_binaries="$(bash "$REPO_ROOT/scripts/ensure-postgres.sh" --server-binaries)"
+        read -r MAAS_AUTHZ_TEST_PG_BINDIR MAAS_AUTHZ_TEST_PG_USER <<<"$server_binaries"
+        export MAAS_AUTHZ_TEST_PG_BINDIR MAAS_AUTHZ_TEST_PG_USER
+    fi
+    bash "$REPO_ROOT/scripts/ensure-redis.sh" --server-binary >/dev/null
 
     ensure_test_tools
 

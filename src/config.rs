@@ -11,6 +11,7 @@ use crate::assertion::SigningKeys;
 use crate::duration::parse_duration;
 use crate::identity::IdentityArgs;
 use crate::request_path::ModelFreePaths;
+use crate::tls::CaBundle;
 
 /// maas-authz: API-key ext_authz server and key tools for an LLM Models-as-a-Service gateway.
 #[derive(Debug, Parser)]
@@ -81,6 +82,11 @@ pub struct DatabaseConfig {
     /// Longest a new connection may take.
     #[arg(long, env = "MAAS_AUTHZ_DB_CONNECT_TIMEOUT", value_name = "MAAS_AUTHZ_DB_CONNECT_TIMEOUT", default_value = "3s", value_parser = positive_duration)]
     pub db_connect_timeout: Duration,
+    /// PEM file of the CA certificates the database server's certificate must lead to, read at
+    /// start-up (DATABASE_URL then needs sslmode=verify-full, verify-ca or require; libpq's
+    /// sslrootcert= in the URL does the same). Unset: the built-in public CA roots.
+    #[arg(long, env = "MAAS_AUTHZ_DATABASE_CA_FILE", value_name = "MAAS_AUTHZ_DATABASE_CA_FILE", value_parser = ca_bundle)]
+    pub database_ca_file: Option<CaBundle>,
 }
 
 /// Everything `serve` needs.
@@ -275,10 +281,14 @@ pub struct LimitsConfig {
     /// e.g. when a rate limiter in the gateway does it).
     #[arg(long, env = "MAAS_AUTHZ_LIMITS_ENABLED", value_name = "MAAS_AUTHZ_LIMITS_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub limits_enabled: bool,
-    /// Redis URL (redis://[:password@]host:6379[/db]) for counters shared by every replica;
-    /// unset: counters in this process (exact for one replica).
-    #[arg(long, env = "MAAS_AUTHZ_REDIS_URL", value_name = "MAAS_AUTHZ_REDIS_URL", hide_env_values = true, value_parser = redis_url)]
+    /// Redis URL (redis://[:password@]host:6379[/db], or rediss:// for TLS) for counters shared
+    /// by every replica; unset: counters in this process (exact for one replica).
+    #[arg(long, env = "MAAS_AUTHZ_REDIS_URL", value_name = "MAAS_AUTHZ_REDIS_URL", hide_env_values = true, value_parser = RedisUrlParser)]
     pub redis_url: Option<String>,
+    /// PEM file of the CA certificates the Redis server's certificate must lead to (a rediss://
+    /// URL), read at start-up. Unset: the built-in public CA roots.
+    #[arg(long, env = "MAAS_AUTHZ_REDIS_CA_FILE", value_name = "MAAS_AUTHZ_REDIS_CA_FILE", value_parser = ca_bundle)]
+    pub redis_ca_file: Option<CaBundle>,
     /// Longest one Redis operation (connecting included) may take; keep it well under Envoy's
     /// ext_authz timeout.
     #[arg(long, env = "MAAS_AUTHZ_REDIS_TIMEOUT", value_name = "MAAS_AUTHZ_REDIS_TIMEOUT", default_value = "100ms", value_parser = positive_duration)]
@@ -308,6 +318,7 @@ impl LimitsConfig {
         Self {
             limits_enabled: true,
             redis_url: None,
+            redis_ca_file: None,
             redis_timeout: Duration::from_millis(100),
             redis_key_prefix: crate::limits::DEFAULT_KEY_PREFIX.to_owned(),
             limits_on_redis_error: OnRedisError::Allow,
@@ -315,13 +326,41 @@ impl LimitsConfig {
     }
 }
 
-/// A URL the Redis client accepts (checked without connecting).
-fn redis_url(text: &str) -> Result<String, String> {
-    redis::Client::open(text)
-        .map(|_| text.to_owned())
-        .map_err(|_| {
-            "must be a Redis URL like redis://host:6379 or redis://:password@host:6379/0".to_owned()
-        })
+/// A URL the Redis client accepts (checked without connecting). Unlike clap's own errors, a
+/// refusal never repeats the value: a Redis URL may hold a password.
+#[derive(Debug, Clone, Copy)]
+struct RedisUrlParser;
+
+impl clap::builder::TypedValueParser for RedisUrlParser {
+    type Value = String;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        _argument: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<String, clap::Error> {
+        value
+            .to_str()
+            .ok_or_else(|| "is not UTF-8".to_owned())
+            .and_then(|text| {
+                crate::limits::check_redis_url(text)
+                    .map(|()| text.to_owned())
+                    .map_err(|error| error.to_string())
+            })
+            .map_err(|reason| {
+                clap::Error::raw(
+                    clap::error::ErrorKind::ValueValidation,
+                    format!("invalid value for MAAS_AUTHZ_REDIS_URL (--redis-url): {reason}\n"),
+                )
+                .with_cmd(command)
+            })
+    }
+}
+
+/// A CA bundle named by a setting, read and checked at start-up.
+fn ca_bundle(text: &str) -> Result<CaBundle, String> {
+    CaBundle::read(std::path::Path::new(text)).map_err(|error| error.to_string())
 }
 
 /// The REST API: its two listeners and the limits of what it mints.

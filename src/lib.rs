@@ -2,7 +2,7 @@
 //!
 //! See `ARCHITECTURE.md` for the map. Domain: [`key`], [`policy`], [`request_path`], [`assertion`], [`authorizer`], [`minting`],
 //! [`keys`], [`catalog`], [`identity`], [`cache`], [`limits`], [`usage`], [`duration`]. Edges: [`grpc`], [`http`],
-//! [`store`], [`cli`], [`serve`], [`metrics`].
+//! [`store`], [`tls`], [`cli`], [`serve`], [`metrics`].
 
 pub mod assertion;
 pub mod authorizer;
@@ -28,4 +28,5 @@ pub mod request_path;
 pub mod serve;
 pub mod simulator;
 pub mod store;
+pub mod tls;
 pub mod usage;

@@ -35,6 +35,7 @@ use crate::pb::key_validation_server::KeyValidationServer;
 use crate::policy::Policy;
 use crate::policy::{PolicyReloader, ReloadEvent};
 use crate::store::KeyAdminStore;
+use crate::store::connect::{PgEndpoint, PgEndpointError};
 use crate::store::migrate::run_migrations;
 use crate::store::notify::{KeyChange, ListenerSettings, listen_for_key_changes};
 use crate::store::postgres::{PgKeyStore, PgSettings};
@@ -90,6 +91,7 @@ impl RunningServer {
 pub fn pg_settings(database: &DatabaseConfig) -> PgSettings {
     PgSettings {
         database_url: database.database_url.clone(),
+        database_ca_file: database.database_ca_file.clone(),
         tenant: database.tenant.clone(),
         pool_size: usize::from(database.db_pool_size),
         query_timeout: database.db_query_timeout,
@@ -97,17 +99,25 @@ pub fn pg_settings(database: &DatabaseConfig) -> PgSettings {
     }
 }
 
+/// Where the database is and how to reach it (TLS included), from the shared configuration.
+pub fn pg_endpoint(database: &DatabaseConfig) -> Result<PgEndpoint, PgEndpointError> {
+    PgEndpoint::new(&database.database_url, database.database_ca_file.as_ref())
+}
+
 /// Applies pending migrations on a dedicated connection, retrying until `deadline` while the
-/// database is not yet reachable (replicas and the database often start together).
+/// database is not yet reachable (replicas and the database often start together). A TLS
+/// failure or a server that wants TLS is not retried: only a configuration change helps.
 pub async fn migrate(database: &DatabaseConfig, patience: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + patience;
     let mut delay = Duration::from_millis(100);
-    let mut pg_config = crate::store::postgres::parse_database_url(&database.database_url)?;
-    pg_config.connect_timeout(database.db_connect_timeout);
+    let mut endpoint = pg_endpoint(database)?;
+    endpoint
+        .config_mut()
+        .connect_timeout(database.db_connect_timeout);
     let (mut client, connection) = loop {
-        match pg_config.connect(tokio_postgres::NoTls).await {
+        match endpoint.connect().await {
             Ok(connected) => break connected,
-            Err(error) if Instant::now() + delay < deadline => {
+            Err(error) if error.is_transient() && Instant::now() + delay < deadline => {
                 tracing::warn!(%error, retry_in = ?delay, "database not reachable yet");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
@@ -134,18 +144,25 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<RunningServer> {
     start_with_clock(config, Arc::new(SystemClock)).await
 }
 
-/// The limiter the configuration asks for: counters in Redis, else in this process.
-pub fn limiter(
+/// The limiter the configuration asks for: counters in Redis, else in this process. A Redis
+/// whose TLS certificate does not verify stops start-up; a Redis that is down does not.
+pub async fn limiter(
     config: &LimitsConfig,
     policy: Arc<ArcSwap<Policy>>,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<Limiter> {
     let store: Arc<dyn CounterStore> = match &config.redis_url {
-        Some(url) => Arc::new(
-            RedisCounterStore::connect_lazily(url, config.redis_timeout)
-                .context("MAAS_AUTHZ_REDIS_URL is not usable")?,
-        ),
+        Some(url) => {
+            let store = RedisCounterStore::connect_lazily(
+                url,
+                config.redis_ca_file.as_ref(),
+                config.redis_timeout,
+            )
+            .context("MAAS_AUTHZ_REDIS_URL is not usable")?;
+            store.check_certificate().await?;
+            Arc::new(store)
+        }
         None => Arc::new(InProcessCounterStore::default()),
     };
     let on_store_error = match config.limits_on_redis_error {
@@ -174,6 +191,14 @@ pub async fn start_with_clock(
         );
     }
     let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
+    let endpoint = pg_endpoint(&config.database)?;
+    if endpoint.is_plain_over_network() {
+        tracing::warn!(
+            "DATABASE_URL reaches a host beyond this machine without TLS (sslmode=disable, the \
+             default without sslmode): queries and key hashes cross the network unencrypted; set \
+             sslmode=verify-full"
+        );
+    }
     if !config.skip_migrations {
         migrate(&config.database, config.startup_timeout).await?;
     }
@@ -217,12 +242,15 @@ pub async fn start_with_clock(
             .with_last_used(last_used.clone())
             .with_model_free_paths(config.enforcement.model_free_paths.clone());
     if config.limits.limits_enabled {
-        authorizer = authorizer.with_limiter(Arc::new(limiter(
-            &config.limits,
-            shared_policy.clone(),
-            clock,
-            metrics.clone(),
-        )?));
+        authorizer = authorizer.with_limiter(Arc::new(
+            limiter(
+                &config.limits,
+                shared_policy.clone(),
+                clock,
+                metrics.clone(),
+            )
+            .await?,
+        ));
     } else {
         tracing::info!("limits disabled (MAAS_AUTHZ_LIMITS_ENABLED=false)");
     }
@@ -253,7 +281,7 @@ pub async fn start_with_clock(
     let (listening_tx, mut listening_rx) = watch::channel(false);
     let key_listener = listen_for_key_changes(
         ListenerSettings {
-            database_url: config.database.database_url.clone(),
+            endpoint,
             connect_timeout: config.database.db_connect_timeout,
             max_backoff: Duration::from_secs(5),
         },

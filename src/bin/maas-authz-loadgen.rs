@@ -360,6 +360,7 @@ fn serve_config(args: &Args, database_url: &str, raised_policy: Option<PathBuf>)
     ServeConfig {
         database: DatabaseConfig {
             database_url: database_url.to_owned(),
+            database_ca_file: None,
             tenant: args.tenant.clone(),
             db_pool_size: 16,
             db_query_timeout: Duration::from_secs(1),
@@ -397,6 +398,7 @@ async fn mint_keys(database_url: &str, tenant: &str, count: u32) -> anyhow::Resu
     let store = PgKeyStore::connect(
         &PgSettings {
             database_url: database_url.to_owned(),
+            database_ca_file: None,
             tenant: tenant.to_owned(),
             pool_size: 2,
             query_timeout: Duration::from_secs(5),
@@ -464,7 +466,8 @@ impl ScratchDatabase {
 }
 
 async fn admin_client(url: &str) -> anyhow::Result<tokio_postgres::Client> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let (client, connection) = maas_authz::store::connect::PgEndpoint::new(url, None)?
+        .connect()
         .await
         .context("cannot connect to the admin database URL")?;
     tokio::spawn(connection);

@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script};
+use redis::{Client, ConnectionAddr, Script, TlsCertificates};
 
 use super::store::{Acquired, CounterCharge, CounterError, CounterSpec, CounterStore};
+use crate::tls::{CaBundle, Trust};
 
 /// KEYS = counters; ARGV = limit, cost, add, ttl_ms per key. Reads every counter, and only if
 /// each has room for its cost adds every amount (INCRBY + PEXPIRE). Returns {admitted, values…}.
@@ -51,6 +52,8 @@ const EXPIRY_SLACK_MILLIS: u64 = 1_000;
 /// Counters in one Redis (or a Redis-protocol server), through a reconnecting connection.
 pub struct RedisCounterStore {
     connection: ConnectionManager,
+    /// What the server's certificate is checked against (`rediss://` only).
+    trust: Option<Trust>,
     acquire: Script,
     add: Script,
 }
@@ -62,28 +65,136 @@ impl std::fmt::Debug for RedisCounterStore {
     }
 }
 
-/// The Redis URL could not be used at all (a configuration error, not an outage).
+/// The Redis settings cannot be used at all (a configuration error, not an outage). No message
+/// repeats the URL, which may hold a password.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid Redis URL: {0}")]
-pub struct RedisUrlError(String);
+pub enum RedisUrlError {
+    #[error(
+        "must be a Redis URL like redis://host:6379, redis://:password@host:6379/0 or \
+         rediss://host:6380 (TLS)"
+    )]
+    Malformed,
+    #[error(
+        "#insecure (TLS without any certificate check) is refused: name the CA that signed the \
+         server's certificate in MAAS_AUTHZ_REDIS_CA_FILE instead"
+    )]
+    Insecure,
+    #[error(
+        "MAAS_AUTHZ_REDIS_CA_FILE is set but MAAS_AUTHZ_REDIS_URL is not a rediss:// URL: use \
+         rediss:// for TLS, or drop MAAS_AUTHZ_REDIS_CA_FILE"
+    )]
+    CaWithoutTls,
+    #[error("cannot set up TLS with MAAS_AUTHZ_REDIS_CA_FILE={0}")]
+    Tls(String),
+}
+
+/// The setting that names a CA bundle for Redis, for messages.
+pub const REDIS_CA_FILE_SETTING: &str = "MAAS_AUTHZ_REDIS_CA_FILE";
+
+/// Checks a Redis URL's shape without connecting: `redis://`, `rediss://` (TLS, certificate and
+/// host name verified) or a Unix socket; `#insecure` is refused.
+pub fn check_redis_url(url: &str) -> Result<(), RedisUrlError> {
+    redis_client(url).map(|_| ())
+}
+
+/// The client for `url`, and whether it speaks TLS.
+fn redis_client(url: &str) -> Result<(Client, bool), RedisUrlError> {
+    let client = Client::open(url).map_err(|_| RedisUrlError::Malformed)?;
+    let tls = match client.get_connection_info().addr() {
+        ConnectionAddr::TcpTls { insecure: true, .. } => return Err(RedisUrlError::Insecure),
+        ConnectionAddr::TcpTls { .. } => true,
+        _ => false,
+    };
+    Ok((client, tls))
+}
+
+/// Whether a Redis error is a TLS certificate that did not verify (a configuration error);
+/// the redis crate keeps rustls's error only as text.
+fn is_certificate_failure(error: &redis::RedisError) -> bool {
+    crate::tls::tls_failure(error).is_some()
+        || crate::store::connect::error_chain(error).contains("invalid peer certificate")
+}
 
 impl RedisCounterStore {
     /// Connects lazily: the process starts even while Redis is down, and every operation times
     /// out after `timeout` (connecting included) so that Check stays within Envoy's deadline.
-    pub fn connect_lazily(url: &str, timeout: Duration) -> Result<Self, RedisUrlError> {
-        let client = Client::open(url).map_err(|error| RedisUrlError(error.to_string()))?;
+    /// A `rediss://` URL verifies the server's certificate and host name against `ca_file`
+    /// (`MAAS_AUTHZ_REDIS_CA_FILE`), else the built-in public roots.
+    pub fn connect_lazily(
+        url: &str,
+        ca_file: Option<&CaBundle>,
+        timeout: Duration,
+    ) -> Result<Self, RedisUrlError> {
+        let (client, tls) = redis_client(url)?;
+        let (client, trust) = match (tls, ca_file) {
+            (false, Some(_)) => return Err(RedisUrlError::CaWithoutTls),
+            (false, None) => (client, None),
+            (true, None) => (client, Some(Trust::public_roots())),
+            (true, Some(bundle)) => {
+                let client = Client::build_with_tls(
+                    url,
+                    TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(bundle.pem().to_vec()),
+                    },
+                )
+                .map_err(|_| RedisUrlError::Tls(bundle.path().display().to_string()))?;
+                (client, Some(Trust::bundle(bundle, REDIS_CA_FILE_SETTING)))
+            }
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(2));
         let connection = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|error| RedisUrlError(error.to_string()))?;
+            .map_err(|_| RedisUrlError::Malformed)?;
         Ok(Self {
             connection,
+            trust,
             acquire: Script::new(ACQUIRE),
             add: Script::new(ADD),
         })
+    }
+
+    /// At start-up: a certificate that does not verify is a configuration error, to be fixed
+    /// before serving, unlike a Redis that is down (the limits' outage policy covers that).
+    pub async fn check_certificate(&self) -> Result<(), RedisTlsError> {
+        let Some(trust) = &self.trust else {
+            return Ok(());
+        };
+        let mut connection = self.connection.clone();
+        match redis::cmd("PING")
+            .query_async::<String>(&mut connection)
+            .await
+        {
+            Err(error) if is_certificate_failure(&error) => {
+                Err(RedisTlsError(explain_certificate_failure(&error, trust)))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The Redis server's certificate did not verify.
+#[derive(Debug, thiserror::Error)]
+#[error("MAAS_AUTHZ_REDIS_URL (rediss://): {0}")]
+pub struct RedisTlsError(String);
+
+/// The redis crate keeps rustls's error only as text: the common case (a certificate from
+/// another CA) is recognised by it, anything else is quoted.
+fn explain_certificate_failure(error: &redis::RedisError, trust: &Trust) -> String {
+    let unknown_issuer = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+    let text = crate::store::connect::error_chain(error);
+    match crate::tls::tls_failure(error) {
+        Some(tls) => crate::tls::explain_tls_failure(tls, Some(trust)),
+        None if text.contains(&unknown_issuer.to_string()) => {
+            crate::tls::explain_tls_failure(&unknown_issuer, Some(trust))
+        }
+        None => format!(
+            "the TLS handshake failed: {text} (certificates are checked against {})",
+            trust.described_as()
+        ),
     }
 }
 
@@ -183,5 +294,69 @@ impl CounterStore for RedisCounterStore {
 
     fn kind(&self) -> &'static str {
         "redis"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_tls_and_socket_urls_are_accepted() {
+        for url in [
+            "redis://127.0.0.1:6379",
+            "redis://:secret@redis:6379/0",
+            "rediss://redis.example:6380",
+            "rediss://user:secret@redis.example:6380/2",
+            "redis+unix:///run/redis.sock",
+        ] {
+            assert!(check_redis_url(url).is_ok(), "{url}");
+        }
+    }
+
+    #[test]
+    fn insecure_tls_is_refused_without_repeating_the_url() {
+        let error = check_redis_url("rediss://:secret@redis.example:6380/#insecure").unwrap_err();
+
+        assert!(matches!(error, RedisUrlError::Insecure));
+        assert!(!error.to_string().contains("secret"), "{error}");
+    }
+
+    #[test]
+    fn a_malformed_url_is_refused_without_repeating_it() {
+        let error = check_redis_url("redis://:secret@redis:port").unwrap_err();
+
+        assert_eq!(
+            error.to_string(),
+            "must be a Redis URL like redis://host:6379, redis://:password@host:6379/0 or \
+             rediss://host:6380 (TLS)"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_ca_file_needs_a_tls_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap();
+        std::fs::write(&path, ca.pem()).unwrap();
+        let bundle = CaBundle::read(&path).unwrap();
+
+        let plain = RedisCounterStore::connect_lazily(
+            "redis://127.0.0.1:6379",
+            Some(&bundle),
+            Duration::from_millis(100),
+        );
+        let tls = RedisCounterStore::connect_lazily(
+            "rediss://127.0.0.1:6380",
+            Some(&bundle),
+            Duration::from_millis(100),
+        );
+
+        assert!(matches!(plain, Err(RedisUrlError::CaWithoutTls)));
+        assert!(tls.is_ok());
     }
 }

@@ -3,6 +3,7 @@
 //! The PostgreSQL implementation lives in [`postgres`], its SQL in [`sql`], its schema in
 //! `migrations/` applied by [`migrate`].
 
+pub mod connect;
 pub mod migrate;
 pub mod notify;
 pub mod postgres;
@@ -125,6 +126,9 @@ pub enum StoreError {
     Query(String),
     #[error("a key with this hash already exists")]
     DuplicateHash,
+    /// The connection settings cannot work (e.g. an `sslmode` we refuse); fix and restart.
+    #[error("{0}")]
+    Configuration(String),
 }
 
 impl StoreError {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio_postgres::AsyncMessage;
 
+use super::connect::{PgConnectError, PgEndpoint};
 use super::sql;
 use crate::key::KeyHash;
 
@@ -25,7 +26,8 @@ pub enum KeyChange {
 /// How the listener connects.
 #[derive(Debug, Clone)]
 pub struct ListenerSettings {
-    pub database_url: String,
+    /// The database, TLS included, as the pool reaches it.
+    pub endpoint: PgEndpoint,
     pub connect_timeout: Duration,
     /// Longest pause between reconnection attempts (backoff starts at 100 ms and doubles).
     pub max_backoff: Duration,
@@ -37,21 +39,17 @@ pub async fn listen_for_key_changes(
     on_change: impl Fn(KeyChange) + Send + Sync + 'static,
     shutdown: impl Future<Output = ()> + Send,
 ) {
-    let mut config = match super::postgres::parse_database_url(&settings.database_url) {
-        Ok(config) => config,
-        Err(error) => {
-            tracing::error!(%error, "key-change listener cannot start");
-            return;
-        }
-    };
-    config.connect_timeout(settings.connect_timeout);
-    config.application_name("maas-authz-key-listener");
+    let mut endpoint = settings.endpoint;
+    endpoint
+        .config_mut()
+        .connect_timeout(settings.connect_timeout)
+        .application_name("maas-authz-key-listener");
     let mut shutdown = std::pin::pin!(shutdown);
     let mut backoff = Duration::from_millis(100);
     loop {
         tokio::select! {
             () = &mut shutdown => return,
-            outcome = listen_once(&config, &on_change) => {
+            outcome = listen_once(&endpoint, &on_change) => {
                 match outcome {
                     Ok(()) => tracing::warn!("key-change listener connection closed; reconnecting"),
                     Err(error) => tracing::warn!(%error, retry_in = ?backoff, "key-change listener failed; reconnecting"),
@@ -66,12 +64,21 @@ pub async fn listen_for_key_changes(
     }
 }
 
+/// Why one listening connection ended.
+#[derive(Debug, thiserror::Error)]
+enum ListenError {
+    #[error(transparent)]
+    Connect(#[from] PgConnectError),
+    #[error("{}", super::connect::error_chain(.0))]
+    Connection(#[from] tokio_postgres::Error),
+}
+
 /// One connection's life: connect, LISTEN, report `Resync`, then every notification.
 async fn listen_once(
-    config: &tokio_postgres::Config,
+    endpoint: &PgEndpoint,
     on_change: &(impl Fn(KeyChange) + Send + Sync),
-) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
+) -> Result<(), ListenError> {
+    let (client, mut connection) = endpoint.connect().await?;
     // The connection must be polled for the LISTEN to run; notifications arrive through it.
     let (sender, mut notifications) = tokio::sync::mpsc::unbounded_channel();
     let driver = tokio::spawn(async move {
@@ -104,7 +111,7 @@ async fn listen_once(
                     tracing::warn!("ignoring a key-change notification that is not a key hash")
                 }
             },
-            Some(Err(error)) => break Err(error),
+            Some(Err(error)) => break Err(error.into()),
             None => break Ok(()),
         }
     };

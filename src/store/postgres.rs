@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 
 use std::collections::BTreeMap;
 
+use super::connect::PgEndpoint;
 use super::sql;
 use super::{
     KeyAdminStore, KeyPage, KeyRecord, KeyRecordId, KeySearch, KeyStatus, KeyStore, NewKey,
@@ -17,11 +18,14 @@ use super::{
 };
 use crate::breaker::{Admission, CircuitBreaker};
 use crate::key::KeyHash;
+use crate::tls::CaBundle;
 
 /// How the pool connects and how long anything may take.
 #[derive(Debug, Clone)]
 pub struct PgSettings {
     pub database_url: String,
+    /// `MAAS_AUTHZ_DATABASE_CA_FILE`: the CAs the server's certificate must lead to.
+    pub database_ca_file: Option<CaBundle>,
     pub tenant: String,
     pub pool_size: usize,
     /// Upper bound for one statement including waiting for a pooled connection, so a slow or
@@ -49,6 +53,8 @@ impl QueryObserver for NoQueryObserver {
 /// The PostgreSQL-backed key store of one tenant.
 pub struct PgKeyStore<O: QueryObserver = NoQueryObserver> {
     pool: Pool,
+    /// Explains connection failures (which TLS check failed).
+    endpoint: PgEndpoint,
     tenant: String,
     query_timeout: Duration,
     /// The hot-path lookup's own, shorter bound (see [`PgKeyStore::with_check_timeout`]).
@@ -82,24 +88,21 @@ pub struct PoolState {
     pub max_size: usize,
 }
 
-/// Parses a `postgres://` URL (or key=value string) into a driver config, naming the variable in errors.
-pub fn parse_database_url(url: &str) -> Result<tokio_postgres::Config, StoreError> {
-    url.parse::<tokio_postgres::Config>()
-        .map_err(|e| StoreError::Query(format!("DATABASE_URL is not a valid PostgreSQL URL: {e}")))
-}
-
 impl<O: QueryObserver> PgKeyStore<O> {
     /// Builds the pool; connections are made lazily, so this succeeds while the database is down.
     pub fn connect(settings: &PgSettings, observer: O) -> Result<Self, StoreError> {
-        let mut pg_config = parse_database_url(&settings.database_url)?;
+        let mut endpoint =
+            PgEndpoint::new(&settings.database_url, settings.database_ca_file.as_ref())
+                .map_err(|error| StoreError::Configuration(error.to_string()))?;
+        let pg_config = endpoint.config_mut();
         pg_config.connect_timeout(settings.connect_timeout);
         if pg_config.get_application_name().is_none() {
             pg_config.application_name("maas-authz");
         }
 
         let manager = Manager::from_config(
-            pg_config,
-            NoTls,
+            endpoint.config().clone(),
+            endpoint.tls(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -114,6 +117,7 @@ impl<O: QueryObserver> PgKeyStore<O> {
             .map_err(|e| StoreError::Query(format!("cannot build the connection pool: {e}")))?;
         Ok(Self {
             pool,
+            endpoint,
             tenant: settings.tenant.clone(),
             query_timeout: settings.query_timeout,
             check_timeout: settings.query_timeout,
@@ -205,7 +209,11 @@ impl<O: QueryObserver> PgKeyStore<O> {
             return Err(StoreError::CircuitOpen);
         }
         let outcome = tokio::time::timeout(timeout, async {
-            let client = self.pool.get().await.map_err(pool_error)?;
+            let client = self
+                .pool
+                .get()
+                .await
+                .map_err(|error| pool_error(&self.endpoint, error))?;
             body(&client).await.map_err(query_error)
         })
         .await
@@ -454,10 +462,14 @@ fn row_to_record(row: &Row) -> Result<KeyRecord, StoreError> {
     })
 }
 
-fn pool_error(error: deadpool_postgres::PoolError) -> StoreError {
+fn pool_error(endpoint: &PgEndpoint, error: deadpool_postgres::PoolError) -> StoreError {
     match error {
         deadpool_postgres::PoolError::Timeout(_) => {
             StoreError::Unavailable("no database connection available in time".into())
+        }
+        // At run time even a certificate that stopped verifying is an outage: cached keys go on.
+        deadpool_postgres::PoolError::Backend(error) => {
+            StoreError::Unavailable(endpoint.connect_error(&error).to_string())
         }
         other => StoreError::Unavailable(other.to_string()),
     }

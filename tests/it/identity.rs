@@ -57,6 +57,7 @@ fn store_at(database_url: String) -> PgKeyStore {
     PgKeyStore::connect(
         &PgSettings {
             database_url,
+            database_ca_file: None,
             tenant: "models-as-a-service".to_owned(),
             pool_size: 1,
             query_timeout: Duration::from_secs(2),

@@ -35,4 +35,5 @@ mod revocation;
 mod seeds;
 mod server;
 mod support;
+mod tls;
 mod validate;

@@ -88,6 +88,7 @@ impl TestDb {
     pub fn database_config(&self) -> DatabaseConfig {
         DatabaseConfig {
             database_url: self.url.clone(),
+            database_ca_file: None,
             tenant: "models-as-a-service".to_owned(),
             db_pool_size: 4,
             db_query_timeout: Duration::from_secs(2),
@@ -99,6 +100,7 @@ impl TestDb {
         PgKeyStore::connect(
             &PgSettings {
                 database_url: self.url.clone(),
+                database_ca_file: None,
                 tenant: "models-as-a-service".to_owned(),
                 pool_size: 2,
                 query_timeout: Duration::from_secs(2),

@@ -114,6 +114,11 @@ Render-time checks the schema cannot express; each fails with the values to chan
 {{- if and .Values.redis.url .Values.database.existingSecret }}
 {{- fail "redis.url: with database.existingSecret, put the Redis URL in that Secret under redis.existingSecretKey instead" }}
 {{- end }}
+{{- range $what, $tls := dict "database" .Values.database.tls "redis" .Values.redis.tls }}
+{{- if and $tls.caSecret $tls.caConfigMap }}
+{{- fail (printf "%s.tls: caSecret and caConfigMap are mutually exclusive; set only one" $what) }}
+{{- end }}
+{{- end }}
 {{- if and .Values.policy.existingConfigMap .Values.policy.manifests }}
 {{- fail "policy: policy.manifests and policy.existingConfigMap are mutually exclusive; set only one" }}
 {{- end }}
@@ -154,6 +159,10 @@ Render-time checks the schema cannot express; each fails with the values to chan
   value: {{ .Values.database.queryTimeout | quote }}
 - name: MAAS_AUTHZ_DB_CONNECT_TIMEOUT
   value: {{ .Values.database.connectTimeout | quote }}
+{{- if or .Values.database.tls.caSecret .Values.database.tls.caConfigMap }}
+- name: MAAS_AUTHZ_DATABASE_CA_FILE
+  value: {{ printf "/etc/maas-authz/database-ca/%s" .Values.database.tls.caKey | quote }}
+{{- end }}
 - name: MAAS_AUTHZ_LOG_FORMAT
   value: {{ .Values.config.logFormat | quote }}
 - name: RUST_LOG
@@ -329,4 +338,35 @@ grpc:
       name: {{ include "maas-authz.fullname" . }}
       namespace: {{ .Release.Namespace }}
       port: {{ .Values.service.grpcPort }}
+{{- end }}
+
+{{/*
+A CA bundle from database.tls or redis.tls, mounted at /etc/maas-authz/<name>/<caKey>:
+its volume and its mount (nothing when neither caSecret nor caConfigMap is set).
+Arguments: dict "name" "database-ca" "tls" .Values.database.tls
+*/}}
+{{- define "maas-authz.caVolume" -}}
+{{- if .tls.caSecret }}
+- name: {{ .name }}
+  secret:
+    secretName: {{ .tls.caSecret }}
+    items:
+      - key: {{ .tls.caKey }}
+        path: {{ .tls.caKey }}
+{{- else if .tls.caConfigMap }}
+- name: {{ .name }}
+  configMap:
+    name: {{ .tls.caConfigMap }}
+    items:
+      - key: {{ .tls.caKey }}
+        path: {{ .tls.caKey }}
+{{- end }}
+{{- end }}
+
+{{- define "maas-authz.caVolumeMount" -}}
+{{- if or .tls.caSecret .tls.caConfigMap }}
+- name: {{ .name }}
+  mountPath: /etc/maas-authz/{{ .name }}
+  readOnly: true
+{{- end }}
 {{- end }}

@@ -46,6 +46,7 @@ fn store(url: &str, tenant: &str) -> anyhow::Result<PgKeyStore> {
     Ok(PgKeyStore::connect(
         &PgSettings {
             database_url: url.to_owned(),
+            database_ca_file: None,
             tenant: tenant.to_owned(),
             pool_size: 2,
             query_timeout: Duration::from_secs(5),
