@@ -20,31 +20,7 @@ use crate::e2e::{
 };
 use crate::e2e_tokens::{MetricsSample, metrics};
 use crate::raw_http::{RawRequest, RawResponse, send, send_and_hang_up};
-
-/// The policy's limits, raised so that no attack is stopped by a 429 before it is judged.
-struct RaisedPolicy(tempfile::TempDir);
-
-impl RaisedPolicy {
-    fn write() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        for entry in std::fs::read_dir(crate::support::example_policy_path()).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "yaml") {
-                let text = std::fs::read_to_string(&path).unwrap();
-                let raised: String = text
-                    .lines()
-                    .map(|line| match line.trim_start().strip_prefix("- limit: ") {
-                        Some(_) => format!("{}- limit: 1000000000", &line[..line.find('-').unwrap()]),
-                        None => line.to_owned(),
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                std::fs::write(dir.path().join(path.file_name().unwrap()), raised).unwrap();
-            }
-        }
-        Self(dir)
-    }
-}
+use crate::support::RaisedPolicy;
 
 /// The meter's request-body limit in these tests, so that "too large" is cheap to send.
 const MAX_REQUEST_BYTES: u64 = 1024 * 1024;
@@ -60,7 +36,7 @@ struct Arena {
 impl Arena {
     async fn start(envoy_template: &'static str) -> Self {
         let policy = RaisedPolicy::write();
-        let policy_path = policy.0.path().to_owned();
+        let policy_path = policy.path().to_owned();
         let gateway = Gateway::start_with(GatewayOptions {
             envoy_template,
             configure: Box::new(move |config| {

@@ -305,3 +305,196 @@ fn check_answers_arbitrary_headers_paths_and_bodies_and_every_denial_is_a_4xx() 
     );
     assert!(denied.load(Ordering::Relaxed) > 0, "no request was denied");
 }
+
+/// The models the simulator serves in these properties.
+const SERVED: &[&str] = &["simulator", "qwen3"];
+
+/// Path pieces that every trick in the book is built from.
+fn tricky_paths() -> impl Strategy<Value = String> {
+    let piece = prop_oneof![
+        Just("llm"),
+        Just("qwen3"),
+        Just("simulator"),
+        Just("v1"),
+        Just("V1"),
+        Just("chat"),
+        Just("completions"),
+        Just("models"),
+        Just("embeddings"),
+        Just("."),
+        Just(".."),
+        Just(""),
+        Just("%2F"),
+        Just("%2e%2e"),
+        Just("%76%31"),
+        Just("%71wen3"),
+        Just("qwen3%2Fv1"),
+        Just("simulator;x"),
+        Just("qwen3."),
+        Just("%5c"),
+        Just("QWEN3"),
+        Just("invocations"),
+        Just("maas-api"),
+    ];
+    (
+        proptest::collection::vec(piece, 1..7),
+        proptest::option::of(Just("?model=qwen3")),
+    )
+        .prop_map(|(pieces, query)| format!("/{}{}", pieces.join("/"), query.unwrap_or("")))
+}
+
+fn model_names() -> impl Strategy<Value = Option<&'static str>> {
+    proptest::option::of(prop_oneof![
+        Just("qwen3"),
+        Just("simulator"),
+        Just("llm/qwen3"),
+        Just("llm/simulator"),
+        Just("models-as-a-service/qwen3"),
+        Just("unknown"),
+        Just(""),
+    ])
+}
+
+fn request_bodies() -> impl Strategy<Value = Option<String>> {
+    proptest::option::of(prop_oneof![
+        model_names().prop_map(|model| match model {
+            Some(model) => format!(r#"{{"model":"{model}","messages":[]}}"#),
+            None => r#"{"messages":[]}"#.to_owned(),
+        }),
+        Just(r#"{"model":"simulator","model":"qwen3"}"#.to_owned()),
+        Just(r#"{"model":"qwen3","stream":"true"}"#.to_owned()),
+        Just(r#"{"model":["qwen3"]}"#.to_owned()),
+        Just(r#"{"model":"simulator","temperature":NaN}"#.to_owned()),
+        Just("not json".to_owned()),
+    ])
+}
+
+#[test]
+fn check_allows_only_the_model_the_backend_would_serve_and_counts_it() {
+    use maas_authz::authorizer::{CheckInput, Decision};
+    use maas_authz::limits::{InProcessCounterStore, Limiter};
+    use maas_authz::request_path::CanonicalPath;
+    use maas_authz::usage::{Endpoint, inspect_request};
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (free, premium) = (ApiKey::generate().unwrap(), ApiKey::generate().unwrap());
+    let mut premium_record = record(&premium, KeyStatus::Active);
+    premium_record.subscription = "premium".into();
+    premium_record.groups = vec!["premium-users".into(), "system:authenticated".into()];
+    let store = InMemoryStore {
+        keys: [
+            (free.hash(), record(&free, KeyStatus::Active)),
+            (premium.hash(), premium_record),
+        ]
+        .into(),
+    };
+    let raised = crate::support::RaisedPolicy::write();
+    let policy = Arc::new(ArcSwap::from_pointee(
+        Policy::load(raised.path()).expect("raised example policy"),
+    ));
+    let authorizer = Authorizer::new(
+        Arc::new(store),
+        KeyCache::new(CacheSettings {
+            capacity: 100,
+            ttl: Duration::from_secs(30),
+            max_staleness: Duration::from_secs(900),
+            negative_capacity: 100,
+            negative_ttl: Duration::from_secs(5),
+        }),
+        policy.clone(),
+        (),
+    )
+    .with_limiter(Arc::new(Limiter::new(
+        Arc::new(InProcessCounterStore::default()),
+        policy.clone(),
+    )));
+    let keys = [
+        format!("Bearer {}", free.expose()),
+        format!("Bearer {}", premium.expose()),
+    ];
+    let requests = (
+        0..2usize,
+        tricky_paths(),
+        model_names(),
+        model_names(),
+        request_bodies(),
+        any::<bool>(),
+    );
+    let allowed = AtomicUsize::new(0);
+
+    runner(1024)
+        .run(
+            &requests,
+            |(key, path, route, header, body, check_sees_body)| {
+                let input = CheckInput {
+                    authorization: Some(&keys[key]),
+                    path: &path,
+                    route_model: route,
+                    model_header: header,
+                    body: body.as_deref().filter(|_| check_sees_body).map(str::as_bytes),
+                    ..Default::default()
+                };
+                let decision = runtime
+                    .block_on(authorizer.check(&input, Utc::now()))
+                    .expect("the in-memory store never fails");
+                let Decision::Allow(granted) = decision else {
+                    return Ok(());
+                };
+                allowed.fetch_add(1, Ordering::Relaxed);
+                let model = granted
+                    .model
+                    .as_ref()
+                    .expect("no model-free paths are configured: an allow names a model");
+                let authorized = format!("{}/{}", model.namespace, model.name);
+                let canonical = CanonicalPath::parse(&path).expect("only canonical paths pass");
+                // Counted by Check, unless it is a model listing.
+                prop_assert!(
+                    granted.limits.is_some() || canonical.is_model_listing(),
+                    "{} allowed uncounted",
+                    path
+                );
+                // The token meter reads the whole body; it refuses one it cannot read or that
+                // names another model, and then nothing reaches a model.
+                let bytes = body.as_deref().unwrap_or_default().as_bytes();
+                let meter_refuses = body.is_some()
+                    && match inspect_request(bytes, Endpoint::of_path(&canonical), true) {
+                        Err(_) => true,
+                        Ok(inspected) => inspected
+                            .model
+                            .is_some_and(|named| !policy.load().same_model(&authorized, &named)),
+                    };
+                if meter_refuses {
+                    return Ok(());
+                }
+                // The backend: the route's model server when the operator named one (it gets
+                // the model's own path), else the simulator reading the raw path as uvicorn does.
+                let backend_path = match route {
+                    Some(route) if !route.is_empty() => format!(
+                        "/{}/v1/chat/completions",
+                        route.rsplit('/').next().unwrap_or(route)
+                    ),
+                    _ => path.clone(),
+                };
+                let served = maas_authz::simulator::served_model(&backend_path, bytes, SERVED);
+                prop_assert_eq!(
+                    served,
+                    Some(model.name.as_str()),
+                    "path {:?}, route {:?}, header {:?}, body {:?}: Check authorized {}",
+                    path,
+                    route,
+                    header,
+                    body,
+                    authorized
+                );
+                Ok(())
+            },
+        )
+        .unwrap();
+    assert!(
+        allowed.load(Ordering::Relaxed) > 10,
+        "too few requests were allowed for the property to mean anything"
+    );
+}

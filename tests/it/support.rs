@@ -152,6 +152,39 @@ pub fn example_policy_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/policy")
 }
 
+/// The example policy with every limit raised to 10^9 per window, in a temporary directory: for
+/// tests that send many requests and must not be stopped by a 429.
+pub struct RaisedPolicy(tempfile::TempDir);
+
+impl RaisedPolicy {
+    pub fn write() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(example_policy_path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let raised: Vec<String> = text
+                    .lines()
+                    .map(|line| match line.find("- limit: ") {
+                        Some(at) => format!("{}- limit: 1000000000", &line[..at]),
+                        None => line.to_owned(),
+                    })
+                    .collect();
+                std::fs::write(
+                    dir.path().join(path.file_name().unwrap()),
+                    raised.join("\n"),
+                )
+                .unwrap();
+            }
+        }
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
 /// Serve configuration on free loopback ports against `db`, with the example policy.
 pub fn serve_config(db: &TestDb) -> ServeConfig {
     ServeConfig {
