@@ -31,5 +31,6 @@ mod rest_validation;
 mod revocation;
 mod seeds;
 mod server;
+mod simulator;
 mod support;
 mod validate;
