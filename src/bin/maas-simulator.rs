@@ -1,17 +1,20 @@
-//! maas-simulator: a stand-in OpenAI-compatible model server (and optionally a do-nothing ext_authz server) for the Envoy demo and benchmarks.
+//! maas-simulator: a stand-in multi-model OpenAI- and Anthropic-compatible server (and optionally a do-nothing ext_authz server) for the Envoy demo, tests and benchmarks.
 
 use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::Parser;
+use maas_authz::simulator::{ServedModels, SimulatorConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// Stand-in OpenAI-compatible model server for the maas-authz gateway demo and tests.
+/// Stand-in multi-model server (OpenAI and Anthropic APIs, read as lax Python backends read them)
+/// for the maas-authz gateway demo and tests.
 #[derive(Debug, Parser)]
 #[command(name = "maas-simulator", version)]
 struct Args {
-    /// Where the model server listens (`/v1/chat/completions`, `/v1/completions`).
+    /// Where the model server listens (`/v1/chat/completions`, `/v1/messages`, … optionally
+    /// after `/<model>/` or `/<namespace>/<model>/`).
     #[arg(
         long,
         env = "MAAS_SIMULATOR_ADDR",
@@ -19,6 +22,15 @@ struct Args {
         default_value = "127.0.0.1:8000"
     )]
     addr: SocketAddr,
+    /// The models served, comma-separated: a request's body `model`, else its path's
+    /// `/<model>/v1/...` prefix, picks one; else `simulator` (or the first listed) serves.
+    #[arg(
+        long,
+        env = "MAAS_SIMULATOR_MODELS",
+        value_name = "MAAS_SIMULATOR_MODELS",
+        default_value = "simulator,qwen3"
+    )]
+    models: ServedModels,
     /// Also serve a do-nothing ext_authz gRPC server (allows everything) on this address:
     /// the baseline for `scripts/bench-envoy.sh`.
     #[arg(long, value_name = "HOST:PORT")]
@@ -56,8 +68,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener = TcpListener::bind(args.addr)
         .await
         .with_context(|| format!("cannot listen on --addr {}", args.addr))?;
-    tracing::info!(addr = %listener.local_addr()?, "simulator serving");
-    let simulator = tokio::spawn(maas_authz::simulator::serve_simulator(listener, stopped()));
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        models = %args.models.names().join(","),
+        "simulator serving"
+    );
+    let config = SimulatorConfig {
+        models: args.models,
+    };
+    let simulator = tokio::spawn(maas_authz::simulator::serve_simulator_with(
+        listener,
+        config,
+        stopped(),
+    ));
 
     let noop = match args.noop_ext_authz {
         Some(addr) => {
