@@ -123,11 +123,15 @@ impl ExtProcService {
         }
     }
 
-    /// The largest gRPC message the meter must accept: a whole request body and its framing.
+    /// The largest gRPC message the meter accepts: twice the request-body limit (at least 16 MiB),
+    /// so that a body over the limit but within Envoy's buffer still arrives and gets its clear
+    /// 413; a larger message breaks the conversation, which fails the request too.
     pub fn max_message_bytes(&self) -> usize {
         self.context
             .settings
             .max_request_bytes
+            .saturating_mul(2)
+            .max(16 * 1024 * 1024)
             .saturating_add(64 * 1024)
     }
 }
@@ -149,12 +153,17 @@ impl ExternalProcessor for ExtProcService {
         // The conversation runs on its own task so that charging never waits on, nor is lost
         // with, the response stream Envoy reads.
         tokio::spawn(async move {
+            // Envoy carries on, unmetered, with a request whose processor ends its reply stream
+            // cleanly. So a conversation that breaks (a message that cannot be decoded, such as
+            // a body beyond the gRPC message limit, or a panic here) must end in an error status,
+            // which makes the filter's failure mode (closed) apply.
+            let mut failure = FailOnDrop(Some(replies.clone()));
             loop {
                 let message = match inbound.message().await {
                     Ok(Some(message)) => message,
                     Ok(None) => break,
                     Err(status) => {
-                        tracing::debug!(%status, "ext_proc stream ended with an error");
+                        tracing::info!(%status, "ext_proc stream broke: failing the request");
                         break;
                     }
                 };
@@ -174,6 +183,9 @@ impl ExternalProcessor for ExtProcService {
                     settle(finished, sink.as_ref(), observer.as_ref()).await;
                 }
             }
+            if exchange.complete() {
+                failure.0 = None;
+            }
             if let Some(finished) = exchange.interrupted() {
                 settle(finished, sink.as_ref(), observer.as_ref()).await;
             }
@@ -182,6 +194,19 @@ impl ExternalProcessor for ExtProcService {
             outbound.recv().await.map(|reply| (reply, outbound))
         });
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// Sends an error to Envoy when dropped armed: the conversation did not end as Envoy ended it.
+struct FailOnDrop(Option<mpsc::Sender<Result<ProcessingResponse, Status>>>);
+
+impl Drop for FailOnDrop {
+    fn drop(&mut self) {
+        if let Some(replies) = self.0.take() {
+            let _ = replies.try_send(Err(Status::internal(
+                "the token meter could not process this request",
+            )));
+        }
     }
 }
 
@@ -517,6 +542,12 @@ impl Exchange {
         }
         step.reply = Some(reply(Reply::ResponseBody(response)));
         step
+    }
+
+    /// Whether Envoy may carry on without the meter: nothing was metered, or the response was
+    /// fully seen or refused. A stream that broke mid-request is not complete.
+    fn complete(&self) -> bool {
+        self.refused || self.metered.as_ref().is_none_or(|m| m.finished)
     }
 
     /// The stream ended: a metered response not yet finished was cut short.
