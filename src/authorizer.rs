@@ -6,10 +6,11 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 
-use crate::cache::{CacheOutcome, KeyCache, Lookup};
+use crate::cache::{CacheOutcome, KeyCache, Lookup, LookupError};
 use crate::key::ApiKey;
 use crate::last_used::LastUsedTracker;
 use crate::limits::{LimitError, LimitKind, LimitStatus, Limiter, RequestVerdict};
+use crate::lookup_budget::Throttled;
 use crate::policy::{ModelLookupError, Policy};
 use crate::store::{KeyRecord, KeyStatus, KeyStore, StoreError};
 
@@ -25,6 +26,9 @@ pub struct CheckInput<'a> {
     pub model_header: Option<&'a str>,
     /// The request body, when Envoy is configured to send it.
     pub body: Option<&'a [u8]>,
+    /// The downstream client's IP address as Envoy reports it; names the per-peer budget of
+    /// lookups for unknown keys.
+    pub source_address: Option<&'a str>,
 }
 
 /// Which request headers carried credentials, so the adapter strips them before the model sees them.
@@ -101,10 +105,11 @@ pub enum DenyReason {
     ModelAmbiguous,
     RequestRateLimited,
     TokenRateLimited,
+    UnknownKeyRateLimited,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 16] = [
+    pub const ALL: [DenyReason; 17] = [
         DenyReason::MissingCredentials,
         DenyReason::MalformedAuthorization,
         DenyReason::ConflictingCredentials,
@@ -121,6 +126,7 @@ impl DenyReason {
         DenyReason::ModelAmbiguous,
         DenyReason::RequestRateLimited,
         DenyReason::TokenRateLimited,
+        DenyReason::UnknownKeyRateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -141,6 +147,7 @@ impl DenyReason {
             DenyReason::ModelAmbiguous => "model_ambiguous",
             DenyReason::RequestRateLimited => "request_rate_limited",
             DenyReason::TokenRateLimited => "token_rate_limited",
+            DenyReason::UnknownKeyRateLimited => "unknown_key_rate_limited",
         }
     }
 
@@ -159,9 +166,9 @@ impl DenyReason {
             | DenyReason::ModelNotInSubscription
             | DenyReason::AuthPolicyDenied => DenialKind::Forbidden,
             DenyReason::ModelNotFound | DenyReason::ModelAmbiguous => DenialKind::ModelNotFound,
-            DenyReason::RequestRateLimited | DenyReason::TokenRateLimited => {
-                DenialKind::RateLimited
-            }
+            DenyReason::RequestRateLimited
+            | DenyReason::TokenRateLimited
+            | DenyReason::UnknownKeyRateLimited => DenialKind::RateLimited,
         }
     }
 
@@ -195,6 +202,11 @@ impl DenyReason {
             }
             // The seed's exact message.
             DenyReason::RequestRateLimited | DenyReason::TokenRateLimited => "Rate limit exceeded",
+            // Says nothing of whether the key exists: it was not looked up.
+            DenyReason::UnknownKeyRateLimited => {
+                "Rate limit exceeded: too many requests with API keys this gateway has not seen \
+                 recently; retry after the number of seconds in retry-after"
+            }
         }
     }
 }
@@ -234,6 +246,19 @@ pub enum CheckError {
     /// The counter store failed and the limits are configured to refuse rather than guess.
     #[error("limits unavailable: {0}")]
     LimitsUnavailable(#[source] LimitError),
+    /// The key is cached nowhere and the budget of lookups for unknown keys is spent: it was
+    /// not looked up. Check answers it as a 429 denial; `validate_key` returns it.
+    #[error("key not looked up: {0}")]
+    UnknownKeyThrottled(#[source] Throttled),
+}
+
+impl From<LookupError> for CheckError {
+    fn from(error: LookupError) -> Self {
+        match error {
+            LookupError::Store(error) => CheckError::StoreUnavailable(error),
+            LookupError::Throttled(throttled) => CheckError::UnknownKeyThrottled(throttled),
+        }
+    }
 }
 
 /// Observes each decision's cache path (implemented by the metrics module).
@@ -325,9 +350,17 @@ impl<S: KeyStore, O: CheckObserver> Authorizer<S, O> {
             Ok(key) => key,
             Err(_) => return deny(DenyReason::InvalidKeyFormat),
         };
-        let record = match self.lookup(&key).await? {
-            Some(record) => record,
-            None => return deny(DenyReason::KeyNotFound),
+        let record = match self.lookup(&key, input.source_address).await {
+            Ok(Some(record)) => record,
+            Ok(None) => return deny(DenyReason::KeyNotFound),
+            Err(CheckError::UnknownKeyThrottled(throttled)) => {
+                return Ok(Decision::Deny(Denied {
+                    reason: DenyReason::UnknownKeyRateLimited,
+                    retry_after: Some(throttled.retry_after),
+                    limits: None,
+                }));
+            }
+            Err(error) => return Err(error),
         };
         match record.effective_status(now) {
             KeyStatus::Active => {}
@@ -382,7 +415,7 @@ impl<S: KeyStore, O: CheckObserver> Authorizer<S, O> {
         let Ok(key) = ApiKey::parse(text) else {
             return Ok(KeyValidity::Invalid(InvalidKey::Format));
         };
-        let Some(record) = self.lookup(&key).await? else {
+        let Some(record) = self.lookup(&key, None).await? else {
             return Ok(KeyValidity::Invalid(InvalidKey::NotFound));
         };
         if record.effective_status(now) != KeyStatus::Active {
@@ -395,13 +428,13 @@ impl<S: KeyStore, O: CheckObserver> Authorizer<S, O> {
         Ok(KeyValidity::Valid(record))
     }
 
-    async fn lookup(&self, key: &ApiKey) -> Result<Option<Arc<KeyRecord>>, CheckError> {
+    async fn lookup(
+        &self,
+        key: &ApiKey,
+        peer: Option<&str>,
+    ) -> Result<Option<Arc<KeyRecord>>, CheckError> {
         let hash = key.hash();
-        let (lookup, outcome) = self
-            .cache
-            .lookup(&hash, self.store.as_ref())
-            .await
-            .map_err(CheckError::StoreUnavailable)?;
+        let (lookup, outcome) = self.cache.lookup(&hash, self.store.as_ref(), peer).await?;
         self.observer.observe_cache(outcome);
         Ok(match lookup {
             Lookup::Found(record) if record.key_hash.ct_eq(&hash) => Some(record),

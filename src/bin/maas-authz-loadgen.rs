@@ -35,7 +35,7 @@ use envoy_types::pb::envoy::service::auth::v3::{
 };
 use envoy_types::pb::google::rpc;
 use maas_authz::config::{
-    DatabaseConfig, HttpConfig, LimitsConfig, OptionalDuration, ServeConfig,
+    AbuseLimitsConfig, DatabaseConfig, HttpConfig, LimitsConfig, OptionalDuration, ServeConfig,
     identity_args_without_sources,
 };
 use maas_authz::grpc::socket::copying;
@@ -388,6 +388,7 @@ fn serve_config(args: &Args, database_url: &str, raised_policy: Option<PathBuf>)
         http: HttpConfig::on_loopback(),
         identity: identity_args_without_sources(),
         limits,
+        abuse: AbuseLimitsConfig::defaults(),
     }
 }
 

@@ -17,7 +17,8 @@ use envoy_types::pb::google::rpc;
 use tonic::Status;
 
 use crate::authorizer::{
-    Allowed, Authorizer, CheckError, CheckInput, CheckObserver, Decision, DenialKind, DenyReason,
+    Allowed, Authorizer, CheckError, CheckInput, CheckObserver, Decision, DenialKind, Denied,
+    DenyReason,
 };
 use crate::grpc::check_request::CheckAttributes;
 use crate::grpc::check_server::EncodedCheckResponse;
@@ -88,6 +89,7 @@ impl<S: KeyStore, O: CheckObserver, D: DecisionObserver> ExtAuthzService<S, O, D
             path: request.path(),
             model_header: request.model_header(),
             body: request.body(),
+            source_address: request.source_address(),
         };
         let outcome = self.authorizer.check(&input, chrono::Utc::now()).await;
         let elapsed = started.elapsed();
@@ -269,6 +271,16 @@ pub fn check_response(outcome: Result<Decision, CheckError>) -> Result<CheckResp
         Err(CheckError::LimitsUnavailable(error)) => {
             tracing::warn!(%error, "check failed: counter store unavailable");
             Err(Status::unavailable("counter store unavailable"))
+        }
+        // The authorizer answers this as a denial itself; the same 429 should one arrive here.
+        // A denial (not UNAVAILABLE) because Envoy's failure mode may be set to allow, and a
+        // flood must never be able to buy its way in by exhausting the budget.
+        Err(CheckError::UnknownKeyThrottled(throttled)) => {
+            check_response(Ok(Decision::Deny(Denied {
+                reason: DenyReason::UnknownKeyRateLimited,
+                retry_after: Some(throttled.retry_after),
+                limits: None,
+            })))
         }
     }
 }

@@ -9,7 +9,7 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use maas_authz::config::{
-    DatabaseConfig, HttpConfig, LimitsConfig, OptionalDuration, ServeConfig,
+    AbuseLimitsConfig, DatabaseConfig, HttpConfig, LimitsConfig, OptionalDuration, ServeConfig,
     identity_args_without_sources,
 };
 use maas_authz::key::ApiKey;
@@ -177,6 +177,7 @@ pub fn serve_config(db: &TestDb) -> ServeConfig {
         http: HttpConfig::on_loopback(),
         identity: identity_args_without_sources(),
         limits: LimitsConfig::in_process(),
+        abuse: AbuseLimitsConfig::defaults(),
     }
 }
 
