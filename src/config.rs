@@ -268,14 +268,14 @@ pub struct AbuseLimitsConfig {
     #[arg(long, env = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUPS_PER_SECOND", value_name = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUPS_PER_SECOND", default_value = "1000", value_parser = optional_rate)]
     pub unknown_key_lookups_per_second: OptionalRate,
     /// How many such lookups may run at once before the rate applies.
-    #[arg(long, env = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUP_BURST", value_name = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUP_BURST", default_value_t = 2_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    #[arg(long, env = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUP_BURST", value_name = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUP_BURST", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub unknown_key_lookup_burst: u32,
     /// The same budget per client address (Envoy's `source.address`; IPv6 by /64). `off`
     /// where Envoy sees only a load balancer's address rather than the clients'.
     #[arg(long, env = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUPS_PER_SECOND_PER_PEER", value_name = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUPS_PER_SECOND_PER_PEER", default_value = "100", value_parser = optional_rate)]
     pub unknown_key_lookups_per_second_per_peer: OptionalRate,
     /// How many lookups one client address may cause at once before its rate applies.
-    #[arg(long, env = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUP_BURST_PER_PEER", value_name = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUP_BURST_PER_PEER", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    #[arg(long, env = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUP_BURST_PER_PEER", value_name = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUP_BURST_PER_PEER", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub unknown_key_lookup_burst_per_peer: u32,
     /// Kubernetes TokenReviews per second (this replica) for REST bearer tokens not reviewed
     /// recently; beyond it (and its burst) the REST API answers 429. `off`: unbounded.
@@ -593,11 +593,11 @@ mod tests {
             BudgetSettings {
                 global: Some(Rate {
                     per_second: 1_000.0,
-                    burst: 2_000
+                    burst: 1_000
                 }),
                 per_peer: Some(Rate {
                     per_second: 100.0,
-                    burst: 500
+                    burst: 200
                 }),
             }
         );
