@@ -158,3 +158,17 @@ Render-time checks the schema cannot express; each fails with the values to chan
 - name: RUST_LOG
   value: {{ .Values.config.logLevel | quote }}
 {{- end }}
+
+{{/*
+A whole number or "off", quoted for an env var (YAML numbers arrive as floats: no 1e+06).
+*/}}
+{{- define "maas-authz.countOrOff" -}}
+{{- if kindIs "string" . }}{{ . | quote }}{{ else }}{{ . | int64 | quote }}{{ end -}}
+{{- end }}
+
+{{/*
+A rate per second (any positive number) or "off", quoted for an env var.
+*/}}
+{{- define "maas-authz.rateOrOff" -}}
+{{- if kindIs "string" . }}{{ . | quote }}{{ else }}{{ . | toString | quote }}{{ end -}}
+{{- end }}
