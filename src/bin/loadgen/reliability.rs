@@ -653,7 +653,17 @@ async fn flood_phase(
         let refused = delta("maas_authz_db_query_refused_total{statement=\"select_key_by_hash\"}");
         println!();
         if budget_on {
-            println!("WITH the unknown-key budget ({budget:?}):");
+            let rate = |rate: Option<maas_authz::lookup_budget::Rate>| {
+                rate.map_or_else(
+                    || "off".to_owned(),
+                    |rate| format!("{}/s, burst {}", rate.per_second, rate.burst),
+                )
+            };
+            println!(
+                "WITH the unknown-key budget (global {}; per peer {}):",
+                rate(budget.global),
+                rate(budget.per_peer)
+            );
         } else {
             println!("WITHOUT the unknown-key budget:");
         }
