@@ -359,7 +359,7 @@ fn optional_rate(text: &str) -> Result<OptionalRate, String> {
         Ok(rate) if rate.is_finite() && (0.001..=1e9).contains(&rate) => {
             Ok(OptionalRate(Some(rate)))
         }
-        Ok(rate) if rate == 0.0 => Err("must be greater than zero (use off to disable)".to_owned()),
+        Ok(0.0) => Err("must be greater than zero (use off to disable)".to_owned()),
         _ => Err(
             "must be a number per second from 0.001 to 1000000000, like 1000 or 0.5 (or off to \
              disable)"

@@ -314,7 +314,10 @@ pub async fn mint_key_within_limit<S: KeyAdminStore>(
 ) -> Result<MintedKey, MintError> {
     let (key, new_key) = prepare_key(request, labels, now)?;
     match store.insert_key_within_limit(&new_key, max_active).await? {
-        LimitedInsert::Inserted(record) => Ok(MintedKey { key, record }),
+        LimitedInsert::Inserted(record) => Ok(MintedKey {
+            key,
+            record: *record,
+        }),
         LimitedInsert::LimitReached { active } => Err(MintError::TooManyActiveKeys {
             active,
             limit: max_active,

@@ -111,7 +111,7 @@ pub struct NewKey {
 /// What [`KeyAdminStore::insert_key_within_limit`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LimitedInsert {
-    Inserted(KeyRecord),
+    Inserted(Box<KeyRecord>),
     /// Nothing was written: the user already holds this many active keys (at least the limit).
     LimitReached {
         active: u64,

@@ -436,7 +436,7 @@ impl<O: QueryObserver> KeyAdminStore for PgKeyStore<O> {
             })
             .await?;
         match outcome {
-            Ok(row) => row_to_record(&row).map(LimitedInsert::Inserted),
+            Ok(row) => row_to_record(&row).map(|record| LimitedInsert::Inserted(Box::new(record))),
             Err(active) => Ok(LimitedInsert::LimitReached {
                 active: u64::try_from(active).unwrap_or(0),
             }),
