@@ -20,6 +20,8 @@ use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use maas_authz::breaker::BreakerState;
 use maas_authz::config::{ActiveKeyCap, OptionalRate};
 use maas_authz::key::ApiKey;
+use maas_authz::pb::ValidateRequest;
+use maas_authz::pb::key_validation_client::KeyValidationClient;
 use maas_authz::store::KeyStore;
 use maas_authz::store::postgres::{NoQueryObserver, PgKeyStore, PgSettings};
 use reqwest::Method;
@@ -471,7 +473,7 @@ async fn past_the_global_budget_unknown_keys_get_429_without_a_query_and_cached_
 }
 
 #[tokio::test]
-async fn the_rest_api_answers_429_with_retry_after_for_unseen_api_keys_past_the_budget() {
+async fn the_rest_api_and_validate_answer_429_for_unseen_api_keys_past_the_budget() {
     let server = RestServer::start_with(|config| {
         config.abuse.unknown_key_lookups_per_second = NEVER_REFILLS;
         config.abuse.unknown_key_lookup_burst = 2;
@@ -493,11 +495,22 @@ async fn the_rest_api_answers_429_with_retry_after_for_unseen_api_keys_past_the_
 
     let throttled = search(random_key()).await;
 
-    throttled.assert_exactly(
-        429,
-        json!({"error": "too many requests with credentials this service has not seen recently; retry in 3600 s"}),
-    );
+    let internal = server
+        .internal(Method::POST, "/internal/v1/api-keys/validate")
+        .json(json!({"key": random_key()}))
+        .send()
+        .await;
+    let grpc = KeyValidationClient::new(server.test.channel().await)
+        .validate(ValidateRequest { key: random_key() })
+        .await
+        .unwrap_err();
+
+    let message = "too many requests with credentials this service has not seen recently; \
+                   retry in 3600 s";
+    throttled.assert_exactly(429, json!({ "error": message }));
     assert_eq!(throttled.header("retry-after"), Some("3600"));
+    internal.assert_exactly(429, json!({ "error": message }));
+    assert_eq!(grpc.code(), tonic::Code::ResourceExhausted);
 }
 
 /// A Kubernetes API server that reviews `k8s-token-of-erin` as erin, rejects every other
