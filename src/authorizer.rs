@@ -12,10 +12,11 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 
-use crate::cache::{CacheOutcome, KeyCache, Lookup};
+use crate::cache::{CacheOutcome, KeyCache, Lookup, LookupError};
 use crate::key::ApiKey;
 use crate::last_used::LastUsedTracker;
 use crate::limits::{LimitError, LimitKind, LimitStatus, Limiter, RequestVerdict};
+use crate::lookup_budget::Throttled;
 use crate::policy::{Model, ModelLookupError, Policy};
 use crate::request_path::{CanonicalPath, ModelFreePaths};
 use crate::store::{KeyRecord, KeyStatus, KeyStore, StoreError};
@@ -35,6 +36,9 @@ pub struct CheckInput<'a> {
     pub model_header: Option<&'a str>,
     /// The request body, when Envoy is configured to send it.
     pub body: Option<&'a [u8]>,
+    /// The downstream client's IP address as Envoy reports it; names the per-peer budget of
+    /// lookups for unknown keys.
+    pub source_address: Option<&'a str>,
 }
 
 /// Which request headers carried credentials, so the adapter strips them before the model sees them.
@@ -134,10 +138,11 @@ pub enum DenyReason {
     NonCanonicalPath,
     ModelMismatch,
     ModelNotSpecified,
+    UnknownKeyRateLimited,
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 19] = [
+    pub const ALL: [DenyReason; 20] = [
         DenyReason::MissingCredentials,
         DenyReason::MalformedAuthorization,
         DenyReason::ConflictingCredentials,
@@ -157,6 +162,7 @@ impl DenyReason {
         DenyReason::NonCanonicalPath,
         DenyReason::ModelMismatch,
         DenyReason::ModelNotSpecified,
+        DenyReason::UnknownKeyRateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -180,6 +186,7 @@ impl DenyReason {
             DenyReason::NonCanonicalPath => "non_canonical_path",
             DenyReason::ModelMismatch => "model_mismatch",
             DenyReason::ModelNotSpecified => "model_not_specified",
+            DenyReason::UnknownKeyRateLimited => "unknown_key_rate_limited",
         }
     }
 
@@ -201,9 +208,9 @@ impl DenyReason {
             | DenyReason::ModelAmbiguous
             | DenyReason::ModelNotSpecified => DenialKind::ModelNotFound,
             DenyReason::NonCanonicalPath | DenyReason::ModelMismatch => DenialKind::BadRequest,
-            DenyReason::RequestRateLimited | DenyReason::TokenRateLimited => {
-                DenialKind::RateLimited
-            }
+            DenyReason::RequestRateLimited
+            | DenyReason::TokenRateLimited
+            | DenyReason::UnknownKeyRateLimited => DenialKind::RateLimited,
         }
     }
 
@@ -247,6 +254,11 @@ impl DenyReason {
             }
             DenyReason::ModelNotSpecified => {
                 "This request names no model: call /<model>/v1/... or /<namespace>/<model>/v1/..."
+            }
+            // Says nothing of whether the key exists: it was not looked up.
+            DenyReason::UnknownKeyRateLimited => {
+                "Rate limit exceeded: too many requests with API keys this gateway has not seen \
+                 recently; retry after the number of seconds in retry-after"
             }
         }
     }
@@ -298,6 +310,19 @@ pub enum CheckError {
     /// The counter store failed and the limits are configured to refuse rather than guess.
     #[error("limits unavailable: {0}")]
     LimitsUnavailable(#[source] LimitError),
+    /// The key is cached nowhere and the budget of lookups for unknown keys is spent: it was
+    /// not looked up. Check answers it as a 429 denial; `validate_key` returns it.
+    #[error("key not looked up: {0}")]
+    UnknownKeyThrottled(#[source] Throttled),
+}
+
+impl From<LookupError> for CheckError {
+    fn from(error: LookupError) -> Self {
+        match error {
+            LookupError::Store(error) => CheckError::StoreUnavailable(error),
+            LookupError::Throttled(throttled) => CheckError::UnknownKeyThrottled(throttled),
+        }
+    }
 }
 
 /// Observes each decision's cache path (implemented by the metrics module).
@@ -407,9 +432,16 @@ impl<S: KeyStore, O: CheckObserver> Authorizer<S, O> {
             Ok(key) => key,
             Err(_) => return deny(DenyReason::InvalidKeyFormat),
         };
-        let record = match self.lookup(&key).await? {
-            Some(record) => record,
-            None => return deny(DenyReason::KeyNotFound),
+        let record = match self.lookup(&key, input.source_address).await {
+            Ok(Some(record)) => record,
+            Ok(None) => return deny(DenyReason::KeyNotFound),
+            Err(CheckError::UnknownKeyThrottled(throttled)) => {
+                return Ok(Decision::Deny(Denied {
+                    retry_after: Some(throttled.retry_after),
+                    ..Denied::new(DenyReason::UnknownKeyRateLimited)
+                }));
+            }
+            Err(error) => return Err(error),
         };
         match record.effective_status(now) {
             KeyStatus::Active => {}
@@ -466,7 +498,7 @@ impl<S: KeyStore, O: CheckObserver> Authorizer<S, O> {
         let Ok(key) = ApiKey::parse(text) else {
             return Ok(KeyValidity::Invalid(InvalidKey::Format));
         };
-        let Some(record) = self.lookup(&key).await? else {
+        let Some(record) = self.lookup(&key, None).await? else {
             return Ok(KeyValidity::Invalid(InvalidKey::NotFound));
         };
         if record.effective_status(now) != KeyStatus::Active {
@@ -479,13 +511,13 @@ impl<S: KeyStore, O: CheckObserver> Authorizer<S, O> {
         Ok(KeyValidity::Valid(record))
     }
 
-    async fn lookup(&self, key: &ApiKey) -> Result<Option<Arc<KeyRecord>>, CheckError> {
+    async fn lookup(
+        &self,
+        key: &ApiKey,
+        peer: Option<&str>,
+    ) -> Result<Option<Arc<KeyRecord>>, CheckError> {
         let hash = key.hash();
-        let (lookup, outcome) = self
-            .cache
-            .lookup(&hash, self.store.as_ref())
-            .await
-            .map_err(CheckError::StoreUnavailable)?;
+        let (lookup, outcome) = self.cache.lookup(&hash, self.store.as_ref(), peer).await?;
         self.observer.observe_cache(outcome);
         Ok(match lookup {
             Lookup::Found(record) if record.key_hash.ct_eq(&hash) => Some(record),

@@ -12,6 +12,10 @@
 //! epoch did not move while it ran (checked again after inserting, since an invalidation may
 //! land between the check and the insert). A global epoch rather than one per hash: invalidations
 //! are rare, and the only cost of a false alarm is one more query later.
+//!
+//! Bounded work for unknown keys: with a [`LookupBudget`], a hash that neither cache holds may
+//! only be queried after taking a token from it (per peer and global); hits, negative hits and
+//! re-reads of entries we hold never ask it, so the hot path costs the same.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +24,7 @@ use std::time::{Duration, Instant};
 use moka::future::Cache;
 
 use crate::key::KeyHash;
+use crate::lookup_budget::{LookupBudget, Throttled};
 use crate::store::{KeyRecord, KeyStore, StoreError};
 
 /// The caches' hasher: keys are SHA-256 digests, so a fast seeded hash is enough (moka's default
@@ -57,6 +62,17 @@ pub enum Lookup {
     NotFound,
 }
 
+/// Why a lookup has no answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LookupError {
+    /// The store failed (see [`StoreError::is_transient`]).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The hash is cached nowhere and the unknown-key budget is spent: no query was sent.
+    #[error(transparent)]
+    Throttled(#[from] Throttled),
+}
+
 /// Reads the current time; injectable so tests can age entries without sleeping.
 pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
 
@@ -82,6 +98,8 @@ pub struct KeyCache {
     ttl: Duration,
     max_staleness: Duration,
     clock: Clock,
+    /// Queries for hashes no cache holds take a token from it first (none: unbounded).
+    budget: Option<Arc<LookupBudget>>,
 }
 
 impl std::fmt::Debug for KeyCache {
@@ -123,17 +141,26 @@ impl KeyCache {
             ttl: settings.ttl,
             max_staleness: settings.max_staleness,
             clock,
+            budget: None,
         }
+    }
+
+    /// Bounds the queries for hashes that no cache holds by `budget` (see the module's doc).
+    pub fn with_lookup_budget(mut self, budget: Arc<LookupBudget>) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// The record for `hash`, from the cache or else from the store; concurrent queries for the
     /// same hash are shared. Store errors are not cached; a transient one is answered with the
-    /// old record while it is younger than the maximum staleness.
+    /// old record while it is younger than the maximum staleness. A hash no cache holds is
+    /// queried only within the lookup budget of `peer` (the client's address, when known).
     pub async fn lookup<S: KeyStore>(
         &self,
         hash: &KeyHash,
         store: &S,
-    ) -> Result<(Lookup, CacheOutcome), StoreError> {
+        peer: Option<&str>,
+    ) -> Result<(Lookup, CacheOutcome), LookupError> {
         // Positive first: on the hot path nearly every lookup is a hit.
         let stale = match self.known.get(hash).await {
             Some(entry) if self.age(&entry) < self.ttl && !self.revalidation_due(&entry) => {
@@ -147,6 +174,11 @@ impl KeyCache {
                 None
             }
         };
+        if stale.is_none()
+            && let Some(budget) = &self.budget
+        {
+            budget.try_acquire(peer, (self.clock)())?;
+        }
         // Boxed: the miss path's future (moka's coalescing and the store query) is large, and
         // inline it would make every Check future, hits included, that large to create and move.
         match Box::pin(self.fetch(hash, store)).await {
@@ -156,9 +188,9 @@ impl KeyCache {
                 Some(entry) if self.age(&entry) < self.max_staleness => {
                     Ok((Lookup::Found(entry.record), CacheOutcome::Stale))
                 }
-                _ => Err(error),
+                _ => Err(error.into()),
             },
-            Err(error) => Err(error),
+            Err(error) => Err(error.into()),
         }
     }
 
@@ -364,8 +396,8 @@ mod tests {
         let store = ScriptedStore::answering(vec![Ok(Some(record(hash)))]);
         let cache = KeyCache::new(SETTINGS);
 
-        let (_, first) = cache.lookup(&hash, &store).await.unwrap();
-        let (found, second) = cache.lookup(&hash, &store).await.unwrap();
+        let (_, first) = cache.lookup(&hash, &store, None).await.unwrap();
+        let (found, second) = cache.lookup(&hash, &store, None).await.unwrap();
 
         assert_eq!((first, second), (CacheOutcome::Miss, CacheOutcome::Hit));
         assert!(matches!(found, Lookup::Found(_)));
@@ -378,10 +410,10 @@ mod tests {
         let store = ScriptedStore::answering(vec![Ok(Some(record(hash))), Ok(Some(record(hash)))]);
         let (clock, now) = manual_clock();
         let cache = KeyCache::with_clock(SETTINGS, clock);
-        cache.lookup(&hash, &store).await.unwrap();
+        cache.lookup(&hash, &store, None).await.unwrap();
 
         advance(&now, SETTINGS.ttl);
-        let (_, outcome) = cache.lookup(&hash, &store).await.unwrap();
+        let (_, outcome) = cache.lookup(&hash, &store, None).await.unwrap();
 
         assert_eq!(outcome, CacheOutcome::Miss);
         assert_eq!(store.queries(), 2);
@@ -393,10 +425,10 @@ mod tests {
         let store = ScriptedStore::answering(vec![Ok(Some(record(hash))), outage()]);
         let (clock, now) = manual_clock();
         let cache = KeyCache::with_clock(SETTINGS, clock);
-        cache.lookup(&hash, &store).await.unwrap();
+        cache.lookup(&hash, &store, None).await.unwrap();
 
         advance(&now, SETTINGS.ttl * 2);
-        let (found, outcome) = cache.lookup(&hash, &store).await.unwrap();
+        let (found, outcome) = cache.lookup(&hash, &store, None).await.unwrap();
 
         assert_eq!(outcome, CacheOutcome::Stale);
         assert!(matches!(found, Lookup::Found(r) if r.key_hash == hash));
@@ -408,12 +440,12 @@ mod tests {
         let store = ScriptedStore::answering(vec![Ok(Some(record(hash))), outage()]);
         let (clock, now) = manual_clock();
         let cache = KeyCache::with_clock(SETTINGS, clock);
-        cache.lookup(&hash, &store).await.unwrap();
+        cache.lookup(&hash, &store, None).await.unwrap();
 
         advance(&now, SETTINGS.max_staleness);
-        let error = cache.lookup(&hash, &store).await.unwrap_err();
+        let error = cache.lookup(&hash, &store, None).await.unwrap_err();
 
-        assert!(matches!(error, StoreError::CircuitOpen));
+        assert!(matches!(error, LookupError::Store(StoreError::CircuitOpen)));
     }
 
     #[tokio::test]
@@ -425,12 +457,15 @@ mod tests {
         ]);
         let (clock, now) = manual_clock();
         let cache = KeyCache::with_clock(SETTINGS, clock);
-        cache.lookup(&hash, &store).await.unwrap();
+        cache.lookup(&hash, &store, None).await.unwrap();
 
         advance(&now, SETTINGS.ttl);
-        let error = cache.lookup(&hash, &store).await.unwrap_err();
+        let error = cache.lookup(&hash, &store, None).await.unwrap_err();
 
-        assert!(matches!(error, StoreError::CorruptRow(_)));
+        assert!(matches!(
+            error,
+            LookupError::Store(StoreError::CorruptRow(_))
+        ));
     }
 
     #[tokio::test]
@@ -438,12 +473,12 @@ mod tests {
         let hash = hash();
         let store = ScriptedStore::answering(vec![Ok(Some(record(hash))), outage()]);
         let cache = KeyCache::new(SETTINGS);
-        cache.lookup(&hash, &store).await.unwrap();
+        cache.lookup(&hash, &store, None).await.unwrap();
 
         cache.invalidate(&hash).await;
-        let error = cache.lookup(&hash, &store).await.unwrap_err();
+        let error = cache.lookup(&hash, &store, None).await.unwrap_err();
 
-        assert!(matches!(error, StoreError::CircuitOpen));
+        assert!(matches!(error, LookupError::Store(StoreError::CircuitOpen)));
     }
 
     #[tokio::test]
@@ -456,15 +491,15 @@ mod tests {
         ]);
         let (clock, now) = manual_clock();
         let cache = KeyCache::with_clock(SETTINGS, clock);
-        cache.lookup(&hash, &store).await.unwrap();
+        cache.lookup(&hash, &store, None).await.unwrap();
         advance(&now, Duration::from_millis(1));
 
         cache.revalidate_all();
-        let (_, reread) = cache.lookup(&hash, &store).await.unwrap();
-        let (_, cached) = cache.lookup(&hash, &store).await.unwrap();
+        let (_, reread) = cache.lookup(&hash, &store, None).await.unwrap();
+        let (_, cached) = cache.lookup(&hash, &store, None).await.unwrap();
         advance(&now, Duration::from_millis(1));
         cache.revalidate_all();
-        let (_, stale) = cache.lookup(&hash, &store).await.unwrap();
+        let (_, stale) = cache.lookup(&hash, &store, None).await.unwrap();
 
         assert_eq!(
             (reread, cached, stale),
@@ -478,11 +513,11 @@ mod tests {
         let store = ScriptedStore::answering(vec![Ok(Some(record(hash))), Ok(None)]);
         let (clock, now) = manual_clock();
         let cache = KeyCache::with_clock(SETTINGS, clock);
-        cache.lookup(&hash, &store).await.unwrap();
+        cache.lookup(&hash, &store, None).await.unwrap();
         advance(&now, SETTINGS.ttl);
 
-        let (found, _) = cache.lookup(&hash, &store).await.unwrap();
-        let (_, again) = cache.lookup(&hash, &store).await.unwrap();
+        let (found, _) = cache.lookup(&hash, &store, None).await.unwrap();
+        let (_, again) = cache.lookup(&hash, &store, None).await.unwrap();
 
         assert!(matches!(found, Lookup::NotFound));
         assert_eq!(again, CacheOutcome::NegativeHit);
@@ -499,8 +534,8 @@ mod tests {
             invalidating.epoch.fetch_add(1, Ordering::SeqCst);
         }));
 
-        let (found, _) = cache.lookup(&hash, &store).await.unwrap();
-        let (_, second) = cache.lookup(&hash, &store).await.unwrap();
+        let (found, _) = cache.lookup(&hash, &store, None).await.unwrap();
+        let (_, second) = cache.lookup(&hash, &store, None).await.unwrap();
 
         assert!(matches!(found, Lookup::Found(_)));
         assert_eq!(second, CacheOutcome::Miss, "the overtaken row was not kept");
@@ -515,12 +550,72 @@ mod tests {
 
         let lookups = (0..32).map(|_| {
             let (cache, store) = (cache.clone(), store.clone());
-            tokio::spawn(async move { cache.lookup(&hash, store.as_ref()).await })
+            tokio::spawn(async move { cache.lookup(&hash, store.as_ref(), None).await })
         });
         for lookup in futures::future::join_all(lookups).await {
             assert!(matches!(lookup.unwrap(), Ok((Lookup::Found(_), _))));
         }
 
         assert_eq!(store.queries(), 1);
+    }
+
+    fn budget_of(burst: u32) -> Arc<LookupBudget> {
+        use crate::lookup_budget::{BudgetKind, BudgetSettings, Rate};
+        let rate = Rate {
+            per_second: 0.001,
+            burst,
+        };
+        let settings = BudgetSettings {
+            global: Some(rate),
+            per_peer: None,
+        };
+        Arc::new(
+            LookupBudget::new(BudgetKind::UnknownKeyLookups, settings, Instant::now()).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_hash_no_cache_holds_is_not_queried_once_the_lookup_budget_is_spent() {
+        let store = ScriptedStore::answering(vec![Ok(None), Ok(None)]);
+        let cache = KeyCache::new(SETTINGS).with_lookup_budget(budget_of(1));
+
+        let first = cache.lookup(&hash(), &store, Some("10.0.0.1")).await;
+        let second = cache.lookup(&hash(), &store, Some("10.0.0.1")).await;
+
+        assert!(matches!(first, Ok((Lookup::NotFound, CacheOutcome::Miss))));
+        assert!(
+            matches!(second, Err(LookupError::Throttled(_))),
+            "{second:?}"
+        );
+        assert_eq!(store.queries(), 1);
+    }
+
+    #[tokio::test]
+    async fn cached_known_and_unknown_hashes_never_ask_the_lookup_budget() {
+        let (known, unknown) = (hash(), hash());
+        let store = ScriptedStore::answering(vec![Ok(Some(record(known))), Ok(None)]);
+        let (clock, now) = manual_clock();
+        let cache = KeyCache::with_clock(SETTINGS, clock).with_lookup_budget(budget_of(2));
+        cache.lookup(&known, &store, None).await.unwrap();
+        cache.lookup(&unknown, &store, None).await.unwrap();
+
+        let (_, hit) = cache.lookup(&known, &store, None).await.unwrap();
+        let (_, negative) = cache.lookup(&unknown, &store, None).await.unwrap();
+        advance(&now, SETTINGS.ttl);
+        let store_after_ttl = ScriptedStore::answering(vec![Ok(Some(record(known)))]);
+        let (_, reread) = cache.lookup(&known, &store_after_ttl, None).await.unwrap();
+
+        assert_eq!(
+            (hit, negative, reread),
+            (
+                CacheOutcome::Hit,
+                CacheOutcome::NegativeHit,
+                CacheOutcome::Miss
+            )
+        );
+        assert!(matches!(
+            cache.lookup(&hash(), &store, None).await,
+            Err(LookupError::Throttled(_))
+        ));
     }
 }

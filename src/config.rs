@@ -12,6 +12,7 @@ use crate::duration::parse_duration;
 use crate::identity::IdentityArgs;
 use crate::request_path::ModelFreePaths;
 use crate::tls::CaBundle;
+use crate::lookup_budget::{BudgetSettings, Rate};
 
 /// maas-authz: API-key ext_authz server and key tools for an LLM Models-as-a-Service gateway.
 #[derive(Debug, Parser)]
@@ -192,6 +193,8 @@ pub struct ServeConfig {
     pub limits: LimitsConfig,
     #[command(flatten)]
     pub enforcement: EnforcementConfig,
+    #[command(flatten)]
+    pub abuse: AbuseLimitsConfig,
 }
 
 /// What keeps the model check and the token meter from being walked around.
@@ -361,6 +364,121 @@ impl clap::builder::TypedValueParser for RedisUrlParser {
 /// A CA bundle named by a setting, read and checked at start-up.
 fn ca_bundle(text: &str) -> Result<CaBundle, String> {
     CaBundle::read(std::path::Path::new(text)).map_err(|error| error.to_string())
+}
+
+/// Abuse limits: how many keys one user may hold, and how much work credentials that no cache
+/// holds may cause (budgets are per replica).
+#[derive(Debug, Clone, Args)]
+pub struct AbuseLimitsConfig {
+    /// Most active (unrevoked, unexpired) keys one user may hold, ephemeral keys and access
+    /// tokens included: minting more through the REST API answers 400. `off`: no cap. The
+    /// operator CLI (`maas-authz keys create`) is never capped.
+    #[arg(long, env = "MAAS_AUTHZ_MAX_ACTIVE_KEYS_PER_USER", value_name = "MAAS_AUTHZ_MAX_ACTIVE_KEYS_PER_USER", default_value = "100", value_parser = active_key_cap)]
+    pub max_active_keys_per_user: ActiveKeyCap,
+    /// Database lookups per second (this replica) for well-formed keys that no cache holds;
+    /// beyond it (and its burst) Check answers 429 `unknown_key_rate_limited` without a query.
+    /// Cached keys never count. `off`: unbounded.
+    #[arg(long, env = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUPS_PER_SECOND", value_name = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUPS_PER_SECOND", default_value = "1000", value_parser = optional_rate)]
+    pub unknown_key_lookups_per_second: OptionalRate,
+    /// How many such lookups may run at once before the rate applies.
+    #[arg(long, env = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUP_BURST", value_name = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUP_BURST", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub unknown_key_lookup_burst: u32,
+    /// The same budget per client address (Envoy's `source.address`; IPv6 by /64). `off`
+    /// where Envoy sees only a load balancer's address rather than the clients'.
+    #[arg(long, env = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUPS_PER_SECOND_PER_PEER", value_name = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUPS_PER_SECOND_PER_PEER", default_value = "100", value_parser = optional_rate)]
+    pub unknown_key_lookups_per_second_per_peer: OptionalRate,
+    /// How many lookups one client address may cause at once before its rate applies.
+    #[arg(long, env = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUP_BURST_PER_PEER", value_name = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUP_BURST_PER_PEER", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub unknown_key_lookup_burst_per_peer: u32,
+    /// Kubernetes TokenReviews per second (this replica) for REST bearer tokens not reviewed
+    /// recently; beyond it (and its burst) the REST API answers 429. `off`: unbounded.
+    #[arg(long, env = "MAAS_AUTHZ_TOKEN_REVIEWS_PER_SECOND", value_name = "MAAS_AUTHZ_TOKEN_REVIEWS_PER_SECOND", default_value = "100", value_parser = optional_rate)]
+    pub token_reviews_per_second: OptionalRate,
+    /// How many TokenReviews may run at once before the rate applies.
+    #[arg(long, env = "MAAS_AUTHZ_TOKEN_REVIEW_BURST", value_name = "MAAS_AUTHZ_TOKEN_REVIEW_BURST", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub token_review_burst: u32,
+}
+
+impl AbuseLimitsConfig {
+    /// Every setting at its default, ignoring the environment: for tools and tests that run the
+    /// server in-process.
+    pub fn defaults() -> Self {
+        use clap::FromArgMatches;
+        let command = Self::augment_args(clap::Command::new("abuse")).mut_args(|arg| arg.env(None));
+        command
+            .try_get_matches_from(["abuse"])
+            .map_err(|e| e.to_string())
+            .and_then(|matches| Self::from_arg_matches(&matches).map_err(|e| e.to_string()))
+            .unwrap_or_else(|error| unreachable!("abuse-limit flags all have defaults: {error}"))
+    }
+
+    /// The budget of database lookups for keys that no cache holds.
+    pub fn unknown_key_budget(&self) -> BudgetSettings {
+        BudgetSettings {
+            global: self
+                .unknown_key_lookups_per_second
+                .with_burst(self.unknown_key_lookup_burst),
+            per_peer: self
+                .unknown_key_lookups_per_second_per_peer
+                .with_burst(self.unknown_key_lookup_burst_per_peer),
+        }
+    }
+
+    /// The budget of TokenReviews: global only, since the REST API's callers arrive through the
+    /// gateway, whose address is the same for all of them.
+    pub fn token_review_budget(&self) -> BudgetSettings {
+        BudgetSettings {
+            global: self
+                .token_reviews_per_second
+                .with_burst(self.token_review_burst),
+            per_peer: None,
+        }
+    }
+}
+
+/// A cap on a user's active keys, or none (`off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActiveKeyCap(pub Option<u32>);
+
+fn active_key_cap(text: &str) -> Result<ActiveKeyCap, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(ActiveKeyCap(None));
+    }
+    match text.parse::<u32>() {
+        // 0 would forbid every self-service key: almost surely meant as "no cap", so say so.
+        Ok(0) => Err("must be at least 1 (use off for no cap)".to_owned()),
+        Ok(cap) if cap <= 1_000_000 => Ok(ActiveKeyCap(Some(cap))),
+        _ => Err("must be a whole number from 1 to 1000000, or off for no cap".to_owned()),
+    }
+}
+
+/// A rate per second, or none (`off`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OptionalRate(pub Option<f64>);
+
+impl OptionalRate {
+    fn with_burst(self, burst: u32) -> Option<Rate> {
+        self.0.map(|per_second| Rate { per_second, burst })
+    }
+}
+
+fn optional_rate(text: &str) -> Result<OptionalRate, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(OptionalRate(None));
+    }
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && (0.001..=1e9).contains(&rate) => {
+            Ok(OptionalRate(Some(rate)))
+        }
+        Ok(0.0) => Err("must be greater than zero (use off to disable)".to_owned()),
+        _ => Err(
+            "must be a number per second from 0.001 to 1000000000, like 1000 or 0.5 (or off to \
+             disable)"
+                .to_owned(),
+        ),
+    }
 }
 
 /// The REST API: its two listeners and the limits of what it mints.
@@ -609,6 +727,75 @@ mod tests {
         assert!(
             too_small.contains("MAAS_AUTHZ_METER_MAX_REQUEST_BYTES"),
             "{too_small}"
+        );
+    }
+
+    #[test]
+    fn the_active_key_cap_is_a_positive_number_or_off() {
+        assert_eq!(active_key_cap("100"), Ok(ActiveKeyCap(Some(100))));
+        assert_eq!(active_key_cap("OFF"), Ok(ActiveKeyCap(None)));
+        assert_eq!(
+            active_key_cap("0"),
+            Err("must be at least 1 (use off for no cap)".to_owned())
+        );
+        assert!(
+            active_key_cap("-3")
+                .unwrap_err()
+                .contains("or off for no cap")
+        );
+        assert!(
+            active_key_cap("lots")
+                .unwrap_err()
+                .contains("or off for no cap")
+        );
+    }
+
+    #[test]
+    fn a_rate_is_a_positive_number_per_second_or_off() {
+        assert_eq!(optional_rate("1000"), Ok(OptionalRate(Some(1000.0))));
+        assert_eq!(optional_rate("0.5"), Ok(OptionalRate(Some(0.5))));
+        assert_eq!(optional_rate("off"), Ok(OptionalRate(None)));
+        assert_eq!(
+            optional_rate("0"),
+            Err("must be greater than zero (use off to disable)".to_owned())
+        );
+        for bad in ["-1", "NaN", "inf", "fast", "1e12"] {
+            assert!(
+                optional_rate(bad)
+                    .unwrap_err()
+                    .contains("(or off to disable)"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_default_abuse_limits_are_the_documented_ones() {
+        let defaults = AbuseLimitsConfig::defaults();
+
+        assert_eq!(defaults.max_active_keys_per_user, ActiveKeyCap(Some(100)));
+        assert_eq!(
+            defaults.unknown_key_budget(),
+            BudgetSettings {
+                global: Some(Rate {
+                    per_second: 1_000.0,
+                    burst: 1_000
+                }),
+                per_peer: Some(Rate {
+                    per_second: 100.0,
+                    burst: 200
+                }),
+            }
+        );
+        assert_eq!(
+            defaults.token_review_budget(),
+            BudgetSettings {
+                global: Some(Rate {
+                    per_second: 100.0,
+                    burst: 500
+                }),
+                per_peer: None,
+            }
         );
     }
 

@@ -11,7 +11,8 @@ use crate::duration::{DurationError, format_go_duration, parse_duration};
 use crate::identity::{Caller, CredentialKind};
 use crate::minting::{
     Labels, LifetimeLimit, MintError, MintRequest, MintedKey, mint_key_with_labels,
-    reject_reserved_labels, validate_labels, validate_lifetime,
+    mint_key_within_limit, reject_reserved_labels, too_many_active_keys_message, validate_labels,
+    validate_lifetime,
 };
 use crate::store::{
     KeyAdminStore, KeyPage, KeyRecord, KeyRecordId, KeySearch, KeySortField, KeyStatus,
@@ -41,6 +42,9 @@ pub struct KeyPolicySettings {
     pub max_expiration_days: u32,
     /// `MAAS_AUTHZ_TOKEN_MAX_EXPIRATION`: the longest life of an access token.
     pub token_max_lifetime: Duration,
+    /// `MAAS_AUTHZ_MAX_ACTIVE_KEYS_PER_USER`: the most active keys (ephemeral keys and access
+    /// tokens included) a user may hold when minting more; `None`: no cap.
+    pub max_active_keys_per_user: Option<u32>,
 }
 
 /// A lifetime as the JSON body gives it: a number of seconds or a duration string.
@@ -125,6 +129,9 @@ pub enum KeyError {
         format_go_duration(TOKEN_MIN_LIFETIME)
     )]
     TokenTooShort { provided: String },
+    /// The caller holds as many active keys as allowed (or more): revoke one or wait.
+    #[error("{}", too_many_active_keys_message(*active, *limit))]
+    TooManyActiveKeys { active: u64, limit: u32 },
     #[error("key store failed: {0}")]
     Store(#[from] StoreError),
     #[error("cannot create the key: {0}")]
@@ -135,6 +142,9 @@ impl From<MintError> for KeyError {
     fn from(error: MintError) -> Self {
         match error {
             MintError::Store(error) => KeyError::Store(error),
+            MintError::TooManyActiveKeys { active, limit } => {
+                KeyError::TooManyActiveKeys { active, limit }
+            }
             error if error.is_invalid_request() => KeyError::InvalidRequest(error.to_string()),
             other => KeyError::Internal(other.to_string()),
         }
@@ -216,10 +226,7 @@ impl<S: KeyAdminStore, O: CheckObserver> KeyManager<S, O> {
             lifetime,
             ephemeral: request.ephemeral,
         };
-        let minted =
-            mint_key_with_labels(self.authorizer.store().as_ref(), mint, request.labels, now)
-                .await?;
-        Ok(minted)
+        self.mint(mint, request.labels, now).await
     }
 
     /// One page of keys the caller may see: their own, or anyone's for admins.
@@ -413,17 +420,25 @@ impl<S: KeyAdminStore, O: CheckObserver> KeyManager<S, O> {
             lifetime,
             ephemeral: true,
         };
-        let minted = mint_key_with_labels(
-            self.authorizer.store().as_ref(),
-            request,
-            access_token_labels(),
-            now,
-        )
-        .await?;
+        let minted = self.mint(request, access_token_labels(), now).await?;
         Ok(IssuedToken {
             minted,
             lifetime,
             issued_at: now,
+        })
+    }
+
+    /// Stores a new credential, within the caller's cap on active keys when one is set.
+    async fn mint(
+        &self,
+        request: MintRequest,
+        labels: Labels,
+        now: DateTime<Utc>,
+    ) -> Result<MintedKey, KeyError> {
+        let store = self.authorizer.store().as_ref();
+        Ok(match self.settings.max_active_keys_per_user {
+            Some(limit) => mint_key_within_limit(store, request, labels, now, limit).await?,
+            None => mint_key_with_labels(store, request, labels, now).await?,
         })
     }
 

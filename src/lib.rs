@@ -1,7 +1,7 @@
 //! maas-authz: Envoy ext_authz server and key-management API for an LLM Models-as-a-Service gateway.
 //!
 //! See `ARCHITECTURE.md` for the map. Domain: [`key`], [`policy`], [`request_path`], [`assertion`], [`authorizer`], [`minting`],
-//! [`keys`], [`catalog`], [`identity`], [`cache`], [`limits`], [`usage`], [`duration`]. Edges: [`grpc`], [`http`],
+//! [`keys`], [`catalog`], [`identity`], [`cache`], [`lookup_budget`], [`limits`], [`usage`], [`duration`]. Edges: [`grpc`], [`http`],
 //! [`store`], [`tls`], [`cli`], [`serve`], [`metrics`].
 
 pub mod assertion;
@@ -20,6 +20,7 @@ pub mod key;
 pub mod keys;
 pub mod last_used;
 pub mod limits;
+pub mod lookup_budget;
 pub mod metrics;
 pub mod minting;
 pub mod pb;

@@ -1,5 +1,5 @@
 //! Prometheus metrics: decisions, Check latency, cache, database queries, pool and policy state,
-//! rate limits, the counter store and metered tokens.
+//! rate limits, the counter store, metered tokens and throttled lookups of unseen credentials.
 
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use crate::breaker::BreakerState;
 use crate::cache::CacheOutcome;
 use crate::grpc::ext_authz::DecisionObserver;
 use crate::limits::{LimitKind, LimitObserver};
+use crate::lookup_budget::{BudgetKind, BudgetScope, ThrottleObserver};
 use crate::store::postgres::{PoolState, QueryObserver};
 use crate::usage::{
     Charge, Endpoint, MeterOutcome, MeterRefusal, TokenSink, UsageObserver, UsageSubject,
@@ -60,6 +61,9 @@ pub struct Metrics {
     rate_limited: Vec<IntCounter>,
     counter_store_errors: IntCounter,
     counter_store_up: IntGauge,
+    /// `[peer, global]`, each for unknown-key lookups and for TokenReviews.
+    unknown_key_lookups_throttled: [IntCounter; 2],
+    token_reviews_throttled: [IntCounter; 2],
 }
 
 impl Metrics {
@@ -211,6 +215,27 @@ impl Metrics {
         registry.register(Box::new(rate_limited.clone()))?;
         registry.register(Box::new(counter_store_errors.clone()))?;
         registry.register(Box::new(counter_store_up.clone()))?;
+        let unknown_key_lookups_throttled = IntCounterVec::new(
+            Opts::new(
+                "unknown_key_lookups_throttled_total",
+                "Lookups of keys no cache holds refused without a query because the lookup \
+                 budget was spent, by the bucket that ran dry (peer, global)",
+            ),
+            &["scope"],
+        )?;
+        let token_reviews_throttled = IntCounterVec::new(
+            Opts::new(
+                "token_reviews_throttled_total",
+                "TokenReviews not sent because the TokenReview budget was spent, by scope",
+            ),
+            &["scope"],
+        )?;
+        registry.register(Box::new(unknown_key_lookups_throttled.clone()))?;
+        registry.register(Box::new(token_reviews_throttled.clone()))?;
+        let by_scope = |vec: &IntCounterVec| {
+            [BudgetScope::Peer, BudgetScope::Global]
+                .map(|scope| vec.with_label_values(&[scope.as_str()]))
+        };
         // Children resolved once, so the hot path does no label lookups.
         let denied = DenyReason::ALL
             .iter()
@@ -248,6 +273,8 @@ impl Metrics {
                 .collect(),
             counter_store_errors,
             counter_store_up,
+            unknown_key_lookups_throttled: by_scope(&unknown_key_lookups_throttled),
+            token_reviews_throttled: by_scope(&token_reviews_throttled),
             registry,
         })
     }
@@ -398,6 +425,16 @@ impl QueryObserver for std::sync::Arc<Metrics> {
 
     fn observe_refused(&self, statement: &'static str) {
         self.query_refused.with_label_values(&[statement]).inc();
+    }
+}
+
+impl ThrottleObserver for Metrics {
+    fn observe_throttled(&self, budget: BudgetKind, scope: BudgetScope) {
+        let counters = match budget {
+            BudgetKind::UnknownKeyLookups => &self.unknown_key_lookups_throttled,
+            BudgetKind::TokenReviews => &self.token_reviews_throttled,
+        };
+        counters[scope as usize].inc();
     }
 }
 

@@ -1,4 +1,5 @@
-//! Minting keys: the rules every new key obeys, whoever asks (REST API or operator CLI).
+//! Minting keys: the rules every new key obeys, whoever asks (REST API or operator CLI), and
+//! the cap on a user's active keys that self-service minting obeys (the CLI is break-glass).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -6,7 +7,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::key::ApiKey;
-use crate::store::{KeyRecord, KeyRecordId, KeyStore, NewKey, StoreError};
+use crate::store::{
+    KeyAdminStore, KeyRecord, KeyRecordId, KeyStore, LimitedInsert, NewKey, StoreError,
+};
 
 /// Upstream's limit on key names, in characters.
 pub const MAX_NAME_CHARS: usize = 128;
@@ -65,6 +68,9 @@ pub enum MintError {
     NonPositiveLifetime,
     #[error("requested expiration ({requested}) exceeds maximum allowed ({maximum})")]
     LifetimeTooLong { requested: String, maximum: String },
+    /// The user holds `limit` (or more) active keys already; nothing was stored.
+    #[error("{}", too_many_active_keys_message(*active, *limit))]
+    TooManyActiveKeys { active: u64, limit: u32 },
     #[error("cannot read the operating system's random number generator: {0}")]
     Randomness(String),
     #[error(transparent)]
@@ -75,6 +81,33 @@ impl MintError {
     /// Whether the caller sent something wrong (as opposed to a failure on our side).
     pub fn is_invalid_request(&self) -> bool {
         !matches!(self, MintError::Randomness(_) | MintError::Store(_))
+    }
+}
+
+/// What a user over the active-key cap is told: how many they hold, and how to get a slot.
+pub fn too_many_active_keys_message(active: u64, limit: u32) -> String {
+    let keys = |n: u64| {
+        if n == 1 {
+            "1 active API key".to_owned()
+        } else {
+            format!("{n} active API keys")
+        }
+    };
+    let over = active.saturating_sub(u64::from(limit));
+    if over == 0 {
+        format!(
+            "you have {}, the most allowed; revoke one (DELETE /v1/api-keys/{{id}}) or wait for \
+             one to expire",
+            keys(active)
+        )
+    } else {
+        // The cap was lowered below what the user already holds.
+        format!(
+            "you have {} and at most {limit} are allowed; revoke {} (DELETE /v1/api-keys/{{id}}) \
+             or wait for them to expire",
+            keys(active),
+            over + 1
+        )
     }
 }
 
@@ -257,13 +290,47 @@ pub async fn mint_key<S: KeyStore>(
 }
 
 /// Mints one key: checks every field, generates the key, stores only its hash, returns the
-/// plaintext once.
+/// plaintext once. Not capped: the operator CLI mints this way (break-glass).
 pub async fn mint_key_with_labels<S: KeyStore>(
     store: &S,
     request: MintRequest,
     labels: Labels,
     now: DateTime<Utc>,
 ) -> Result<MintedKey, MintError> {
+    let (key, new_key) = prepare_key(request, labels, now)?;
+    let record = store.insert_key(&new_key).await?;
+    Ok(MintedKey { key, record })
+}
+
+/// [`mint_key_with_labels`] for self-service minting: refused with
+/// [`MintError::TooManyActiveKeys`] when the user already holds `max_active` active, unexpired
+/// keys (ephemeral keys and access tokens included), decided atomically by the store.
+pub async fn mint_key_within_limit<S: KeyAdminStore>(
+    store: &S,
+    request: MintRequest,
+    labels: Labels,
+    now: DateTime<Utc>,
+    max_active: u32,
+) -> Result<MintedKey, MintError> {
+    let (key, new_key) = prepare_key(request, labels, now)?;
+    match store.insert_key_within_limit(&new_key, max_active).await? {
+        LimitedInsert::Inserted(record) => Ok(MintedKey {
+            key,
+            record: *record,
+        }),
+        LimitedInsert::LimitReached { active } => Err(MintError::TooManyActiveKeys {
+            active,
+            limit: max_active,
+        }),
+    }
+}
+
+/// Checks every field and generates the key: the row to store and the plaintext to show once.
+fn prepare_key(
+    request: MintRequest,
+    labels: Labels,
+    now: DateTime<Utc>,
+) -> Result<(ApiKey, NewKey), MintError> {
     if request.username.trim().is_empty() {
         return Err(MintError::MissingUsername);
     }
@@ -290,8 +357,7 @@ pub async fn mint_key_with_labels<S: KeyStore>(
         ephemeral: request.ephemeral,
         labels,
     };
-    let record = store.insert_key(&new_key).await?;
-    Ok(MintedKey { key, record })
+    Ok((key, new_key))
 }
 
 #[cfg(test)]
@@ -420,6 +486,25 @@ mod tests {
             Err(LabelError::ReservedKey("maas-authz.io/credential".into()))
         );
         assert_eq!(reject_reserved_labels(&labels(&[("team", "x")])), Ok(()));
+    }
+
+    #[test]
+    fn the_active_key_cap_message_says_how_many_and_what_to_do() {
+        assert_eq!(
+            too_many_active_keys_message(100, 100),
+            "you have 100 active API keys, the most allowed; revoke one (DELETE \
+             /v1/api-keys/{id}) or wait for one to expire"
+        );
+        assert_eq!(
+            too_many_active_keys_message(1, 1),
+            "you have 1 active API key, the most allowed; revoke one (DELETE /v1/api-keys/{id}) \
+             or wait for one to expire"
+        );
+        assert_eq!(
+            too_many_active_keys_message(12, 10),
+            "you have 12 active API keys and at most 10 are allowed; revoke 3 (DELETE \
+             /v1/api-keys/{id}) or wait for them to expire"
+        );
     }
 
     #[test]

@@ -30,6 +30,7 @@ use crate::limits::{
     Clock, CounterStore, InProcessCounterStore, Limiter, OnStoreError, RedisCounterStore,
     SystemClock,
 };
+use crate::lookup_budget::{BudgetKind, LookupBudget};
 use crate::metrics::Metrics;
 use crate::pb::key_validation_server::KeyValidationServer;
 use crate::policy::Policy;
@@ -229,13 +230,24 @@ pub async fn start_with_clock(
             .with_check_timeout(config.db_check_timeout)
             .with_breaker(breaker),
     );
-    let cache = KeyCache::new(CacheSettings {
+    let mut cache = KeyCache::new(CacheSettings {
         capacity: config.cache_capacity,
         ttl: config.cache_ttl,
         max_staleness: config.cache_max_staleness,
         negative_capacity: config.negative_cache_capacity,
         negative_ttl: config.negative_cache_ttl,
     });
+    match LookupBudget::new(
+        BudgetKind::UnknownKeyLookups,
+        config.abuse.unknown_key_budget(),
+        Instant::now(),
+    ) {
+        Some(budget) => {
+            tracing::info!(?budget, "lookups of unknown keys are bounded");
+            cache = cache.with_lookup_budget(Arc::new(budget.with_observer(metrics.clone())));
+        }
+        None => tracing::info!("lookups of unknown keys are unbounded"),
+    }
     let last_used = Arc::new(LastUsedTracker::new(config.last_used_interval));
     let mut authorizer =
         Authorizer::new(store.clone(), cache, shared_policy.clone(), metrics.clone())
@@ -256,15 +268,24 @@ pub async fn start_with_clock(
     }
     let authorizer = Arc::new(authorizer);
 
-    let identity = IdentityResolver::from_args(&config.identity, authorizer.clone())
+    let mut identity = IdentityResolver::from_args(&config.identity, authorizer.clone())
         .await
         .context("cannot set up the identity sources of the REST API")?;
+    if let Some(budget) = LookupBudget::new(
+        BudgetKind::TokenReviews,
+        config.abuse.token_review_budget(),
+        Instant::now(),
+    ) {
+        identity =
+            identity.with_token_review_budget(Arc::new(budget.with_observer(metrics.clone())));
+    }
     let api_state = Arc::new(ApiState {
         keys: KeyManager::new(
             authorizer.clone(),
             KeyPolicySettings {
                 max_expiration_days: config.http.api_key_max_expiration_days,
                 token_max_lifetime: config.http.token_max_expiration,
+                max_active_keys_per_user: config.abuse.max_active_keys_per_user.0,
             },
         ),
         identity,

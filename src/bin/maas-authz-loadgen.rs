@@ -35,8 +35,8 @@ use envoy_types::pb::envoy::service::auth::v3::{
 };
 use envoy_types::pb::google::rpc;
 use maas_authz::config::{
-    DatabaseConfig, EnforcementConfig, HttpConfig, LimitsConfig, OptionalDuration, ServeConfig,
-    identity_args_without_sources,
+    AbuseLimitsConfig, DatabaseConfig, EnforcementConfig, HttpConfig, LimitsConfig,
+    OptionalDuration, OptionalRate, ServeConfig, identity_args_without_sources,
 };
 use maas_authz::grpc::socket::copying;
 use maas_authz::key::ApiKey;
@@ -135,9 +135,11 @@ struct Args {
     #[arg(long)]
     json: bool,
     /// What to measure: `load` (Check throughput and latency), `revocation` (delay until a key
-    /// revoked on one replica is refused by another, over --samples revocations) or `outage`
-    /// (Check answers while the database is cut for --outage). The last two need an admin
-    /// --database-url and start their own servers.
+    /// revoked on one replica is refused by another, over --samples revocations), `outage`
+    /// (Check answers while the database is cut for --outage) or `unknown-key-flood` (legitimate
+    /// checks, the breaker and database lookups while --streams clients flood Check with random
+    /// well-formed keys for --duration, without and with the unknown-key budget). All but
+    /// `load` need an admin --database-url and start their own servers.
     #[arg(long, value_enum, default_value = "load")]
     measure: Measure,
     /// For `--measure revocation`: revocations measured.
@@ -149,6 +151,22 @@ struct Args {
     /// For `--measure outage`: the server's cache TTL (short, so the outage outlives it).
     #[arg(long, default_value = "5s", value_parser = duration_arg)]
     outage_cache_ttl: Duration,
+    /// For `--measure unknown-key-flood`: distinct client addresses the flood comes from (1: one
+    /// abusive client, which the per-peer budget stops; many: a spread-out flood, which only the
+    /// global budget bounds).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    flood_peers: u32,
+    /// For `--measure unknown-key-flood`: run without the unknown-key budget, with it (the
+    /// defaults of MAAS_AUTHZ_UNKNOWN_KEY_LOOKUP*), or both, one after the other.
+    #[arg(long, value_enum, default_value = "both")]
+    budget: BudgetPhases,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BudgetPhases {
+    Off,
+    On,
+    Both,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -156,6 +174,7 @@ enum Measure {
     Load,
     Revocation,
     Outage,
+    UnknownKeyFlood,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -235,10 +254,13 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     if args.measure != Measure::Load {
         let admin_url = args.database_url.clone().context(
-            "--measure revocation|outage needs --database-url (or DATABASE_URL): a PostgreSQL admin URL",
+            "--measure revocation|outage|unknown-key-flood needs --database-url (or DATABASE_URL): a PostgreSQL admin URL",
         )?;
         return match args.measure {
             Measure::Revocation => reliability::measure_revocation(&args, &admin_url).await,
+            Measure::UnknownKeyFlood => {
+                reliability::measure_unknown_key_flood(&args, &admin_url).await
+            }
             _ => reliability::measure_outage(&args, &admin_url).await,
         };
     }
@@ -348,6 +370,13 @@ impl Drop for RaisedPolicy {
 
 fn serve_config(args: &Args, database_url: &str, raised_policy: Option<PathBuf>) -> ServeConfig {
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut abuse = AbuseLimitsConfig::defaults();
+    if args.scenario == Scenario::Unknown && args.measure == Measure::Load {
+        // This load measures what an unknown key costs when it reaches the database; the
+        // unknown-key budget (which would answer most of them 429 first) has its own measure.
+        abuse.unknown_key_lookups_per_second = OptionalRate(None);
+        abuse.unknown_key_lookups_per_second_per_peer = OptionalRate(None);
+    }
     let mut limits = LimitsConfig::in_process();
     match args.limits {
         LimitsMode::Off => limits.limits_enabled = false,
@@ -390,6 +419,7 @@ fn serve_config(args: &Args, database_url: &str, raised_policy: Option<PathBuf>)
         identity: identity_args_without_sources(),
         limits,
         enforcement: EnforcementConfig::default(),
+        abuse,
     }
 }
 

@@ -12,6 +12,7 @@
 //! only checked for framing, so a field Check never reads cannot fail the request (prost would
 //! also refuse, for example, invalid UTF-8 in a header that is not ours).
 
+use envoy_types::pb::envoy::config::core::v3::address;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use prost::bytes::Bytes;
@@ -36,6 +37,8 @@ pub struct CheckAttributes {
     body: Bytes,
     /// `context_extensions["model"]`: the route's model, set by the operator in Envoy.
     route_model: Option<String>,
+    /// `attributes.source.address.socket_address.address`, sharing the message's memory.
+    source_address: Bytes,
 }
 
 /// A `CheckRequest` whose bytes are not valid protobuf (truncated, a bad varint or length, a
@@ -58,11 +61,17 @@ impl CheckAttributes {
             (_, Some(text)) => message.slice(text.clone()),
             _ => Bytes::new(),
         };
+        let source_address = found
+            .source_socket
+            .clone()
+            .flatten()
+            .map_or_else(Bytes::new, |range| message.slice(range));
         Ok(Self {
             headers: found.headers(),
             path: found.path.unwrap_or_default(),
             body,
             route_model: found.route_model,
+            source_address,
         })
     }
 
@@ -94,6 +103,15 @@ impl CheckAttributes {
     pub fn body(&self) -> Option<&[u8]> {
         (!self.body.is_empty()).then_some(&self.body[..])
     }
+
+    /// The downstream peer's address (`attributes.source.address.socket_address.address`, an IP
+    /// literal), when Envoy sent one; `None` for a pipe or an internal address.
+    pub fn source_address(&self) -> Option<&str> {
+        // Checked to be UTF-8 when decoded; an empty value means none.
+        std::str::from_utf8(&self.source_address)
+            .ok()
+            .filter(|address| !address.is_empty())
+    }
 }
 
 /// The same selection from a message prost has decoded: the reference [`decode`] is held to,
@@ -112,9 +130,22 @@ impl From<&CheckRequest> for CheckAttributes {
             .as_ref()
             .and_then(|a| a.request.as_ref())
             .and_then(|r| r.http.as_ref());
+        let source_address = request
+            .attributes
+            .as_ref()
+            .and_then(|a| a.source.as_ref())
+            .and_then(|peer| peer.address.as_ref())
+            .and_then(|address| match &address.address {
+                Some(address::Address::SocketAddress(socket)) => {
+                    Some(Bytes::copy_from_slice(socket.address.as_bytes()))
+                }
+                _ => None,
+            })
+            .unwrap_or_default();
         let Some(http) = http else {
             return Self {
                 route_model,
+                source_address,
                 ..Self::default()
             };
         };
@@ -128,6 +159,7 @@ impl From<&CheckRequest> for CheckAttributes {
             headers: HEADERS.map(|name| request_header(http, name).map(str::to_owned)),
             body,
             route_model,
+            source_address,
         }
     }
 }
@@ -142,6 +174,7 @@ impl std::fmt::Debug for CheckAttributes {
             .field("model_header", &self.headers[MODEL_NAME])
             .field("body_bytes", &self.body.len())
             .field("route_model", &self.route_model)
+            .field("source_address", &self.source_address())
             .finish()
     }
 }
@@ -180,6 +213,9 @@ struct Found {
     text_body: Option<std::ops::Range<usize>>,
     /// `context_extensions["model"]`; the last entry with the key wins, as in a map.
     route_model: Option<String>,
+    /// `Some` while the source `Address` oneof holds a `socket_address`, with the range of its
+    /// `address` once seen; another variant resets it, as prost's oneof merge does.
+    source_socket: Option<Option<std::ops::Range<usize>>>,
 }
 
 impl Found {
@@ -210,10 +246,12 @@ fn each_submessage<'a>(
     Ok(())
 }
 
-/// `AttributeContext`: `request` (4) and `context_extensions` (10) matter.
+/// `AttributeContext`: `source` (1), whose `address` (1) is all that matters of it, `request`
+/// (4) and `context_extensions` (10).
 fn decode_attributes(mut attributes: Reader<'_>, found: &mut Found) -> Result<(), WireError> {
     while let Some((field, wire)) = attributes.key()? {
         match field {
+            1 => each_submessage(attributes.message(wire)?, 1, found, decode_source_address)?,
             4 => decode_request(attributes.message(wire)?, found)?,
             10 => decode_context_extension(attributes.message(wire)?, found)?,
             _ => attributes.skip(field, wire)?,
@@ -236,6 +274,31 @@ fn decode_context_extension(mut entry: Reader<'_>, found: &mut Found) -> Result<
         let value = std::str::from_utf8(value)
             .map_err(|_| WireError("invalid UTF-8 in a context extension"))?;
         found.route_model = Some(value.to_owned());
+    }
+    Ok(())
+}
+
+/// `config.core.v3.Address`, a oneof: `socket_address` (1), whose `address` (2) we keep, or
+/// `pipe` (2) / `envoy_internal_address` (3), which replace it.
+fn decode_source_address(mut address: Reader<'_>, found: &mut Found) -> Result<(), WireError> {
+    while let Some((field, wire)) = address.key()? {
+        match field {
+            1 => {
+                let mut socket = address.message(wire)?;
+                let kept = found.source_socket.get_or_insert(None);
+                while let Some((field, wire)) = socket.key()? {
+                    match field {
+                        2 => *kept = Some(socket.string_range(wire)?),
+                        _ => socket.skip(field, wire)?,
+                    }
+                }
+            }
+            2 | 3 => {
+                address.message(wire)?;
+                found.source_socket = None;
+            }
+            _ => address.skip(field, wire)?,
+        }
     }
     Ok(())
 }
@@ -468,7 +531,8 @@ mod tests {
     use std::collections::HashMap;
 
     use envoy_types::pb::envoy::config::core::v3::{
-        Address, HeaderMap, HeaderValue, SocketAddress, address, socket_address,
+        Address, EnvoyInternalAddress, HeaderMap, HeaderValue, Pipe, SocketAddress, address,
+        socket_address,
     };
     use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
     use envoy_types::pb::envoy::service::auth::v3::attribute_context::{Peer, Request};
@@ -478,27 +542,56 @@ mod tests {
 
     use super::*;
 
+    fn socket_peer(ip: &str) -> Peer {
+        Peer {
+            address: Some(Address {
+                address: Some(address::Address::SocketAddress(SocketAddress {
+                    address: ip.to_owned(),
+                    port_specifier: Some(socket_address::PortSpecifier::PortValue(41_000)),
+                    ..Default::default()
+                })),
+            }),
+            principal: "spiffe://cluster.local/ns/gw".to_owned(),
+            ..Default::default()
+        }
+    }
+
+    fn pipe_peer() -> Peer {
+        Peer {
+            address: Some(Address {
+                address: Some(address::Address::Pipe(Pipe {
+                    path: "/var/run/envoy.sock".to_owned(),
+                    mode: 0o600,
+                })),
+            }),
+            ..Default::default()
+        }
+    }
+
     fn http_request(http: HttpRequest) -> CheckRequest {
-        with_extensions(
+        with_source(Some(socket_peer("10.0.0.7")), http)
+    }
+
+    fn with_source(source: Option<Peer>, http: HttpRequest) -> CheckRequest {
+        attributes(
+            source,
             http,
             HashMap::from([("route".to_owned(), "models".to_owned())]),
         )
     }
 
     fn with_extensions(http: HttpRequest, extensions: HashMap<String, String>) -> CheckRequest {
+        attributes(Some(socket_peer("10.0.0.7")), http, extensions)
+    }
+
+    fn attributes(
+        source: Option<Peer>,
+        http: HttpRequest,
+        extensions: HashMap<String, String>,
+    ) -> CheckRequest {
         CheckRequest {
             attributes: Some(AttributeContext {
-                source: Some(Peer {
-                    address: Some(Address {
-                        address: Some(address::Address::SocketAddress(SocketAddress {
-                            address: "10.0.0.7".to_owned(),
-                            port_specifier: Some(socket_address::PortSpecifier::PortValue(41_000)),
-                            ..Default::default()
-                        })),
-                    }),
-                    principal: "spiffe://cluster.local/ns/gw".to_owned(),
-                    ..Default::default()
-                }),
+                source,
                 request: Some(Request {
                     http: Some(http),
                     ..Default::default()
@@ -543,6 +636,41 @@ mod tests {
         assert_eq!(attributes.x_api_key(), None);
         assert_eq!(attributes.model_header(), Some("simulator"));
         assert_eq!(attributes.body(), None);
+        assert_eq!(attributes.source_address(), Some("10.0.0.7"));
+    }
+
+    #[test]
+    fn the_source_address_is_the_source_peers_socket_address_and_nothing_else() {
+        let pipe = with_source(Some(pipe_peer()), HttpRequest::default());
+        let none = with_source(None, HttpRequest::default());
+        let v6 = with_source(Some(socket_peer("2001:db8::7")), HttpRequest::default());
+
+        assert_eq!(decoded(&pipe).source_address(), None);
+        assert_eq!(decoded(&none).source_address(), None);
+        assert_eq!(decoded(&v6).source_address(), Some("2001:db8::7"));
+    }
+
+    #[test]
+    fn a_later_pipe_replaces_an_earlier_socket_address_and_a_later_socket_address_wins() {
+        let socket = with_source(Some(socket_peer("10.0.0.1")), HttpRequest::default());
+        let pipe = with_source(Some(pipe_peer()), HttpRequest::default());
+        let other = with_source(Some(socket_peer("10.0.0.2")), HttpRequest::default());
+        let concatenated = |parts: &[&CheckRequest]| {
+            let wire: Vec<u8> = parts.iter().flat_map(|p| p.encode_to_vec()).collect();
+            let reference = CheckRequest::decode(&wire[..]).unwrap();
+            (
+                CheckAttributes::decode(Bytes::from(wire)).unwrap(),
+                reference,
+            )
+        };
+
+        let (replaced, replaced_reference) = concatenated(&[&socket, &pipe]);
+        let (last, last_reference) = concatenated(&[&socket, &pipe, &other]);
+
+        assert_eq!(replaced.source_address(), None);
+        assert_eq!(replaced, CheckAttributes::from(&replaced_reference));
+        assert_eq!(last.source_address(), Some("10.0.0.2"));
+        assert_eq!(last, CheckAttributes::from(&last_reference));
     }
 
     #[test]
@@ -790,6 +918,31 @@ mod tests {
             })
     }
 
+    fn any_source() -> impl Strategy<Value = Option<Peer>> {
+        let socket = |ip: String| {
+            address::Address::SocketAddress(SocketAddress {
+                address: ip,
+                ..Default::default()
+            })
+        };
+        let address = prop_oneof![
+            "(10|192)\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}".prop_map(socket),
+            ".{0,12}".prop_map(socket),
+            ".{0,12}".prop_map(|path| address::Address::Pipe(Pipe { path, mode: 0 })),
+            ".{0,12}".prop_map(|name| {
+                address::Address::EnvoyInternalAddress(EnvoyInternalAddress {
+                    endpoint_id: name,
+                    ..Default::default()
+                })
+            }),
+        ];
+        proptest::option::of(proptest::option::of(address).prop_map(|address| Peer {
+            address: Some(Address { address }),
+            service: "gateway".to_owned(),
+            ..Default::default()
+        }))
+    }
+
     fn any_http_request() -> impl Strategy<Value = HttpRequest> {
         (
             ".{0,24}",
@@ -822,12 +975,12 @@ mod tests {
     proptest! {
         #[test]
         fn decode_reads_exactly_what_prost_reads(
-            first in (any_http_request(), any_extensions()),
-            second in proptest::option::of((any_http_request(), any_extensions())),
+            first in (any_source(), any_http_request(), any_extensions()),
+            second in proptest::option::of((any_source(), any_http_request(), any_extensions())),
         ) {
-            let mut wire = with_extensions(first.0, first.1).encode_to_vec();
-            if let Some((http, extensions)) = second {
-                wire.extend(with_extensions(http, extensions).encode_to_vec());
+            let mut wire = attributes(first.0, first.1, first.2).encode_to_vec();
+            if let Some((source, http, extensions)) = second {
+                wire.extend(attributes(source, http, extensions).encode_to_vec());
             }
             let reference = CheckRequest::decode(&wire[..]).unwrap();
 

@@ -96,6 +96,7 @@ impl<S: KeyStore, O: CheckObserver, D: DecisionObserver> ExtAuthzService<S, O, D
             route_model: request.route_model(),
             model_header: request.model_header(),
             body: request.body(),
+            source_address: request.source_address(),
         };
         let now = chrono::Utc::now();
         let outcome = self.authorizer.check(&input, now).await;
@@ -289,6 +290,19 @@ pub fn check_response(
         Err(CheckError::LimitsUnavailable(error)) => {
             tracing::warn!(%error, "check failed: counter store unavailable");
             Err(Status::unavailable("counter store unavailable"))
+        }
+        // The authorizer answers this as a denial itself; the same 429 should one arrive here.
+        // A denial (not UNAVAILABLE) because Envoy's failure mode may be set to allow, and a
+        // flood must never be able to buy its way in by exhausting the budget.
+        Err(CheckError::UnknownKeyThrottled(throttled)) => {
+            check_response(
+                Ok(Decision::Deny(Denied {
+                    retry_after: Some(throttled.retry_after),
+                    ..Denied::new(DenyReason::UnknownKeyRateLimited)
+                })),
+                signing,
+                now_unix,
+            )
         }
     }
 }

@@ -45,9 +45,15 @@ impl<S: KeyStore, O: CheckObserver> KeyValidation for KeyValidationService<S, O>
             .authorizer
             .validate_key(&request.key, chrono::Utc::now())
             .await
-            .map_err(|error: CheckError| {
-                tracing::warn!(%error, "validate failed: key store unavailable");
-                Status::unavailable("key store unavailable")
+            .map_err(|error: CheckError| match error {
+                // Not looked up: the unknown-key budget is spent; the caller may retry later.
+                CheckError::UnknownKeyThrottled(_) => {
+                    Status::resource_exhausted("too many lookups of unknown keys; retry later")
+                }
+                error => {
+                    tracing::warn!(%error, "validate failed: key store unavailable");
+                    Status::unavailable("key store unavailable")
+                }
             })?;
         let response = match validity {
             KeyValidity::Valid(record) => ValidateResponse {

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::catalog::SubscriptionDenied;
 use crate::identity::AuthError;
 use crate::keys::KeyError;
-use crate::limits::LimitError;
+use crate::limits::{LimitError, retry_after_seconds};
 
 /// Why a request body was refused before any handler logic ran.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -119,6 +119,14 @@ pub fn error_response(error: &ApiError, shape: ErrorShape) -> Response {
                 None,
             )
         }
+        // Retry after `retry-after` seconds: too many credentials nobody has seen recently
+        // arrived at once, so yours was not checked (it may well be valid).
+        ApiError::Auth(AuthError::Throttled { .. }) => parts(
+            StatusCode::TOO_MANY_REQUESTS,
+            error.to_string(),
+            "rate_limit_error",
+            Some("rate_limit_exceeded"),
+        ),
         // Send JSON with `Content-Type: application/json`.
         ApiError::Body(BodyError::UnsupportedMediaType) => parts(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -155,6 +163,17 @@ pub fn error_response(error: &ApiError, shape: ErrorShape) -> Response {
                 error.to_string(),
                 "invalid_request_error",
                 None,
+            )
+        },
+        // Revoke a key (DELETE /v1/api-keys/{id}) or wait for one to expire, then retry; the
+        // message says how many you hold (branch on `code`).
+        ApiError::Keys(KeyError::TooManyActiveKeys { .. }) => ErrorParts {
+            extra: Some(("code", Value::String("too_many_active_keys".into()))),
+            ..parts(
+                StatusCode::BAD_REQUEST,
+                error.to_string(),
+                "invalid_request_error",
+                Some("too_many_active_keys"),
             )
         },
         // Name a subscription you can use, or omit it (branch on `code`).
@@ -256,6 +275,12 @@ pub fn error_response(error: &ApiError, shape: ErrorShape) -> Response {
         response
             .headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if let ApiError::Auth(AuthError::Throttled { retry_after }) = error {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from(retry_after_seconds(*retry_after)),
+        );
     }
     response
 }

@@ -10,6 +10,7 @@ use super::SharedState;
 use super::body::read_json;
 use super::error::ApiError;
 use crate::authorizer::{CheckError, KeyValidity};
+use crate::identity::AuthError;
 
 #[derive(Debug, Default, Deserialize)]
 pub struct ValidateRequest {
@@ -60,9 +61,15 @@ pub(super) async fn validate_key(
         .authorizer()
         .validate_key(&key, chrono::Utc::now())
         .await
-        .map_err(|error: CheckError| {
-            tracing::warn!(%error, "validate failed: key store unavailable");
-            ApiError::ValidationFailed
+        .map_err(|error: CheckError| match error {
+            // Not looked up: the unknown-key budget is spent (429 with retry-after).
+            CheckError::UnknownKeyThrottled(throttled) => ApiError::Auth(AuthError::Throttled {
+                retry_after: throttled.retry_after,
+            }),
+            error => {
+                tracing::warn!(%error, "validate failed: key store unavailable");
+                ApiError::ValidationFailed
+            }
         })?;
     let tenant = state.tenant.clone();
     Ok(Json(match validity {

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::AuthError;
+use crate::lookup_budget::LookupBudget;
 use crate::minting::validate_group_name;
 
 /// How long an accepted token is trusted without asking the API server again.
@@ -66,6 +67,9 @@ pub(crate) struct TokenReviewer {
     service_account_token_file: PathBuf,
     /// Keyed by the token's SHA-256 so no token is kept in memory.
     cache: moka::future::Cache<[u8; 32], Arc<Review>>,
+    /// Reviews of tokens the cache does not hold take a token from it first (none: unbounded),
+    /// so a flood of made-up tokens cannot become a flood of requests to the API server.
+    budget: Option<Arc<LookupBudget>>,
 }
 
 impl std::fmt::Debug for TokenReviewer {
@@ -155,7 +159,14 @@ impl TokenReviewer {
                 .max_capacity(CACHE_CAPACITY)
                 .expire_after(ReviewExpiry)
                 .build(),
+            budget: None,
         }
+    }
+
+    /// Bounds the reviews of tokens the cache does not hold by `budget`.
+    pub(crate) fn with_budget(mut self, budget: Arc<LookupBudget>) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// The username and groups (as the API server reports them) of the token's holder.
@@ -165,6 +176,14 @@ impl TokenReviewer {
         let review = self
             .cache
             .try_get_with(digest, async {
+                // Only a review that would be sent spends the budget: cached answers are free.
+                if let Some(budget) = &self.budget {
+                    budget
+                        .try_acquire(None, Instant::now())
+                        .map_err(|throttled| AuthError::Throttled {
+                            retry_after: throttled.retry_after,
+                        })?;
+                }
                 self.ask_api_server(token).await.map(Arc::new)
             })
             .await

@@ -16,8 +16,10 @@ use anyhow::Context;
 use chrono::Utc;
 use clap::Args;
 
-use crate::authorizer::{Authorizer, CheckObserver, KeyValidity};
+use crate::authorizer::{Authorizer, CheckError, CheckObserver, KeyValidity};
 use crate::key::KEY_PREFIX;
+use crate::limits::retry_after_seconds;
+use crate::lookup_budget::LookupBudget;
 use crate::minting::validate_group_name;
 use crate::store::{KeyRecordId, KeyStore};
 
@@ -114,6 +116,13 @@ pub enum AuthError {
     /// 503: an identity source (database, API server, issuer) could not be reached.
     #[error("identity provider unavailable: {0}")]
     Unavailable(String),
+    /// 429: the token is not cached and the budget for checking unseen credentials is spent;
+    /// it was not checked, so it may well be valid.
+    #[error(
+        "too many requests with credentials this service has not seen recently; retry in {} s",
+        retry_after_seconds(*retry_after)
+    )]
+    Throttled { retry_after: Duration },
 }
 
 /// Identity settings (flags mirror the variables); flattened into `serve`'s configuration.
@@ -270,6 +279,13 @@ impl<S: KeyStore, O: CheckObserver> IdentityResolver<S, O> {
         })
     }
 
+    /// Bounds the Kubernetes TokenReviews of tokens not reviewed recently by `budget` (no effect
+    /// without a TokenReview source).
+    pub fn with_token_review_budget(mut self, budget: Arc<LookupBudget>) -> Self {
+        self.kube = self.kube.take().map(|kube| kube.with_budget(budget));
+        self
+    }
+
     /// Authenticates the raw `Authorization` header value (`None` when absent).
     pub async fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, AuthError> {
         let token = bearer_token(authorization)?;
@@ -320,6 +336,9 @@ impl<S: KeyStore, O: CheckObserver> IdentityResolver<S, O> {
             Ok(KeyValidity::Invalid(why)) => {
                 Err(AuthError::Invalid(why.upstream_reason().to_owned()))
             }
+            Err(CheckError::UnknownKeyThrottled(throttled)) => Err(AuthError::Throttled {
+                retry_after: throttled.retry_after,
+            }),
             Err(error) => Err(AuthError::Unavailable(error.to_string())),
         }
     }

@@ -109,6 +109,16 @@ pub struct NewKey {
     pub labels: BTreeMap<String, String>,
 }
 
+/// What [`KeyAdminStore::insert_key_within_limit`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitedInsert {
+    Inserted(Box<KeyRecord>),
+    /// Nothing was written: the user already holds this many active keys (at least the limit).
+    LimitReached {
+        active: u64,
+    },
+}
+
 /// Why the store could not answer. `transient` tells callers whether retrying (or Envoy's
 /// failure mode) is the right reaction, as opposed to a bug or corrupt data.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -254,6 +264,15 @@ pub trait KeyAdminStore: KeyStore {
 
     /// One round trip, for readiness probes.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Inserts `key` unless its user already holds `max_active` or more active, unexpired keys
+    /// (ephemeral ones included) in this tenant. Counting and inserting happen under a per-user
+    /// lock, so concurrent mints can never both take the last free slot.
+    fn insert_key_within_limit(
+        &self,
+        key: &NewKey,
+        max_active: u32,
+    ) -> impl Future<Output = Result<LimitedInsert, StoreError>> + Send;
 
     /// Sets `last_used_at` for a batch of keys in one statement (never moving it backwards);
     /// returns the rows changed.

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use super::connect::PgEndpoint;
 use super::sql;
 use super::{
-    KeyAdminStore, KeyPage, KeyRecord, KeyRecordId, KeySearch, KeyStatus, KeyStore, NewKey,
-    RevocationScope, StoreError,
+    KeyAdminStore, KeyPage, KeyRecord, KeyRecordId, KeySearch, KeyStatus, KeyStore, LimitedInsert,
+    NewKey, RevocationScope, StoreError,
 };
 use crate::breaker::{Admission, CircuitBreaker};
 use crate::key::KeyHash;
@@ -78,6 +78,9 @@ impl<O: QueryObserver> std::fmt::Debug for PgKeyStore<O> {
 /// The advisory lock that lets one replica at a time run housekeeping (distinct from the
 /// migrations' lock).
 pub const HOUSEKEEPING_LOCK_KEY: i64 = 0x006d_6161_7368_6b70; // "maashkp"
+
+/// The class (first key) of the per-user advisory locks that serialise capped mints.
+pub const MINT_LOCK_CLASS: i32 = 0x6d6b_6d74; // "mkmt"
 
 /// Pool occupancy, for metrics.
 #[derive(Debug, Clone, Copy)]
@@ -184,6 +187,28 @@ impl<O: QueryObserver> PgKeyStore<O> {
         Ok(held.then(|| u64::try_from(deleted).unwrap_or(0)))
     }
 
+    /// [`NewKey`] as [`sql::insert_key`] takes it, in this store's tenant.
+    fn insert_params<'a>(
+        &'a self,
+        key: &'a NewKey,
+        id: &'a str,
+        key_hash: &'a str,
+    ) -> sql::InsertKeyParams<'a> {
+        sql::InsertKeyParams {
+            id,
+            username: &key.username,
+            name: &key.name,
+            description: key.description.as_deref(),
+            key_hash,
+            groups: &key.groups,
+            subscription: &key.subscription,
+            tenant: &self.tenant,
+            expires_at: key.expires_at,
+            ephemeral: key.ephemeral,
+            labels: labels_to_json(&key.labels),
+        }
+    }
+
     /// Runs one statement on a pooled connection within the query timeout, recording its latency.
     async fn run<T>(
         &self,
@@ -193,13 +218,44 @@ impl<O: QueryObserver> PgKeyStore<O> {
         self.run_within(self.query_timeout, statement, body).await
     }
 
-    /// Runs one statement within `timeout`, unless the breaker refuses; reports the outcome to
-    /// the breaker (only unavailability and timeouts count as failures).
+    /// Runs one statement within `timeout` (see [`PgKeyStore::guarded`]).
     async fn run_within<T>(
         &self,
         timeout: Duration,
         statement: &'static str,
         body: impl AsyncFnOnce(&deadpool_postgres::Client) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, StoreError> {
+        self.guarded(timeout, statement, async {
+            let client = self.pool.get().await.map_err(|error| pool_error(&self.endpoint, error))?;
+            body(&client).await.map_err(query_error)
+        })
+        .await
+    }
+
+    /// Runs `body`'s statements in one transaction on one pooled connection within the query
+    /// timeout, committing when it succeeds (dropped uncommitted, it rolls back).
+    async fn run_in_transaction<T>(
+        &self,
+        statement: &'static str,
+        body: impl AsyncFnOnce(&deadpool_postgres::Transaction<'_>) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, StoreError> {
+        self.guarded(self.query_timeout, statement, async {
+            let mut client = self.pool.get().await.map_err(|error| pool_error(&self.endpoint, error))?;
+            let transaction = client.transaction().await.map_err(query_error)?;
+            let value = body(&transaction).await.map_err(query_error)?;
+            transaction.commit().await.map_err(query_error)?;
+            Ok(value)
+        })
+        .await
+    }
+
+    /// Runs `work` within `timeout`, unless the breaker refuses; reports the outcome to the
+    /// breaker (only unavailability and timeouts count as failures) and the observer.
+    async fn guarded<T>(
+        &self,
+        timeout: Duration,
+        statement: &'static str,
+        work: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let started = Instant::now();
         if let Some(breaker) = &self.breaker
@@ -208,16 +264,9 @@ impl<O: QueryObserver> PgKeyStore<O> {
             self.observer.observe_refused(statement);
             return Err(StoreError::CircuitOpen);
         }
-        let outcome = tokio::time::timeout(timeout, async {
-            let client = self
-                .pool
-                .get()
-                .await
-                .map_err(|error| pool_error(&self.endpoint, error))?;
-            body(&client).await.map_err(query_error)
-        })
-        .await
-        .unwrap_or(Err(StoreError::Timeout(timeout)));
+        let outcome = tokio::time::timeout(timeout, work)
+            .await
+            .unwrap_or(Err(StoreError::Timeout(timeout)));
         let reached = !matches!(&outcome, Err(error) if error.is_transient());
         if reached {
             self.reached
@@ -250,19 +299,7 @@ impl<O: QueryObserver> KeyStore for PgKeyStore<O> {
     async fn insert_key(&self, key: &NewKey) -> Result<KeyRecord, StoreError> {
         let id = key.id.to_string();
         let key_hash = key.key_hash.to_hex();
-        let params = sql::InsertKeyParams {
-            id: &id,
-            username: &key.username,
-            name: &key.name,
-            description: key.description.as_deref(),
-            key_hash: &key_hash,
-            groups: &key.groups,
-            subscription: &key.subscription,
-            tenant: &self.tenant,
-            expires_at: key.expires_at,
-            ephemeral: key.ephemeral,
-            labels: labels_to_json(&key.labels),
-        };
+        let params = self.insert_params(key, &id, &key_hash);
         let row = self
             .run("insert_key", async |client| {
                 sql::insert_key(client, &params).await
@@ -372,6 +409,42 @@ impl<O: QueryObserver> KeyAdminStore for PgKeyStore<O> {
     async fn ping(&self) -> Result<(), StoreError> {
         self.run("ping", async |client| sql::select_one(client).await)
             .await
+    }
+
+    async fn insert_key_within_limit(
+        &self,
+        key: &NewKey,
+        max_active: u32,
+    ) -> Result<LimitedInsert, StoreError> {
+        let id = key.id.to_string();
+        let key_hash = key.key_hash.to_hex();
+        let params = self.insert_params(key, &id, &key_hash);
+        let outcome = self
+            .run_in_transaction("insert_key_within_limit", async |transaction| {
+                // Under the lock the count cannot change by another capped mint of this user
+                // before our insert commits (revocations and expiry only lower it).
+                sql::lock_key_mints_of_user(
+                    transaction,
+                    MINT_LOCK_CLASS,
+                    &self.tenant,
+                    &key.username,
+                )
+                .await?;
+                let active =
+                    sql::count_active_keys_of_user(transaction, &self.tenant, &key.username)
+                        .await?;
+                if active >= i64::from(max_active) {
+                    return Ok(Err(active));
+                }
+                sql::insert_key(transaction, &params).await.map(Ok)
+            })
+            .await?;
+        match outcome {
+            Ok(row) => row_to_record(&row).map(|record| LimitedInsert::Inserted(Box::new(record))),
+            Err(active) => Ok(LimitedInsert::LimitReached {
+                active: u64::try_from(active).unwrap_or(0),
+            }),
+        }
     }
 
     async fn record_last_used(

@@ -116,6 +116,41 @@ pub(super) async fn insert_key(
     client.query_one(&statement, &values).await
 }
 
+/// Holds the per-user mint lock until the transaction ends: a transaction-scoped advisory lock
+/// in the two-key space (`lock_class`, a hash of tenant and user), which never meets the
+/// single-key locks of migrations and housekeeping. Two users whose hashes collide merely wait
+/// for each other.
+pub(super) async fn lock_key_mints_of_user(
+    client: &impl GenericClient,
+    lock_class: i32,
+    tenant: &str,
+    username: &str,
+) -> Result<(), tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached("SELECT pg_advisory_xact_lock($1, hashtext($2::text || '/' || $3::text))")
+        .await?;
+    client
+        .execute(&statement, &[&lock_class, &tenant, &username])
+        .await
+        .map(drop)
+}
+
+/// How many keys of one user are active and unexpired now, ephemeral ones included.
+pub(super) async fn count_active_keys_of_user(
+    client: &impl GenericClient,
+    tenant: &str,
+    username: &str,
+) -> Result<i64, tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached(concat!(
+            "SELECT count(*) FROM api_keys WHERE tenant = $1 AND username = $2 AND ",
+            revocable!()
+        ))
+        .await?;
+    let row = client.query_one(&statement, &[&tenant, &username]).await?;
+    row.try_get(0)
+}
+
 /// Revokes one key if it is still active and unexpired; the row stays for audit.
 pub(super) async fn revoke_key_by_id(
     client: &impl GenericClient,

@@ -7,6 +7,7 @@
     missing_debug_implementations
 )]
 
+mod abuse;
 mod check;
 mod cli;
 mod e2e;

@@ -9,7 +9,8 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use maas_authz::config::{
-    DatabaseConfig, EnforcementConfig, HttpConfig, LimitsConfig, OptionalDuration, ServeConfig,
+    AbuseLimitsConfig, DatabaseConfig, EnforcementConfig, HttpConfig, LimitsConfig,
+    OptionalDuration, ServeConfig,
     identity_args_without_sources,
 };
 use maas_authz::key::ApiKey;
@@ -213,6 +214,7 @@ pub fn serve_config(db: &TestDb) -> ServeConfig {
         identity: identity_args_without_sources(),
         limits: LimitsConfig::in_process(),
         enforcement: EnforcementConfig::default(),
+        abuse: AbuseLimitsConfig::defaults(),
     }
 }
 

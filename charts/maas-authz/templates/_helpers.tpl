@@ -370,3 +370,17 @@ Arguments: dict "name" "database-ca" "tls" .Values.database.tls
   readOnly: true
 {{- end }}
 {{- end }}
+
+{{/*
+A whole number or "off", quoted for an env var (YAML numbers arrive as floats: no 1e+06).
+*/}}
+{{- define "maas-authz.countOrOff" -}}
+{{- if kindIs "string" . }}{{ . | quote }}{{ else }}{{ . | int64 | quote }}{{ end -}}
+{{- end }}
+
+{{/*
+A rate per second (any positive number) or "off", quoted for an env var.
+*/}}
+{{- define "maas-authz.rateOrOff" -}}
+{{- if kindIs "string" . }}{{ . | quote }}{{ else }}{{ . | toString | quote }}{{ end -}}
+{{- end }}
