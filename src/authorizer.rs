@@ -688,6 +688,33 @@ fn non_empty(value: Option<&str>) -> Option<&str> {
     value.map(str::trim).filter(|v| !v.is_empty())
 }
 
+/// How a source names a model. The operator's route and the path may qualify it
+/// (`<namespace>/<name>`, the namespace of the MaaSModelRef or of its backend); a header or a
+/// body `model` is read by model servers as a served-model name, so only that exact name counts:
+/// `llm/qwen3` in a body would be an unknown model to vLLM, or another one to a lax server.
+#[derive(Debug, Clone, Copy)]
+enum ModelName<'a> {
+    Qualified(Option<&'a str>, &'a str),
+    Served(&'a str),
+}
+
+impl ModelName<'_> {
+    fn find<'p>(self, policy: &'p Policy) -> Result<&'p Model, ModelLookupError> {
+        match self {
+            ModelName::Qualified(namespace, name) => policy.find_model(namespace, name),
+            ModelName::Served(name) if name.contains('/') => Err(ModelLookupError::NotFound),
+            ModelName::Served(name) => policy.find_model(None, name),
+        }
+    }
+
+    fn names(self, model: &Model) -> bool {
+        match self {
+            ModelName::Qualified(namespace, name) => model.answers_to(namespace, name),
+            ModelName::Served(name) => model.is_served_as(name),
+        }
+    }
+}
+
 /// The one model the request names, from its first source in order of trust (route, path,
 /// header, body); every later source must name the same model. `None` when no source names one.
 fn requested_model<'p>(
@@ -696,27 +723,23 @@ fn requested_model<'p>(
     path: &CanonicalPath<'_>,
 ) -> Result<Option<&'p Model>, DenyReason> {
     let body_model = input.body.and_then(model_from_body);
-    let path_model = path.model();
     let sources = [
-        non_empty(input.route_model).map(|name| (None, name)),
-        path_model.map(|m| (m.namespace, m.name)),
-        non_empty(input.model_header).map(|name| (None, name)),
-        body_model.as_deref().map(|name| (None, name)),
+        non_empty(input.route_model).map(|name| ModelName::Qualified(None, name)),
+        path.model()
+            .map(|m| ModelName::Qualified(m.namespace, m.name)),
+        non_empty(input.model_header).map(ModelName::Served),
+        body_model.as_deref().map(ModelName::Served),
     ];
     let mut chosen: Option<&Model> = None;
-    for (namespace, name) in sources.into_iter().flatten() {
+    for named in sources.into_iter().flatten() {
         match chosen {
             None => {
-                chosen = Some(
-                    policy
-                        .find_model(namespace, name)
-                        .map_err(|error| match error {
-                            ModelLookupError::NotFound => DenyReason::ModelNotFound,
-                            ModelLookupError::Ambiguous => DenyReason::ModelAmbiguous,
-                        })?,
-                );
+                chosen = Some(named.find(policy).map_err(|error| match error {
+                    ModelLookupError::NotFound => DenyReason::ModelNotFound,
+                    ModelLookupError::Ambiguous => DenyReason::ModelAmbiguous,
+                })?);
             }
-            Some(model) if model.answers_to(namespace, name) => {}
+            Some(model) if named.names(model) => {}
             Some(_) => return Err(DenyReason::ModelMismatch),
         }
     }

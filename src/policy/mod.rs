@@ -67,6 +67,12 @@ impl Model {
         format!("{}/{}", self.namespace, self.name)
     }
 
+    /// Whether a model server asked for `name` (a body's `model`, `x-gateway-model-name`)
+    /// serves this model: the name it is served as, exactly (no namespace, no case folding).
+    pub fn is_served_as(&self, name: &str) -> bool {
+        name == self.name
+    }
+
     /// Whether a request naming `namespace`/`name` names this model, read as
     /// [`Policy::find_model`] reads it (a bare `ns/name` is split; the namespace may be the
     /// model's own or its backend's). Used to check that two sources of a request agree.
@@ -198,13 +204,13 @@ impl Policy {
             .map(|position| &self.models[position])
     }
 
-    /// Whether `named` (a body's `model`, read as [`Policy::find_model`] reads names without a
-    /// namespace) names the model `authorized` (`namespace/name`, as Check's assertion carries
-    /// it). A model no longer in the policy is only named by its own `namespace/name`.
+    /// Whether `named` (a body's `model`, which model servers read as a served-model name)
+    /// names the model `authorized` (`namespace/name`, as Check's assertion carries it). A model
+    /// no longer in the policy is named by the last segment of `authorized` only.
     pub fn same_model(&self, authorized: &str, named: &str) -> bool {
         match self.find_model(None, authorized) {
-            Ok(model) => model.answers_to(None, named),
-            Err(_) => authorized == named,
+            Ok(model) => model.is_served_as(named),
+            Err(_) => authorized.rsplit('/').next() == Some(named),
         }
     }
 

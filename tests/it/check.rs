@@ -586,6 +586,13 @@ async fn check_authorizes_the_route_model_and_refuses_any_source_that_names_anot
         r#"{"model":"qwen3","messages":[]}"#,
     ))
     .await;
+    // A body or header names the model as model servers read it: by its served name only.
+    let body_qualified = check(check_request_with_body(
+        "/simulator/v1/chat/completions",
+        &[("authorization", &auth)],
+        r#"{"model":"llm/simulator","messages":[]}"#,
+    ))
+    .await;
     let all_agree = check(check_request_on_route(
         "llm/simulator",
         "/llm/simulator/v1/chat/completions",
@@ -593,7 +600,7 @@ async fn check_authorizes_the_route_model_and_refuses_any_source_that_names_anot
             ("authorization", &auth),
             ("x-gateway-model-name", "simulator"),
         ],
-        r#"{"model":"models-as-a-service/simulator"}"#,
+        r#"{"model":"simulator"}"#,
     ))
     .await;
 
@@ -605,7 +612,12 @@ async fn check_authorizes_the_route_model_and_refuses_any_source_that_names_anot
         "permission_error",
         "access_denied",
     );
-    for response in [&path_disagrees, &header_disagrees, &body_disagrees] {
+    for response in [
+        &path_disagrees,
+        &header_disagrees,
+        &body_disagrees,
+        &body_qualified,
+    ] {
         assert_denied(
             response,
             400,

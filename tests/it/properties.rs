@@ -425,7 +425,7 @@ fn check_allows_only_the_model_the_backend_would_serve_and_counts_it() {
     );
     let allowed = AtomicUsize::new(0);
 
-    runner(1024)
+    runner(4096)
         .run(
             &requests,
             |(key, path, route, header, body, check_sees_body)| {
