@@ -699,7 +699,7 @@ enum ModelName<'a> {
 }
 
 impl ModelName<'_> {
-    fn find<'p>(self, policy: &'p Policy) -> Result<&'p Model, ModelLookupError> {
+    fn find(self, policy: &Policy) -> Result<&Model, ModelLookupError> {
         match self {
             ModelName::Qualified(namespace, name) => policy.find_model(namespace, name),
             ModelName::Served(name) if name.contains('/') => Err(ModelLookupError::NotFound),

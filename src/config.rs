@@ -10,9 +10,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::assertion::SigningKeys;
 use crate::duration::parse_duration;
 use crate::identity::IdentityArgs;
+use crate::lookup_budget::{BudgetSettings, Rate};
 use crate::request_path::ModelFreePaths;
 use crate::tls::CaBundle;
-use crate::lookup_budget::{BudgetSettings, Rate};
 
 /// maas-authz: API-key ext_authz server and key tools for an LLM Models-as-a-Service gateway.
 #[derive(Debug, Parser)]

@@ -294,16 +294,14 @@ pub fn check_response(
         // The authorizer answers this as a denial itself; the same 429 should one arrive here.
         // A denial (not UNAVAILABLE) because Envoy's failure mode may be set to allow, and a
         // flood must never be able to buy its way in by exhausting the budget.
-        Err(CheckError::UnknownKeyThrottled(throttled)) => {
-            check_response(
-                Ok(Decision::Deny(Denied {
-                    retry_after: Some(throttled.retry_after),
-                    ..Denied::new(DenyReason::UnknownKeyRateLimited)
-                })),
-                signing,
-                now_unix,
-            )
-        }
+        Err(CheckError::UnknownKeyThrottled(throttled)) => check_response(
+            Ok(Decision::Deny(Denied {
+                retry_after: Some(throttled.retry_after),
+                ..Denied::new(DenyReason::UnknownKeyRateLimited)
+            })),
+            signing,
+            now_unix,
+        ),
     }
 }
 

@@ -36,6 +36,7 @@
 //! `authorization`, `x-api-key`, or both comma-separated). It never logs headers or bodies.
 
 mod anthropic;
+mod gzip;
 mod lax;
 mod noop_ext_authz;
 mod openai;
@@ -55,6 +56,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use tokio::net::TcpListener;
 
+pub use gzip::HEADER_COMPRESS;
 pub use noop_ext_authz::serve_noop_ext_authz;
 
 use path::Route;
@@ -194,7 +196,35 @@ pub fn router(config: SimulatorConfig) -> Router {
     Router::new()
         .fallback(answer)
         .with_state(Arc::new(config))
+        .layer(axum::middleware::from_fn(compress_if_asked))
         .layer(axum::middleware::from_fn(report_received))
+}
+
+/// With `x-simulator-compress: gzip`, answers with a gzip body and `content-encoding: gzip`,
+/// whatever the client accepts: a misbehaving backend, for the token meter's tests.
+async fn compress_if_asked(request: Request, next: Next) -> Response {
+    let asked = request
+        .headers()
+        .get(HEADER_COMPRESS)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
+    let response = next.run(request).await;
+    if !asked {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "response too large to compress",
+        )
+            .into_response();
+    };
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    parts.headers.insert(
+        axum::http::header::CONTENT_ENCODING,
+        HeaderValue::from_static("gzip"),
+    );
+    Response::from_parts(parts, axum::body::Body::from(gzip::gzip_stored(&bytes)))
 }
 
 /// One routed request, as the API handlers see it.

@@ -226,7 +226,11 @@ impl<O: QueryObserver> PgKeyStore<O> {
         body: impl AsyncFnOnce(&deadpool_postgres::Client) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T, StoreError> {
         self.guarded(timeout, statement, async {
-            let client = self.pool.get().await.map_err(|error| pool_error(&self.endpoint, error))?;
+            let client = self
+                .pool
+                .get()
+                .await
+                .map_err(|error| pool_error(&self.endpoint, error))?;
             body(&client).await.map_err(query_error)
         })
         .await
@@ -240,7 +244,11 @@ impl<O: QueryObserver> PgKeyStore<O> {
         body: impl AsyncFnOnce(&deadpool_postgres::Transaction<'_>) -> Result<T, tokio_postgres::Error>,
     ) -> Result<T, StoreError> {
         self.guarded(self.query_timeout, statement, async {
-            let mut client = self.pool.get().await.map_err(|error| pool_error(&self.endpoint, error))?;
+            let mut client = self
+                .pool
+                .get()
+                .await
+                .map_err(|error| pool_error(&self.endpoint, error))?;
             let transaction = client.transaction().await.map_err(query_error)?;
             let value = body(&transaction).await.map_err(query_error)?;
             transaction.commit().await.map_err(query_error)?;

@@ -16,7 +16,8 @@ use maas_authz::simulator::HEADER_SERVED_MODEL;
 use serde_json::{Value, json};
 
 use crate::e2e::{
-    FREE_TOKEN, Gateway, GatewayOptions, PLAIN_ENVOY_TEMPLATE, PREMIUM_TOKEN, SHIPPED_ENVOY_TEMPLATE,
+    FREE_TOKEN, Gateway, GatewayOptions, PLAIN_ENVOY_TEMPLATE, PREMIUM_TOKEN,
+    SHIPPED_ENVOY_TEMPLATE,
 };
 use crate::e2e_tokens::{MetricsSample, metrics};
 use crate::raw_http::{RawRequest, RawResponse, send, send_and_hang_up};
@@ -203,9 +204,17 @@ async fn a_free_key_never_reaches_qwen3(arena: &Arena) {
     }
     // Header and body disagreeing with the path, and the body alone naming the model.
     let header_and_body: [(&str, Option<&str>, Vec<u8>); 6] = [
-        ("/llm/simulator/v1/chat/completions", Some("qwen3"), chat("simulator")),
+        (
+            "/llm/simulator/v1/chat/completions",
+            Some("qwen3"),
+            chat("simulator"),
+        ),
         ("/llm/simulator/v1/chat/completions", None, chat("qwen3")),
-        ("/llm/simulator/v1/chat/completions", None, chat("llm/qwen3")),
+        (
+            "/llm/simulator/v1/chat/completions",
+            None,
+            chat("llm/qwen3"),
+        ),
         ("/v1/chat/completions", Some("simulator"), chat("qwen3")),
         ("/v1/chat/completions", Some("qwen3"), chat("qwen3")),
         (
@@ -388,6 +397,18 @@ async fn no_token_is_served_uncharged(arena: &Arena) {
     for (name, request) in &cases {
         arena.attempt(name, request, &both).await;
     }
+    // The model server compressed although the meter asked it not to: refused, not served.
+    let compressed = send(
+        &arena.addr,
+        &RawRequest::post("/simulator/v1/chat/completions", key, chat("simulator"))
+            .header("x-simulator-compress", "gzip"),
+    )
+    .await;
+    assert_eq!(compressed.status, 502, "{}", compressed.text());
+    assert_eq!(
+        compressed.header("x-ext-auth-reason"),
+        Some("response_encoded")
+    );
 }
 
 /// A client that leaves a stream after two events is charged an estimate, never zero.
@@ -407,7 +428,8 @@ async fn an_interrupted_stream_is_charged_an_estimate(arena: &Arena) {
 
     send_and_hang_up(&arena.addr, &request, 2).await;
 
-    let interrupted = "maas_authz_metered_responses_total{endpoint=\"chat_completions\",outcome=\"interrupted\"}";
+    let interrupted =
+        "maas_authz_metered_responses_total{endpoint=\"chat_completions\",outcome=\"interrupted\"}";
     let estimated = "maas_authz_tokens_estimated_total{kind=\"total\"}";
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -423,7 +445,9 @@ async fn an_interrupted_stream_is_charged_an_estimate(arena: &Arena) {
             "the interrupted stream was not charged an estimate:\n{}",
             now.0
                 .lines()
-                .filter(|l| l.contains("interrupted") || l.contains("estimated") || l.contains("charged"))
+                .filter(|l| l.contains("interrupted")
+                    || l.contains("estimated")
+                    || l.contains("charged"))
                 .collect::<Vec<_>>()
                 .join("\n")
         );
@@ -438,7 +462,9 @@ async fn legitimate_requests_are_served_and_charged(arena: &Arena, qwen3_path: &
         &arena.free_key,
         chat("simulator"),
     );
-    let response = arena.attempt("free on simulator", &free, &["simulator"]).await;
+    let response = arena
+        .attempt("free on simulator", &free, &["simulator"])
+        .await;
     assert_eq!(response.status, 200, "{}", response.text());
     assert_eq!(response.header(HEADER_SERVED_MODEL), Some("simulator"));
 
@@ -460,11 +486,18 @@ async fn attacks_through_the_shipped_envoy_never_reach_an_ungranted_model_or_go_
     an_interrupted_stream_is_charged_an_estimate(&arena).await;
     let underscored = send(
         &arena.addr,
-        &RawRequest::post("/simulator/v1/chat/completions", &arena.premium_key, chat("simulator"))
-            .header("x_maas_username", "mallory"),
+        &RawRequest::post(
+            "/simulator/v1/chat/completions",
+            &arena.premium_key,
+            chat("simulator"),
+        )
+        .header("x_maas_username", "mallory"),
     )
     .await;
-    assert_eq!(underscored.status, 400, "underscored header names are refused at the edge");
+    assert_eq!(
+        underscored.status, 400,
+        "underscored header names are refused at the edge"
+    );
 }
 
 #[tokio::test]
@@ -483,7 +516,10 @@ async fn attacks_through_a_plain_envoy_never_reach_an_ungranted_model_or_go_unch
         )
         .await;
         assert_eq!(response.status, 400, "{target}: {}", response.text());
-        assert_eq!(response.header("x-ext-auth-reason"), Some("non_canonical_path"));
+        assert_eq!(
+            response.header("x-ext-auth-reason"),
+            Some("non_canonical_path")
+        );
         let body: Value = serde_json::from_slice(&response.body).unwrap();
         assert_eq!(body["error"]["code"], "non_canonical_path");
     }

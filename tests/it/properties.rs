@@ -434,7 +434,10 @@ fn check_allows_only_the_model_the_backend_would_serve_and_counts_it() {
                     path: &path,
                     route_model: route,
                     model_header: header,
-                    body: body.as_deref().filter(|_| check_sees_body).map(str::as_bytes),
+                    body: body
+                        .as_deref()
+                        .filter(|_| check_sees_body)
+                        .map(str::as_bytes),
                     ..Default::default()
                 };
                 let decision = runtime

@@ -40,7 +40,10 @@ impl RawRequest {
     }
 
     fn encode(&self, host: &str) -> Vec<u8> {
-        let mut head = format!("{} {} HTTP/1.1\r\nhost: {host}\r\n", self.method, self.target);
+        let mut head = format!(
+            "{} {} HTTP/1.1\r\nhost: {host}\r\n",
+            self.method, self.target
+        );
         for (name, value) in &self.headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }

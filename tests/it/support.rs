@@ -10,8 +10,7 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_client::Authorizati
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use maas_authz::config::{
     AbuseLimitsConfig, DatabaseConfig, EnforcementConfig, HttpConfig, LimitsConfig,
-    OptionalDuration, ServeConfig,
-    identity_args_without_sources,
+    OptionalDuration, ServeConfig, identity_args_without_sources,
 };
 use maas_authz::key::ApiKey;
 use maas_authz::minting::{MintRequest, mint_key};
