@@ -7,6 +7,7 @@
 //!   reports which model served it);
 //! - every response a model served was counted by Check (`x-ratelimit-*`) and charged by the
 //!   token meter (a metered, estimated or interrupted response, and tokens charged).
+//!
 //! Requests are written byte for byte ([`crate::raw_http`]): client libraries would normalise
 //! the very tricks being tested.
 
