@@ -260,16 +260,9 @@ fn decode_attributes(mut attributes: Reader<'_>, found: &mut Found) -> Result<()
     Ok(())
 }
 
-/// One entry of the `context_extensions` map: `key` (1) and `value` (2), either possibly absent.
-fn decode_context_extension(mut entry: Reader<'_>, found: &mut Found) -> Result<(), WireError> {
-    let (mut key, mut value): (&[u8], &[u8]) = (b"", b"");
-    while let Some((field, wire)) = entry.key()? {
-        match field {
-            1 => key = entry.bytes(wire)?,
-            2 => value = entry.bytes(wire)?,
-            _ => entry.skip(field, wire)?,
-        }
-    }
+/// One entry of the `context_extensions` map.
+fn decode_context_extension(entry: Reader<'_>, found: &mut Found) -> Result<(), WireError> {
+    let (key, value) = map_entry(entry)?;
     if key == crate::authorizer::CONTEXT_EXTENSION_MODEL.as_bytes() {
         let value = std::str::from_utf8(value)
             .map_err(|_| WireError("invalid UTF-8 in a context extension"))?;
@@ -324,8 +317,19 @@ fn decode_http(mut http: Reader<'_>, found: &mut Found) -> Result<(), WireError>
     Ok(())
 }
 
-/// One entry of the `headers` map: `key` (1) and `value` (2), either possibly absent.
-fn decode_map_entry(mut entry: Reader<'_>, found: &mut Found) -> Result<(), WireError> {
+/// One entry of the `headers` map.
+fn decode_map_entry(entry: Reader<'_>, found: &mut Found) -> Result<(), WireError> {
+    let (key, value) = map_entry(entry)?;
+    if let Some(slot) = HEADERS.iter().position(|name| name.as_bytes() == key) {
+        let value =
+            std::str::from_utf8(value).map_err(|_| WireError("invalid UTF-8 in a header"))?;
+        found.map_headers[slot] = Some(value.to_owned());
+    }
+    Ok(())
+}
+
+/// A `map<string, string>` entry's `key` (1) and `value` (2), either possibly absent (empty).
+fn map_entry<'a>(mut entry: Reader<'a>) -> Result<(&'a [u8], &'a [u8]), WireError> {
     let (mut key, mut value): (&[u8], &[u8]) = (b"", b"");
     while let Some((field, wire)) = entry.key()? {
         match field {
@@ -334,12 +338,7 @@ fn decode_map_entry(mut entry: Reader<'_>, found: &mut Found) -> Result<(), Wire
             _ => entry.skip(field, wire)?,
         }
     }
-    if let Some(slot) = HEADERS.iter().position(|name| name.as_bytes() == key) {
-        let value =
-            std::str::from_utf8(value).map_err(|_| WireError("invalid UTF-8 in a header"))?;
-        found.map_headers[slot] = Some(value.to_owned());
-    }
-    Ok(())
+    Ok((key, value))
 }
 
 /// `HeaderMap`: repeated `headers` (1), each a `HeaderValue` of `key` (1), `value` (2) and

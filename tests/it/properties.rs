@@ -67,6 +67,17 @@ impl KeyStore for InMemoryStore {
     }
 }
 
+/// A cache big enough for the few keys of a property.
+fn small_cache() -> KeyCache {
+    KeyCache::new(CacheSettings {
+        capacity: 100,
+        ttl: Duration::from_secs(30),
+        max_staleness: Duration::from_secs(900),
+        negative_capacity: 100,
+        negative_ttl: Duration::from_secs(5),
+    })
+}
+
 fn record(key: &ApiKey, status: KeyStatus) -> KeyRecord {
     KeyRecord {
         id: KeyRecordId::new_random(),
@@ -209,13 +220,7 @@ fn check_answers_arbitrary_headers_paths_and_bodies_and_every_denial_is_a_4xx() 
     let policy = Policy::load(&example_policy_path()).expect("example policy");
     let authorizer = Arc::new(Authorizer::new(
         Arc::new(store),
-        KeyCache::new(CacheSettings {
-            capacity: 100,
-            ttl: Duration::from_secs(30),
-            max_staleness: Duration::from_secs(900),
-            negative_capacity: 100,
-            negative_ttl: Duration::from_secs(5),
-        }),
+        small_cache(),
         Arc::new(ArcSwap::from_pointee(policy)),
         (),
     ));
@@ -395,22 +400,10 @@ fn check_allows_only_the_model_the_backend_would_serve_and_counts_it() {
     let policy = Arc::new(ArcSwap::from_pointee(
         Policy::load(raised.path()).expect("raised example policy"),
     ));
-    let authorizer = Authorizer::new(
-        Arc::new(store),
-        KeyCache::new(CacheSettings {
-            capacity: 100,
-            ttl: Duration::from_secs(30),
-            max_staleness: Duration::from_secs(900),
-            negative_capacity: 100,
-            negative_ttl: Duration::from_secs(5),
-        }),
-        policy.clone(),
-        (),
-    )
-    .with_limiter(Arc::new(Limiter::new(
-        Arc::new(InProcessCounterStore::default()),
-        policy.clone(),
-    )));
+    let authorizer =
+        Authorizer::new(Arc::new(store), small_cache(), policy.clone(), ()).with_limiter(Arc::new(
+            Limiter::new(Arc::new(InProcessCounterStore::default()), policy.clone()),
+        ));
     let keys = [
         format!("Bearer {}", free.expose()),
         format!("Bearer {}", premium.expose()),

@@ -92,13 +92,19 @@ impl RawResponse {
     }
 }
 
-/// Sends `request` to `addr` (`host:port`) and reads the whole response (the server closes).
-pub(crate) async fn send(addr: &str, request: &RawRequest) -> RawResponse {
+/// Connects to `addr` (`host:port`) and writes `request`.
+async fn connect_and_write(addr: &str, request: &RawRequest) -> TcpStream {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream
         .write_all(&request.encode(addr))
         .await
         .expect("write request");
+    stream
+}
+
+/// Sends `request` to `addr` (`host:port`) and reads the whole response (the server closes).
+pub(crate) async fn send(addr: &str, request: &RawRequest) -> RawResponse {
+    let mut stream = connect_and_write(addr, request).await;
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
         .await
@@ -110,11 +116,7 @@ pub(crate) async fn send(addr: &str, request: &RawRequest) -> RawResponse {
 /// Sends `request`, reads until the response body holds `events` SSE events, then hangs up
 /// (a client that leaves mid-stream). Returns the bytes it read.
 pub(crate) async fn send_and_hang_up(addr: &str, request: &RawRequest, events: usize) -> Vec<u8> {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(&request.encode(addr))
-        .await
-        .expect("write request");
+    let mut stream = connect_and_write(addr, request).await;
     let mut raw = Vec::new();
     let mut buffer = [0u8; 4096];
     tokio::time::timeout(Duration::from_secs(30), async {
