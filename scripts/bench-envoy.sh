@@ -226,15 +226,16 @@ EOF
     render "$STATE_DIR/envoy-authz.yaml" "$AUTHZ_ENVOY_PORT" "$AUTHZ_ADMIN_PORT" "$GRPC_PORT"
     render "$STATE_DIR/envoy-noop.yaml" "$NOOP_ENVOY_PORT" "$NOOP_ADMIN_PORT" "$NOOP_PORT"
     render "$STATE_DIR/envoy-meter.yaml" "$METER_ENVOY_PORT" "$METER_ADMIN_PORT" "$GRPC_PORT"
-    # Check alone: the token meter's per-route "off" copied onto the model routes.
+    # Check alone: the token meter's per-route "off" added to the model routes' per-route
+    # filter settings (each names its model for ext_authz in a `check_settings` line).
     local variant
     for variant in authz noop; do
-        sed -i -E 's/^( *)route: ([&*]to_simulator.*)$/\1route: \2\n\1typed_per_filter_config:\n\1  envoy.filters.http.ext_proc: *ext_proc_off/' \
+        sed -i -E 's/^( *)  (check_settings: \{ context_extensions: .*)$/\1  \2\n\1envoy.filters.http.ext_proc: *ext_proc_off/' \
             "$STATE_DIR/envoy-$variant.yaml"
     done
-    # No ext_authz and no meter on the model routes: the REST routes' per-route "off" copied onto them.
+    # No ext_authz and no meter on the model routes: both switched off in those settings.
     render "$STATE_DIR/envoy-bare.yaml" "$BARE_ENVOY_PORT" "$BARE_ADMIN_PORT" "$NOOP_PORT"
-    sed -i -E 's/^( *)route: ([&*]to_simulator.*)$/\1route: \2\n\1typed_per_filter_config: *filters_off/' \
+    sed -i -E 's/^( *)  check_settings: \{ context_extensions: .*$/\1  disabled: true\n\1envoy.filters.http.ext_proc: *ext_proc_off/' \
         "$STATE_DIR/envoy-bare.yaml"
     for variant in authz noop bare; do
         "$envoy" --mode validate -c "$STATE_DIR/envoy-$variant.yaml" >/dev/null 2>&1 ||
