@@ -180,7 +180,17 @@ fn headers(valid: String, revoked: String) -> impl Strategy<Value = HashMap<Stri
         "[a-z-]{1,16}",
         any::<String>(),
     ];
-    proptest::collection::hash_map(name, header_value(valid, revoked), 0..6)
+    let arbitrary =
+        proptest::collection::hash_map(name, header_value(valid.clone(), revoked), 0..6);
+    // Half the requests carry the valid key, so the allow path is exercised on every run and
+    // not only when chance strings a credential together (256 cases once found none).
+    prop_oneof![
+        arbitrary.clone(),
+        arbitrary.prop_map(move |mut headers| {
+            headers.insert("authorization".to_owned(), format!("Bearer {valid}"));
+            headers
+        }),
+    ]
 }
 
 fn paths() -> impl Strategy<Value = String> {
