@@ -1,16 +1,17 @@
 //! Configuration: one typed value per command, read once at start-up from flags or environment
 //! variables (flags mirror the variables), failing fast with the variable's name.
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::assertion::SigningKeys;
 use crate::duration::parse_duration;
-use crate::identity::IdentityArgs;
 use crate::lookup_budget::{BudgetSettings, Rate};
+use crate::minting::validate_group_name;
 use crate::request_path::ModelFreePaths;
 use crate::tls::CaBundle;
 
@@ -188,7 +189,7 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub http: HttpConfig,
     #[command(flatten)]
-    pub identity: IdentityArgs,
+    pub identity: IdentitySettings,
     #[command(flatten)]
     pub limits: LimitsConfig,
     #[command(flatten)]
@@ -218,11 +219,7 @@ pub struct EnforcementConfig {
 
 impl Default for EnforcementConfig {
     fn default() -> Self {
-        Self {
-            identity_signing_keys: None,
-            model_free_paths: ModelFreePaths::default(),
-            meter_max_request_bytes: crate::grpc::ext_proc::DEFAULT_MAX_REQUEST_BYTES as u64,
-        }
+        defaults_of("enforcement")
     }
 }
 
@@ -315,17 +312,10 @@ pub struct LimitsConfig {
     pub limits_on_redis_error: OnRedisError,
 }
 
-impl LimitsConfig {
-    /// Counters in this process, every other setting at its default.
-    pub fn in_process() -> Self {
-        Self {
-            limits_enabled: true,
-            redis_url: None,
-            redis_ca_file: None,
-            redis_timeout: Duration::from_millis(100),
-            redis_key_prefix: crate::limits::DEFAULT_KEY_PREFIX.to_owned(),
-            limits_on_redis_error: OnRedisError::Allow,
-        }
+impl Default for LimitsConfig {
+    /// Limits on, counters in this process.
+    fn default() -> Self {
+        defaults_of("limits")
     }
 }
 
@@ -341,7 +331,7 @@ impl clap::builder::TypedValueParser for RedisUrlParser {
         &self,
         command: &clap::Command,
         _argument: Option<&clap::Arg>,
-        value: &std::ffi::OsStr,
+        value: &OsStr,
     ) -> Result<String, clap::Error> {
         value
             .to_str()
@@ -363,7 +353,7 @@ impl clap::builder::TypedValueParser for RedisUrlParser {
 
 /// A CA bundle named by a setting, read and checked at start-up.
 fn ca_bundle(text: &str) -> Result<CaBundle, String> {
-    CaBundle::read(std::path::Path::new(text)).map_err(|error| error.to_string())
+    CaBundle::read(Path::new(text)).map_err(|error| error.to_string())
 }
 
 /// Abuse limits: how many keys one user may hold, and how much work credentials that no cache
@@ -399,19 +389,13 @@ pub struct AbuseLimitsConfig {
     pub token_review_burst: u32,
 }
 
-impl AbuseLimitsConfig {
-    /// Every setting at its default, ignoring the environment: for tools and tests that run the
-    /// server in-process.
-    pub fn defaults() -> Self {
-        use clap::FromArgMatches;
-        let command = Self::augment_args(clap::Command::new("abuse")).mut_args(|arg| arg.env(None));
-        command
-            .try_get_matches_from(["abuse"])
-            .map_err(|e| e.to_string())
-            .and_then(|matches| Self::from_arg_matches(&matches).map_err(|e| e.to_string()))
-            .unwrap_or_else(|error| unreachable!("abuse-limit flags all have defaults: {error}"))
+impl Default for AbuseLimitsConfig {
+    fn default() -> Self {
+        defaults_of("abuse")
     }
+}
 
+impl AbuseLimitsConfig {
     /// The budget of database lookups for keys that no cache holds.
     pub fn unknown_key_budget(&self) -> BudgetSettings {
         BudgetSettings {
@@ -516,6 +500,96 @@ pub struct HttpConfig {
     pub http_request_timeout: Duration,
 }
 
+/// Who may call the REST API: the identity sources and the admin groups.
+#[derive(Debug, Clone, Default, Args)]
+pub struct IdentitySettings {
+    /// YAML list of `{token, username, groups}` for local runs and demos; read on every lookup
+    /// (parsed again when its content changed), so an edit applies to the next request.
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_STATIC_TOKENS_FILE",
+        value_name = "MAAS_AUTHZ_STATIC_TOKENS_FILE"
+    )]
+    pub static_tokens_file: Option<PathBuf>,
+    /// Comma-separated groups whose members are admins.
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_ADMIN_GROUPS",
+        value_name = "MAAS_AUTHZ_ADMIN_GROUPS",
+        value_delimiter = ','
+    )]
+    pub admin_groups: Vec<String>,
+    /// OIDC issuer URL (discovery at `<issuer>/.well-known/openid-configuration`).
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_OIDC_ISSUER",
+        value_name = "MAAS_AUTHZ_OIDC_ISSUER"
+    )]
+    pub oidc_issuer: Option<String>,
+    /// Required `aud` (and `azp` when present) of OIDC tokens.
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_OIDC_AUDIENCE",
+        value_name = "MAAS_AUTHZ_OIDC_AUDIENCE"
+    )]
+    pub oidc_audience: Option<String>,
+    /// JWT claim holding the username (default `sub`); as the Kubernetes API server's
+    /// `--oidc-username-claim`. Pick a claim users cannot edit at the issuer.
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_OIDC_USERNAME_CLAIM",
+        value_name = "MAAS_AUTHZ_OIDC_USERNAME_CLAIM",
+        value_parser = claim_name
+    )]
+    pub oidc_username_claim: Option<String>,
+    /// Put before every OIDC username; unset or empty: `<issuer>#` unless the claim is `email`;
+    /// `-`: no prefix (as `--oidc-username-prefix`).
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_OIDC_USERNAME_PREFIX",
+        value_name = "MAAS_AUTHZ_OIDC_USERNAME_PREFIX",
+        value_parser = username_prefix
+    )]
+    pub oidc_username_prefix: Option<String>,
+    /// JWT claim holding the groups (default `groups`): a list of strings, or one string.
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_OIDC_GROUPS_CLAIM",
+        value_name = "MAAS_AUTHZ_OIDC_GROUPS_CLAIM",
+        value_parser = claim_name
+    )]
+    pub oidc_groups_claim: Option<String>,
+    /// Put before every OIDC group (default: none), e.g. `oidc:`.
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_OIDC_GROUPS_PREFIX",
+        value_name = "MAAS_AUTHZ_OIDC_GROUPS_PREFIX",
+        value_parser = groups_prefix
+    )]
+    pub oidc_groups_prefix: Option<String>,
+    /// Kubernetes API server for TokenReview; default: in-cluster (`KUBERNETES_SERVICE_HOST`).
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_KUBE_API_URL",
+        value_name = "MAAS_AUTHZ_KUBE_API_URL"
+    )]
+    pub kube_api_url: Option<String>,
+    /// Service-account token sent with TokenReviews; default: the in-cluster mount.
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_KUBE_TOKEN_FILE",
+        value_name = "MAAS_AUTHZ_KUBE_TOKEN_FILE"
+    )]
+    pub kube_token_file: Option<PathBuf>,
+    /// CA bundle of an https API server; default: the in-cluster mount when present.
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_KUBE_CA_FILE",
+        value_name = "MAAS_AUTHZ_KUBE_CA_FILE"
+    )]
+    pub kube_ca_file: Option<PathBuf>,
+}
+
 #[derive(Debug, Args)]
 pub struct KeysCommand {
     #[command(flatten)]
@@ -568,6 +642,12 @@ pub struct KeysCreate {
     pub policy_path: Option<PathBuf>,
 }
 
+impl Default for HttpConfig {
+    fn default() -> Self {
+        defaults_of("http")
+    }
+}
+
 impl HttpConfig {
     /// Both listeners on free loopback ports, every limit at its default: for tools and tests
     /// that run the server in-process.
@@ -576,25 +656,55 @@ impl HttpConfig {
         Self {
             http_addr: loopback,
             internal_addr: loopback,
-            public_url: None,
-            api_key_max_expiration_days: 90,
-            token_max_expiration: Duration::from_secs(24 * 3_600),
-            http_request_timeout: Duration::from_secs(30),
+            ..Self::default()
         }
     }
 }
 
-/// Identity settings with every source off and every flag at its default, ignoring the
-/// environment: for tools and tests that run the server in-process and add what they need.
-pub fn identity_args_without_sources() -> IdentityArgs {
-    use clap::FromArgMatches;
-    let command =
-        IdentityArgs::augment_args(clap::Command::new("identity")).mut_args(|arg| arg.env(None));
-    command
-        .try_get_matches_from(["identity"])
-        .map_err(|e| e.to_string())
-        .and_then(|matches| IdentityArgs::from_arg_matches(&matches).map_err(|e| e.to_string()))
-        .unwrap_or_else(|error| unreachable!("identity flags all have defaults: {error}"))
+impl DatabaseConfig {
+    /// The database at `database_url`, every other setting at its default (ignoring the
+    /// environment), as `maas-authz migrate --database-url <url>` would read it.
+    pub fn new(database_url: &str) -> Self {
+        parse_without_environment(
+            "database",
+            [OsStr::new("--database-url"), database_url.as_ref()],
+        )
+        .unwrap_or_else(|error| unreachable!("a database URL is any string: {error}"))
+    }
+}
+
+impl ServeConfig {
+    /// `serve` against `database_url` with the policy at `policy_path`, every other setting at
+    /// its default (ignoring the environment), as the flags alone would give it.
+    pub fn new(database_url: &str, policy_path: &Path) -> Self {
+        parse_without_environment(
+            "serve",
+            [
+                OsStr::new("--database-url"),
+                database_url.as_ref(),
+                OsStr::new("--policy-path"),
+                policy_path.as_os_str(),
+            ],
+        )
+        .unwrap_or_else(|error| unreachable!("the other serve flags all have defaults: {error}"))
+    }
+}
+
+/// A settings group with every flag at its default, ignoring the environment: the `Default` of
+/// each group, so code, tools and tests start from the defaults `--help` documents.
+fn defaults_of<T: Args + FromArgMatches>(group: &'static str) -> T {
+    parse_without_environment(group, std::iter::empty::<&OsStr>())
+        .unwrap_or_else(|error| unreachable!("the {group} flags all have defaults: {error}"))
+}
+
+/// Parses `flags` into a settings group as the command line would, with no variable read.
+fn parse_without_environment<'a, T: Args + FromArgMatches>(
+    group: &'static str,
+    flags: impl IntoIterator<Item = &'a OsStr>,
+) -> Result<T, clap::Error> {
+    let command = T::augment_args(clap::Command::new(group)).mut_args(|arg| arg.env(None));
+    let arguments = std::iter::once(OsStr::new(group)).chain(flags);
+    T::from_arg_matches(&command.try_get_matches_from(arguments)?)
 }
 
 fn token_max_expiration(text: &str) -> Result<Duration, String> {
@@ -641,8 +751,45 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// A JWT claim name for `MAAS_AUTHZ_OIDC_USERNAME_CLAIM` and `MAAS_AUTHZ_OIDC_GROUPS_CLAIM`.
+fn claim_name(value: &str) -> Result<String, String> {
+    if value.trim().is_empty() {
+        return Err(
+            "must name a JWT claim, e.g. sub, email or preferred_username; it cannot be empty"
+                .to_owned(),
+        );
+    }
+    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("a claim name cannot contain whitespace or control characters".to_owned());
+    }
+    Ok(value.to_owned())
+}
+
+/// `MAAS_AUTHZ_OIDC_USERNAME_PREFIX`: any text but control characters (empty: the default).
+fn username_prefix(value: &str) -> Result<String, String> {
+    if value.chars().any(char::is_control) {
+        return Err("a username prefix cannot contain control characters".to_owned());
+    }
+    Ok(value.to_owned())
+}
+
+/// `MAAS_AUTHZ_OIDC_GROUPS_PREFIX`: prefixed groups must still be valid group names (empty: none).
+fn groups_prefix(value: &str) -> Result<String, String> {
+    if !value.is_empty() && validate_group_name(value).is_err() {
+        return Err(
+            "prefixed groups must still be valid group names: use only letters, digits and : . _ -"
+                .to_owned(),
+        );
+    }
+    Ok(value.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use clap::CommandFactory;
+
     use super::*;
 
     #[test]
@@ -771,7 +918,7 @@ mod tests {
 
     #[test]
     fn the_default_abuse_limits_are_the_documented_ones() {
-        let defaults = AbuseLimitsConfig::defaults();
+        let defaults = AbuseLimitsConfig::default();
 
         assert_eq!(defaults.max_active_keys_per_user, ActiveKeyCap(Some(100)));
         assert_eq!(
@@ -804,5 +951,126 @@ mod tests {
         let error = optional_duration("hourly").unwrap_err();
 
         assert!(error.contains("(or 0/off to disable)"), "{error}");
+    }
+
+    /// Every variable the CLI reads, from every subcommand, with its default (if any).
+    fn variables_in_code() -> BTreeMap<String, Option<String>> {
+        fn walk(command: &clap::Command, found: &mut BTreeMap<String, Option<String>>) {
+            for argument in command.get_arguments() {
+                if let Some(variable) = argument.get_env() {
+                    let default = argument.get_default_values();
+                    let default = (!default.is_empty()).then(|| {
+                        let values: Vec<_> = default.iter().map(|v| v.to_string_lossy()).collect();
+                        values.join(",")
+                    });
+                    found.insert(variable.to_string_lossy().into_owned(), default);
+                }
+            }
+            for subcommand in command.get_subcommands() {
+                walk(subcommand, found);
+            }
+        }
+        let mut found = BTreeMap::new();
+        walk(&Cli::command(), &mut found);
+        found
+    }
+
+    /// The rows of README's configuration tables: the variables of a row (`A` / `B`) with the
+    /// defaults written in its second cell (`x` / `y`), when there is one per variable.
+    fn rows_in_readme() -> Vec<(Vec<String>, Vec<String>)> {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("\n## Configuration\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .unwrap_or_default();
+        let backticked = |cell: &str| -> Vec<String> {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect()
+        };
+        section
+            .lines()
+            .filter(|line| line.starts_with("| `"))
+            .map(|line| {
+                let cells: Vec<&str> = line.split(" | ").collect();
+                (
+                    backticked(cells[0]),
+                    backticked(cells.get(1).copied().unwrap_or("")),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_configuration_tables_name_every_variable_the_code_reads_and_no_other() {
+        let in_code: BTreeSet<String> = variables_in_code().into_keys().collect();
+        let in_readme: BTreeSet<String> = rows_in_readme()
+            .into_iter()
+            .flat_map(|(names, _)| names)
+            .collect();
+
+        let undocumented: Vec<_> = in_code.difference(&in_readme).collect();
+        let unknown: Vec<_> = in_readme.difference(&in_code).collect();
+        assert!(
+            undocumented.is_empty() && unknown.is_empty(),
+            "README.md's configuration tables are out of date: not documented {undocumented:?}, \
+             documented but not read by the code {unknown:?}"
+        );
+    }
+
+    #[test]
+    fn the_readme_configuration_tables_state_the_defaults_the_code_has() {
+        let in_code = variables_in_code();
+        let mut wrong = Vec::new();
+
+        for (names, defaults) in rows_in_readme() {
+            if names.len() != defaults.len() {
+                continue; // a default in words, e.g. "(unset: off)"
+            }
+            for (name, documented) in names.iter().zip(&defaults) {
+                // Without a default in the flag, the default is applied later, in words.
+                if let Some(Some(actual)) = in_code.get(name)
+                    && actual != documented
+                {
+                    wrong.push(format!(
+                        "{name}: README says {documented:?}, code has {actual:?}"
+                    ));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    #[test]
+    fn each_settings_group_defaults_to_what_the_flags_alone_give() {
+        let serve = ServeConfig::new("postgres://db.example/maas", Path::new("/etc/maas/policy"));
+
+        assert_eq!(serve.database.database_url, "postgres://db.example/maas");
+        assert_eq!(serve.policy_path, Path::new("/etc/maas/policy"));
+        assert_eq!(serve.cache_ttl, Duration::from_secs(30));
+        assert_eq!(serve.http.http_addr, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(
+            serve.limits.redis_key_prefix,
+            crate::limits::DEFAULT_KEY_PREFIX
+        );
+        assert!(serve.limits.limits_enabled && serve.limits.redis_url.is_none());
+        assert_eq!(
+            serve.enforcement.meter_max_request_bytes,
+            crate::grpc::ext_proc::DEFAULT_MAX_REQUEST_BYTES as u64
+        );
+        assert!(
+            serve.identity.static_tokens_file.is_none() && serve.identity.admin_groups.is_empty()
+        );
+        assert_eq!(
+            DatabaseConfig::new("postgres://x/y").db_pool_size,
+            serve.database.db_pool_size
+        );
+        assert_eq!(
+            HttpConfig::on_loopback().internal_addr.ip().to_string(),
+            "127.0.0.1"
+        );
     }
 }

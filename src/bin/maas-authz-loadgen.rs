@@ -35,9 +35,10 @@ use envoy_types::pb::envoy::service::auth::v3::{
 };
 use envoy_types::pb::google::rpc;
 use maas_authz::config::{
-    AbuseLimitsConfig, DatabaseConfig, EnforcementConfig, HttpConfig, LimitsConfig,
-    OptionalDuration, OptionalRate, ServeConfig, identity_args_without_sources,
+    AbuseLimitsConfig, DatabaseConfig, HttpConfig, LimitsConfig, OptionalDuration, OptionalRate,
+    ServeConfig,
 };
+
 use maas_authz::grpc::socket::copying;
 use maas_authz::key::ApiKey;
 use maas_authz::minting::{MintRequest, mint_key};
@@ -370,14 +371,14 @@ impl Drop for RaisedPolicy {
 
 fn serve_config(args: &Args, database_url: &str, raised_policy: Option<PathBuf>) -> ServeConfig {
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let mut abuse = AbuseLimitsConfig::defaults();
+    let mut abuse = AbuseLimitsConfig::default();
     if args.scenario == Scenario::Unknown && args.measure == Measure::Load {
         // This load measures what an unknown key costs when it reaches the database; the
         // unknown-key budget (which would answer most of them 429 first) has its own measure.
         abuse.unknown_key_lookups_per_second = OptionalRate(None);
         abuse.unknown_key_lookups_per_second_per_peer = OptionalRate(None);
     }
-    let mut limits = LimitsConfig::in_process();
+    let mut limits = LimitsConfig::default();
     match args.limits {
         LimitsMode::Off => limits.limits_enabled = false,
         LimitsMode::InProcess => {}
@@ -386,40 +387,20 @@ fn serve_config(args: &Args, database_url: &str, raised_policy: Option<PathBuf>)
             limits.redis_key_prefix = format!("maas-authz-loadgen-{}:", std::process::id());
         }
     }
+    let policy_path = raised_policy.unwrap_or_else(|| args.policy_path.clone());
     ServeConfig {
         database: DatabaseConfig {
-            database_url: database_url.to_owned(),
-            database_ca_file: None,
             tenant: args.tenant.clone(),
-            db_pool_size: 16,
-            db_query_timeout: Duration::from_secs(1),
-            db_connect_timeout: Duration::from_secs(3),
+            ..DatabaseConfig::new(database_url)
         },
         grpc_addr: loopback,
         metrics_addr: loopback,
-        policy_path: raised_policy.unwrap_or_else(|| args.policy_path.clone()),
-        policy_reload_interval: Duration::from_secs(2),
-        skip_migrations: false,
-        cache_capacity: 100_000,
-        cache_ttl: Duration::from_secs(30),
-        negative_cache_capacity: 10_000,
-        negative_cache_ttl: Duration::from_secs(5),
-        cache_max_staleness: Duration::from_secs(900),
-        db_check_timeout: Duration::from_millis(250),
-        db_breaker_threshold: 5,
-        db_breaker_cool_down: Duration::from_secs(2),
         housekeeping_interval: OptionalDuration(None),
-        startup_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(5),
-        last_used_interval: Duration::from_secs(60),
-        last_used_flush_interval: Duration::from_secs(5),
-        force_stream_usage: true,
-        dynamic_metadata: true,
         http: HttpConfig::on_loopback(),
-        identity: identity_args_without_sources(),
         limits,
-        enforcement: EnforcementConfig::default(),
         abuse,
+        ..ServeConfig::new(database_url, &policy_path)
     }
 }
 

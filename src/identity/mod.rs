@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use chrono::Utc;
-use clap::Args;
 
 use crate::authorizer::{Authorizer, CheckError, CheckObserver, KeyValidity};
+use crate::config::IdentitySettings;
 use crate::key::KEY_PREFIX;
 use crate::limits::retry_after_seconds;
 use crate::lookup_budget::LookupBudget;
@@ -125,96 +125,6 @@ pub enum AuthError {
     Throttled { retry_after: Duration },
 }
 
-/// Identity settings (flags mirror the variables); flattened into `serve`'s configuration.
-#[derive(Debug, Clone, Default, Args)]
-pub struct IdentityArgs {
-    /// YAML list of `{token, username, groups}` for local runs and demos; read on every lookup
-    /// (parsed again when its content changed), so an edit applies to the next request.
-    #[arg(
-        long,
-        env = "MAAS_AUTHZ_STATIC_TOKENS_FILE",
-        value_name = "MAAS_AUTHZ_STATIC_TOKENS_FILE"
-    )]
-    pub static_tokens_file: Option<PathBuf>,
-    /// Comma-separated groups whose members are admins.
-    #[arg(
-        long,
-        env = "MAAS_AUTHZ_ADMIN_GROUPS",
-        value_name = "MAAS_AUTHZ_ADMIN_GROUPS",
-        value_delimiter = ','
-    )]
-    pub admin_groups: Vec<String>,
-    /// OIDC issuer URL (discovery at `<issuer>/.well-known/openid-configuration`).
-    #[arg(
-        long,
-        env = "MAAS_AUTHZ_OIDC_ISSUER",
-        value_name = "MAAS_AUTHZ_OIDC_ISSUER"
-    )]
-    pub oidc_issuer: Option<String>,
-    /// Required `aud` (and `azp` when present) of OIDC tokens.
-    #[arg(
-        long,
-        env = "MAAS_AUTHZ_OIDC_AUDIENCE",
-        value_name = "MAAS_AUTHZ_OIDC_AUDIENCE"
-    )]
-    pub oidc_audience: Option<String>,
-    /// JWT claim holding the username (default `sub`); as the Kubernetes API server's
-    /// `--oidc-username-claim`. Pick a claim users cannot edit at the issuer.
-    #[arg(
-        long,
-        env = "MAAS_AUTHZ_OIDC_USERNAME_CLAIM",
-        value_name = "MAAS_AUTHZ_OIDC_USERNAME_CLAIM",
-        value_parser = claim_name
-    )]
-    pub oidc_username_claim: Option<String>,
-    /// Put before every OIDC username; unset or empty: `<issuer>#` unless the claim is `email`;
-    /// `-`: no prefix (as `--oidc-username-prefix`).
-    #[arg(
-        long,
-        env = "MAAS_AUTHZ_OIDC_USERNAME_PREFIX",
-        value_name = "MAAS_AUTHZ_OIDC_USERNAME_PREFIX",
-        value_parser = username_prefix
-    )]
-    pub oidc_username_prefix: Option<String>,
-    /// JWT claim holding the groups (default `groups`): a list of strings, or one string.
-    #[arg(
-        long,
-        env = "MAAS_AUTHZ_OIDC_GROUPS_CLAIM",
-        value_name = "MAAS_AUTHZ_OIDC_GROUPS_CLAIM",
-        value_parser = claim_name
-    )]
-    pub oidc_groups_claim: Option<String>,
-    /// Put before every OIDC group (default: none), e.g. `oidc:`.
-    #[arg(
-        long,
-        env = "MAAS_AUTHZ_OIDC_GROUPS_PREFIX",
-        value_name = "MAAS_AUTHZ_OIDC_GROUPS_PREFIX",
-        value_parser = groups_prefix
-    )]
-    pub oidc_groups_prefix: Option<String>,
-    /// Kubernetes API server for TokenReview; default: in-cluster (`KUBERNETES_SERVICE_HOST`).
-    #[arg(
-        long,
-        env = "MAAS_AUTHZ_KUBE_API_URL",
-        value_name = "MAAS_AUTHZ_KUBE_API_URL"
-    )]
-    pub kube_api_url: Option<String>,
-    /// Service-account token sent with TokenReviews; default: the in-cluster mount.
-    #[arg(
-        long,
-        env = "MAAS_AUTHZ_KUBE_TOKEN_FILE",
-        value_name = "MAAS_AUTHZ_KUBE_TOKEN_FILE"
-    )]
-    pub kube_token_file: Option<PathBuf>,
-    /// CA bundle of an https API server; default: the in-cluster mount when present.
-    #[arg(
-        long,
-        env = "MAAS_AUTHZ_KUBE_CA_FILE",
-        value_name = "MAAS_AUTHZ_KUBE_CA_FILE"
-    )]
-    pub kube_ca_file: Option<PathBuf>,
-}
-
 /// Authenticates REST callers against every configured identity source.
 pub struct IdentityResolver<S, O> {
     authorizer: Arc<Authorizer<S, O>>,
@@ -239,7 +149,7 @@ impl<S: KeyStore, O: CheckObserver> IdentityResolver<S, O> {
     /// Reads the static token file, validates settings and builds HTTP clients; every error
     /// names the variable it comes from.
     pub async fn from_args(
-        args: &IdentityArgs,
+        args: &IdentitySettings,
         authorizer: Arc<Authorizer<S, O>>,
     ) -> anyhow::Result<Self> {
         let static_tokens = match &args.static_tokens_file {
@@ -377,7 +287,7 @@ fn with_authenticated(groups: Vec<String>) -> Vec<String> {
 }
 
 /// The OIDC verifier, if an issuer is configured; the audience is then required.
-fn oidc_from_args(args: &IdentityArgs) -> anyhow::Result<Option<OidcVerifier>> {
+fn oidc_from_args(args: &IdentitySettings) -> anyhow::Result<Option<OidcVerifier>> {
     let Some(issuer) = args
         .oidc_issuer
         .as_deref()
@@ -427,39 +337,6 @@ fn oidc_from_args(args: &IdentityArgs) -> anyhow::Result<Option<OidcVerifier>> {
     )))
 }
 
-/// A JWT claim name for `MAAS_AUTHZ_OIDC_USERNAME_CLAIM` and `MAAS_AUTHZ_OIDC_GROUPS_CLAIM`.
-fn claim_name(value: &str) -> Result<String, String> {
-    if value.trim().is_empty() {
-        return Err(
-            "must name a JWT claim, e.g. sub, email or preferred_username; it cannot be empty"
-                .to_owned(),
-        );
-    }
-    if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("a claim name cannot contain whitespace or control characters".to_owned());
-    }
-    Ok(value.to_owned())
-}
-
-/// `MAAS_AUTHZ_OIDC_USERNAME_PREFIX`: any text but control characters (empty: the default).
-fn username_prefix(value: &str) -> Result<String, String> {
-    if value.chars().any(char::is_control) {
-        return Err("a username prefix cannot contain control characters".to_owned());
-    }
-    Ok(value.to_owned())
-}
-
-/// `MAAS_AUTHZ_OIDC_GROUPS_PREFIX`: prefixed groups must still be valid group names (empty: none).
-fn groups_prefix(value: &str) -> Result<String, String> {
-    if !value.is_empty() && validate_group_name(value).is_err() {
-        return Err(
-            "prefixed groups must still be valid group names: use only letters, digits and : . _ -"
-                .to_owned(),
-        );
-    }
-    Ok(value.to_owned())
-}
-
 /// `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT` when running in a pod.
 fn in_cluster_api_url() -> Option<String> {
     let host = std::env::var("KUBERNETES_SERVICE_HOST").ok()?;
@@ -478,7 +355,7 @@ fn in_cluster_api_url() -> Option<String> {
 /// The TokenReview source: explicit URL (its token file must be readable), else in-cluster (skipped
 /// with a warning when the pod has no service-account token mounted).
 fn kube_from_args(
-    args: &IdentityArgs,
+    args: &IdentitySettings,
     in_cluster: Option<String>,
 ) -> anyhow::Result<Option<TokenReviewer>> {
     let explicit = args

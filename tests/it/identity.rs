@@ -17,7 +17,8 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use maas_authz::authorizer::Authorizer;
 use maas_authz::cache::{CacheSettings, KeyCache};
-use maas_authz::identity::{AuthError, Caller, CredentialKind, IdentityArgs, IdentityResolver};
+use maas_authz::config::IdentitySettings;
+use maas_authz::identity::{AuthError, Caller, CredentialKind, IdentityResolver};
 use maas_authz::policy::Policy;
 use maas_authz::store::KeyStore;
 use maas_authz::store::postgres::{NoQueryObserver, PgKeyStore, PgSettings};
@@ -69,13 +70,13 @@ fn store_at(database_url: String) -> PgKeyStore {
 }
 
 /// For tests that send no sk-oai key: the pool connects lazily, so no database is touched.
-async fn resolver(args: IdentityArgs) -> Resolver {
+async fn resolver(args: IdentitySettings) -> Resolver {
     IdentityResolver::from_args(&args, authorizer_on(store_at(admin_url())))
         .await
         .expect("identity sources set up")
 }
 
-async fn setup_error(args: IdentityArgs) -> String {
+async fn setup_error(args: IdentitySettings) -> String {
     let error = IdentityResolver::from_args(&args, authorizer_on(store_at(admin_url())))
         .await
         .expect_err("set-up fails");
@@ -135,7 +136,7 @@ async fn serve(router: axum::Router) -> SocketAddr {
 
 #[tokio::test]
 async fn a_request_without_authorization_header_is_missing_credentials() {
-    let resolver = resolver(IdentityArgs::default()).await;
+    let resolver = resolver(IdentitySettings::default()).await;
 
     let result = resolver.authenticate(None).await;
 
@@ -144,7 +145,7 @@ async fn a_request_without_authorization_header_is_missing_credentials() {
 
 #[tokio::test]
 async fn an_authorization_header_that_is_not_bearer_is_malformed() {
-    let resolver = resolver(IdentityArgs::default()).await;
+    let resolver = resolver(IdentitySettings::default()).await;
 
     for header in [
         "Basic YWxpY2U6cHc=",
@@ -160,7 +161,7 @@ async fn an_authorization_header_that_is_not_bearer_is_malformed() {
 
 #[tokio::test]
 async fn a_token_no_source_knows_is_invalid() {
-    let resolver = resolver(IdentityArgs::default()).await;
+    let resolver = resolver(IdentitySettings::default()).await;
 
     let result = resolver.authenticate(Some("Bearer whatever")).await;
 
@@ -169,7 +170,7 @@ async fn a_token_no_source_knows_is_invalid() {
 
 #[tokio::test]
 async fn an_unsafe_admin_group_fails_start_up() {
-    let args = IdentityArgs {
+    let args = IdentitySettings {
         admin_groups: groups(&["maas-admins", "ops team"]),
         ..Default::default()
     };
@@ -194,8 +195,8 @@ const STATIC_TOKENS: &str = r#"
   groups: [premium-users, system:authenticated]
 "#;
 
-fn static_args(file: &NamedTempFile) -> IdentityArgs {
-    IdentityArgs {
+fn static_args(file: &NamedTempFile) -> IdentitySettings {
+    IdentitySettings {
         static_tokens_file: Some(file.path().to_path_buf()),
         admin_groups: groups(&["maas-admins"]),
         ..Default::default()
@@ -290,7 +291,7 @@ async fn a_token_of_the_wrong_type_fails_start_up_without_quoting_it() {
 
 #[tokio::test]
 async fn an_unreadable_static_token_file_fails_start_up_naming_the_path() {
-    let args = IdentityArgs {
+    let args = IdentitySettings {
         static_tokens_file: Some(PathBuf::from("/nonexistent/tokens.yaml")),
         ..Default::default()
     };
@@ -382,7 +383,7 @@ async fn an_api_key_yields_its_owner_with_the_stored_group_snapshot() {
     let db = TestDb::migrated().await;
     let store = db.store();
     let (key, record) = mint(&store, &FREE_USER).await;
-    let resolver = IdentityResolver::from_args(&IdentityArgs::default(), authorizer_on(store))
+    let resolver = IdentityResolver::from_args(&IdentitySettings::default(), authorizer_on(store))
         .await
         .expect("set up");
 
@@ -413,7 +414,7 @@ async fn an_api_key_is_never_admin_even_with_an_admin_group_in_its_snapshot() {
     };
     let (key, record) = mint(&store, &owner).await;
     let resolver = IdentityResolver::from_args(
-        &IdentityArgs {
+        &IdentitySettings {
             admin_groups: groups(&["maas-admins"]),
             ..Default::default()
         },
@@ -448,7 +449,7 @@ async fn a_revoked_api_key_is_invalid_with_upstreams_reason() {
         .await
         .expect("revoke")
         .expect("revoked");
-    let resolver = IdentityResolver::from_args(&IdentityArgs::default(), authorizer_on(store))
+    let resolver = IdentityResolver::from_args(&IdentitySettings::default(), authorizer_on(store))
         .await
         .expect("set up");
 
@@ -480,7 +481,7 @@ async fn an_api_key_while_the_database_is_down_is_unavailable() {
         .await
         .replace("http://", "postgres://postgres@");
     let resolver = IdentityResolver::from_args(
-        &IdentityArgs::default(),
+        &IdentitySettings::default(),
         authorizer_on(store_at(format!("{url}/postgres"))),
     )
     .await
@@ -603,8 +604,8 @@ impl TestIssuer {
         self.state.jwks_requests.load(Ordering::SeqCst)
     }
 
-    fn args(&self) -> IdentityArgs {
-        IdentityArgs {
+    fn args(&self) -> IdentitySettings {
+        IdentitySettings {
             oidc_issuer: Some(self.url.clone()),
             oidc_audience: Some(AUDIENCE.to_owned()),
             admin_groups: groups(&["maas-admins"]),
@@ -713,7 +714,7 @@ async fn a_username_claim_that_is_not_a_string_is_refused_naming_the_claim() {
 async fn a_configured_username_claim_does_not_fall_back_to_another() {
     let key = TestKey::new("k1");
     let issuer = TestIssuer::start(&[&key]).await;
-    let resolver = resolver(IdentityArgs {
+    let resolver = resolver(IdentitySettings {
         oidc_username_claim: Some("preferred_username".to_owned()),
         ..issuer.args()
     })
@@ -737,7 +738,7 @@ async fn a_configured_username_claim_does_not_fall_back_to_another() {
 async fn an_email_username_needs_a_verified_address_and_gets_no_prefix() {
     let key = TestKey::new("k1");
     let issuer = TestIssuer::start(&[&key]).await;
-    let resolver = resolver(IdentityArgs {
+    let resolver = resolver(IdentitySettings {
         oidc_username_claim: Some("email".to_owned()),
         ..issuer.args()
     })
@@ -782,7 +783,7 @@ async fn an_email_username_needs_a_verified_address_and_gets_no_prefix() {
 async fn a_dash_prefix_takes_the_claim_as_it_is() {
     let key = TestKey::new("k1");
     let issuer = TestIssuer::start(&[&key]).await;
-    let resolver = resolver(IdentityArgs {
+    let resolver = resolver(IdentitySettings {
         oidc_username_claim: Some("preferred_username".to_owned()),
         oidc_username_prefix: Some("-".to_owned()),
         ..issuer.args()
@@ -800,7 +801,7 @@ async fn a_dash_prefix_takes_the_claim_as_it_is() {
 async fn configured_prefixes_and_groups_claim_name_users_and_groups() {
     let key = TestKey::new("k1");
     let issuer = TestIssuer::start(&[&key]).await;
-    let resolver = resolver(IdentityArgs {
+    let resolver = resolver(IdentitySettings {
         oidc_username_prefix: Some("oidc:".to_owned()),
         oidc_groups_claim: Some("roles".to_owned()),
         oidc_groups_prefix: Some("idp:".to_owned()),
@@ -1105,7 +1106,7 @@ async fn unknown_kids_cause_at_most_one_refetch_per_interval() {
 async fn an_oidc_token_while_the_issuer_is_down_is_unavailable() {
     let key = TestKey::new("k1");
     let url = closed_port_url().await;
-    let resolver = resolver(IdentityArgs {
+    let resolver = resolver(IdentitySettings {
         oidc_issuer: Some(url.clone()),
         oidc_audience: Some(AUDIENCE.to_owned()),
         ..Default::default()
@@ -1124,7 +1125,7 @@ async fn an_oidc_token_while_the_issuer_is_down_is_unavailable() {
 
 #[tokio::test]
 async fn an_oidc_issuer_without_audience_fails_start_up() {
-    let args = IdentityArgs {
+    let args = IdentitySettings {
         oidc_issuer: Some("https://keycloak.example/realms/maas".to_owned()),
         ..Default::default()
     };
@@ -1139,7 +1140,7 @@ async fn an_oidc_issuer_without_audience_fails_start_up() {
 
 #[tokio::test]
 async fn an_oidc_issuer_that_is_not_a_url_fails_start_up() {
-    let args = IdentityArgs {
+    let args = IdentitySettings {
         oidc_issuer: Some("keycloak/realms/maas".to_owned()),
         oidc_audience: Some(AUDIENCE.to_owned()),
         ..Default::default()
@@ -1340,8 +1341,8 @@ impl TestApiServer {
         }
     }
 
-    fn args(&self) -> IdentityArgs {
-        IdentityArgs {
+    fn args(&self) -> IdentitySettings {
+        IdentitySettings {
             kube_api_url: Some(self.url.clone()),
             kube_token_file: Some(self.token_file.path().to_path_buf()),
             ..Default::default()
@@ -1426,7 +1427,7 @@ async fn a_failing_api_server_makes_kubernetes_tokens_unavailable() {
 async fn an_api_server_refusing_our_service_account_makes_tokens_unavailable() {
     let api = TestApiServer::start().await;
     let wrong_token = file_with("someone-elses-token");
-    let resolver = resolver(IdentityArgs {
+    let resolver = resolver(IdentitySettings {
         kube_token_file: Some(wrong_token.path().to_path_buf()),
         ..api.args()
     })
@@ -1445,7 +1446,7 @@ async fn an_api_server_refusing_our_service_account_makes_tokens_unavailable() {
 #[tokio::test]
 async fn an_unreachable_api_server_makes_kubernetes_tokens_unavailable() {
     let api = TestApiServer::start().await;
-    let resolver = resolver(IdentityArgs {
+    let resolver = resolver(IdentitySettings {
         kube_api_url: Some(closed_port_url().await),
         ..api.args()
     })
@@ -1509,7 +1510,7 @@ async fn a_service_account_jwt_goes_to_token_review_when_oidc_is_also_configured
     let api = TestApiServer::start().await;
     let key = TestKey::new("k1");
     let issuer = TestIssuer::start(&[&key]).await;
-    let resolver = resolver(IdentityArgs {
+    let resolver = resolver(IdentitySettings {
         oidc_issuer: issuer.args().oidc_issuer,
         oidc_audience: issuer.args().oidc_audience,
         ..api.args()
@@ -1530,7 +1531,7 @@ async fn a_service_account_jwt_goes_to_token_review_when_oidc_is_also_configured
 async fn an_unreadable_service_account_token_fails_start_up_naming_the_variable() {
     let api = TestApiServer::start().await;
 
-    let error = setup_error(IdentityArgs {
+    let error = setup_error(IdentitySettings {
         kube_token_file: Some(PathBuf::from("/nonexistent/sa-token")),
         ..api.args()
     })
@@ -1546,7 +1547,7 @@ async fn an_unreadable_service_account_token_fails_start_up_naming_the_variable(
 async fn a_kubernetes_api_url_that_is_not_http_fails_start_up() {
     let api = TestApiServer::start().await;
 
-    let error = setup_error(IdentityArgs {
+    let error = setup_error(IdentitySettings {
         kube_api_url: Some("ftp://cluster.local".to_owned()),
         ..api.args()
     })

@@ -8,10 +8,7 @@ use chrono::Utc;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
-use maas_authz::config::{
-    AbuseLimitsConfig, DatabaseConfig, EnforcementConfig, HttpConfig, LimitsConfig,
-    OptionalDuration, ServeConfig, identity_args_without_sources,
-};
+use maas_authz::config::{DatabaseConfig, HttpConfig, OptionalDuration, ServeConfig};
 use maas_authz::key::ApiKey;
 use maas_authz::minting::{MintRequest, mint_key};
 use maas_authz::serve::{RunningServer, start};
@@ -87,12 +84,10 @@ impl TestDb {
 
     pub fn database_config(&self) -> DatabaseConfig {
         DatabaseConfig {
-            database_url: self.url.clone(),
-            database_ca_file: None,
-            tenant: "models-as-a-service".to_owned(),
             db_pool_size: 4,
             db_query_timeout: Duration::from_secs(2),
             db_connect_timeout: Duration::from_secs(2),
+            ..DatabaseConfig::new(&self.url)
         }
     }
 
@@ -187,33 +182,20 @@ impl RaisedPolicy {
 
 /// Serve configuration on free loopback ports against `db`, with the example policy.
 pub fn serve_config(db: &TestDb) -> ServeConfig {
+    let loopback = "127.0.0.1:0".parse().unwrap();
     ServeConfig {
         database: db.database_config(),
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        metrics_addr: "127.0.0.1:0".parse().unwrap(),
-        policy_path: example_policy_path(),
+        grpc_addr: loopback,
+        metrics_addr: loopback,
         policy_reload_interval: Duration::from_millis(50),
-        skip_migrations: false,
         cache_capacity: 1_000,
-        cache_ttl: Duration::from_secs(30),
         negative_cache_capacity: 1_000,
-        negative_cache_ttl: Duration::from_secs(5),
-        cache_max_staleness: Duration::from_secs(900),
-        db_check_timeout: Duration::from_millis(250),
-        db_breaker_threshold: 5,
-        db_breaker_cool_down: Duration::from_secs(2),
         housekeeping_interval: OptionalDuration(None),
         startup_timeout: Duration::from_secs(10),
         shutdown_grace: Duration::from_secs(2),
-        last_used_interval: Duration::from_secs(60),
         last_used_flush_interval: Duration::from_millis(50),
-        force_stream_usage: true,
-        dynamic_metadata: true,
         http: HttpConfig::on_loopback(),
-        identity: identity_args_without_sources(),
-        limits: LimitsConfig::in_process(),
-        enforcement: EnforcementConfig::default(),
-        abuse: AbuseLimitsConfig::defaults(),
+        ..ServeConfig::new(&db.url, &example_policy_path())
     }
 }
 
