@@ -15,6 +15,9 @@ use crate::minting::validate_group_name;
 use crate::request_path::ModelFreePaths;
 use crate::tls::CaBundle;
 
+/// The `--help` heading of the settings most operators never change (README: *Expert tuning*).
+pub const EXPERT_TUNING: &str = "Expert tuning";
+
 /// maas-authz: API-key ext_authz server and key tools for an LLM Models-as-a-Service gateway.
 #[derive(Debug, Parser)]
 #[command(name = "maas-authz", version, about)]
@@ -76,13 +79,13 @@ pub struct DatabaseConfig {
     )]
     pub tenant: String,
     /// Connections in the query pool.
-    #[arg(long, env = "MAAS_AUTHZ_DB_POOL_SIZE", value_name = "MAAS_AUTHZ_DB_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_DB_POOL_SIZE", value_name = "MAAS_AUTHZ_DB_POOL_SIZE", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub db_pool_size: u16,
     /// Longest a statement may take, waiting for a connection included.
-    #[arg(long, env = "MAAS_AUTHZ_DB_QUERY_TIMEOUT", value_name = "MAAS_AUTHZ_DB_QUERY_TIMEOUT", default_value = "1s", value_parser = positive_duration)]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_DB_QUERY_TIMEOUT", value_name = "MAAS_AUTHZ_DB_QUERY_TIMEOUT", default_value = "1s", value_parser = positive_duration)]
     pub db_query_timeout: Duration,
     /// Longest a new connection may take.
-    #[arg(long, env = "MAAS_AUTHZ_DB_CONNECT_TIMEOUT", value_name = "MAAS_AUTHZ_DB_CONNECT_TIMEOUT", default_value = "3s", value_parser = positive_duration)]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_DB_CONNECT_TIMEOUT", value_name = "MAAS_AUTHZ_DB_CONNECT_TIMEOUT", default_value = "3s", value_parser = positive_duration)]
     pub db_connect_timeout: Duration,
     /// PEM file of the CA certificates the database server's certificate must lead to, read at
     /// start-up (DATABASE_URL then needs sslmode=verify-full, verify-ca or require; libpq's
@@ -120,10 +123,10 @@ pub struct ServeConfig {
     )]
     pub policy_path: PathBuf,
     /// How often the policy files are checked for changes.
-    #[arg(long, env = "MAAS_AUTHZ_POLICY_RELOAD_INTERVAL", value_name = "MAAS_AUTHZ_POLICY_RELOAD_INTERVAL", default_value = "2s", value_parser = positive_duration)]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_POLICY_RELOAD_INTERVAL", value_name = "MAAS_AUTHZ_POLICY_RELOAD_INTERVAL", default_value = "2s", value_parser = positive_duration)]
     pub policy_reload_interval: Duration,
     /// Do not apply pending migrations at start-up (run `maas-authz migrate` yourself).
-    #[arg(
+    #[arg(help_heading = EXPERT_TUNING,
         long,
         env = "MAAS_AUTHZ_SKIP_MIGRATIONS",
         value_name = "MAAS_AUTHZ_SKIP_MIGRATIONS",
@@ -131,60 +134,60 @@ pub struct ServeConfig {
     )]
     pub skip_migrations: bool,
     /// Keys held in the cache.
-    #[arg(long, env = "MAAS_AUTHZ_CACHE_CAPACITY", value_name = "MAAS_AUTHZ_CACHE_CAPACITY", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_CACHE_CAPACITY", value_name = "MAAS_AUTHZ_CACHE_CAPACITY", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub cache_capacity: u64,
     /// Longest a cached key is trusted without re-reading it (status and expiry are still
     /// judged on every request; revocations on this replica evict at once).
-    #[arg(long, env = "MAAS_AUTHZ_CACHE_TTL", value_name = "MAAS_AUTHZ_CACHE_TTL", default_value = "30s", value_parser = positive_duration)]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_CACHE_TTL", value_name = "MAAS_AUTHZ_CACHE_TTL", default_value = "30s", value_parser = positive_duration)]
     pub cache_ttl: Duration,
     /// Unknown key hashes remembered, to spare the database from repeated junk.
-    #[arg(long, env = "MAAS_AUTHZ_NEGATIVE_CACHE_CAPACITY", value_name = "MAAS_AUTHZ_NEGATIVE_CACHE_CAPACITY", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_NEGATIVE_CACHE_CAPACITY", value_name = "MAAS_AUTHZ_NEGATIVE_CACHE_CAPACITY", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub negative_cache_capacity: u64,
-    #[arg(long, env = "MAAS_AUTHZ_NEGATIVE_CACHE_TTL", value_name = "MAAS_AUTHZ_NEGATIVE_CACHE_TTL", default_value = "5s", value_parser = positive_duration)]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_NEGATIVE_CACHE_TTL", value_name = "MAAS_AUTHZ_NEGATIVE_CACHE_TTL", default_value = "5s", value_parser = positive_duration)]
     pub negative_cache_ttl: Duration,
     /// While the database is unreachable, how old a cached key may get and still be used
     /// (stale-if-error; status and expiry are still judged per request). At or below
     /// MAAS_AUTHZ_CACHE_TTL, cached keys stop working when their TTL is over.
-    #[arg(long, env = "MAAS_AUTHZ_CACHE_MAX_STALENESS", value_name = "MAAS_AUTHZ_CACHE_MAX_STALENESS", default_value = "15m", value_parser = positive_duration)]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_CACHE_MAX_STALENESS", value_name = "MAAS_AUTHZ_CACHE_MAX_STALENESS", default_value = "15m", value_parser = positive_duration)]
     pub cache_max_staleness: Duration,
     /// Longest the Check path waits for a key lookup in the database, connection included
     /// (shorter than MAAS_AUTHZ_DB_QUERY_TIMEOUT: an unknown key should fail fast).
-    #[arg(long, env = "MAAS_AUTHZ_DB_CHECK_TIMEOUT", value_name = "MAAS_AUTHZ_DB_CHECK_TIMEOUT", default_value = "250ms", value_parser = positive_duration)]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_DB_CHECK_TIMEOUT", value_name = "MAAS_AUTHZ_DB_CHECK_TIMEOUT", default_value = "250ms", value_parser = positive_duration)]
     pub db_check_timeout: Duration,
     /// Consecutive database failures (unreachable, timed out) that open the circuit breaker.
-    #[arg(long, env = "MAAS_AUTHZ_DB_BREAKER_THRESHOLD", value_name = "MAAS_AUTHZ_DB_BREAKER_THRESHOLD", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_DB_BREAKER_THRESHOLD", value_name = "MAAS_AUTHZ_DB_BREAKER_THRESHOLD", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub db_breaker_threshold: u32,
     /// How long an open circuit breaker refuses database calls before one probe goes through;
     /// also how often the database is pinged for health.
-    #[arg(long, env = "MAAS_AUTHZ_DB_BREAKER_COOL_DOWN", value_name = "MAAS_AUTHZ_DB_BREAKER_COOL_DOWN", default_value = "2s", value_parser = positive_duration)]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_DB_BREAKER_COOL_DOWN", value_name = "MAAS_AUTHZ_DB_BREAKER_COOL_DOWN", default_value = "2s", value_parser = positive_duration)]
     pub db_breaker_cool_down: Duration,
     /// How often one replica deletes ephemeral keys more than 30 minutes past expiry
     /// (`0` or `off`: never; run `maas-authz cleanup` from a CronJob instead).
-    #[arg(long, env = "MAAS_AUTHZ_HOUSEKEEPING_INTERVAL", value_name = "MAAS_AUTHZ_HOUSEKEEPING_INTERVAL", default_value = "5m", value_parser = optional_duration)]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_HOUSEKEEPING_INTERVAL", value_name = "MAAS_AUTHZ_HOUSEKEEPING_INTERVAL", default_value = "5m", value_parser = optional_duration)]
     pub housekeeping_interval: OptionalDuration,
     /// How long to wait for the database at start-up before giving up.
-    #[arg(long, env = "MAAS_AUTHZ_STARTUP_TIMEOUT", value_name = "MAAS_AUTHZ_STARTUP_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_STARTUP_TIMEOUT", value_name = "MAAS_AUTHZ_STARTUP_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
     pub startup_timeout: Duration,
     /// How long in-flight requests may take to finish after SIGTERM.
-    #[arg(long, env = "MAAS_AUTHZ_SHUTDOWN_GRACE", value_name = "MAAS_AUTHZ_SHUTDOWN_GRACE", default_value = "10s", value_parser = positive_duration)]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_SHUTDOWN_GRACE", value_name = "MAAS_AUTHZ_SHUTDOWN_GRACE", default_value = "10s", value_parser = positive_duration)]
     pub shutdown_grace: Duration,
     /// Least time between two `last_used_at` writes for one key (Check never writes itself).
-    #[arg(long, env = "MAAS_AUTHZ_LAST_USED_INTERVAL", value_name = "MAAS_AUTHZ_LAST_USED_INTERVAL", default_value = "60s", value_parser = positive_duration)]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_LAST_USED_INTERVAL", value_name = "MAAS_AUTHZ_LAST_USED_INTERVAL", default_value = "60s", value_parser = positive_duration)]
     pub last_used_interval: Duration,
     /// How often noted key uses are written, in one batched statement.
-    #[arg(long, env = "MAAS_AUTHZ_LAST_USED_FLUSH_INTERVAL", value_name = "MAAS_AUTHZ_LAST_USED_FLUSH_INTERVAL", default_value = "5s", value_parser = positive_duration)]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_LAST_USED_FLUSH_INTERVAL", value_name = "MAAS_AUTHZ_LAST_USED_FLUSH_INTERVAL", default_value = "5s", value_parser = positive_duration)]
     pub last_used_flush_interval: Duration,
     /// Token meter (Envoy ext_proc): add `stream_options.include_usage` to streaming chat and
     /// completion requests that lack it, so their tokens are metered; the usage chunk the client
     /// did not ask for is then removed from its stream.
-    #[arg(long, env = "MAAS_AUTHZ_FORCE_STREAM_USAGE", value_name = "MAAS_AUTHZ_FORCE_STREAM_USAGE", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_FORCE_STREAM_USAGE", value_name = "MAAS_AUTHZ_FORCE_STREAM_USAGE", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub force_stream_usage: bool,
     /// Return Check's identity as ext_authz dynamic metadata (user, groups, key id,
     /// subscription, tier, model, selected_subscription_key) for Envoy's later filters (rate
     /// limit, access log). `false` spares Envoy ingesting it on every request (about a fifth of
     /// its per-request CPU in BENCHMARKS.md) where nothing reads it. The token meter does not
     /// read it: it trusts only the signed identity assertion header.
-    #[arg(long, env = "MAAS_AUTHZ_DYNAMIC_METADATA", value_name = "MAAS_AUTHZ_DYNAMIC_METADATA", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_DYNAMIC_METADATA", value_name = "MAAS_AUTHZ_DYNAMIC_METADATA", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub dynamic_metadata: bool,
     #[command(flatten)]
     pub http: HttpConfig,
@@ -209,11 +212,11 @@ pub struct EnforcementConfig {
     pub identity_signing_keys: Option<SecretSetting>,
     /// Comma-separated canonical paths (each with everything under it) that a valid key may call
     /// without naming a model, e.g. `/v1/tokenize`. Empty: every request must name a model.
-    #[arg(long, env = "MAAS_AUTHZ_MODEL_FREE_PATHS", value_name = "MAAS_AUTHZ_MODEL_FREE_PATHS", default_value = "", value_parser = model_free_paths)]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_MODEL_FREE_PATHS", value_name = "MAAS_AUTHZ_MODEL_FREE_PATHS", default_value = "", value_parser = model_free_paths)]
     pub model_free_paths: ModelFreePaths,
     /// Largest request body on a model route; larger ones are refused with 413 (never passed
     /// unmetered). Envoy's per-connection buffer must be at least this large.
-    #[arg(long, env = "MAAS_AUTHZ_METER_MAX_REQUEST_BYTES", value_name = "MAAS_AUTHZ_METER_MAX_REQUEST_BYTES", default_value_t = crate::grpc::ext_proc::DEFAULT_MAX_REQUEST_BYTES as u64, value_parser = clap::value_parser!(u64).range(1024..=(256 * 1024 * 1024)))]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_METER_MAX_REQUEST_BYTES", value_name = "MAAS_AUTHZ_METER_MAX_REQUEST_BYTES", default_value_t = crate::grpc::ext_proc::DEFAULT_MAX_REQUEST_BYTES as u64, value_parser = clap::value_parser!(u64).range(1024..=(256 * 1024 * 1024)))]
     pub meter_max_request_bytes: u64,
 }
 
@@ -291,10 +294,10 @@ pub struct LimitsConfig {
     pub redis_ca_file: Option<CaBundle>,
     /// Longest one Redis operation (connecting included) may take; keep it well under Envoy's
     /// ext_authz timeout.
-    #[arg(long, env = "MAAS_AUTHZ_REDIS_TIMEOUT", value_name = "MAAS_AUTHZ_REDIS_TIMEOUT", default_value = "100ms", value_parser = positive_duration)]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_REDIS_TIMEOUT", value_name = "MAAS_AUTHZ_REDIS_TIMEOUT", default_value = "100ms", value_parser = positive_duration)]
     pub redis_timeout: Duration,
     /// Prefix of every counter key in Redis, to share one Redis between deployments.
-    #[arg(
+    #[arg(help_heading = EXPERT_TUNING,
         long,
         env = "MAAS_AUTHZ_REDIS_KEY_PREFIX",
         value_name = "MAAS_AUTHZ_REDIS_KEY_PREFIX",
@@ -303,7 +306,7 @@ pub struct LimitsConfig {
     pub redis_key_prefix: String,
     /// When Redis does not answer: `allow` the request uncounted (default: limits protect
     /// capacity, not access, so a Redis outage should not stop inference) or `deny` it (503).
-    #[arg(
+    #[arg(help_heading = EXPERT_TUNING,
         long,
         env = "MAAS_AUTHZ_LIMITS_ON_REDIS_ERROR",
         value_name = "MAAS_AUTHZ_LIMITS_ON_REDIS_ERROR",
@@ -368,24 +371,24 @@ pub struct AbuseLimitsConfig {
     /// Database lookups per second (this replica) for well-formed keys that no cache holds;
     /// beyond it (and its burst) Check answers 429 `unknown_key_rate_limited` without a query.
     /// Cached keys never count. `off`: unbounded.
-    #[arg(long, env = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUPS_PER_SECOND", value_name = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUPS_PER_SECOND", default_value = "1000", value_parser = optional_rate)]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUPS_PER_SECOND", value_name = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUPS_PER_SECOND", default_value = "1000", value_parser = optional_rate)]
     pub unknown_key_lookups_per_second: OptionalRate,
     /// How many such lookups may run at once before the rate applies.
-    #[arg(long, env = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUP_BURST", value_name = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUP_BURST", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUP_BURST", value_name = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUP_BURST", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub unknown_key_lookup_burst: u32,
     /// The same budget per client address (Envoy's `source.address`; IPv6 by /64). `off`
     /// where Envoy sees only a load balancer's address rather than the clients'.
-    #[arg(long, env = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUPS_PER_SECOND_PER_PEER", value_name = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUPS_PER_SECOND_PER_PEER", default_value = "100", value_parser = optional_rate)]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUPS_PER_SECOND_PER_PEER", value_name = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUPS_PER_SECOND_PER_PEER", default_value = "100", value_parser = optional_rate)]
     pub unknown_key_lookups_per_second_per_peer: OptionalRate,
     /// How many lookups one client address may cause at once before its rate applies.
-    #[arg(long, env = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUP_BURST_PER_PEER", value_name = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUP_BURST_PER_PEER", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUP_BURST_PER_PEER", value_name = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUP_BURST_PER_PEER", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub unknown_key_lookup_burst_per_peer: u32,
     /// Kubernetes TokenReviews per second (this replica) for REST bearer tokens not reviewed
     /// recently; beyond it (and its burst) the REST API answers 429. `off`: unbounded.
-    #[arg(long, env = "MAAS_AUTHZ_TOKEN_REVIEWS_PER_SECOND", value_name = "MAAS_AUTHZ_TOKEN_REVIEWS_PER_SECOND", default_value = "100", value_parser = optional_rate)]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_TOKEN_REVIEWS_PER_SECOND", value_name = "MAAS_AUTHZ_TOKEN_REVIEWS_PER_SECOND", default_value = "100", value_parser = optional_rate)]
     pub token_reviews_per_second: OptionalRate,
     /// How many TokenReviews may run at once before the rate applies.
-    #[arg(long, env = "MAAS_AUTHZ_TOKEN_REVIEW_BURST", value_name = "MAAS_AUTHZ_TOKEN_REVIEW_BURST", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_TOKEN_REVIEW_BURST", value_name = "MAAS_AUTHZ_TOKEN_REVIEW_BURST", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub token_review_burst: u32,
 }
 
@@ -493,10 +496,10 @@ pub struct HttpConfig {
     #[arg(long, env = "MAAS_AUTHZ_API_KEY_MAX_EXPIRATION_DAYS", value_name = "MAAS_AUTHZ_API_KEY_MAX_EXPIRATION_DAYS", default_value_t = 90, value_parser = clap::value_parser!(u32).range(1..=36_500))]
     pub api_key_max_expiration_days: u32,
     /// Longest lifetime of an access token from `POST /v1/tokens` (at least 10m).
-    #[arg(long, env = "MAAS_AUTHZ_TOKEN_MAX_EXPIRATION", value_name = "MAAS_AUTHZ_TOKEN_MAX_EXPIRATION", default_value = "24h", value_parser = token_max_expiration)]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_TOKEN_MAX_EXPIRATION", value_name = "MAAS_AUTHZ_TOKEN_MAX_EXPIRATION", default_value = "24h", value_parser = token_max_expiration)]
     pub token_max_expiration: Duration,
     /// Longest a REST request may take, reading its body included.
-    #[arg(long, env = "MAAS_AUTHZ_HTTP_REQUEST_TIMEOUT", value_name = "MAAS_AUTHZ_HTTP_REQUEST_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_HTTP_REQUEST_TIMEOUT", value_name = "MAAS_AUTHZ_HTTP_REQUEST_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
     pub http_request_timeout: Duration,
 }
 
@@ -535,7 +538,7 @@ pub struct IdentitySettings {
     pub oidc_audience: Option<String>,
     /// JWT claim holding the username (default `sub`); as the Kubernetes API server's
     /// `--oidc-username-claim`. Pick a claim users cannot edit at the issuer.
-    #[arg(
+    #[arg(help_heading = EXPERT_TUNING,
         long,
         env = "MAAS_AUTHZ_OIDC_USERNAME_CLAIM",
         value_name = "MAAS_AUTHZ_OIDC_USERNAME_CLAIM",
@@ -544,7 +547,7 @@ pub struct IdentitySettings {
     pub oidc_username_claim: Option<String>,
     /// Put before every OIDC username; unset or empty: `<issuer>#` unless the claim is `email`;
     /// `-`: no prefix (as `--oidc-username-prefix`).
-    #[arg(
+    #[arg(help_heading = EXPERT_TUNING,
         long,
         env = "MAAS_AUTHZ_OIDC_USERNAME_PREFIX",
         value_name = "MAAS_AUTHZ_OIDC_USERNAME_PREFIX",
@@ -552,7 +555,7 @@ pub struct IdentitySettings {
     )]
     pub oidc_username_prefix: Option<String>,
     /// JWT claim holding the groups (default `groups`): a list of strings, or one string.
-    #[arg(
+    #[arg(help_heading = EXPERT_TUNING,
         long,
         env = "MAAS_AUTHZ_OIDC_GROUPS_CLAIM",
         value_name = "MAAS_AUTHZ_OIDC_GROUPS_CLAIM",
@@ -560,7 +563,7 @@ pub struct IdentitySettings {
     )]
     pub oidc_groups_claim: Option<String>,
     /// Put before every OIDC group (default: none), e.g. `oidc:`.
-    #[arg(
+    #[arg(help_heading = EXPERT_TUNING,
         long,
         env = "MAAS_AUTHZ_OIDC_GROUPS_PREFIX",
         value_name = "MAAS_AUTHZ_OIDC_GROUPS_PREFIX",
@@ -953,9 +956,12 @@ mod tests {
         assert!(error.contains("(or 0/off to disable)"), "{error}");
     }
 
-    /// Every variable the CLI reads, from every subcommand, with its default (if any).
-    fn variables_in_code() -> BTreeMap<String, Option<String>> {
-        fn walk(command: &clap::Command, found: &mut BTreeMap<String, Option<String>>) {
+    /// A variable as `--help` shows it: its default (if any) and whether it is expert tuning.
+    type InCode = (Option<String>, bool);
+
+    /// Every variable the CLI reads, from every subcommand.
+    fn variables_in_code() -> BTreeMap<String, InCode> {
+        fn walk(command: &clap::Command, found: &mut BTreeMap<String, InCode>) {
             for argument in command.get_arguments() {
                 if let Some(variable) = argument.get_env() {
                     let default = argument.get_default_values();
@@ -963,7 +969,8 @@ mod tests {
                         let values: Vec<_> = default.iter().map(|v| v.to_string_lossy()).collect();
                         values.join(",")
                     });
-                    found.insert(variable.to_string_lossy().into_owned(), default);
+                    let expert = argument.get_help_heading() == Some(EXPERT_TUNING);
+                    found.insert(variable.to_string_lossy().into_owned(), (default, expert));
                 }
             }
             for subcommand in command.get_subcommands() {
@@ -975,9 +982,11 @@ mod tests {
         found
     }
 
-    /// The rows of README's configuration tables: the variables of a row (`A` / `B`) with the
-    /// defaults written in its second cell (`x` / `y`), when there is one per variable.
-    fn rows_in_readme() -> Vec<(Vec<String>, Vec<String>)> {
+    /// A row of README's configuration tables: its variables (`A` / `B`), the defaults written
+    /// in its second cell (`x` / `y`), and whether it is in the *Expert tuning* table.
+    type ReadmeRow = (Vec<String>, Vec<String>, bool);
+
+    fn rows_in_readme() -> Vec<ReadmeRow> {
         let readme = include_str!("../README.md");
         let section = readme
             .split("\n## Configuration\n")
@@ -991,17 +1000,18 @@ mod tests {
                 .map(str::to_owned)
                 .collect()
         };
-        section
-            .lines()
-            .filter(|line| line.starts_with("| `"))
-            .map(|line| {
+        let mut expert = false;
+        let mut rows = Vec::new();
+        for line in section.lines() {
+            if line.starts_with("### ") {
+                expert = line == "### Expert tuning";
+            } else if line.starts_with("| `") {
                 let cells: Vec<&str> = line.split(" | ").collect();
-                (
-                    backticked(cells[0]),
-                    backticked(cells.get(1).copied().unwrap_or("")),
-                )
-            })
-            .collect()
+                let defaults = backticked(cells.get(1).copied().unwrap_or(""));
+                rows.push((backticked(cells[0]), defaults, expert));
+            }
+        }
+        rows
     }
 
     #[test]
@@ -1009,7 +1019,7 @@ mod tests {
         let in_code: BTreeSet<String> = variables_in_code().into_keys().collect();
         let in_readme: BTreeSet<String> = rows_in_readme()
             .into_iter()
-            .flat_map(|(names, _)| names)
+            .flat_map(|(names, _, _)| names)
             .collect();
 
         let undocumented: Vec<_> = in_code.difference(&in_readme).collect();
@@ -1026,13 +1036,13 @@ mod tests {
         let in_code = variables_in_code();
         let mut wrong = Vec::new();
 
-        for (names, defaults) in rows_in_readme() {
+        for (names, defaults, _) in rows_in_readme() {
             if names.len() != defaults.len() {
                 continue; // a default in words, e.g. "(unset: off)"
             }
             for (name, documented) in names.iter().zip(&defaults) {
                 // Without a default in the flag, the default is applied later, in words.
-                if let Some(Some(actual)) = in_code.get(name)
+                if let Some((Some(actual), _)) = in_code.get(name)
                     && actual != documented
                 {
                     wrong.push(format!(
@@ -1042,6 +1052,26 @@ mod tests {
             }
         }
         assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    #[test]
+    fn the_readme_puts_exactly_the_expert_knobs_of_help_in_its_expert_table() {
+        let in_code = variables_in_code();
+        let mut misplaced = Vec::new();
+
+        for (names, _, in_expert_table) in rows_in_readme() {
+            for name in names {
+                if let Some((_, expert)) = in_code.get(&name)
+                    && *expert != in_expert_table
+                {
+                    misplaced.push(name);
+                }
+            }
+        }
+        assert!(
+            misplaced.is_empty(),
+            "in README's other table than `--help` puts them: {misplaced:?}"
+        );
     }
 
     #[test]
