@@ -14,6 +14,10 @@
 # Envoy with ext_authz disabled on the model routes shows what Envoy alone costs, and a
 # fourth, deploy/envoy/envoy.yaml unchanged (Check and the token meter), what metering adds.
 # The request is not streamed, so the meter reads one JSON body per request.
+# With BENCH_REFERENCE_BIN, a second maas-authz (another build, e.g. the last release) serves a
+# fifth Envoy, measured in the same rounds, so a change is compared with its reference in one
+# run. Besides throughput, each row gives the CPU the ext_authz server process spent per request
+# (utime+stime from /proc/<pid>/stat over the run, divided by the requests wrk completed).
 # Everything it started is stopped on exit.
 #
 # Usage:
@@ -32,6 +36,9 @@
 #   BENCH_DYNAMIC_METADATA=true  MAAS_AUTHZ_DYNAMIC_METADATA for maas-authz: `false` leaves the
 #                             identity metadata out of allow answers (only with BENCH_LIMITS=false),
 #                             which shows what Envoy spends ingesting it (BENCHMARKS.md section 0)
+#   BENCH_REFERENCE_BIN=      a maas-authz binary to compare with in the same run (a reference
+#                             build, e.g. `git worktree add /tmp/ref v0.1.0 && cargo build
+#                             --release` there); ports BASE+14..BASE+19 must then be free too
 #   MAAS_AUTHZ_NO_INSTALL=1   never apt-get install wrk
 #   plus everything ensure-postgres.sh and ensure-python-venv.sh read.
 #
@@ -67,6 +74,13 @@ readonly BARE_ENVOY_PORT=$((BASE + 10))
 readonly BARE_ADMIN_PORT=$((BASE + 11))
 readonly METER_ENVOY_PORT=$((BASE + 12))
 readonly METER_ADMIN_PORT=$((BASE + 13))
+readonly REF_GRPC_PORT=$((BASE + 14))
+readonly REF_HTTP_PORT=$((BASE + 15))
+readonly REF_INTERNAL_PORT=$((BASE + 16))
+readonly REF_METRICS_PORT=$((BASE + 17))
+readonly REF_ENVOY_PORT=$((BASE + 18))
+readonly REF_ADMIN_PORT=$((BASE + 19))
+readonly REFERENCE_BIN="${BENCH_REFERENCE_BIN:-}"
 readonly DB_NAME="maas_authz_bench"
 STATE_DIR=""
 
@@ -137,13 +151,31 @@ status_of() { # status_of URL [KEY]
         -d "$BODY" "$1/simulator/v1/chat/completions"
 }
 
-# run_wrk LABEL URL DURATION: prints "LABEL rps p50 p90 p99 non2xx" (latencies in ms).
+# cpu_ticks PID: the user+system CPU time the process has spent, in clock ticks.
+cpu_ticks() {
+    # Fields 14 and 15 of /proc/PID/stat, counted after the command name's closing parenthesis.
+    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
+
+# pid_of NAME: the PID of a process start() started.
+pid_of() {
+    local i
+    for i in "${!NAMES[@]}"; do
+        [[ "${NAMES[$i]}" == "$1" ]] && { printf '%s\n' "${PIDS[$i]}"; return 0; }
+    done
+    die "no process named $1"
+}
+
+# run_wrk LABEL URL DURATION [PID]: prints "LABEL rps p50 p90 p99 non2xx cpu" (latencies in ms;
+# cpu: µs of PID's CPU per completed request, `-` without a PID).
 run_wrk() {
-    local label="$1" url="$2" duration="$3" out
+    local label="$1" url="$2" duration="$3" pid="${4:-}" out before=0 after=0
+    [[ -n "$pid" ]] && before="$(cpu_ticks "$pid")"
     out="$(BENCH_KEY="$KEY" BENCH_BODY="$BODY" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$duration" --latency \
         -s "$STATE_DIR/request.lua" "$url/simulator/v1/chat/completions")"
+    [[ -n "$pid" ]] && after="$(cpu_ticks "$pid")"
     printf '%s\n' "$out" >>"$STATE_DIR/wrk.log"
-    awk -v label="$label" '
+    awk -v label="$label" -v ticks="$((after - before))" -v hz="$(getconf CLK_TCK)" -v has_pid="${pid:+1}" '
         function ms(v) {
             if (v ~ /us$/) { sub(/us$/, "", v); return v / 1000 }
             if (v ~ /ms$/) { sub(/ms$/, "", v); return v + 0 }
@@ -154,9 +186,13 @@ run_wrk() {
         /^ +90%/ { p90 = ms($2) }
         /^ +99%/ { p99 = ms($2) }
         /Requests\/sec:/ { rps = $2 }
+        / requests in / { requests = $1 }
         /Non-2xx or 3xx responses:/ { bad = $5 }
         /Socket errors:/ { bad = bad "+sock" }
-        END { printf "%s %s %.3f %.3f %.3f %s\n", label, rps, p50, p90, p99, (bad == "" ? 0 : bad) }
+        END {
+            cpu = (has_pid && requests > 0) ? sprintf("%.1f", ticks * 1e6 / hz / requests) : "-"
+            printf "%s %s %.3f %.3f %.3f %s %s\n", label, rps, p50, p90, p99, (bad == "" ? 0 : bad), cpu
+        }
     ' <<<"$out"
 }
 
@@ -174,7 +210,12 @@ main() {
     have curl || die "curl not found"
     ensure_wrk
     local port
-    for port in $(seq "$BASE" $((BASE + 13))); do
+    local last_port=$((BASE + 13))
+    if [[ -n "$REFERENCE_BIN" ]]; then
+        [[ -x "$REFERENCE_BIN" ]] || die "BENCH_REFERENCE_BIN=$REFERENCE_BIN is not an executable"
+        last_port=$((BASE + 19))
+    fi
+    for port in $(seq "$BASE" "$last_port"); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             die "port $port on 127.0.0.1 is in use; set BENCH_PORT_BASE"
         fi
@@ -241,6 +282,22 @@ EOF
         "$envoy" --mode validate -c "$STATE_DIR/envoy-$variant.yaml" >/dev/null 2>&1 ||
             die "could not derive the $variant Envoy configuration from deploy/envoy/envoy.yaml"
     done
+    if [[ -n "$REFERENCE_BIN" ]]; then
+        start reference env RUST_LOG=warn \
+            MAAS_AUTHZ_GRPC_ADDR="127.0.0.1:$REF_GRPC_PORT" MAAS_AUTHZ_METRICS_ADDR="127.0.0.1:$REF_METRICS_PORT" \
+            MAAS_AUTHZ_HTTP_ADDR="127.0.0.1:$REF_HTTP_PORT" MAAS_AUTHZ_INTERNAL_ADDR="127.0.0.1:$REF_INTERNAL_PORT" \
+            MAAS_AUTHZ_SKIP_MIGRATIONS=true MAAS_AUTHZ_LIMITS_ENABLED="$LIMITS" \
+            MAAS_AUTHZ_DYNAMIC_METADATA="$DYNAMIC_METADATA" "$REFERENCE_BIN" serve
+        render "$STATE_DIR/envoy-reference.yaml" "$REF_ENVOY_PORT" "$REF_ADMIN_PORT" "$REF_GRPC_PORT"
+        sed -i -E 's/^( *)  (check_settings: \{ context_extensions: .*)$/\1  \2\n\1envoy.filters.http.ext_proc: *ext_proc_off/' \
+            "$STATE_DIR/envoy-reference.yaml"
+        "$envoy" --mode validate -c "$STATE_DIR/envoy-reference.yaml" >/dev/null 2>&1 ||
+            die "could not derive the reference Envoy configuration"
+        wait_ready reference "http://127.0.0.1:$REF_METRICS_PORT/metrics"
+        start envoy-reference "$envoy" -c "$STATE_DIR/envoy-reference.yaml" --use-dynamic-base-id \
+            --concurrency "$ENVOY_CONCURRENCY" --log-level warn
+        wait_ready envoy-reference "http://127.0.0.1:$REF_ADMIN_PORT/ready" LIVE
+    fi
     wait_ready maas-authz "http://127.0.0.1:$METRICS_PORT/metrics"
     wait_ready simulator "http://127.0.0.1:$SIM_PORT/health"
     start envoy-authz "$envoy" -c "$STATE_DIR/envoy-authz.yaml" --use-dynamic-base-id \
@@ -258,6 +315,13 @@ EOF
 
     local authz_url="http://127.0.0.1:$AUTHZ_ENVOY_PORT" noop_url="http://127.0.0.1:$NOOP_ENVOY_PORT" s
     local bare_url="http://127.0.0.1:$BARE_ENVOY_PORT" meter_url="http://127.0.0.1:$METER_ENVOY_PORT"
+    local ref_url="http://127.0.0.1:$REF_ENVOY_PORT"
+    if [[ -n "$REFERENCE_BIN" ]]; then
+        s="$(status_of "$ref_url" "$KEY")"
+        [[ "$s" == 200 ]] || die "Envoy+reference answered $s to the bench request (wanted 200)"
+        s="$(status_of "$ref_url")"
+        [[ "$s" == 401 ]] || die "Envoy+reference answered $s without a key (wanted 401)"
+    fi
     s="$(status_of "$authz_url" "$KEY")"
     [[ "$s" == 200 ]] || die "Envoy+maas-authz answered $s to the bench request (wanted 200)"
     s="$(status_of "$authz_url")"
@@ -280,28 +344,39 @@ EOF
     run_wrk warmup "$authz_url" 3s >/dev/null
     run_wrk warmup "$bare_url" 3s >/dev/null
     run_wrk warmup "$meter_url" 3s >/dev/null
+    [[ -z "$REFERENCE_BIN" ]] || run_wrk warmup "$ref_url" 3s >/dev/null
+    # The do-nothing ext_authz shares the simulator's process, so its CPU is not shown.
+    local authz_pid ref_pid=""
+    authz_pid="$(pid_of maas-authz)"
+    [[ -z "$REFERENCE_BIN" ]] || ref_pid="$(pid_of reference)"
     log "measuring: wrk -t$THREADS -c$CONNECTIONS -d$DURATION, Envoy --concurrency $ENVOY_CONCURRENCY, $ROUNDS round(s)"
     local results=() round
     for ((round = 1; round <= ROUNDS; round++)); do
         results+=("$(run_wrk "do-nothing#$round" "$noop_url" "$DURATION")")
-        results+=("$(run_wrk "maas-authz#$round" "$authz_url" "$DURATION")")
-        results+=("$(run_wrk "+meter#$round" "$meter_url" "$DURATION")")
+        if [[ -n "$REFERENCE_BIN" ]]; then
+            results+=("$(run_wrk "reference#$round" "$ref_url" "$DURATION" "$ref_pid")")
+        fi
+        results+=("$(run_wrk "maas-authz#$round" "$authz_url" "$DURATION" "$authz_pid")")
+        results+=("$(run_wrk "+meter#$round" "$meter_url" "$DURATION" "$authz_pid")")
     done
     results+=("$(run_wrk "none" "$bare_url" "$DURATION")")
 
     printf '\nEnvoy 1.40 -> ext_authz -> simulator, POST /simulator/v1/chat/completions, wrk -t%s -c%s -d%s, %s cores\n' \
         "$THREADS" "$CONNECTIONS" "$DURATION" "$(nproc)"
-    printf '%-14s %10s %9s %9s %9s %8s\n' "ext_authz" "req/s" "p50 ms" "p90 ms" "p99 ms" "non-2xx"
+    printf '%-14s %10s %9s %9s %9s %8s %12s\n' "ext_authz" "req/s" "p50 ms" "p90 ms" "p99 ms" "non-2xx" "µs CPU/req"
     local line
     for line in "${results[@]}"; do
         # shellcheck disable=SC2086 # fields are split on purpose
-        printf '%-14s %10s %9s %9s %9s %8s\n' $line
+        printf '%-14s %10s %9s %9s %9s %8s %12s\n' $line
     done
     printf '%s\n' "${results[@]}" | awk '
         $1 ~ /^do-nothing/ { n++; base += $2 }
         $1 ~ /^maas-authz/ { m++; authz += $2 }
         $1 ~ /^\+meter/ { k++; meter += $2 }
+        $1 ~ /^reference/ { r++; ref += $2; ref_cpu += $7 }
+        $1 ~ /^maas-authz/ { authz_cpu += $7 }
         END {
+            if (r && m && ref > 0) printf "\nmaas-authz / reference throughput: %.1f%%, CPU per request: %.1f%%\n", 100 * (authz / m) / (ref / r), (ref_cpu > 0 ? 100 * (authz_cpu / m) / (ref_cpu / r) : 0)
             if (n && m && base > 0) printf "\nmaas-authz / do-nothing throughput: %.1f%%\n", 100 * (authz / m) / (base / n)
             if (m && k && authz > 0) printf "maas-authz+meter / maas-authz throughput: %.1f%%\n", 100 * (meter / k) / (authz / m)
         }'
