@@ -21,7 +21,8 @@ use maas_authz::assertion::SigningKeys;
 use maas_authz::authorizer::{Authorizer, CheckInput, Decision, DenyReason};
 use maas_authz::cache::{CacheSettings, KeyCache};
 use maas_authz::grpc::check_request::CheckAttributes;
-use maas_authz::grpc::ext_authz::{ExtAuthzService, check_response};
+use maas_authz::grpc::check_response::check_response;
+use maas_authz::grpc::ext_authz::ExtAuthzService;
 use maas_authz::key::{ApiKey, KeyHash};
 use maas_authz::last_used::LastUsedTracker;
 use maas_authz::limits::{InProcessCounterStore, Limiter};
@@ -170,9 +171,9 @@ struct Fixture {
     authorizer: Arc<Authorizer<MemoryStore>>,
     /// `authorizer` with request and token limits counted in process.
     limited: Arc<Authorizer<MemoryStore>>,
-    metered: Arc<Authorizer<MemoryStore, Arc<Metrics>>>,
+    metered: Arc<Authorizer<MemoryStore>>,
     /// `metered` with limits in process, as `serve` runs without Redis.
-    metered_limited: Arc<Authorizer<MemoryStore, Arc<Metrics>>>,
+    metered_limited: Arc<Authorizer<MemoryStore>>,
     metrics: Arc<Metrics>,
     /// `Bearer <key>` for each minted key; the first is the single hot key.
     bearers: Vec<String>,
@@ -200,7 +201,7 @@ impl Fixture {
             store.clone(),
             KeyCache::new(cache_settings()),
             policy.clone(),
-            (),
+            Arc::new(()),
         ));
         let high_limits = example_policy_with_high_limits();
         let limiter = |observer: Arc<Metrics>| {
@@ -218,7 +219,7 @@ impl Fixture {
                 store.clone(),
                 KeyCache::new(cache_settings()),
                 high_limits.clone(),
-                (),
+                Arc::new(()),
             )
             .with_limiter(limiter(metrics.clone())),
         );
@@ -456,7 +457,7 @@ fn bench_adapter(c: &mut Criterion, fixture: &Fixture) {
         signing.clone(),
     );
     let decode_and_check = |service, message: &Bytes| {
-        let service: &ExtAuthzService<_, _, _> = service;
+        let service: &ExtAuthzService<_> = service;
         let message = message.clone();
         async move {
             let request = CheckAttributes::decode(black_box(message)).unwrap();

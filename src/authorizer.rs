@@ -335,17 +335,17 @@ impl CheckObserver for () {
 }
 
 /// Decides Check requests from the key store, its cache and the current policy.
-pub struct Authorizer<S, O = ()> {
+pub struct Authorizer<S> {
     store: Arc<S>,
     cache: KeyCache,
     policy: Arc<ArcSwap<Policy>>,
-    observer: O,
+    observer: Arc<dyn CheckObserver>,
     last_used: Option<Arc<LastUsedTracker>>,
     limiter: Option<Arc<Limiter>>,
     model_free: ModelFreePaths,
 }
 
-impl<S, O> std::fmt::Debug for Authorizer<S, O> {
+impl<S> std::fmt::Debug for Authorizer<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authorizer")
             .field("cache", &self.cache)
@@ -353,8 +353,13 @@ impl<S, O> std::fmt::Debug for Authorizer<S, O> {
     }
 }
 
-impl<S: KeyStore, O: CheckObserver> Authorizer<S, O> {
-    pub fn new(store: Arc<S>, cache: KeyCache, policy: Arc<ArcSwap<Policy>>, observer: O) -> Self {
+impl<S: KeyStore> Authorizer<S> {
+    pub fn new(
+        store: Arc<S>,
+        cache: KeyCache,
+        policy: Arc<ArcSwap<Policy>>,
+        observer: Arc<dyn CheckObserver>,
+    ) -> Self {
         Self {
             store,
             cache,
@@ -378,10 +383,6 @@ impl<S: KeyStore, O: CheckObserver> Authorizer<S, O> {
         self
     }
 
-    pub fn limiter(&self) -> Option<&Arc<Limiter>> {
-        self.limiter.as_ref()
-    }
-
     /// Notes every accepted key use in `tracker`, for the `last_used_at` write-behind.
     pub fn with_last_used(mut self, tracker: Arc<LastUsedTracker>) -> Self {
         self.last_used = Some(tracker);
@@ -396,14 +397,6 @@ impl<S: KeyStore, O: CheckObserver> Authorizer<S, O> {
 
     pub fn cache(&self) -> &KeyCache {
         &self.cache
-    }
-
-    pub fn store(&self) -> &Arc<S> {
-        &self.store
-    }
-
-    pub fn policy(&self) -> Arc<Policy> {
-        self.policy.load_full()
     }
 
     /// Decides one request at `now`.

@@ -5,11 +5,10 @@ use std::io::Write;
 use anyhow::{Context, bail};
 use chrono::Utc;
 
-use crate::config::{DatabaseConfig, KeysAction, KeysCommand, KeysCreate};
+use crate::config::{DatabaseConfig, KeysAction, KeysCommand, KeysCreate, pg_settings};
 use crate::keys::EPHEMERAL_CLEANUP_GRACE;
 use crate::minting::{MintRequest, mint_key};
 use crate::policy::Policy;
-use crate::serve::pg_settings;
 use crate::store::postgres::{NoQueryObserver, PgKeyStore};
 use crate::store::{KeyAdminStore, KeyRecordId, KeyStore};
 
@@ -18,7 +17,10 @@ pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
 
 /// Runs one `keys` action, writing results to `out` (standard output in production).
 pub async fn run_keys(command: KeysCommand, out: &mut impl Write) -> anyhow::Result<()> {
-    let store = PgKeyStore::connect(&pg_settings(&command.database), NoQueryObserver)?;
+    let store = PgKeyStore::connect(
+        &pg_settings(&command.database),
+        std::sync::Arc::new(NoQueryObserver),
+    )?;
     match command.action {
         KeysAction::Create(create) => create_key(&store, create, out).await,
         KeysAction::Revoke { id } => {
@@ -70,7 +72,7 @@ pub async fn run_keys(command: KeysCommand, out: &mut impl Write) -> anyhow::Res
 
 /// Deletes ephemeral keys past the cleanup grace, as `POST /internal/v1/api-keys/cleanup` does.
 pub async fn run_cleanup(database: &DatabaseConfig) -> anyhow::Result<()> {
-    let store = PgKeyStore::connect(&pg_settings(database), NoQueryObserver)?;
+    let store = PgKeyStore::connect(&pg_settings(database), std::sync::Arc::new(NoQueryObserver))?;
     let deleted = store
         .delete_expired_ephemeral_keys(EPHEMERAL_CLEANUP_GRACE)
         .await

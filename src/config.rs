@@ -13,6 +13,8 @@ use crate::duration::parse_duration;
 use crate::lookup_budget::{BudgetSettings, Rate};
 use crate::minting::validate_group_name;
 use crate::request_path::ModelFreePaths;
+use crate::store::connect::{PgEndpoint, PgEndpointError};
+use crate::store::postgres::PgSettings;
 use crate::tls::CaBundle;
 
 /// The `--help` heading of the settings most operators never change (README: *Expert tuning*).
@@ -785,6 +787,23 @@ fn groups_prefix(value: &str) -> Result<String, String> {
         );
     }
     Ok(value.to_owned())
+}
+
+/// Settings for the pool, from the shared database configuration.
+pub fn pg_settings(database: &DatabaseConfig) -> PgSettings {
+    PgSettings {
+        database_url: database.database_url.clone(),
+        database_ca_file: database.database_ca_file.clone(),
+        tenant: database.tenant.clone(),
+        pool_size: usize::from(database.db_pool_size),
+        query_timeout: database.db_query_timeout,
+        connect_timeout: database.db_connect_timeout,
+    }
+}
+
+/// Where the database is and how to reach it (TLS included), from the shared configuration.
+pub fn pg_endpoint(database: &DatabaseConfig) -> Result<PgEndpoint, PgEndpointError> {
+    PgEndpoint::new(&database.database_url, database.database_ca_file.as_ref())
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::keys::EPHEMERAL_CLEANUP_GRACE;
-use crate::serve::ServedStore;
+use crate::store::served::ServedStore;
 
 /// Runs a housekeeping pass every `every` until `shutdown` completes; the first pass runs one
 /// interval after start-up, so a rollout does not stampede the database.

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 
-use crate::authorizer::{Authorizer, CheckObserver};
+use crate::cache::KeyCache;
 use crate::duration::{DurationError, format_go_duration, parse_duration};
 use crate::identity::{Caller, CredentialKind};
 use crate::minting::{
@@ -14,6 +15,7 @@ use crate::minting::{
     mint_key_within_limit, reject_reserved_labels, too_many_active_keys_message, validate_labels,
     validate_lifetime,
 };
+use crate::policy::Policy;
 use crate::store::{
     KeyAdminStore, KeyPage, KeyRecord, KeyRecordId, KeySearch, KeySortField, KeyStatus,
     RevocationScope, SortOrder, StoreError,
@@ -151,13 +153,16 @@ impl From<MintError> for KeyError {
     }
 }
 
-/// The key-management operations, over the authorizer's store, cache and policy.
-pub struct KeyManager<S, O> {
-    authorizer: Arc<Authorizer<S, O>>,
+/// The key-management operations, over the key store, the key cache Check reads (revocations
+/// evict from it) and the current policy.
+pub struct KeyManager<S> {
+    store: Arc<S>,
+    cache: KeyCache,
+    policy: Arc<ArcSwap<Policy>>,
     settings: KeyPolicySettings,
 }
 
-impl<S, O> std::fmt::Debug for KeyManager<S, O> {
+impl<S> std::fmt::Debug for KeyManager<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyManager")
             .field("settings", &self.settings)
@@ -165,20 +170,23 @@ impl<S, O> std::fmt::Debug for KeyManager<S, O> {
     }
 }
 
-impl<S: KeyAdminStore, O: CheckObserver> KeyManager<S, O> {
-    pub fn new(authorizer: Arc<Authorizer<S, O>>, settings: KeyPolicySettings) -> Self {
+impl<S: KeyAdminStore> KeyManager<S> {
+    pub fn new(
+        store: Arc<S>,
+        cache: KeyCache,
+        policy: Arc<ArcSwap<Policy>>,
+        settings: KeyPolicySettings,
+    ) -> Self {
         Self {
-            authorizer,
+            store,
+            cache,
+            policy,
             settings,
         }
     }
 
     pub fn settings(&self) -> KeyPolicySettings {
         self.settings
-    }
-
-    pub fn authorizer(&self) -> &Arc<Authorizer<S, O>> {
-        &self.authorizer
     }
 
     /// Mints a key for the caller, bound to the requested or their highest-priority subscription,
@@ -306,18 +314,13 @@ impl<S: KeyAdminStore, O: CheckObserver> KeyManager<S, O> {
             limit: limit.min(MAX_PAGE_SIZE),
             offset,
         };
-        Ok(self.authorizer.store().search_keys(&search).await?)
+        Ok(self.store.search_keys(&search).await?)
     }
 
     /// One key's metadata, if it is the caller's (or the caller is an admin).
     pub async fn get_key(&self, caller: &Caller, id: &str) -> Result<KeyRecord, KeyError> {
         let id = KeyRecordId::parse(id).map_err(|_| KeyError::NotFound)?;
-        let record = self
-            .authorizer
-            .store()
-            .find_by_id(id)
-            .await?
-            .ok_or(KeyError::NotFound)?;
+        let record = self.store.find_by_id(id).await?.ok_or(KeyError::NotFound)?;
         if record.username != caller.username && !caller.is_admin() {
             return Err(KeyError::NotFound);
         }
@@ -329,12 +332,11 @@ impl<S: KeyAdminStore, O: CheckObserver> KeyManager<S, O> {
     pub async fn revoke_key(&self, caller: &Caller, id: &str) -> Result<KeyRecord, KeyError> {
         let record = self.get_key(caller, id).await?;
         let revoked = self
-            .authorizer
-            .store()
+            .store
             .revoke_key(record.id)
             .await?
             .ok_or(KeyError::NotFound)?;
-        self.authorizer.cache().invalidate(&revoked.key_hash).await;
+        self.cache.invalidate(&revoked.key_hash).await;
         tracing::info!(key_id = %revoked.id, owner = %revoked.username, revoked_by = %caller.username, "API key revoked");
         Ok(revoked)
     }
@@ -362,7 +364,7 @@ impl<S: KeyAdminStore, O: CheckObserver> KeyManager<S, O> {
             subscription: subscription.map(|s| self.stored_subscription_name(&s)),
             labels_contain: Labels::new(),
         };
-        let store = self.authorizer.store();
+        let store = &self.store;
         if request.dry_run {
             let count = store.count_revocable_keys(&scope).await?;
             return Ok(BulkRevocation {
@@ -435,7 +437,7 @@ impl<S: KeyAdminStore, O: CheckObserver> KeyManager<S, O> {
         labels: Labels,
         now: DateTime<Utc>,
     ) -> Result<MintedKey, KeyError> {
-        let store = self.authorizer.store().as_ref();
+        let store = self.store.as_ref();
         Ok(match self.settings.max_active_keys_per_user {
             Some(limit) => mint_key_within_limit(store, request, labels, now, limit).await?,
             None => mint_key_with_labels(store, request, labels, now).await?,
@@ -457,8 +459,7 @@ impl<S: KeyAdminStore, O: CheckObserver> KeyManager<S, O> {
     /// Deletes ephemeral keys (and tokens) more than [`EPHEMERAL_CLEANUP_GRACE`] past expiry.
     pub async fn clean_up_ephemeral_keys(&self) -> Result<u64, KeyError> {
         let deleted = self
-            .authorizer
-            .store()
+            .store
             .delete_expired_ephemeral_keys(EPHEMERAL_CLEANUP_GRACE)
             .await?;
         tracing::info!(deleted, "expired ephemeral keys cleaned up");
@@ -466,9 +467,9 @@ impl<S: KeyAdminStore, O: CheckObserver> KeyManager<S, O> {
     }
 
     async fn revoke_and_evict(&self, scope: &RevocationScope) -> Result<u64, KeyError> {
-        let hashes = self.authorizer.store().revoke_keys(scope).await?;
+        let hashes = self.store.revoke_keys(scope).await?;
         for hash in &hashes {
-            self.authorizer.cache().invalidate(hash).await;
+            self.cache.invalidate(hash).await;
         }
         Ok(hashes.len() as u64)
     }
@@ -481,7 +482,7 @@ impl<S: KeyAdminStore, O: CheckObserver> KeyManager<S, O> {
         caller: &Caller,
         requested: Option<&str>,
     ) -> Result<String, KeyError> {
-        let policy = self.authorizer.policy();
+        let policy = self.policy.load_full();
         let chosen = match requested.map(str::trim).filter(|s| !s.is_empty()) {
             Some(reference) => policy.find_subscription(reference).filter(|subscription| {
                 policy.subscription_accessible(subscription, &caller.username, &caller.groups)
@@ -497,8 +498,8 @@ impl<S: KeyAdminStore, O: CheckObserver> KeyManager<S, O> {
     /// to it, anything else is compared as given.
     fn stored_subscription_name(&self, reference: &str) -> String {
         let reference = reference.trim();
-        self.authorizer
-            .policy()
+        self.policy
+            .load()
             .find_subscription(reference)
             .map_or_else(|| reference.to_owned(), |s| s.name.clone())
     }

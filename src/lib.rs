@@ -4,6 +4,7 @@
 //! [`keys`], [`catalog`], [`identity`], [`cache`], [`lookup_budget`], [`limits`], [`usage`], [`duration`]. Edges: [`grpc`], [`http`],
 //! [`store`], [`tls`], [`cli`], [`serve`], [`metrics`].
 
+pub mod app;
 pub mod assertion;
 pub mod authorizer;
 pub mod breaker;

@@ -10,7 +10,7 @@ async fn main() -> std::process::ExitCode {
     let outcome = match cli.command {
         Command::Serve(config) => maas_authz::serve::run(*config).await,
         Command::Migrate(database) => {
-            maas_authz::serve::migrate(&database, database.db_connect_timeout).await
+            maas_authz::app::migrate(&database, database.db_connect_timeout).await
         }
         Command::Keys(keys) => maas_authz::cli::run_keys(keys, &mut std::io::stdout()).await,
         Command::Cleanup(database) => maas_authz::cli::run_cleanup(&database).await,

@@ -385,7 +385,7 @@ impl TokenSink for Metrics {
     }
 }
 
-impl DecisionObserver for std::sync::Arc<Metrics> {
+impl DecisionObserver for Metrics {
     fn observe_allow(&self, elapsed: Duration) {
         self.allowed.inc();
         self.check_seconds.observe(elapsed.as_secs_f64());
@@ -402,7 +402,7 @@ impl DecisionObserver for std::sync::Arc<Metrics> {
     }
 }
 
-impl CheckObserver for std::sync::Arc<Metrics> {
+impl CheckObserver for Metrics {
     fn observe_cache(&self, outcome: CacheOutcome) {
         match outcome {
             CacheOutcome::Hit => self.cache_hit.inc(),
@@ -413,7 +413,7 @@ impl CheckObserver for std::sync::Arc<Metrics> {
     }
 }
 
-impl QueryObserver for std::sync::Arc<Metrics> {
+impl QueryObserver for Metrics {
     fn observe_query(&self, statement: &'static str, elapsed: Duration, ok: bool) {
         self.query_seconds
             .with_label_values(&[statement])

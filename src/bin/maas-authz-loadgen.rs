@@ -39,10 +39,10 @@ use maas_authz::config::{
     ServeConfig,
 };
 
+use maas_authz::app::{Application, RunningServer};
 use maas_authz::grpc::socket::copying;
 use maas_authz::key::ApiKey;
 use maas_authz::minting::{MintRequest, mint_key};
-use maas_authz::serve::{RunningServer, start};
 use maas_authz::store::postgres::{NoQueryObserver, PgKeyStore, PgSettings};
 use prost::Message as _;
 use prost::bytes::{BufMut as _, Bytes};
@@ -302,7 +302,7 @@ async fn with_server(args: &Args, database_url: &str) -> anyhow::Result<()> {
         LimitsMode::Off => None,
         LimitsMode::InProcess | LimitsMode::Redis => Some(RaisedPolicy::write(&args.policy_path)?),
     };
-    let server = start(serve_config(
+    let server = Application::build(serve_config(
         args,
         database_url,
         raised_policy.as_ref().map(|raised| raised.dir.clone()),
@@ -415,7 +415,7 @@ async fn mint_keys(database_url: &str, tenant: &str, count: u32) -> anyhow::Resu
             query_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
         },
-        NoQueryObserver,
+        Arc::new(NoQueryObserver),
     )?;
     let mut keys = Vec::with_capacity(count as usize);
     for i in 0..count {

@@ -9,84 +9,34 @@
 
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
-use prost::Message;
 use prost::bytes::{Buf, BufMut};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::codegen::{Body, BoxFuture, Bytes, Context, Poll, Service, StdError, http};
+use tonic::codegen::{Body, BoxFuture, Context, Poll, Service, StdError, http};
 use tonic::{Request, Response, Status};
 
-use crate::authorizer::CheckObserver;
 use crate::grpc::check_request::CheckAttributes;
-use crate::grpc::ext_authz::{DecisionObserver, ExtAuthzService};
+use crate::grpc::check_response::EncodedCheckResponse;
+use crate::grpc::ext_authz::ExtAuthzService;
 use crate::store::KeyStore;
 
 /// The gRPC service name Envoy calls (and the name the health service reports).
 pub const SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
 const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 
-/// A `CheckResponse` in its protobuf wire form, cheap to clone and to send: one encoded message,
-/// optionally followed by a second one that the receiver merges into it (protobuf's rule for a
-/// message that appears twice), so a memoised answer can take per-request parts without a copy.
-#[derive(Clone, PartialEq, Eq)]
-pub struct EncodedCheckResponse {
-    head: Bytes,
-    tail: Bytes,
-}
-
-impl EncodedCheckResponse {
-    pub fn encode(message: &CheckResponse) -> Self {
-        Self {
-            head: Bytes::from(message.encode_to_vec()),
-            tail: Bytes::new(),
-        }
-    }
-
-    /// This answer with `more` merged in after it (replacing any earlier tail).
-    pub fn followed_by(self, more: Option<EncodedCheckResponse>) -> Self {
-        match more {
-            Some(more) => Self {
-                head: self.head,
-                tail: more.head,
-            },
-            None => self,
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.head.len() + self.tail.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The message these bytes encode, as the receiver reads it (for tests and benchmarks).
-    pub fn decode(&self) -> Result<CheckResponse, prost::DecodeError> {
-        CheckResponse::decode(self.head.clone().chain(self.tail.clone()))
-    }
-}
-
-impl std::fmt::Debug for EncodedCheckResponse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "EncodedCheckResponse({} bytes)", self.len())
-    }
-}
-
 /// Serves Check from an [`ExtAuthzService`]; add it to a tonic `Server` like a generated server.
-pub struct CheckServer<S, O, D> {
-    service: Arc<ExtAuthzService<S, O, D>>,
+pub struct CheckServer<S> {
+    service: Arc<ExtAuthzService<S>>,
 }
 
-impl<S, O, D> CheckServer<S, O, D> {
-    pub fn new(service: ExtAuthzService<S, O, D>) -> Self {
+impl<S> CheckServer<S> {
+    pub fn new(service: ExtAuthzService<S>) -> Self {
         Self {
             service: Arc::new(service),
         }
     }
 }
 
-impl<S, O, D> Clone for CheckServer<S, O, D> {
+impl<S> Clone for CheckServer<S> {
     fn clone(&self) -> Self {
         Self {
             service: Arc::clone(&self.service),
@@ -94,21 +44,19 @@ impl<S, O, D> Clone for CheckServer<S, O, D> {
     }
 }
 
-impl<S, O, D> std::fmt::Debug for CheckServer<S, O, D> {
+impl<S> std::fmt::Debug for CheckServer<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CheckServer").finish_non_exhaustive()
     }
 }
 
-impl<S, O, D> tonic::server::NamedService for CheckServer<S, O, D> {
+impl<S> tonic::server::NamedService for CheckServer<S> {
     const NAME: &'static str = SERVICE_NAME;
 }
 
-impl<S, O, D, B> Service<http::Request<B>> for CheckServer<S, O, D>
+impl<S, B> Service<http::Request<B>> for CheckServer<S>
 where
     S: KeyStore,
-    O: CheckObserver,
-    D: DecisionObserver,
     B: Body + Send + 'static,
     B::Error: Into<StdError> + Send + 'static,
 {
@@ -134,13 +82,11 @@ where
 }
 
 /// The unary method: decide, then hand back the encoded answer.
-struct CheckMethod<S, O, D>(Arc<ExtAuthzService<S, O, D>>);
+struct CheckMethod<S>(Arc<ExtAuthzService<S>>);
 
-impl<S, O, D> tonic::server::UnaryService<CheckAttributes> for CheckMethod<S, O, D>
+impl<S> tonic::server::UnaryService<CheckAttributes> for CheckMethod<S>
 where
     S: KeyStore,
-    O: CheckObserver,
-    D: DecisionObserver,
 {
     type Response = EncodedCheckResponse;
     type Future = BoxFuture<Response<EncodedCheckResponse>, Status>;

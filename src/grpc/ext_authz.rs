@@ -1,39 +1,24 @@
 //! Envoy's `envoy.service.auth.v3.Authorization/Check`, translated to and from the [`Authorizer`].
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use envoy_types::pb::envoy::config::core::v3::{
-    HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
-};
 use envoy_types::pb::envoy::service::auth::v3::{
-    CheckResponse, DeniedHttpResponse, OkHttpResponse, check_response::HttpResponse,
+    CheckResponse, OkHttpResponse, check_response::HttpResponse,
 };
-use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode as HttpStatusCode};
-use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
-use envoy_types::pb::google::rpc;
 use tonic::Status;
 
-use crate::assertion::{HEADER_IDENTITY_ASSERTION, SigningKeys};
+use crate::assertion::SigningKeys;
 use crate::authorizer::{
-    Allowed, Authorizer, CheckError, CheckInput, CheckObserver, Decision, DenialKind, Denied,
-    DenyReason,
+    Allowed, Authorizer, CheckError, CheckInput, Decision, Denied, DenyReason,
 };
 use crate::grpc::check_request::CheckAttributes;
-use crate::grpc::check_server::EncodedCheckResponse;
-use crate::limits::{LimitStatus, WindowStatus, retry_after_seconds};
-use crate::store::{KeyStore, StoreError};
-
-/// Identity headers we own: always overwritten, so a client's copy never reaches the model.
-pub const HEADER_USERNAME: &str = "x-maas-username";
-pub const HEADER_GROUP: &str = "x-maas-group";
-pub const HEADER_SUBSCRIPTION: &str = "x-maas-subscription";
-pub const HEADER_TIER: &str = "x-maas-tier";
-pub const HEADER_KEY_ID: &str = "x-maas-key-id";
-/// Carries the denial reason to the client (as Authorino does).
-pub const HEADER_REASON: &str = "x-ext-auth-reason";
+use crate::grpc::check_response::{
+    EncodedCheckResponse, allow_response, check_response, deny_response, rate_limit_headers,
+};
+use crate::limits::LimitStatus;
+use crate::store::KeyStore;
 
 /// Observes each Check's outcome and latency (implemented by the metrics module).
 pub trait DecisionObserver: Send + Sync + 'static {
@@ -50,9 +35,9 @@ impl DecisionObserver for () {
 
 /// Envoy's ext_authz Check: extracts the request parts, asks the [`Authorizer`], answers encoded.
 /// Served by [`crate::grpc::check_server::CheckServer`].
-pub struct ExtAuthzService<S, O, D> {
-    authorizer: Arc<Authorizer<S, O>>,
-    observer: D,
+pub struct ExtAuthzService<S> {
+    authorizer: Arc<Authorizer<S>>,
+    observer: Arc<dyn DecisionObserver>,
     responses: ResponseMemo,
 }
 
@@ -60,15 +45,19 @@ pub struct ExtAuthzService<S, O, D> {
 /// inside the assertion's validity ([`crate::assertion::MAX_AGE`]).
 const ASSERTION_REFRESH_SECONDS: i64 = 30;
 
-impl<S, O, D> std::fmt::Debug for ExtAuthzService<S, O, D> {
+impl<S> std::fmt::Debug for ExtAuthzService<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ExtAuthzService").finish_non_exhaustive()
     }
 }
 
-impl<S, O, D> ExtAuthzService<S, O, D> {
+impl<S> ExtAuthzService<S> {
     /// `signing` signs the identity assertion every allow answer carries for the token meter.
-    pub fn new(authorizer: Arc<Authorizer<S, O>>, observer: D, signing: Arc<SigningKeys>) -> Self {
+    pub fn new(
+        authorizer: Arc<Authorizer<S>>,
+        observer: Arc<dyn DecisionObserver>,
+        signing: Arc<SigningKeys>,
+    ) -> Self {
         Self {
             authorizer,
             observer,
@@ -85,7 +74,7 @@ impl<S, O, D> ExtAuthzService<S, O, D> {
     }
 }
 
-impl<S: KeyStore, O: CheckObserver, D: DecisionObserver> ExtAuthzService<S, O, D> {
+impl<S: KeyStore> ExtAuthzService<S> {
     /// Decides one Check request and returns the answer's wire form (see [`check_response`]).
     pub async fn check(&self, request: &CheckAttributes) -> Result<EncodedCheckResponse, Status> {
         let started = Instant::now();
@@ -237,268 +226,16 @@ fn same_allow_answer(a: &Allowed, b: &Allowed) -> bool {
         && a.credentials == b.credentials
 }
 
-/// Maps a decision to what Envoy does with it:
-/// - allow → gRPC OK with `ok_response`: Envoy forwards the request with our identity headers
-///   set (overwriting any client copies), the identity assertion for the token meter (signed
-///   with `signing` at `now_unix`), the credential headers removed, and `dynamic_metadata`
-///   handed to later filters (rate limit, access log) under `envoy.filters.http.ext_authz`;
-/// - deny → `denied_response`: Envoy answers the client itself with our status, headers and JSON
-///   body, and the request never reaches the model;
-/// - error → the RPC fails with `UNAVAILABLE`: Envoy applies its failure mode
-///   (`failure_mode_allow`, else `status_on_error`), so we never allow what we could not check.
-pub fn check_response(
-    outcome: Result<Decision, CheckError>,
-    signing: &SigningKeys,
-    now_unix: i64,
-) -> Result<CheckResponse, Status> {
-    match outcome {
-        Ok(Decision::Allow(allowed)) => {
-            let mut response = allow_response(&allowed, signing, now_unix);
-            // To the client's response (not upstream): where it stands against its limits.
-            if let (Some(HttpResponse::OkResponse(ok)), Some(limits)) =
-                (response.http_response.as_mut(), allowed.limits.as_ref())
-            {
-                ok.response_headers_to_add = rate_limit_headers(limits);
-            }
-            Ok(response)
-        }
-        Ok(Decision::Deny(denied)) => {
-            let mut response = deny_answer(&denied);
-            if let Some(HttpResponse::DeniedResponse(answer)) = response.http_response.as_mut() {
-                if let Some(limits) = &denied.limits {
-                    answer.headers.extend(rate_limit_headers(limits));
-                }
-                if let Some(wait) = denied.retry_after {
-                    let seconds = retry_after_seconds(wait).to_string();
-                    answer.headers.push(overwrite("retry-after", &seconds));
-                }
-            }
-            Ok(response)
-        }
-        Err(CheckError::StoreUnavailable(error)) => {
-            // While the breaker is open every uncached key fails here, thousands a second: the
-            // breaker's own transitions, the metrics and `/ready` already tell the operator.
-            if matches!(error, StoreError::CircuitOpen) {
-                tracing::debug!(%error, "check failed: key store unavailable");
-            } else {
-                tracing::warn!(%error, "check failed: key store unavailable");
-            }
-            Err(Status::unavailable("key store unavailable"))
-        }
-        // MAAS_AUTHZ_LIMITS_ON_REDIS_ERROR=deny: the gateway's failure mode (503), not a 429
-        // that would tell the client it is over a limit it may not be over.
-        Err(CheckError::LimitsUnavailable(error)) => {
-            tracing::warn!(%error, "check failed: counter store unavailable");
-            Err(Status::unavailable("counter store unavailable"))
-        }
-        // The authorizer answers this as a denial itself; the same 429 should one arrive here.
-        // A denial (not UNAVAILABLE) because Envoy's failure mode may be set to allow, and a
-        // flood must never be able to buy its way in by exhausting the budget.
-        Err(CheckError::UnknownKeyThrottled(throttled)) => check_response(
-            Ok(Decision::Deny(Denied {
-                retry_after: Some(throttled.retry_after),
-                ..Denied::new(DenyReason::UnknownKeyRateLimited)
-            })),
-            signing,
-            now_unix,
-        ),
-    }
-}
-
-/// OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` for the tightest window of
-/// each kind. The reset is a Go-style duration rounded up to whole seconds (`45s`, `1m0s`), as
-/// OpenAI writes it.
-fn rate_limit_headers(limits: &LimitStatus) -> Vec<HeaderValueOption> {
-    const REQUESTS: [&str; 3] = [
-        "x-ratelimit-limit-requests",
-        "x-ratelimit-remaining-requests",
-        "x-ratelimit-reset-requests",
-    ];
-    const TOKENS: [&str; 3] = [
-        "x-ratelimit-limit-tokens",
-        "x-ratelimit-remaining-tokens",
-        "x-ratelimit-reset-tokens",
-    ];
-    let mut headers = Vec::with_capacity(6);
-    let mut add = |[limit, remaining, reset]: [&str; 3], window: &WindowStatus| {
-        let reset_after = std::time::Duration::from_secs(retry_after_seconds(window.reset_after));
-        headers.push(overwrite(limit, &window.limit.to_string()));
-        headers.push(overwrite(remaining, &window.remaining().to_string()));
-        headers.push(overwrite(
-            reset,
-            &crate::duration::format_go_duration(reset_after),
-        ));
-    };
-    if let Some(window) = &limits.requests {
-        add(REQUESTS, window);
-    }
-    if let Some(window) = &limits.tokens {
-        add(TOKENS, window);
-    }
-    headers
-}
-
-/// The allow answer. Reads only what `same_allow_answer` compares (and the signing time, which
-/// the memo tracks itself): keep the two in step.
-fn allow_response(allowed: &Allowed, signing: &SigningKeys, now_unix: i64) -> CheckResponse {
-    let key = &allowed.key;
-    let groups_json = serde_json::to_string(&key.groups).unwrap_or_else(|_| "[]".to_owned());
-    let key_id = key.id.to_string();
-    let model = allowed
-        .model
-        .as_ref()
-        .map(|m| format!("{}/{}", m.namespace, m.name))
-        .unwrap_or_default();
-    let headers = vec![
-        overwrite(HEADER_USERNAME, &key.username),
-        overwrite(HEADER_GROUP, &groups_json),
-        overwrite(HEADER_SUBSCRIPTION, &allowed.subscription),
-        overwrite(HEADER_TIER, &allowed.tier),
-        overwrite(HEADER_KEY_ID, &key_id),
-        overwrite(
-            HEADER_IDENTITY_ASSERTION,
-            &signing.sign(&allowed.identity_assertion(now_unix)),
-        ),
-    ];
-    let mut headers_to_remove = Vec::with_capacity(2);
-    if allowed.credentials.authorization {
-        headers_to_remove.push("authorization".to_owned());
-    }
-    if allowed.credentials.x_api_key {
-        headers_to_remove.push("x-api-key".to_owned());
-    }
-    let metadata = Struct {
-        fields: HashMap::from([
-            ("user".to_owned(), string_value(&key.username)),
-            ("userid".to_owned(), string_value(&key.username)),
-            (
-                "groups".to_owned(),
-                Value {
-                    kind: Some(Kind::ListValue(ListValue {
-                        values: key.groups.iter().map(|g| string_value(g)).collect(),
-                    })),
-                },
-            ),
-            ("groups_str".to_owned(), string_value(&key.groups.join(","))),
-            ("key_id".to_owned(), string_value(&key_id)),
-            ("key_name".to_owned(), string_value(&key.name)),
-            (
-                "subscription".to_owned(),
-                string_value(&allowed.subscription),
-            ),
-            ("tier".to_owned(), string_value(&allowed.tier)),
-            ("model".to_owned(), string_value(&model)),
-            (
-                "selected_subscription_key".to_owned(),
-                string_value(&allowed.selected_subscription_key()),
-            ),
-        ]),
-    };
-    CheckResponse {
-        status: Some(rpc::Status {
-            code: tonic::Code::Ok as i32,
-            ..Default::default()
-        }),
-        dynamic_metadata: Some(metadata),
-        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-            headers,
-            headers_to_remove,
-            ..Default::default()
-        })),
-    }
-}
-
-fn deny_response(reason: DenyReason) -> CheckResponse {
-    deny_answer(&Denied::new(reason))
-}
-
-fn deny_answer(denied: &Denied) -> CheckResponse {
-    let reason = denied.reason;
-    let (http_status, rpc_code, error_type, code) = match reason.kind() {
-        DenialKind::BadRequest => (
-            HttpStatusCode::BadRequest,
-            tonic::Code::InvalidArgument,
-            "invalid_request_error",
-            reason.as_str(),
-        ),
-        DenialKind::Unauthenticated => (
-            HttpStatusCode::Unauthorized,
-            tonic::Code::Unauthenticated,
-            "invalid_request_error",
-            "invalid_api_key",
-        ),
-        DenialKind::Forbidden => (
-            HttpStatusCode::Forbidden,
-            tonic::Code::PermissionDenied,
-            "permission_error",
-            "access_denied",
-        ),
-        DenialKind::ModelNotFound => (
-            HttpStatusCode::NotFound,
-            tonic::Code::NotFound,
-            "invalid_request_error",
-            "model_not_found",
-        ),
-        DenialKind::RateLimited => (
-            HttpStatusCode::TooManyRequests,
-            tonic::Code::ResourceExhausted,
-            "rate_limit_error",
-            "rate_limit_exceeded",
-        ),
-    };
-    let body = serde_json::json!({
-        "error": { "message": denied.message(), "type": error_type, "code": code }
-    })
-    .to_string();
-    let mut headers = vec![
-        overwrite("content-type", "application/json"),
-        overwrite(HEADER_REASON, reason.as_str()),
-    ];
-    if reason.kind() == DenialKind::Unauthenticated {
-        headers.push(overwrite("www-authenticate", "Bearer"));
-    }
-    CheckResponse {
-        status: Some(rpc::Status {
-            code: rpc_code as i32,
-            message: reason.as_str().to_owned(),
-            details: Vec::new(),
-        }),
-        dynamic_metadata: None,
-        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
-            status: Some(HttpStatus {
-                code: http_status as i32,
-            }),
-            headers,
-            body,
-        })),
-    }
-}
-
-fn overwrite(key: &str, value: &str) -> HeaderValueOption {
-    HeaderValueOption {
-        header: Some(HeaderValue {
-            key: key.to_owned(),
-            value: value.to_owned(),
-            ..Default::default()
-        }),
-        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-        ..Default::default()
-    }
-}
-
-fn string_value(text: &str) -> Value {
-    Value {
-        kind: Some(Kind::StringValue(text.to_owned())),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
+    use crate::assertion::HEADER_IDENTITY_ASSERTION;
     use crate::authorizer::{CredentialHeaders, ResolvedModel};
+    use crate::grpc::check_response::*;
     use crate::key::ApiKey;
-    use crate::store::{KeyRecord, KeyRecordId, KeyStatus};
+    use crate::limits::WindowStatus;
+    use crate::store::{KeyRecord, KeyRecordId, KeyStatus, StoreError};
 
     use super::*;
 

@@ -4,18 +4,18 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use crate::authorizer::{Authorizer, CheckError, CheckObserver, KeyValidity};
+use crate::authorizer::{Authorizer, CheckError, KeyValidity};
 use crate::pb::key_validation_server::KeyValidation;
 use crate::pb::{ValidateRequest, ValidateResponse};
 use crate::store::KeyStore;
 
 /// The tonic service; shares the authorizer (and so the cache) with Check.
-pub struct KeyValidationService<S, O> {
-    authorizer: Arc<Authorizer<S, O>>,
+pub struct KeyValidationService<S> {
+    authorizer: Arc<Authorizer<S>>,
     tenant: String,
 }
 
-impl<S, O> std::fmt::Debug for KeyValidationService<S, O> {
+impl<S> std::fmt::Debug for KeyValidationService<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyValidationService")
             .field("tenant", &self.tenant)
@@ -23,14 +23,14 @@ impl<S, O> std::fmt::Debug for KeyValidationService<S, O> {
     }
 }
 
-impl<S, O> KeyValidationService<S, O> {
-    pub fn new(authorizer: Arc<Authorizer<S, O>>, tenant: String) -> Self {
+impl<S> KeyValidationService<S> {
+    pub fn new(authorizer: Arc<Authorizer<S>>, tenant: String) -> Self {
         Self { authorizer, tenant }
     }
 }
 
 #[tonic::async_trait]
-impl<S: KeyStore, O: CheckObserver> KeyValidation for KeyValidationService<S, O> {
+impl<S: KeyStore> KeyValidation for KeyValidationService<S> {
     /// OK with `valid` and, if invalid, upstream's reason; a store failure is `UNAVAILABLE`
     /// (the caller may retry), an empty key `INVALID_ARGUMENT` (upstream's 400 "key is required").
     async fn validate(

@@ -3,19 +3,19 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::SharedState;
-use super::body::read_json;
 use super::error::ApiError;
+use super::extract::JsonBody;
 use super::openapi::FlatError;
 use crate::duration::format_go_duration;
+use crate::identity::Caller;
 use crate::keys::{
     BulkRevoke, CreateKey, EPHEMERAL_MAX_LIFETIME, KeyError, LifetimeInput, SearchKeys,
 };
@@ -257,11 +257,9 @@ fn no_store(response: impl IntoResponse) -> Response {
 )]
 pub(super) async fn create_key(
     State(state): State<SharedState>,
-    headers: HeaderMap,
-    body: Body,
+    caller: Caller,
+    JsonBody(request): JsonBody<CreateApiKeyRequest>,
 ) -> Result<Response, ApiError> {
-    let caller = state.authenticate(&headers).await?;
-    let request: CreateApiKeyRequest = read_json(&headers, body).await?.unwrap_or_default();
     let create = CreateKey {
         name: request.name,
         description: request.description,
@@ -309,11 +307,9 @@ pub(super) async fn create_key(
 )]
 pub(super) async fn search_keys(
     State(state): State<SharedState>,
-    headers: HeaderMap,
-    body: Body,
+    caller: Caller,
+    JsonBody(request): JsonBody<SearchApiKeysRequest>,
 ) -> Result<Response, ApiError> {
-    let caller = state.authenticate(&headers).await?;
-    let request: SearchApiKeysRequest = read_json(&headers, body).await?.unwrap_or_default();
     let filters = request.filters.unwrap_or_default();
     let sort = request.sort.unwrap_or_default();
     let pagination = request.pagination.unwrap_or_default();
@@ -365,9 +361,8 @@ pub(super) async fn search_keys(
 pub(super) async fn get_key(
     State(state): State<SharedState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Response, ApiError> {
-    let caller = state.authenticate(&headers).await?;
     let record = state.keys.get_key(&caller, &id).await?;
     Ok(no_store(Json(ApiKeyView::new(record, Utc::now()))))
 }
@@ -388,9 +383,8 @@ pub(super) async fn get_key(
 pub(super) async fn revoke_key(
     State(state): State<SharedState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Response, ApiError> {
-    let caller = state.authenticate(&headers).await?;
     let record = state.keys.revoke_key(&caller, &id).await?;
     Ok(no_store(Json(ApiKeyView::new(record, Utc::now()))))
 }
@@ -410,11 +404,9 @@ pub(super) async fn revoke_key(
 )]
 pub(super) async fn bulk_revoke(
     State(state): State<SharedState>,
-    headers: HeaderMap,
-    body: Body,
+    caller: Caller,
+    JsonBody(request): JsonBody<BulkRevokeRequest>,
 ) -> Result<Response, ApiError> {
-    let caller = state.authenticate(&headers).await?;
-    let request: BulkRevokeRequest = read_json(&headers, body).await?.unwrap_or_default();
     let outcome = state
         .keys
         .bulk_revoke(
@@ -455,9 +447,8 @@ pub(super) async fn bulk_revoke(
 )]
 pub(super) async fn key_config(
     State(state): State<SharedState>,
-    headers: HeaderMap,
+    _caller: Caller,
 ) -> Result<Response, ApiError> {
-    state.authenticate(&headers).await?;
     Ok(Json(KeyConfigResponse {
         max_expiration_days: state.keys.settings().max_expiration_days,
         ephemeral_max_expiration: format_go_duration(EPHEMERAL_MAX_LIFETIME),

@@ -5,10 +5,21 @@ use axum::http::{HeaderMap, header};
 use futures::StreamExt;
 use serde::de::DeserializeOwned;
 
-use super::error::BodyError;
-
 /// Bodies larger than this are refused with 413, as upstream does.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Why a request body was refused before any handler logic ran.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    #[error("request body is larger than {} bytes", MAX_BODY_BYTES)]
+    TooLarge,
+    #[error("invalid JSON body: {0}")]
+    Malformed(String),
+    #[error("cannot read the request body")]
+    Unreadable,
+}
 
 /// Reads an optional JSON body: `Ok(None)` when there is none (or only whitespace), which every
 /// route treats as "all defaults". A body must be sent as `application/json` (or `…+json`):

@@ -10,10 +10,11 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::error::OpenAiError;
+use super::extract::OpenAiCaller;
 use super::openapi::OpenAiErrorBody;
 use super::{SharedState, public_base};
 use crate::catalog::{model_id, model_url, usable_subscriptions, visible_models};
-use crate::grpc::ext_authz::HEADER_SUBSCRIPTION;
+use crate::grpc::check_response::HEADER_SUBSCRIPTION;
 use crate::policy::{Policy, RateLimit, Subscription};
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -88,13 +89,13 @@ pub struct SubscriptionView {
 )]
 pub(super) async fn list_models(
     State(state): State<SharedState>,
+    OpenAiCaller(caller): OpenAiCaller,
     headers: HeaderMap,
 ) -> Result<Response, OpenAiError> {
-    let caller = state.authenticate(&headers).await?;
     let requested = headers
         .get(HEADER_SUBSCRIPTION)
         .and_then(|v| v.to_str().ok());
-    let policy = state.keys.authorizer().policy();
+    let policy = state.policy.load_full();
     let base = public_base(&state, &headers).unwrap_or_default();
     let data = visible_models(&policy, &caller, requested)?
         .into_iter()
@@ -139,10 +140,9 @@ pub(super) async fn list_models(
 )]
 pub(super) async fn list_subscriptions(
     State(state): State<SharedState>,
-    headers: HeaderMap,
+    OpenAiCaller(caller): OpenAiCaller,
 ) -> Result<Response, OpenAiError> {
-    let caller = state.authenticate(&headers).await?;
-    let policy = state.keys.authorizer().policy();
+    let policy = state.policy.load_full();
     let views: Vec<SubscriptionView> = usable_subscriptions(&policy, &caller, None)?
         .into_iter()
         .map(|subscription| subscription_view(&policy, subscription))

@@ -5,23 +5,11 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use super::body::BodyError;
 use crate::catalog::SubscriptionDenied;
 use crate::identity::AuthError;
 use crate::keys::KeyError;
 use crate::limits::{LimitError, retry_after_seconds};
-
-/// Why a request body was refused before any handler logic ran.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BodyError {
-    #[error("Content-Type must be application/json")]
-    UnsupportedMediaType,
-    #[error("request body is larger than {} bytes", super::body::MAX_BODY_BYTES)]
-    TooLarge,
-    #[error("invalid JSON body: {0}")]
-    Malformed(String),
-    #[error("cannot read the request body")]
-    Unreadable,
-}
 
 /// Everything a REST handler can fail with.
 #[derive(Debug, thiserror::Error)]

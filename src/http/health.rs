@@ -65,11 +65,11 @@ pub(super) async fn health() -> Json<HealthStatus> {
     )
 )]
 pub(super) async fn ready(State(state): State<SharedState>) -> (StatusCode, Json<HealthStatus>) {
-    let authorizer = state.keys.authorizer();
     let mut answer = HealthStatus::plain("ready");
     let mut counters_required = false;
-    if let Some(limiter) = authorizer
-        .limiter()
+    if let Some(limiter) = state
+        .limiter
+        .as_ref()
         .filter(|l| l.store_kind() != "in-process")
     {
         let up = match limiter.ping().await {
@@ -82,7 +82,7 @@ pub(super) async fn ready(State(state): State<SharedState>) -> (StatusCode, Json
         answer.counter_store = Some(if up { "up" } else { "down" });
         counters_required = !up && limiter.on_store_error() == OnStoreError::Deny;
     }
-    let store = authorizer.store();
+    let store = &state.store;
     let mut ready = !counters_required;
     if let Err(error) = store.ping().await {
         if store.has_reached_database() {

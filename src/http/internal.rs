@@ -1,14 +1,14 @@
 //! The internal listener's routes: upstream's validate callback and the ephemeral clean-up job.
 
+use std::sync::Arc;
+
 use axum::Json;
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
-use super::SharedState;
-use super::body::read_json;
+use super::InternalApi;
 use super::error::ApiError;
+use super::extract::JsonBody;
 use crate::authorizer::{CheckError, KeyValidity};
 use crate::identity::AuthError;
 
@@ -47,18 +47,15 @@ pub struct CleanupResponse {
 
 /// `POST /internal/v1/api-keys/validate`: 200 for every decision, valid or not.
 pub(super) async fn validate_key(
-    State(state): State<SharedState>,
-    headers: HeaderMap,
-    body: Body,
+    State(state): State<Arc<InternalApi>>,
+    JsonBody(request): JsonBody<ValidateRequest>,
 ) -> Result<Json<ValidationResult>, ApiError> {
-    let request: ValidateRequest = read_json(&headers, body).await?.unwrap_or_default();
     let key = request
         .key
         .filter(|key| !key.is_empty())
         .ok_or(ApiError::KeyRequired)?;
     let validity = state
-        .keys
-        .authorizer()
+        .authorizer
         .validate_key(&key, chrono::Utc::now())
         .await
         .map_err(|error: CheckError| match error {
@@ -100,7 +97,7 @@ pub(super) async fn validate_key(
 
 /// `POST /internal/v1/api-keys/cleanup`: deletes ephemeral keys 30 minutes past expiry.
 pub(super) async fn clean_up(
-    State(state): State<SharedState>,
+    State(state): State<Arc<InternalApi>>,
 ) -> Result<Json<CleanupResponse>, ApiError> {
     let deleted = state.keys.clean_up_ephemeral_keys().await?;
     Ok(Json(CleanupResponse {

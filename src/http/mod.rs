@@ -6,6 +6,7 @@ mod api_keys;
 pub mod body;
 mod catalog;
 pub mod error;
+pub mod extract;
 mod health;
 mod internal;
 mod openapi;
@@ -16,6 +17,7 @@ mod usage;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -26,10 +28,12 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::identity::{AuthError, Caller, IdentityResolver};
+use crate::authorizer::Authorizer;
+use crate::identity::IdentityResolver;
 use crate::keys::KeyManager;
-use crate::metrics::Metrics;
-use crate::serve::ServedStore;
+use crate::limits::Limiter;
+use crate::policy::Policy;
+use crate::store::served::ServedStore;
 use error::ApiError;
 
 pub use server::serve_http;
@@ -37,40 +41,52 @@ pub use server::serve_http;
 /// The prefix under which the gateway also exposes every public route.
 pub const GATEWAY_PREFIX: &str = "/maas-api";
 
-/// What the handlers share.
-pub struct ApiState {
-    pub keys: KeyManager<ServedStore, Arc<Metrics>>,
-    pub identity: IdentityResolver<ServedStore, Arc<Metrics>>,
+/// What the public routes need, and nothing else.
+pub struct PublicApi {
+    pub keys: Arc<KeyManager<ServedStore>>,
+    /// Authenticates callers (the [`extract::Caller`] extractor).
+    pub identity: Arc<IdentityResolver<ServedStore>>,
+    /// The current policy: model and subscription discovery, usage.
+    pub policy: Arc<ArcSwap<Policy>>,
+    /// The request and token limits (`None`: limits off), for usage and readiness.
+    pub limiter: Option<Arc<Limiter>>,
+    /// The key store, for readiness.
+    pub store: Arc<ServedStore>,
     /// `MAAS_AUTHZ_PUBLIC_URL`, without a trailing `/`.
     pub public_url: Option<String>,
+    /// Longest a request may take.
+    pub request_timeout: Duration,
+}
+
+impl std::fmt::Debug for PublicApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublicApi")
+            .field("keys", &self.keys)
+            .field("public_url", &self.public_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the internal routes (validate, clean-up) need, and nothing else.
+pub struct InternalApi {
+    pub keys: Arc<KeyManager<ServedStore>>,
+    /// Validates keys as Check does (same cache).
+    pub authorizer: Arc<Authorizer<ServedStore>>,
     /// Tenant reported by the validate endpoint.
     pub tenant: String,
     /// Longest a request may take.
     pub request_timeout: Duration,
 }
 
-impl std::fmt::Debug for ApiState {
+impl std::fmt::Debug for InternalApi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApiState")
-            .field("keys", &self.keys)
-            .field("public_url", &self.public_url)
+        f.debug_struct("InternalApi")
             .field("tenant", &self.tenant)
             .finish_non_exhaustive()
     }
 }
 
-type SharedState = Arc<ApiState>;
-
-impl ApiState {
-    /// Who is calling, from the `Authorization` header.
-    async fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, AuthError> {
-        let authorization = match headers.get(header::AUTHORIZATION) {
-            Some(value) => Some(value.to_str().map_err(|_| AuthError::Malformed)?),
-            None => None,
-        };
-        self.identity.authenticate(authorization).await
-    }
-}
+type SharedState = Arc<PublicApi>;
 
 /// The public router (every route bare and under [`GATEWAY_PREFIX`]) and its OpenAPI document.
 pub fn public_router(state: SharedState) -> (Router, utoipa::openapi::OpenApi) {
@@ -95,12 +111,15 @@ pub fn public_router(state: SharedState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(routes.clone())
         .nest(GATEWAY_PREFIX, routes)
         .fallback(route_not_found)
-        .layer(axum::middleware::from_fn_with_state(state, request_context));
+        .layer(axum::middleware::from_fn_with_state(
+            state.request_timeout,
+            request_context,
+        ));
     (router, document)
 }
 
 /// The internal router: upstream's `/internal/v1/...` callbacks, unauthenticated by design.
-pub fn internal_router(state: SharedState) -> Router {
+pub fn internal_router(state: Arc<InternalApi>) -> Router {
     Router::new()
         .route(
             "/internal/v1/api-keys/validate",
@@ -113,7 +132,10 @@ pub fn internal_router(state: SharedState) -> Router {
         .route("/health", axum::routing::get(health::health))
         .with_state(state.clone())
         .fallback(route_not_found)
-        .layer(axum::middleware::from_fn_with_state(state, request_context))
+        .layer(axum::middleware::from_fn_with_state(
+            state.request_timeout,
+            request_context,
+        ))
 }
 
 async fn route_not_found() -> ApiError {
@@ -125,7 +147,7 @@ const REQUEST_ID: &str = "x-request-id";
 /// Per request: echoes a sane `x-request-id` (or makes one), bounds the time taken, and logs
 /// one line with method, path (never the query), status and latency. No header values are logged.
 async fn request_context(
-    State(state): State<SharedState>,
+    State(request_timeout): State<Duration>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -145,15 +167,13 @@ async fn request_context(
         path = request.uri().path(),
     );
     let started = Instant::now();
-    let mut response = match tokio::time::timeout(
-        state.request_timeout,
-        next.run(request).instrument(span.clone()),
-    )
-    .await
-    {
-        Ok(response) => response,
-        Err(_) => ApiError::Timeout.into_response(),
-    };
+    let mut response =
+        match tokio::time::timeout(request_timeout, next.run(request).instrument(span.clone()))
+            .await
+        {
+            Ok(response) => response,
+            Err(_) => ApiError::Timeout.into_response(),
+        };
     span.in_scope(|| {
         tracing::info!(
             status = response.status().as_u16(),
@@ -173,7 +193,7 @@ fn is_sane_request_id(value: &HeaderValue) -> bool {
 
 /// The scheme and host clients reach us at: `MAAS_AUTHZ_PUBLIC_URL`, else `x-forwarded-proto`
 /// (or http) and `Host`. `None` when the request carries no usable host.
-fn public_base(state: &ApiState, headers: &HeaderMap) -> Option<String> {
+fn public_base(state: &PublicApi, headers: &HeaderMap) -> Option<String> {
     if let Some(url) = &state.public_url {
         return Some(url.clone());
     }

@@ -1,9 +1,8 @@
 //! `POST /v1/tokens` and `DELETE /v1/tokens`: short-lived access tokens (upstream's legacy API).
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::{Deserialize, Serialize};
@@ -11,10 +10,11 @@ use utoipa::ToSchema;
 
 use super::SharedState;
 use super::api_keys::{Lifetime, lifetime_field};
-use super::body::read_json;
 use super::error::ApiError;
+use super::extract::JsonBody;
 use super::openapi::FlatError;
 use crate::duration::format_go_duration;
+use crate::identity::Caller;
 
 /// `POST /v1/tokens` body; optional.
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -63,11 +63,9 @@ pub struct RevokeTokensResponse {
 )]
 pub(super) async fn issue_token(
     State(state): State<SharedState>,
-    headers: HeaderMap,
-    body: Body,
+    caller: Caller,
+    JsonBody(request): JsonBody<TokenRequest>,
 ) -> Result<Response, ApiError> {
-    let caller = state.authenticate(&headers).await?;
-    let request: TokenRequest = read_json(&headers, body).await?.unwrap_or_default();
     let expiration = lifetime_field("expiration", request.expiration)?;
     let issued = state
         .keys
@@ -105,9 +103,8 @@ pub(super) async fn issue_token(
 )]
 pub(super) async fn revoke_tokens(
     State(state): State<SharedState>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Response, ApiError> {
-    let caller = state.authenticate(&headers).await?;
     let count = state.keys.revoke_tokens(&caller).await?;
     Ok(Json(RevokeTokensResponse {
         revoked_count: count,

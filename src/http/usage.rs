@@ -4,13 +4,14 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderMap, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::SharedState;
 use super::error::OpenAiError;
+use super::extract::OpenAiCaller;
 use super::openapi::OpenAiErrorBody;
 use crate::catalog::metered_models;
 use crate::duration::format_go_duration;
@@ -67,13 +68,11 @@ pub struct UsageList {
 )]
 pub(super) async fn usage(
     State(state): State<SharedState>,
-    headers: HeaderMap,
+    OpenAiCaller(caller): OpenAiCaller,
 ) -> Result<Response, OpenAiError> {
-    let caller = state.authenticate(&headers).await?;
-    let authorizer = state.keys.authorizer();
-    let policy = authorizer.policy();
+    let policy = state.policy.load_full();
     let metered = metered_models(&policy, &caller);
-    let windows = match authorizer.limiter() {
+    let windows = match &state.limiter {
         Some(limiter) => {
             let entries: Vec<_> = metered
                 .iter()

@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::Utc;
 
-use crate::authorizer::{Authorizer, CheckError, CheckObserver, KeyValidity};
+use crate::authorizer::{Authorizer, CheckError, KeyValidity};
 use crate::config::IdentitySettings;
 use crate::key::KEY_PREFIX;
 use crate::limits::retry_after_seconds;
@@ -126,15 +126,15 @@ pub enum AuthError {
 }
 
 /// Authenticates REST callers against every configured identity source.
-pub struct IdentityResolver<S, O> {
-    authorizer: Arc<Authorizer<S, O>>,
+pub struct IdentityResolver<S> {
+    authorizer: Arc<Authorizer<S>>,
     static_tokens: Option<StaticTokenFile>,
     oidc: Option<OidcVerifier>,
     kube: Option<TokenReviewer>,
     admin_groups: Vec<String>,
 }
 
-impl<S, O> std::fmt::Debug for IdentityResolver<S, O> {
+impl<S> std::fmt::Debug for IdentityResolver<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IdentityResolver")
             .field("static_tokens", &self.static_tokens)
@@ -145,12 +145,12 @@ impl<S, O> std::fmt::Debug for IdentityResolver<S, O> {
     }
 }
 
-impl<S: KeyStore, O: CheckObserver> IdentityResolver<S, O> {
+impl<S: KeyStore> IdentityResolver<S> {
     /// Reads the static token file, validates settings and builds HTTP clients; every error
     /// names the variable it comes from.
     pub async fn from_args(
         args: &IdentitySettings,
-        authorizer: Arc<Authorizer<S, O>>,
+        authorizer: Arc<Authorizer<S>>,
     ) -> anyhow::Result<Self> {
         let static_tokens = match &args.static_tokens_file {
             Some(path) => {

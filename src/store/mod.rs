@@ -7,6 +7,7 @@ pub mod connect;
 pub mod migrate;
 pub mod notify;
 pub mod postgres;
+pub mod served;
 mod sql;
 
 use std::collections::BTreeMap;

@@ -51,7 +51,7 @@ impl QueryObserver for NoQueryObserver {
 }
 
 /// The PostgreSQL-backed key store of one tenant.
-pub struct PgKeyStore<O: QueryObserver = NoQueryObserver> {
+pub struct PgKeyStore {
     pool: Pool,
     /// Explains connection failures (which TLS check failed).
     endpoint: PgEndpoint,
@@ -63,10 +63,10 @@ pub struct PgKeyStore<O: QueryObserver = NoQueryObserver> {
     /// Whether any statement ever reached the database (readiness tells "degraded" from "never
     /// connected").
     reached: std::sync::atomic::AtomicBool,
-    observer: O,
+    observer: Arc<dyn QueryObserver>,
 }
 
-impl<O: QueryObserver> std::fmt::Debug for PgKeyStore<O> {
+impl std::fmt::Debug for PgKeyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgKeyStore")
             .field("tenant", &self.tenant)
@@ -91,9 +91,12 @@ pub struct PoolState {
     pub max_size: usize,
 }
 
-impl<O: QueryObserver> PgKeyStore<O> {
+impl PgKeyStore {
     /// Builds the pool; connections are made lazily, so this succeeds while the database is down.
-    pub fn connect(settings: &PgSettings, observer: O) -> Result<Self, StoreError> {
+    pub fn connect(
+        settings: &PgSettings,
+        observer: Arc<dyn QueryObserver>,
+    ) -> Result<Self, StoreError> {
         let mut endpoint =
             PgEndpoint::new(&settings.database_url, settings.database_ca_file.as_ref())
                 .map_err(|error| StoreError::Configuration(error.to_string()))?;
@@ -293,7 +296,7 @@ impl<O: QueryObserver> PgKeyStore<O> {
     }
 }
 
-impl<O: QueryObserver> KeyStore for PgKeyStore<O> {
+impl KeyStore for PgKeyStore {
     async fn find_by_hash(&self, hash: &KeyHash) -> Result<Option<KeyRecord>, StoreError> {
         let hex = hash.to_hex();
         let row = self
@@ -350,7 +353,7 @@ impl<O: QueryObserver> KeyStore for PgKeyStore<O> {
     }
 }
 
-impl<O: QueryObserver> KeyAdminStore for PgKeyStore<O> {
+impl KeyAdminStore for PgKeyStore {
     async fn search_keys(&self, search: &KeySearch) -> Result<KeyPage, StoreError> {
         let params = sql::SearchKeysParams {
             tenant: &self.tenant,

@@ -165,7 +165,7 @@ async fn expired_keys_and_keys_of_another_tenant_do_not_count() {
             query_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),
         },
-        NoQueryObserver,
+        Arc::new(NoQueryObserver),
     )
     .unwrap();
     for _ in 0..3 {
@@ -350,7 +350,6 @@ fn metric(text: &str, series: &str) -> f64 {
 fn breaker_state(server: &TestServer) -> BreakerState {
     server
         .server
-        .authorizer()
         .store()
         .breaker()
         .expect("serve runs with a breaker")
@@ -366,7 +365,7 @@ async fn budgeted_server(
     let (key, _) = mint(&db.store(), &FREE_USER).await;
     let mut config = serve_config(&db);
     configure(&mut config);
-    let server = maas_authz::serve::start(config)
+    let server = maas_authz::app::Application::build(config)
         .await
         .expect("server starts");
     (TestServer { db, server }, key)

@@ -486,7 +486,7 @@ async fn check_allows_a_configured_model_free_path_with_a_valid_key_and_counts_n
     let mut config = serve_config(&db);
     config.enforcement.model_free_paths =
         maas_authz::request_path::ModelFreePaths::parse("/v1/tokenize").unwrap();
-    let server = maas_authz::serve::start(config).await.unwrap();
+    let server = maas_authz::app::Application::build(config).await.unwrap();
     let (key, _) = mint(&db.store(), &FREE_USER).await;
     let mut client = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(format!("http://{}", server.grpc_addr))
         .await
@@ -726,7 +726,7 @@ async fn check_answers_unavailable_when_the_database_is_unreachable_for_an_uncac
     config.skip_migrations = true;
     // A port nothing listens on: connections are refused at once.
     config.database.database_url = "postgres://postgres@127.0.0.1:9/none".to_owned();
-    let server = maas_authz::serve::start(config).await.unwrap();
+    let server = maas_authz::app::Application::build(config).await.unwrap();
     let mut client = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(
         format!("http://{}", server.grpc_addr),
     )
@@ -880,7 +880,7 @@ async fn check_leaves_out_dynamic_metadata_when_told_to_and_still_stamps_headers
     let mut config = serve_config(&db);
     config.dynamic_metadata = false;
     config.limits.limits_enabled = false;
-    let server = maas_authz::serve::start(config)
+    let server = maas_authz::app::Application::build(config)
         .await
         .expect("server starts");
     let (key, _) = mint(&db.store(), &FREE_USER).await;

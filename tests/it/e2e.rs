@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use maas_authz::serve::RunningServer;
+use maas_authz::app::RunningServer;
 use maas_authz::simulator::{HEADER_RECEIVED_CREDENTIALS, HEADER_RECEIVED_IDENTITY};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -253,7 +253,7 @@ impl Gateway {
         config.http.internal_addr = "127.0.0.1:0".parse().unwrap();
         config.identity.static_tokens_file = Some(tokens.path().to_owned());
         configure(&mut config);
-        let server = maas_authz::serve::start_with_clock(config, clock)
+        let server = maas_authz::app::Application::build_with_clock(config, clock)
             .await
             .expect("maas-authz starts");
 

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use chrono::Utc;
+use maas_authz::app::Application;
 use maas_authz::config::OptionalDuration;
 use maas_authz::key::ApiKey;
-use maas_authz::serve::start;
 use maas_authz::store::postgres::HOUSEKEEPING_LOCK_KEY;
 use maas_authz::store::{KeyRecord, KeyRecordId, KeyStore, NewKey};
 
@@ -42,8 +42,8 @@ async fn two_replicas_delete_an_ephemeral_key_expired_over_30_minutes_ago_and_ke
     let regular_expired = insert_key(&db, false, chrono::Duration::days(2)).await;
     let mut config = serve_config(&db);
     config.housekeeping_interval = OptionalDuration(Some(Duration::from_millis(50)));
-    let replica_a = start(config.clone()).await.unwrap();
-    let replica_b = start(config).await.unwrap();
+    let replica_a = Application::build(config.clone()).await.unwrap();
+    let replica_b = Application::build(config).await.unwrap();
 
     let mut deleted = false;
     for _ in 0..500 {

@@ -32,14 +32,14 @@ use crate::rest_admin;
 use crate::rest_support::{BOB, RestServer};
 use crate::support::{FREE_USER, KeyOwner, TestDb, admin_url, mint};
 
-type Resolver = IdentityResolver<PgKeyStore, ()>;
+type Resolver = IdentityResolver<PgKeyStore>;
 
 const AUDIENCE: &str = "maas-api";
 
 // ---------------------------------------------------------------------------------------------
 // Fixtures
 
-fn authorizer_on(store: PgKeyStore) -> Arc<Authorizer<PgKeyStore, ()>> {
+fn authorizer_on(store: PgKeyStore) -> Arc<Authorizer<PgKeyStore>> {
     Arc::new(Authorizer::new(
         Arc::new(store),
         KeyCache::new(CacheSettings {
@@ -50,7 +50,7 @@ fn authorizer_on(store: PgKeyStore) -> Arc<Authorizer<PgKeyStore, ()>> {
             negative_ttl: Duration::from_secs(5),
         }),
         Arc::new(ArcSwap::from_pointee(Policy::empty())),
-        (),
+        Arc::new(()),
     ))
 }
 
@@ -64,7 +64,7 @@ fn store_at(database_url: String) -> PgKeyStore {
             query_timeout: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(2),
         },
-        NoQueryObserver,
+        Arc::new(NoQueryObserver),
     )
     .expect("pool")
 }

@@ -61,7 +61,7 @@ async fn shutdown_writes_the_uses_noted_since_the_last_flush() {
     let db = TestDb::migrated().await;
     let mut config = serve_config(&db);
     config.last_used_flush_interval = std::time::Duration::from_secs(3_600);
-    let server = maas_authz::serve::start(config).await.unwrap();
+    let server = maas_authz::app::Application::build(config).await.unwrap();
     let (key, record) = mint(&db.store(), &FREE_USER).await;
     let mut client = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(
         format!("http://{}", server.grpc_addr),

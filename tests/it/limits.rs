@@ -11,9 +11,9 @@ use std::time::Duration;
 use envoy_types::pb::envoy::config::core::v3::HeaderValueOption;
 use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use maas_authz::app::{Application, RunningServer};
 use maas_authz::config::{OnRedisError, ServeConfig};
 use maas_authz::limits::ManualClock;
-use maas_authz::serve::{RunningServer, start_with_clock};
 use reqwest::Method;
 use serde_json::json;
 
@@ -41,7 +41,7 @@ fn with_redis(config: &mut ServeConfig, url: String, prefix: &str) {
 }
 
 async fn start_server(config: ServeConfig, clock: &Arc<ManualClock>) -> RunningServer {
-    start_with_clock(config, clock.clone())
+    Application::build_with_clock(config, clock.clone())
         .await
         .expect("server starts")
 }
@@ -156,7 +156,7 @@ async fn check_refuses_with_429_once_charged_tokens_spend_the_window() {
     let clock = Arc::new(ManualClock::at_millis(TEN_SECONDS_INTO_A_MINUTE));
     let server = start_server(serve_config(&db), &clock).await;
     let (key, _) = mint(&db.store(), &FREE_USER).await;
-    let limiter = server.authorizer().limiter().expect("limits on").clone();
+    let limiter = server.limiter().expect("limits on").clone();
 
     limiter
         .charge_tokens("alice", FREE_SIMULATOR, 60)
@@ -249,7 +249,6 @@ async fn two_servers_on_one_redis_share_one_counter_exactly() {
     let sixth_on_first = check(&first, &key, CHAT).await;
     let sixth_on_second = check(&second, &key, CHAT).await;
     second
-        .authorizer()
         .limiter()
         .unwrap()
         .charge_tokens("alice", FREE_SIMULATOR, 30)
@@ -282,7 +281,6 @@ async fn tokens_charged_on_one_server_refuse_requests_on_another_through_redis()
     let (key, _) = mint(&db.store(), &FREE_USER).await;
 
     first
-        .authorizer()
         .limiter()
         .unwrap()
         .charge_tokens("alice", FREE_SIMULATOR, 100)
@@ -406,7 +404,6 @@ async fn usage_shows_the_callers_windows_per_subscription_and_model_without_coun
     }
     rest.test
         .server
-        .authorizer()
         .limiter()
         .unwrap()
         .charge_tokens("alice", FREE_SIMULATOR, 30)

@@ -31,7 +31,7 @@ async fn concurrent_migrations_from_several_replicas_all_succeed() {
         .map(|_| {
             let config = config.clone();
             tokio::spawn(async move {
-                maas_authz::serve::migrate(&config, std::time::Duration::from_secs(10)).await
+                maas_authz::app::migrate(&config, std::time::Duration::from_secs(10)).await
             })
         })
         .collect();
@@ -177,7 +177,7 @@ async fn a_key_written_by_upstream_validates_here() {
 
     // Act: our migrations run over it, then our store reads the key.
     let server_db_config = db.database_config();
-    maas_authz::serve::migrate(&server_db_config, std::time::Duration::from_secs(5))
+    maas_authz::app::migrate(&server_db_config, std::time::Duration::from_secs(5))
         .await
         .unwrap();
     let parsed = maas_authz::key::ApiKey::parse(key).unwrap();

@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use maas_authz::app::{Application, DATABASE_HEALTH_SERVICE, RunningServer};
 use maas_authz::config::ServeConfig;
 use maas_authz::key::ApiKey;
-use maas_authz::serve::{DATABASE_HEALTH_SERVICE, RunningServer, start};
 use maas_authz::store::KeyStore;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
@@ -37,7 +37,7 @@ async fn server_behind(
     // These tests check one free-tier key many times: its 5 requests a minute are not the point.
     config.limits.limits_enabled = false;
     tune(&mut config);
-    let server = start(config).await.expect("server starts");
+    let server = Application::build(config).await.expect("server starts");
     let client = AuthorizationClient::connect(format!("http://{}", server.grpc_addr))
         .await
         .unwrap();

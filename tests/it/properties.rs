@@ -231,11 +231,11 @@ fn check_answers_arbitrary_headers_paths_and_bodies_and_every_denial_is_a_4xx() 
         Arc::new(store),
         small_cache(),
         Arc::new(ArcSwap::from_pointee(policy)),
-        (),
+        Arc::new(()),
     ));
     let service = ExtAuthzService::new(
         authorizer,
-        (),
+        Arc::new(()),
         Arc::new(maas_authz::assertion::SigningKeys::ephemeral().unwrap()),
     );
     let requests = (
@@ -409,10 +409,11 @@ fn check_allows_only_the_model_the_backend_would_serve_and_counts_it() {
     let policy = Arc::new(ArcSwap::from_pointee(
         Policy::load(raised.path()).expect("raised example policy"),
     ));
-    let authorizer =
-        Authorizer::new(Arc::new(store), small_cache(), policy.clone(), ()).with_limiter(Arc::new(
-            Limiter::new(Arc::new(InProcessCounterStore::default()), policy.clone()),
-        ));
+    let authorizer = Authorizer::new(Arc::new(store), small_cache(), policy.clone(), Arc::new(()))
+        .with_limiter(Arc::new(Limiter::new(
+            Arc::new(InProcessCounterStore::default()),
+            policy.clone(),
+        )));
     let keys = [
         format!("Bearer {}", free.expose()),
         format!("Bearer {}", premium.expose()),

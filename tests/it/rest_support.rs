@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use maas_authz::app::Application;
 use maas_authz::config::ServeConfig;
 use maas_authz::limits::{Clock, SystemClock};
-use maas_authz::serve::start_with_clock;
 use reqwest::Method;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
@@ -162,7 +162,7 @@ impl RestServer {
         config.identity.static_tokens_file = Some(tokens_file);
         config.identity.admin_groups = vec![ADMIN_GROUP.to_owned()];
         configure(&mut config);
-        let server = start_with_clock(config, clock)
+        let server = Application::build_with_clock(config, clock)
             .await
             .expect("server starts");
         let client = reqwest::Client::builder()

@@ -2,7 +2,7 @@
 //! waiting for cache expiry, also after the listener lost its connection.
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use maas_authz::serve::{RunningServer, start};
+use maas_authz::app::{Application, RunningServer};
 use maas_authz::store::KeyStore;
 use tonic::transport::Channel;
 
@@ -15,7 +15,7 @@ async fn replica(db: &TestDb) -> (RunningServer, AuthorizationClient<Channel>) {
     // A cache TTL far beyond the test, so only push invalidation can explain a refusal.
     config.cache_ttl = std::time::Duration::from_secs(3_600);
     config.negative_cache_ttl = std::time::Duration::from_secs(3_600);
-    let server = start(config).await.expect("replica starts");
+    let server = Application::build(config).await.expect("replica starts");
     let client = AuthorizationClient::connect(format!("http://{}", server.grpc_addr))
         .await
         .unwrap();

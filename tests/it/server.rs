@@ -61,7 +61,7 @@ async fn metrics_count_decisions_and_report_cache_pool_and_policy_state() {
     let db = TestDb::migrated().await;
     let (key, _) = mint(&db.store(), &FREE_USER).await;
     let server = TestServer {
-        server: maas_authz::serve::start(serve_config(&db))
+        server: maas_authz::app::Application::build(serve_config(&db))
             .await
             .expect("server starts"),
         db,
@@ -110,7 +110,7 @@ async fn policy_changes_are_picked_up_and_an_invalid_change_keeps_the_last_good_
     }
     let mut config = serve_config(&db);
     config.policy_path = dir.path().to_owned();
-    let server = maas_authz::serve::start(config).await.unwrap();
+    let server = maas_authz::app::Application::build(config).await.unwrap();
     let (key, _) = mint(&db.store(), &FREE_USER).await;
     let mut client = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(
         format!("http://{}", server.grpc_addr),
@@ -196,7 +196,7 @@ async fn shutdown_drains_without_waiting_out_the_grace_period() {
     let mut config = serve_config(&db);
     // Were shutdown to wait for the grace period, this test would hang and hit the guard below.
     config.shutdown_grace = std::time::Duration::from_secs(3_600);
-    let server = maas_authz::serve::start(config).await.unwrap();
+    let server = maas_authz::app::Application::build(config).await.unwrap();
 
     let stopped = tokio::time::timeout(std::time::Duration::from_secs(60), server.shutdown()).await;
 

@@ -8,10 +8,10 @@ use chrono::Utc;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use maas_authz::app::{Application, RunningServer};
 use maas_authz::config::{DatabaseConfig, HttpConfig, OptionalDuration, ServeConfig};
 use maas_authz::key::ApiKey;
 use maas_authz::minting::{MintRequest, mint_key};
-use maas_authz::serve::{RunningServer, start};
 use maas_authz::store::postgres::{NoQueryObserver, PgKeyStore, PgSettings};
 use maas_authz::store::{KeyRecord, KeyRecordId, KeyStore, NewKey};
 use tonic::transport::Channel;
@@ -76,7 +76,7 @@ impl TestDb {
     /// A database with every migration applied.
     pub async fn migrated() -> Self {
         let db = Self::empty().await;
-        maas_authz::serve::migrate(&db.database_config(), Duration::from_secs(10))
+        maas_authz::app::migrate(&db.database_config(), Duration::from_secs(10))
             .await
             .expect("migrate test database");
         db
@@ -101,7 +101,7 @@ impl TestDb {
                 query_timeout: Duration::from_secs(2),
                 connect_timeout: Duration::from_secs(2),
             },
-            NoQueryObserver,
+            std::sync::Arc::new(NoQueryObserver),
         )
         .expect("pool")
     }
@@ -208,7 +208,9 @@ pub struct TestServer {
 impl TestServer {
     pub async fn start() -> Self {
         let db = TestDb::migrated().await;
-        let server = start(serve_config(&db)).await.expect("server starts");
+        let server = Application::build(serve_config(&db))
+            .await
+            .expect("server starts");
         Self { db, server }
     }
 

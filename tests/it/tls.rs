@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use maas_authz::app::Application;
 use maas_authz::config::DatabaseConfig;
 use maas_authz::limits::ManualClock;
-use maas_authz::serve::{start, start_with_clock};
 use maas_authz::store::connect::PgEndpoint;
 use maas_authz::store::postgres::{NoQueryObserver, PgKeyStore, PgSettings};
 use maas_authz::tls::CaBundle;
@@ -334,7 +334,7 @@ async fn start_error(database: DatabaseConfig) -> String {
     let mut config = serve_config(&placeholder);
     config.database = database;
     config.startup_timeout = Duration::from_secs(30);
-    match start(config).await {
+    match Application::build(config).await {
         Ok(server) => {
             server.shutdown().await.unwrap();
             panic!("the server started");
@@ -381,7 +381,9 @@ async fn verify_full_with_the_right_ca_serves_check_over_tls(postgres: &TlsPostg
         postgres.url("127.0.0.1", "sslmode=verify-full"),
         Some(ca.bundle()),
     );
-    let server = start(config.clone()).await.expect("server starts over TLS");
+    let server = Application::build(config.clone())
+        .await
+        .expect("server starts over TLS");
     let store = PgKeyStore::connect(
         &PgSettings {
             database_url: config.database.database_url.clone(),
@@ -391,7 +393,7 @@ async fn verify_full_with_the_right_ca_serves_check_over_tls(postgres: &TlsPostg
             query_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
         },
-        NoQueryObserver,
+        Arc::new(NoQueryObserver),
     )
     .unwrap();
     let (key, _) = mint(&store, &FREE_USER).await;
@@ -672,7 +674,7 @@ async fn check_counts_requests_in_redis_over_tls() {
     config.limits.redis_key_prefix = "tls:".to_owned();
     config.limits.redis_timeout = Duration::from_secs(2);
     let clock = Arc::new(ManualClock::at_millis(1_800_000_000_000 + 10_000));
-    let server = start_with_clock(config, clock)
+    let server = Application::build_with_clock(config, clock)
         .await
         .expect("server starts");
     let (key, _) = mint(&db.store(), &FREE_USER).await;
@@ -743,7 +745,7 @@ async fn a_redis_whose_certificate_does_not_verify_stops_start_up() {
     config.limits.redis_ca_file = Some(other_ca.bundle());
     config.limits.redis_timeout = Duration::from_secs(2);
 
-    let error = match start(config).await {
+    let error = match Application::build(config).await {
         Ok(server) => {
             server.shutdown().await.unwrap();
             panic!("the server started");

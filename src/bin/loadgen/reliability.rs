@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use maas_authz::app::Application;
 use maas_authz::config::OptionalRate;
 use maas_authz::key::ApiKey;
-use maas_authz::serve::start;
 use maas_authz::store::KeyStore;
 use maas_authz::store::postgres::{NoQueryObserver, PgKeyStore, PgSettings};
 use tonic::transport::Channel;
@@ -54,7 +54,7 @@ fn store(url: &str, tenant: &str) -> anyhow::Result<PgKeyStore> {
             query_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
         },
-        NoQueryObserver,
+        Arc::new(NoQueryObserver),
     )?)
 }
 
@@ -80,8 +80,8 @@ pub async fn measure_revocation(args: &Args, admin_url: &str) -> anyhow::Result<
         let mut config = serve_config(args, &database.url, None);
         config.cache_ttl = Duration::from_secs(3_600);
         config.cache_max_staleness = Duration::from_secs(3_600);
-        let replica_a = start(config.clone()).await?;
-        let replica_b = start(config).await?;
+        let replica_a = Application::build(config.clone()).await?;
+        let replica_b = Application::build(config).await?;
         let measured = async {
             let admin = store(&database.url, &args.tenant)?;
             let mut b = client(replica_b.grpc_addr).await?;
@@ -99,7 +99,6 @@ pub async fn measure_revocation(args: &Args, admin_url: &str) -> anyhow::Result<
                 );
                 let started = Instant::now();
                 replica_a
-                    .authorizer()
                     .store()
                     .revoke_key(record.id)
                     .await?
@@ -152,10 +151,10 @@ pub async fn measure_outage(args: &Args, admin_url: &str) -> anyhow::Result<()> 
         // unknown-key budget, which would answer most of them 429 first, has its own measure.
         config.abuse.unknown_key_lookups_per_second = OptionalRate(None);
         config.abuse.unknown_key_lookups_per_second_per_peer = OptionalRate(None);
-        maas_authz::serve::migrate(&config.database, Duration::from_secs(10)).await?;
+        maas_authz::app::migrate(&config.database, Duration::from_secs(10)).await?;
         // Keys before the server, so that no insert notice evicts what it cached.
         let keys = Arc::new(mint_keys(&database.url, &args.tenant, args.keys).await?);
-        let server = start(config).await?;
+        let server = Application::build(config).await?;
         let measured = async {
             let mut warm = client(server.grpc_addr).await?;
             for key in keys.iter() {
@@ -490,7 +489,7 @@ pub async fn measure_unknown_key_flood(args: &Args, admin_url: &str) -> anyhow::
     let database = ScratchDatabase::create(admin_url).await?;
     let outcome = async {
         let mut config = serve_config(args, &database.url, None);
-        maas_authz::serve::migrate(&config.database, Duration::from_secs(10)).await?;
+        maas_authz::app::migrate(&config.database, Duration::from_secs(10)).await?;
         config.skip_migrations = true;
         // Keys before the servers, so that no insert notice evicts what they cached.
         let keys = Arc::new(mint_keys(&database.url, &args.tenant, args.keys).await?);
@@ -544,7 +543,7 @@ async fn flood_phase(
     budget_on: bool,
 ) -> anyhow::Result<()> {
     let budget = config.abuse.unknown_key_budget();
-    let server = start(config).await?;
+    let server = Application::build(config).await?;
     let measured = async {
         let mut warm = client(server.grpc_addr).await?;
         for key in keys.iter() {
@@ -623,7 +622,6 @@ async fn flood_phase(
             })
         };
         let breaker = server
-            .authorizer()
             .store()
             .breaker()
             .cloned()

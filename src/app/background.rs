@@ -1,0 +1,282 @@
+//! The tasks `serve` runs beside its listeners (key-change listener, `last_used` writer,
+//! housekeeping, policy reloader, database watcher), each stopped by the one shutdown signal.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::breaker::BreakerState;
+use crate::cache::KeyCache;
+use crate::housekeeping::run_housekeeping;
+use crate::last_used::LastUsedTracker;
+use crate::metrics::Metrics;
+use crate::policy::{Policy, PolicyReloader, ReloadEvent};
+use crate::store::KeyAdminStore;
+use crate::store::connect::PgEndpoint;
+use crate::store::notify::{KeyChange, ListenerSettings, listen_for_key_changes};
+use crate::store::served::ServedStore;
+
+/// The gRPC health service name that reports whether the database answers. The overall status
+/// (`""`) stays SERVING during an outage: cached keys are still served.
+pub const DATABASE_HEALTH_SERVICE: &str = "maas.authz.v1.Database";
+
+/// Every spawned task (background and listeners) and the signal that stops them.
+pub(super) struct Tasks {
+    shutdown: watch::Sender<bool>,
+    running: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl Tasks {
+    pub fn new() -> Self {
+        Self {
+            shutdown: watch::channel(false).0,
+            running: Vec::new(),
+        }
+    }
+
+    /// Resolves once shutdown was requested.
+    pub fn shutdown_signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut shutdown = self.shutdown.subscribe();
+        async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        }
+    }
+
+    /// Spawns `task` under `name` (the name is what a panic or a cut-off at shutdown reports).
+    pub fn spawn(
+        &mut self,
+        name: &'static str,
+        task: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
+        self.running.push((name, tokio::spawn(task)));
+    }
+
+    /// Stops accepting, lets in-flight requests finish within `grace`, and waits for every
+    /// task; whatever is still running after the grace period is cut off.
+    pub async fn shut_down(self, grace: Duration) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        let deadline = tokio::time::Instant::now() + grace;
+        for (name, mut task) in self.running {
+            match tokio::time::timeout_at(deadline, &mut task).await {
+                Ok(joined) => joined.with_context(|| format!("the {name} task panicked"))??,
+                Err(_) => {
+                    tracing::warn!(
+                        task = name,
+                        ?grace,
+                        "grace period over: closing remaining connections"
+                    );
+                    task.abort();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Revocations anywhere (another replica, the CLI, upstream maas-api) evict from `cache` at once.
+/// Returns once the listener listens, or after `connect_timeout` (then it keeps trying): its first
+/// resync would otherwise expire whatever the first requests cached.
+pub(super) async fn spawn_key_change_listener(
+    tasks: &mut Tasks,
+    endpoint: PgEndpoint,
+    connect_timeout: Duration,
+    cache: KeyCache,
+) {
+    let (listening_tx, mut listening_rx) = watch::channel(false);
+    let key_listener = listen_for_key_changes(
+        ListenerSettings {
+            endpoint,
+            connect_timeout,
+            max_backoff: Duration::from_secs(5),
+        },
+        move |change| match change {
+            KeyChange::Key(hash) => {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.invalidate(&hash).await });
+            }
+            KeyChange::Resync => {
+                cache.revalidate_all();
+                listening_tx.send_replace(true);
+            }
+        },
+        tasks.shutdown_signal(),
+    );
+    tasks.spawn("key-change listener", async move {
+        key_listener.await;
+        Ok(())
+    });
+    if tokio::time::timeout(
+        connect_timeout,
+        listening_rx.wait_for(|listening| *listening),
+    )
+    .await
+    .is_err()
+    {
+        tracing::warn!("key-change listener not connected yet; serving anyway");
+    }
+}
+
+/// Writes noted key uses every `every` (see [`write_last_used`]).
+pub(super) fn spawn_last_used_writer(
+    tasks: &mut Tasks,
+    tracker: Arc<LastUsedTracker>,
+    store: Arc<ServedStore>,
+    every: Duration,
+) {
+    let shutdown = tasks.shutdown_signal();
+    tasks.spawn("last-used writer", async move {
+        write_last_used(tracker, store, every, shutdown).await;
+        Ok(())
+    });
+}
+
+/// Deletes expired ephemeral keys every `every` (`None`: housekeeping is off).
+pub(super) fn spawn_housekeeping(
+    tasks: &mut Tasks,
+    store: Arc<ServedStore>,
+    every: Option<Duration>,
+) {
+    if let Some(every) = every {
+        let shutdown = tasks.shutdown_signal();
+        tasks.spawn("housekeeping", async move {
+            run_housekeeping(store, every, shutdown).await;
+            Ok(())
+        });
+    }
+}
+
+/// Re-reads the policy file every `every` into `policy`, reporting each reload to the metrics.
+pub(super) fn spawn_policy_reloader(
+    tasks: &mut Tasks,
+    path: std::path::PathBuf,
+    every: Duration,
+    policy: Arc<ArcSwap<Policy>>,
+    metrics: Arc<Metrics>,
+) {
+    let reloader = PolicyReloader::run(
+        path,
+        every,
+        policy,
+        move |event| match event {
+            ReloadEvent::Reloaded { counts, .. } => {
+                metrics.observe_policy_reload(true);
+                metrics.set_policy_counts(
+                    counts.models,
+                    counts.subscriptions,
+                    counts.auth_policies,
+                );
+            }
+            ReloadEvent::Rejected { .. } => metrics.observe_policy_reload(false),
+        },
+        tasks.shutdown_signal(),
+    );
+    tasks.spawn("policy reloader", async move {
+        reloader.await;
+        Ok(())
+    });
+}
+
+/// Publishes whether the database answers (see [`watch_database`]).
+pub(super) fn spawn_database_watcher(
+    tasks: &mut Tasks,
+    store: Arc<ServedStore>,
+    metrics: Arc<Metrics>,
+    health: tonic_health::server::HealthReporter,
+    every: Duration,
+) {
+    let shutdown = tasks.shutdown_signal();
+    tasks.spawn("database health watcher", async move {
+        watch_database(store, metrics, health, every, shutdown).await;
+        Ok(())
+    });
+}
+
+/// Pings the database every `every` (through the circuit breaker, so a ping is also the probe
+/// that closes it when the database is back) and publishes the outcome: metrics, and the
+/// [`DATABASE_HEALTH_SERVICE`] gRPC health status.
+async fn watch_database(
+    store: Arc<ServedStore>,
+    metrics: Arc<Metrics>,
+    health: tonic_health::server::HealthReporter,
+    every: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut reachable_before = None;
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = ticker.tick() => {}
+        }
+        let ping = store.ping().await;
+        let breaker = store
+            .breaker()
+            .map_or(BreakerState::Closed, |breaker| breaker.state());
+        let reachable = ping.is_ok();
+        metrics.set_database_state(breaker, !reachable);
+        if reachable_before == Some(reachable) {
+            continue;
+        }
+        reachable_before = Some(reachable);
+        match ping {
+            Ok(()) => {
+                tracing::info!("database reachable");
+                health
+                    .set_service_status(
+                        DATABASE_HEALTH_SERVICE,
+                        tonic_health::ServingStatus::Serving,
+                    )
+                    .await;
+            }
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    breaker = breaker.as_str(),
+                    "database unreachable: degraded, serving cached keys until they are too stale, refusing unknown keys"
+                );
+                health
+                    .set_service_status(
+                        DATABASE_HEALTH_SERVICE,
+                        tonic_health::ServingStatus::NotServing,
+                    )
+                    .await;
+            }
+        }
+    }
+}
+
+/// Writes noted key uses every `every`, one statement per batch, and once more at shutdown.
+async fn write_last_used(
+    tracker: Arc<LastUsedTracker>,
+    store: Arc<ServedStore>,
+    every: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let flush = async |tracker: &LastUsedTracker| {
+        let batch = tracker.take_batch(chrono::Utc::now());
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(error) = store.record_last_used(&batch).await {
+            tracing::warn!(%error, keys = batch.len(), "cannot write last_used_at; will retry");
+            tracker.restore(batch);
+        }
+    };
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = ticker.tick() => flush(&tracker).await,
+        }
+    }
+    flush(&tracker).await;
+}

@@ -1,0 +1,213 @@
+//! The services `serve` runs, each built once from the configuration: the edges and background
+//! tasks are handed the pieces they need from here.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use arc_swap::ArcSwap;
+
+use crate::assertion::SigningKeys;
+use crate::authorizer::Authorizer;
+use crate::breaker::{BreakerSettings, CircuitBreaker};
+use crate::cache::{CacheSettings, KeyCache};
+use crate::config::{LimitsConfig, OnRedisError, ServeConfig, pg_endpoint, pg_settings};
+use crate::identity::IdentityResolver;
+use crate::last_used::LastUsedTracker;
+use crate::limits::{
+    ChargingTokenSink, Clock, CounterStore, InProcessCounterStore, Limiter, OnStoreError,
+    RedisCounterStore,
+};
+use crate::lookup_budget::{BudgetKind, LookupBudget};
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::store::connect::PgEndpoint;
+use crate::store::postgres::PgKeyStore;
+use crate::store::served::ServedStore;
+use crate::usage::TokenSink;
+
+/// Every service, built once. Plain fields: the composition root takes what each edge needs.
+pub(super) struct Services {
+    pub metrics: Arc<Metrics>,
+    /// Signs (Check) and verifies (token meter) the identity assertion.
+    pub signing: Arc<SigningKeys>,
+    /// The database, for the key-change listener's own connection.
+    pub endpoint: PgEndpoint,
+    /// The current policy; the reloader swaps it.
+    pub policy: Arc<ArcSwap<Policy>>,
+    pub store: Arc<ServedStore>,
+    /// Check's key cache; revocations (REST, NOTIFY) evict from this same cache.
+    pub cache: KeyCache,
+    pub last_used: Arc<LastUsedTracker>,
+    /// `None` with `MAAS_AUTHZ_LIMITS_ENABLED=false`.
+    pub limiter: Option<Arc<Limiter>>,
+    pub authorizer: Arc<Authorizer<ServedStore>>,
+    pub identity: Arc<IdentityResolver<ServedStore>>,
+    /// Where the token meter charges metered tokens.
+    pub token_sink: Arc<dyn TokenSink>,
+}
+
+impl Services {
+    /// Builds every service in dependency order; migrations run here (unless skipped), before the
+    /// policy is read, as before any listener exists.
+    pub async fn build(config: &ServeConfig, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        let signing = Arc::new(config.enforcement.signing_keys()?);
+        if signing.is_ephemeral() {
+            tracing::warn!(
+                "MAAS_AUTHZ_IDENTITY_SIGNING_KEYS is unset: identity assertions are signed with a \
+                 key of this process only, so with several replicas the token meter of one refuses \
+                 requests another checked; set the same keys on every replica"
+            );
+        }
+        let metrics = Arc::new(Metrics::new().context("cannot register metrics")?);
+        let endpoint = pg_endpoint(&config.database)?;
+        if endpoint.is_plain_over_network() {
+            tracing::warn!(
+                "DATABASE_URL reaches a host beyond this machine without TLS (sslmode=disable, the \
+                 default without sslmode): queries and key hashes cross the network unencrypted; \
+                 set sslmode=verify-full"
+            );
+        }
+        if !config.skip_migrations {
+            super::migrate(&config.database, config.startup_timeout).await?;
+        }
+        let policy = Arc::new(ArcSwap::from_pointee(load_policy(config, &metrics)?));
+        let store = Arc::new(
+            PgKeyStore::connect(&pg_settings(&config.database), metrics.clone())?
+                .with_check_timeout(config.db_check_timeout)
+                .with_breaker(Arc::new(CircuitBreaker::new(BreakerSettings {
+                    failure_threshold: config.db_breaker_threshold,
+                    cool_down: config.db_breaker_cool_down,
+                }))),
+        );
+        let cache = key_cache(config, &metrics);
+        let last_used = Arc::new(LastUsedTracker::new(config.last_used_interval));
+        let limiter = if config.limits.limits_enabled {
+            Some(Arc::new(
+                limiter(&config.limits, policy.clone(), clock, metrics.clone()).await?,
+            ))
+        } else {
+            tracing::info!("limits disabled (MAAS_AUTHZ_LIMITS_ENABLED=false)");
+            None
+        };
+        let mut authorizer = Authorizer::new(
+            store.clone(),
+            cache.clone(),
+            policy.clone(),
+            metrics.clone(),
+        )
+        .with_last_used(last_used.clone())
+        .with_model_free_paths(config.enforcement.model_free_paths.clone());
+        if let Some(limiter) = &limiter {
+            authorizer = authorizer.with_limiter(limiter.clone());
+        }
+        let authorizer = Arc::new(authorizer);
+        let mut identity = IdentityResolver::from_args(&config.identity, authorizer.clone())
+            .await
+            .context("cannot set up the identity sources of the REST API")?;
+        if let Some(budget) = LookupBudget::new(
+            BudgetKind::TokenReviews,
+            config.abuse.token_review_budget(),
+            Instant::now(),
+        ) {
+            identity =
+                identity.with_token_review_budget(Arc::new(budget.with_observer(metrics.clone())));
+        }
+        // Metered tokens are charged to the caller's token windows (when limits are on) and counted.
+        let counted: Arc<dyn TokenSink> = metrics.clone();
+        let token_sink: Arc<dyn TokenSink> = match &limiter {
+            Some(limiter) => Arc::new(ChargingTokenSink::new(limiter.clone(), counted)),
+            None => counted,
+        };
+        Ok(Self {
+            metrics,
+            signing,
+            endpoint,
+            policy,
+            store,
+            cache,
+            last_used,
+            limiter,
+            authorizer,
+            identity: Arc::new(identity),
+            token_sink,
+        })
+    }
+}
+
+fn load_policy(config: &ServeConfig, metrics: &Metrics) -> anyhow::Result<Policy> {
+    let policy = Policy::load(&config.policy_path).with_context(|| {
+        format!(
+            "MAAS_AUTHZ_POLICY_PATH={}: the policy is invalid",
+            config.policy_path.display()
+        )
+    })?;
+    let counts = policy.counts();
+    metrics.set_policy_counts(counts.models, counts.subscriptions, counts.auth_policies);
+    tracing::info!(
+        path = %config.policy_path.display(),
+        fingerprint = policy.fingerprint(),
+        models = counts.models,
+        subscriptions = counts.subscriptions,
+        auth_policies = counts.auth_policies,
+        "policy loaded"
+    );
+    Ok(policy)
+}
+
+fn key_cache(config: &ServeConfig, metrics: &Arc<Metrics>) -> KeyCache {
+    let cache = KeyCache::new(CacheSettings {
+        capacity: config.cache_capacity,
+        ttl: config.cache_ttl,
+        max_staleness: config.cache_max_staleness,
+        negative_capacity: config.negative_cache_capacity,
+        negative_ttl: config.negative_cache_ttl,
+    });
+    match LookupBudget::new(
+        BudgetKind::UnknownKeyLookups,
+        config.abuse.unknown_key_budget(),
+        Instant::now(),
+    ) {
+        Some(budget) => {
+            tracing::info!(?budget, "lookups of unknown keys are bounded");
+            cache.with_lookup_budget(Arc::new(budget.with_observer(metrics.clone())))
+        }
+        None => {
+            tracing::info!("lookups of unknown keys are unbounded");
+            cache
+        }
+    }
+}
+
+/// The limiter the configuration asks for: counters in Redis, else in this process. A Redis
+/// whose TLS certificate does not verify stops start-up; a Redis that is down does not.
+pub async fn limiter(
+    config: &LimitsConfig,
+    policy: Arc<ArcSwap<Policy>>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<Limiter> {
+    let store: Arc<dyn CounterStore> = match &config.redis_url {
+        Some(url) => {
+            let store = RedisCounterStore::connect_lazily(
+                url,
+                config.redis_ca_file.as_ref(),
+                config.redis_timeout,
+            )
+            .context("MAAS_AUTHZ_REDIS_URL is not usable")?;
+            store.check_certificate().await?;
+            Arc::new(store)
+        }
+        None => Arc::new(InProcessCounterStore::default()),
+    };
+    let on_store_error = match config.limits_on_redis_error {
+        OnRedisError::Allow => OnStoreError::Allow,
+        OnRedisError::Deny => OnStoreError::Deny,
+    };
+    tracing::info!(store = store.kind(), ?on_store_error, "rate-limit counters");
+    Ok(Limiter::new(store, policy)
+        .with_clock(clock)
+        .with_on_store_error(on_store_error)
+        .with_observer(metrics)
+        .with_key_prefix(config.redis_key_prefix.clone()))
+}
