@@ -714,7 +714,7 @@ fn parse_without_environment<'a, T: Args + FromArgMatches>(
 
 fn token_max_expiration(text: &str) -> Result<Duration, String> {
     let duration = positive_duration(text)?;
-    if duration < crate::keys::TOKEN_MIN_LIFETIME {
+    if duration < crate::minting::TOKEN_MIN_LIFETIME {
         return Err("must be at least 10m (the shortest token lifetime)".to_owned());
     }
     Ok(duration)

@@ -25,8 +25,7 @@ use crate::store::{
 pub const EPHEMERAL_MAX_LIFETIME: Duration = Duration::from_secs(3_600);
 /// Access tokens (`POST /v1/tokens`) live this long unless asked otherwise.
 pub const TOKEN_DEFAULT_LIFETIME: Duration = Duration::from_secs(4 * 3_600);
-/// Access tokens live at least this long, as upstream required.
-pub const TOKEN_MIN_LIFETIME: Duration = Duration::from_secs(600);
+pub use crate::minting::TOKEN_MIN_LIFETIME;
 /// Expired ephemeral keys (and tokens) are deleted this long after their expiry.
 pub const EPHEMERAL_CLEANUP_GRACE: Duration = Duration::from_secs(1_800);
 /// Search pages hold this many keys unless asked otherwise, and never more than the maximum.

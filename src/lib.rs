@@ -5,6 +5,8 @@
 //! [`store`], [`tls`], [`cli`], [`serve`], [`metrics`].
 
 pub mod app;
+#[cfg(test)]
+mod architecture;
 pub mod assertion;
 pub mod authorizer;
 pub mod breaker;

@@ -19,6 +19,9 @@ pub const MAX_DESCRIPTION_CHARS: usize = 1024;
 pub const MAX_LABELS: usize = 50;
 pub const MAX_LABEL_KEY_CHARS: usize = 128;
 pub const MAX_LABEL_VALUE_CHARS: usize = 1024;
+/// Access tokens live at least this long, as upstream required (also the floor of
+/// `MAAS_AUTHZ_TOKEN_MAX_EXPIRATION`).
+pub const TOKEN_MIN_LIFETIME: Duration = Duration::from_secs(600);
 /// Label keys under this prefix are set by the service itself (e.g. on access tokens) and
 /// cannot be given by callers.
 pub const RESERVED_LABEL_PREFIX: &str = "maas-authz.io/";

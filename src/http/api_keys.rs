@@ -10,10 +10,10 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::SharedState;
 use super::error::ApiError;
 use super::extract::JsonBody;
 use super::openapi::FlatError;
+use super::state::SharedState;
 use crate::duration::format_go_duration;
 use crate::identity::Caller;
 use crate::keys::{

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use super::error::OpenAiError;
 use super::extract::OpenAiCaller;
 use super::openapi::OpenAiErrorBody;
-use super::{SharedState, public_base};
+use super::state::{SharedState, public_base};
 use crate::catalog::{model_id, model_url, usable_subscriptions, visible_models};
 use crate::grpc::check_response::HEADER_SUBSCRIPTION;
 use crate::policy::{Policy, RateLimit, Subscription};

@@ -6,9 +6,9 @@ use axum::http::header;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
-use super::SharedState;
 use super::body::read_json;
 use super::error::{ApiError, OpenAiError};
+use super::state::SharedState;
 use crate::identity::{AuthError, Caller};
 
 /// Who is calling, from the `Authorization` header (every identity source of the

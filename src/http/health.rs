@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::SharedState;
+use super::state::SharedState;
 use crate::breaker::BreakerState;
 use crate::limits::OnStoreError;
 use crate::store::KeyAdminStore;

@@ -6,9 +6,9 @@ use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 
-use super::InternalApi;
 use super::error::ApiError;
 use super::extract::JsonBody;
+use super::state::InternalApi;
 use crate::authorizer::{CheckError, KeyValidity};
 use crate::identity::AuthError;
 

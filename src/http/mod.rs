@@ -11,16 +11,16 @@ mod health;
 mod internal;
 mod openapi;
 mod server;
+mod state;
 mod tokens;
 mod usage;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
@@ -28,65 +28,13 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::authorizer::Authorizer;
-use crate::identity::IdentityResolver;
-use crate::keys::KeyManager;
-use crate::limits::Limiter;
-use crate::policy::Policy;
-use crate::store::served::ServedStore;
 use error::ApiError;
 
+pub use openapi::GATEWAY_PREFIX;
 pub use server::serve_http;
+pub use state::{InternalApi, PublicApi};
 
-/// The prefix under which the gateway also exposes every public route.
-pub const GATEWAY_PREFIX: &str = "/maas-api";
-
-/// What the public routes need, and nothing else.
-pub struct PublicApi {
-    pub keys: Arc<KeyManager<ServedStore>>,
-    /// Authenticates callers (the [`extract::Caller`] extractor).
-    pub identity: Arc<IdentityResolver<ServedStore>>,
-    /// The current policy: model and subscription discovery, usage.
-    pub policy: Arc<ArcSwap<Policy>>,
-    /// The request and token limits (`None`: limits off), for usage and readiness.
-    pub limiter: Option<Arc<Limiter>>,
-    /// The key store, for readiness.
-    pub store: Arc<ServedStore>,
-    /// `MAAS_AUTHZ_PUBLIC_URL`, without a trailing `/`.
-    pub public_url: Option<String>,
-    /// Longest a request may take.
-    pub request_timeout: Duration,
-}
-
-impl std::fmt::Debug for PublicApi {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PublicApi")
-            .field("keys", &self.keys)
-            .field("public_url", &self.public_url)
-            .finish_non_exhaustive()
-    }
-}
-
-/// What the internal routes (validate, clean-up) need, and nothing else.
-pub struct InternalApi {
-    pub keys: Arc<KeyManager<ServedStore>>,
-    /// Validates keys as Check does (same cache).
-    pub authorizer: Arc<Authorizer<ServedStore>>,
-    /// Tenant reported by the validate endpoint.
-    pub tenant: String,
-    /// Longest a request may take.
-    pub request_timeout: Duration,
-}
-
-impl std::fmt::Debug for InternalApi {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InternalApi")
-            .field("tenant", &self.tenant)
-            .finish_non_exhaustive()
-    }
-}
-
-type SharedState = Arc<PublicApi>;
+use state::SharedState;
 
 /// The public router (every route bare and under [`GATEWAY_PREFIX`]) and its OpenAPI document.
 pub fn public_router(state: SharedState) -> (Router, utoipa::openapi::OpenApi) {
@@ -189,29 +137,4 @@ async fn request_context(
 fn is_sane_request_id(value: &HeaderValue) -> bool {
     let bytes = value.as_bytes();
     !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic())
-}
-
-/// The scheme and host clients reach us at: `MAAS_AUTHZ_PUBLIC_URL`, else `x-forwarded-proto`
-/// (or http) and `Host`. `None` when the request carries no usable host.
-fn public_base(state: &PublicApi, headers: &HeaderMap) -> Option<String> {
-    if let Some(url) = &state.public_url {
-        return Some(url.clone());
-    }
-    let scheme = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .filter(|v| v == "http" || v == "https")
-        .unwrap_or_else(|| "http".to_owned());
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .filter(|host| {
-            !host.is_empty()
-                && host
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
-        })?;
-    Some(format!("{scheme}://{host}"))
 }

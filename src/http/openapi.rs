@@ -11,6 +11,10 @@ use utoipa::openapi::server::Server;
 use utoipa::{Modify, OpenApi, ToSchema};
 
 /// Upstream's error body on the key API: `{"error": "..."}`, plus `code` on some.
+/// The prefix under which the gateway also exposes every public route (the document lists it
+/// as a second server).
+pub const GATEWAY_PREFIX: &str = "/maas-api";
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct FlatError {
     pub error: String,
@@ -65,7 +69,7 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
-        openapi.servers = Some(vec![Server::new("/"), Server::new(super::GATEWAY_PREFIX)]);
+        openapi.servers = Some(vec![Server::new("/"), Server::new(GATEWAY_PREFIX)]);
     }
 }
 

@@ -8,11 +8,11 @@ use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::SharedState;
 use super::api_keys::{Lifetime, lifetime_field};
 use super::error::ApiError;
 use super::extract::JsonBody;
 use super::openapi::FlatError;
+use super::state::SharedState;
 use crate::duration::format_go_duration;
 use crate::identity::Caller;
 

@@ -9,10 +9,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::SharedState;
 use super::error::OpenAiError;
 use super::extract::OpenAiCaller;
 use super::openapi::OpenAiErrorBody;
+use super::state::SharedState;
 use crate::catalog::metered_models;
 use crate::duration::format_go_duration;
 use crate::limits::{LimitKind, UsageWindow, retry_after_seconds};
