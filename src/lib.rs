@@ -2,7 +2,7 @@
 //!
 //! See `ARCHITECTURE.md` for the map. Domain: [`key`], [`policy`], [`request_path`], [`assertion`], [`authorizer`], [`minting`],
 //! [`keys`], [`catalog`], [`identity`], [`cache`], [`lookup_budget`], [`limits`], [`usage`], [`duration`]. Edges: [`grpc`], [`http`],
-//! [`store`], [`tls`], [`cli`], [`serve`], [`metrics`].
+//! [`store`], [`tls`], [`cli`], [`serve`], [`metrics`]. Composition root: [`app`].
 
 pub mod app;
 #[cfg(test)]

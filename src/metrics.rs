@@ -374,14 +374,10 @@ impl UsageObserver for Metrics {
 
 /// The sink `serve` wires when nothing enforces token limits: it only counts what would be
 /// charged (`maas_authz_tokens_charged_total`). A limiter wraps or replaces it.
+#[async_trait::async_trait]
 impl TokenSink for Metrics {
-    fn charge<'a>(
-        &'a self,
-        _subject: &'a UsageSubject,
-        tokens: u64,
-    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+    async fn charge(&self, _subject: &UsageSubject, tokens: u64) {
         self.tokens_charged.inc_by(tokens);
-        Box::pin(std::future::ready(()))
     }
 }
 

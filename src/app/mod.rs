@@ -22,7 +22,6 @@ use crate::store::migrate::run_migrations;
 use crate::store::served::ServedStore;
 
 pub use background::DATABASE_HEALTH_SERVICE;
-pub use services::limiter;
 
 use background::Tasks;
 use services::Services;

@@ -181,7 +181,7 @@ fn key_cache(config: &ServeConfig, metrics: &Arc<Metrics>) -> KeyCache {
 
 /// The limiter the configuration asks for: counters in Redis, else in this process. A Redis
 /// whose TLS certificate does not verify stops start-up; a Redis that is down does not.
-pub async fn limiter(
+async fn limiter(
     config: &LimitsConfig,
     policy: Arc<ArcSwap<Policy>>,
     clock: Arc<dyn Clock>,

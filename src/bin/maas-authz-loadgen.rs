@@ -985,7 +985,7 @@ fn process_cpu_seconds() -> Option<f64> {
 #[derive(Debug, Clone, Copy)]
 struct DoNothing;
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl Authorization for DoNothing {
     async fn check(
         &self,

@@ -138,7 +138,7 @@ impl ExtProcService {
 
 type ReplyStream = std::pin::Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl ExternalProcessor for ExtProcService {
     type ProcessStream = ReplyStream;
 

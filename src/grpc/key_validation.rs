@@ -29,7 +29,7 @@ impl<S> KeyValidationService<S> {
     }
 }
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl<S: KeyStore> KeyValidation for KeyValidationService<S> {
     /// OK with `valid` and, if invalid, upstream's reason; a store failure is `UNAVAILABLE`
     /// (the caller may retry), an empty key `INVALID_ARGUMENT` (upstream's 400 "key is required").

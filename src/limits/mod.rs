@@ -472,24 +472,19 @@ impl std::fmt::Debug for ChargingTokenSink {
     }
 }
 
+#[async_trait::async_trait]
 impl TokenSink for ChargingTokenSink {
-    fn charge<'a>(
-        &'a self,
-        subject: &'a UsageSubject,
-        tokens: u64,
-    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
-        Box::pin(async move {
-            // A counter-store outage loses this charge (counted by the limiter's observer): the
-            // response has already gone to the client, so there is nothing else to do with it.
-            if let Err(error) = self
-                .limiter
-                .charge_tokens(&subject.user, &subject.subscription_key, tokens)
-                .await
-            {
-                tracing::warn!(%error, tokens, "metered tokens not charged");
-            }
-            self.next.charge(subject, tokens).await;
-        })
+    async fn charge(&self, subject: &UsageSubject, tokens: u64) {
+        // A counter-store outage loses this charge (counted by the limiter's observer): the
+        // response has already gone to the client, so there is nothing else to do with it.
+        if let Err(error) = self
+            .limiter
+            .charge_tokens(&subject.user, &subject.subscription_key, tokens)
+            .await
+        {
+            tracing::warn!(%error, tokens, "metered tokens not charged");
+        }
+        self.next.charge(subject, tokens).await;
     }
 }
 

@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 #[derive(Debug, Clone, Copy)]
 struct AllowAll;
 
-#[tonic::async_trait]
+#[async_trait::async_trait]
 impl Authorization for AllowAll {
     async fn check(&self, _: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
         Ok(Response::new(CheckResponse {

@@ -19,9 +19,6 @@ mod meter;
 mod request;
 mod sse;
 
-use std::future::Future;
-use std::pin::Pin;
-
 use crate::assertion::AssertionError;
 use crate::request_path::CanonicalPath;
 
@@ -38,13 +35,11 @@ pub struct UsageSubject {
     pub subscription_key: String,
 }
 
-/// Where metered tokens go (implemented by the limits module at merge time).
+/// Where metered tokens go (the limits module charges them, the metrics count them). Used as
+/// `dyn`, hence `#[async_trait]`.
+#[async_trait::async_trait]
 pub trait TokenSink: Send + Sync + 'static {
-    fn charge<'a>(
-        &'a self,
-        subject: &'a UsageSubject,
-        tokens: u64,
-    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+    async fn charge(&self, subject: &UsageSubject, tokens: u64);
 }
 
 /// What one response was charged: its usage, and whether that usage is (partly) an estimate.

@@ -31,15 +31,11 @@ struct RecordingSink {
     charged: Notify,
 }
 
+#[async_trait::async_trait]
 impl TokenSink for RecordingSink {
-    fn charge<'a>(
-        &'a self,
-        subject: &'a UsageSubject,
-        tokens: u64,
-    ) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+    async fn charge(&self, subject: &UsageSubject, tokens: u64) {
         self.charges.lock().unwrap().push((subject.clone(), tokens));
         self.charged.notify_one();
-        Box::pin(std::future::ready(()))
     }
 }
 
