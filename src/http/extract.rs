@@ -64,3 +64,71 @@ where
         Ok(JsonBody(value.unwrap_or_default()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+
+    use super::*;
+    use crate::http::body::BodyError;
+
+    #[derive(Debug, Default, PartialEq, serde::Deserialize)]
+    struct Named {
+        name: Option<String>,
+    }
+
+    fn request(content_type: Option<&str>, body: &'static str) -> Request {
+        let mut builder = Request::builder().method("POST").uri("/");
+        if let Some(value) = content_type {
+            builder = builder.header(header::CONTENT_TYPE, value);
+        }
+        builder.body(Body::from(body)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_missing_body_is_the_default_value() {
+        let read = JsonBody::<Named>::from_request(request(None, ""), &()).await;
+
+        assert_eq!(
+            read.map(|JsonBody(named)| named).ok(),
+            Some(Named::default())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_json_body_is_parsed_into_the_handlers_type() {
+        let read = JsonBody::<Named>::from_request(
+            request(Some("application/json"), r#"{"name":"laptop"}"#),
+            &(),
+        )
+        .await;
+
+        assert_eq!(
+            read.map(|JsonBody(named)| named).ok(),
+            Some(Named {
+                name: Some("laptop".to_owned())
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_body_is_the_same_error_response_as_read_json_gives() {
+        let read = JsonBody::<Named>::from_request(
+            request(Some("application/x-www-form-urlencoded"), "name=laptop"),
+            &(),
+        )
+        .await;
+
+        let rejection = read.expect_err("a form body is refused");
+        assert!(matches!(
+            rejection,
+            ApiError::Body(BodyError::UnsupportedMediaType)
+        ));
+        assert_eq!(
+            rejection.into_response().status(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE
+        );
+    }
+}
