@@ -59,7 +59,8 @@ impl Tasks {
     /// Stops accepting, lets in-flight requests finish within `grace`, and waits for every
     /// task; whatever is still running after the grace period is cut off.
     pub async fn shut_down(self, grace: Duration) -> anyhow::Result<()> {
-        let _ = self.shutdown.send(true);
+        // `send_replace`: the value changes even if every task already ended (no receiver left).
+        self.shutdown.send_replace(true);
         let deadline = tokio::time::Instant::now() + grace;
         for (name, mut task) in self.running {
             match tokio::time::timeout_at(deadline, &mut task).await {
