@@ -2,7 +2,8 @@
 # scripts/test.sh — run the whole maas-authz test suite (THE test command).
 #
 # Sets up everything the tests need, idempotently, then runs
-#   cargo test --all-targets --locked [ARGS...]     (--locked only if Cargo.lock exists)
+#   cargo test --workspace --all-targets --features integration --locked [ARGS...]
+#   (--locked only if Cargo.lock exists; `--features integration` builds tests/it)
 #  1. PostgreSQL: scripts/ensure-postgres.sh finds or starts a server; its admin
 #     URL is exported as MAAS_AUTHZ_TEST_DATABASE_URL (each Rust test creates
 #     its own fresh database from it).
@@ -167,7 +168,7 @@ main() {
 
     ensure_test_tools
 
-    local -a cargo_args=(test --all-targets)
+    local -a cargo_args=(test --workspace --all-targets --features integration)
     if [[ -f "$REPO_ROOT/Cargo.lock" ]]; then
         cargo_args+=(--locked)
     fi

@@ -27,7 +27,6 @@ pub mod pb;
 pub mod policy;
 pub mod request_path;
 pub mod serve;
-pub mod simulator;
 pub mod store;
 pub mod tls;
 pub mod usage;
