@@ -12,6 +12,8 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod duration;
+#[cfg(test)]
+mod edge_tests;
 pub mod grpc;
 pub mod housekeeping;
 pub mod http;

@@ -42,8 +42,7 @@ use crate::store::notify::{KeyChange, ListenerSettings, listen_for_key_changes};
 use crate::store::postgres::{PgKeyStore, PgSettings};
 use crate::usage::TokenSink;
 
-/// The key store as `serve` runs it: PostgreSQL, observed by the metrics.
-pub type ServedStore = PgKeyStore<Arc<Metrics>>;
+pub use crate::store::served::ServedStore;
 
 /// The gRPC health service name that reports whether the database answers. The overall status
 /// (`""`) stays SERVING during an outage: cached keys are still served.
@@ -225,11 +224,11 @@ pub async fn start_with_clock(
         failure_threshold: config.db_breaker_threshold,
         cool_down: config.db_breaker_cool_down,
     }));
-    let store = Arc::new(
+    let store = Arc::new(ServedStore::Postgres(
         PgKeyStore::connect(&pg_settings(&config.database), metrics.clone())?
             .with_check_timeout(config.db_check_timeout)
             .with_breaker(breaker),
-    );
+    ));
     let mut cache = KeyCache::new(CacheSettings {
         capacity: config.cache_capacity,
         ttl: config.cache_ttl,
