@@ -541,4 +541,38 @@ mod tests {
         assert_eq!((counted, hashes), (1, vec![labelled.key_hash]));
         assert_eq!(store.count_revocable_keys(&scope).await.unwrap(), 0);
     }
+
+    #[tokio::test]
+    async fn only_ephemeral_keys_expired_beyond_the_grace_are_deleted() {
+        let store = MemoryKeyStore::new("t");
+        let long_ago = Utc::now() - chrono::Duration::hours(2);
+        let mut old_ephemeral = new_key("alice", "old", long_ago);
+        old_ephemeral.ephemeral = true;
+        let mut fresh_ephemeral =
+            new_key("alice", "fresh", Utc::now() - chrono::Duration::minutes(1));
+        fresh_ephemeral.ephemeral = true;
+        let old_regular = new_key("alice", "regular", long_ago);
+        for key in [&old_ephemeral, &fresh_ephemeral, &old_regular] {
+            store.insert_key(key).await.unwrap();
+        }
+
+        let deleted = store
+            .delete_expired_ephemeral_keys(Duration::from_secs(30 * 60))
+            .await
+            .unwrap();
+
+        assert_eq!(deleted, 1);
+        assert_eq!(
+            store.find_by_hash(&old_ephemeral.key_hash).await.unwrap(),
+            None
+        );
+        assert!(
+            store
+                .find_by_id(fresh_ephemeral.id)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(store.find_by_id(old_regular.id).await.unwrap().is_some());
+    }
 }
