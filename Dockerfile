@@ -19,6 +19,8 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto ./proto
 COPY migrations ./migrations
 COPY src ./src
+# The workspace's other members (loadgen, simulator): cargo reads every member's manifest.
+COPY tools ./tools
 # Cargo.toml declares these targets; their sources must exist even though they are not built.
 COPY benches ./benches
 COPY tests ./tests

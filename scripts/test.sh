@@ -2,7 +2,10 @@
 # scripts/test.sh — run the whole maas-authz test suite (THE test command).
 #
 # Sets up everything the tests need, idempotently, then runs
-#   cargo test --all-targets --locked [ARGS...]     (--locked only if Cargo.lock exists)
+#   cargo test --workspace --all-targets --features integration --locked [ARGS...]
+#   (--locked only if Cargo.lock exists; `--features integration` builds tests/it)
+# and ends with one verdict line, `N passed, N failed` (summed over cargo's
+# `test result:` lines); the exit status is cargo's.
 #  1. PostgreSQL: scripts/ensure-postgres.sh finds or starts a server; its admin
 #     URL is exported as MAAS_AUTHZ_TEST_DATABASE_URL (each Rust test creates
 #     its own fresh database from it).
@@ -167,7 +170,7 @@ main() {
 
     ensure_test_tools
 
-    local -a cargo_args=(test --all-targets)
+    local -a cargo_args=(test --workspace --all-targets --features integration)
     if [[ -f "$REPO_ROOT/Cargo.lock" ]]; then
         cargo_args+=(--locked)
     fi
@@ -179,7 +182,31 @@ main() {
     log "  redis:    $(redact_url "$MAAS_AUTHZ_TEST_REDIS_URL") (MAAS_AUTHZ_TEST_REDIS_URL; one key prefix per test)"
     log "  envoy:    ${MAAS_AUTHZ_ENVOY_BIN:-<none> (MAAS_AUTHZ_ENVOY_BIN unset)}"
     log "  command:  cargo ${cargo_args[*]}"
-    exec cargo "${cargo_args[@]}"
+    run_with_verdict cargo "${cargo_args[@]}"
+}
+
+# run_with_verdict COMMAND...: runs the test command (its stdout also copied aside), then
+# prints one verdict line, `N passed, N failed`, summed over every `test result:` line
+# cargo printed; exits with the command's status.
+run_with_verdict() {
+    local output status
+    output="$(mktemp)"
+    set +e
+    "$@" | tee "$output"
+    status=${PIPESTATUS[0]}
+    set -e
+    if [[ "$status" -ne 0 ]]; then
+        log "cargo test exited with status $status"
+    fi
+    awk '/^test result:/ {
+            for (i = 2; i <= NF; i++) {
+                if ($i == "passed;") passed += $(i - 1)
+                if ($i == "failed;") failed += $(i - 1)
+            }
+        }
+        END { printf "%d passed, %d failed\n", passed, failed }' "$output"
+    rm -f -- "$output"
+    return "$status"
 }
 
 main "$@"

@@ -15,6 +15,8 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod duration;
+#[cfg(test)]
+mod edge_tests;
 pub mod grpc;
 pub mod housekeeping;
 pub mod http;
@@ -30,7 +32,6 @@ pub mod pb;
 pub mod policy;
 pub mod request_path;
 pub mod serve;
-pub mod simulator;
 pub mod store;
 pub mod tls;
 pub mod usage;

@@ -72,14 +72,14 @@ impl Services {
             super::migrate(&config.database, config.startup_timeout).await?;
         }
         let policy = Arc::new(ArcSwap::from_pointee(load_policy(config, &metrics)?));
-        let store = Arc::new(
+        let store = Arc::new(ServedStore::Postgres(
             PgKeyStore::connect(&pg_settings(&config.database), metrics.clone())?
                 .with_check_timeout(config.db_check_timeout)
                 .with_breaker(Arc::new(CircuitBreaker::new(BreakerSettings {
                     failure_threshold: config.db_breaker_threshold,
                     cool_down: config.db_breaker_cool_down,
                 }))),
-        );
+        ));
         let cache = key_cache(config, &metrics);
         let last_used = Arc::new(LastUsedTracker::new(config.last_used_interval));
         let limiter = if config.limits.limits_enabled {

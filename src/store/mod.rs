@@ -1,9 +1,11 @@
 //! The key store boundary: what the domain asks of persistence, in domain types only.
 //!
 //! The PostgreSQL implementation lives in [`postgres`], its SQL in [`sql`], its schema in
-//! `migrations/` applied by [`migrate`].
+//! `migrations/` applied by [`migrate`]; [`memory`] holds keys in this process with the same
+//! semantics (tests without a database); [`served`] is the one `serve` runs on.
 
 pub mod connect;
+pub mod memory;
 pub mod migrate;
 pub mod notify;
 pub mod postgres;

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use maas_authz::app::RunningServer;
-use maas_authz::simulator::{HEADER_RECEIVED_CREDENTIALS, HEADER_RECEIVED_IDENTITY};
+use maas_simulator::{HEADER_RECEIVED_CREDENTIALS, HEADER_RECEIVED_IDENTITY};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::oneshot;
@@ -260,7 +260,7 @@ impl Gateway {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let simulator_addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let simulator = tokio::spawn(maas_authz::simulator::serve_simulator(listener, async {
+        let simulator = tokio::spawn(maas_simulator::serve_simulator(listener, async {
             let _ = stopped.await;
         }));
 

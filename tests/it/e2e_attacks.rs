@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use maas_authz::simulator::HEADER_SERVED_MODEL;
+use maas_simulator::HEADER_SERVED_MODEL;
 use serde_json::{Value, json};
 
 use crate::e2e::{

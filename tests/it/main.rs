@@ -35,7 +35,6 @@ mod rest_validation;
 mod revocation;
 mod seeds;
 mod server;
-mod simulator;
 mod support;
 mod tls;
 mod validate;

@@ -489,7 +489,7 @@ fn check_allows_only_the_model_the_backend_would_serve_and_counts_it() {
                     ),
                     None => path.clone(),
                 };
-                let served = maas_authz::simulator::served_model(&backend_path, bytes, SERVED);
+                let served = maas_simulator::served_model(&backend_path, bytes, SERVED);
                 prop_assert!(
                     served.is_none() || served == Some(model.name.as_str()),
                     "path {:?}, route {:?}, header {:?}, body {:?}: Check authorized {}, the \

@@ -42,6 +42,6 @@ pub async fn serve_noop_ext_authz(
         .add_service(AuthorizationServer::new(AllowAll))
         // Served on the same sockets as maas-authz's gRPC port, so a comparison differs only in
         // the work done per Check.
-        .serve_with_incoming_shutdown(crate::grpc::socket::copying(incoming), shutdown)
+        .serve_with_incoming_shutdown(maas_authz::grpc::socket::copying(incoming), shutdown)
         .await
 }

@@ -1,10 +1,16 @@
 //! The simulator as a real HTTP server on loopback: lax path and body reading, the served model it reports, every API's usage, interruptible streams, and its binary's configuration errors.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_debug_implementations
+)]
+
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use maas_authz::simulator::{
+use maas_simulator::{
     DEFAULT_SERVED_MODELS, HEADER_CHUNK_DELAY_MS, HEADER_SERVED_MODEL, ServedModels,
     SimulatorConfig, serve_simulator_with, served_model,
 };

@@ -11,7 +11,6 @@
 
 #![allow(clippy::print_stdout)]
 
-#[path = "loadgen/reliability.rs"]
 mod reliability;
 
 use std::marker::PhantomData;

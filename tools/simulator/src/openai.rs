@@ -769,7 +769,7 @@ mod tests {
             .collect();
         assert_eq!(
             text,
-            crate::simulator::REPLY
+            crate::REPLY
                 .split_whitespace()
                 .collect::<Vec<_>>()
                 .join(" ")

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::Parser;
-use maas_authz::simulator::{ServedModels, SimulatorConfig};
+use maas_simulator::{ServedModels, SimulatorConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -76,7 +76,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let config = SimulatorConfig {
         models: args.models,
     };
-    let simulator = tokio::spawn(maas_authz::simulator::serve_simulator_with(
+    let simulator = tokio::spawn(maas_simulator::serve_simulator_with(
         listener,
         config,
         stopped(),
@@ -88,7 +88,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on --noop-ext-authz {addr}"))?;
             tracing::info!(addr = %listener.local_addr()?, "do-nothing ext_authz serving");
-            Some(tokio::spawn(maas_authz::simulator::serve_noop_ext_authz(
+            Some(tokio::spawn(maas_simulator::serve_noop_ext_authz(
                 listener,
                 stopped(),
             )))
