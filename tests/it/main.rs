@@ -10,6 +10,7 @@
 mod abuse;
 mod check;
 mod cli;
+mod cli_check;
 mod e2e;
 mod e2e_attacks;
 mod e2e_tokens;
