@@ -157,12 +157,18 @@ async fn request_context(
     span.in_scope(|| {
         tracing::info!(
             status = response.status().as_u16(),
-            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            elapsed_ms = rounded_millis(started.elapsed()),
             "request"
         );
     });
     response.headers_mut().insert(REQUEST_ID, request_id);
     response
+}
+
+/// Milliseconds to two decimals (`8.11`, not `8.110449000000001`): enough for a request log,
+/// and readable.
+fn rounded_millis(elapsed: Duration) -> f64 {
+    (elapsed.as_secs_f64() * 1e5).round() / 1e2
 }
 
 /// Visible ASCII, at most 128 characters: anything else is replaced, so logs stay clean.
@@ -194,4 +200,16 @@ fn public_base(state: &ApiState, headers: &HeaderMap) -> Option<String> {
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
         })?;
     Some(format!("{scheme}://{host}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn the_request_log_gives_milliseconds_to_two_decimals() {
+        let shown = super::rounded_millis(Duration::from_nanos(8_110_449)).to_string();
+
+        assert_eq!(shown, "8.11");
+    }
 }
