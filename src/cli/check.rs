@@ -34,6 +34,8 @@ pub struct Decision {
     pub headers: BTreeMap<String, String>,
     /// The request headers Envoy removes before the request goes on (the credentials).
     pub headers_removed: Vec<String>,
+    /// Allowed: the headers Envoy adds to the model's response (the `x-ratelimit-*` ones).
+    pub response_headers: BTreeMap<String, String>,
     /// The body of a denial.
     pub body: Option<String>,
     /// The ext_authz dynamic metadata, for Envoy's later filters (rate limit, access log).
@@ -173,6 +175,7 @@ impl Decision {
                 reason: header_value(&denied.headers, HEADER_REASON),
                 headers: headers_of(&denied.headers),
                 headers_removed: Vec::new(),
+                response_headers: BTreeMap::new(),
                 body: Some(denied.body.clone()).filter(|body| !body.is_empty()),
                 dynamic_metadata,
             }),
@@ -182,6 +185,7 @@ impl Decision {
                 reason: None,
                 headers: headers_of(&ok.headers),
                 headers_removed: ok.headers_to_remove.clone(),
+                response_headers: headers_of(&ok.response_headers_to_add),
                 body: None,
                 dynamic_metadata,
             }),
@@ -191,6 +195,7 @@ impl Decision {
                 reason: None,
                 headers: BTreeMap::new(),
                 headers_removed: Vec::new(),
+                response_headers: BTreeMap::new(),
                 body: None,
                 dynamic_metadata,
             }),
@@ -249,6 +254,10 @@ pub fn write_text(decision: &Decision, out: &mut impl Write) -> std::io::Result<
                 "headers removed from the request: {}",
                 decision.headers_removed.join(", ")
             )?;
+        }
+        if !decision.response_headers.is_empty() {
+            writeln!(out, "headers added to the response:")?;
+            write_headers(&decision.response_headers, out)?;
         }
         return Ok(());
     }
@@ -415,6 +424,7 @@ mod tests {
                     header(HEADER_IDENTITY_ASSERTION, &"a".repeat(200)),
                 ],
                 headers_to_remove: vec!["authorization".to_owned()],
+                response_headers_to_add: vec![header("x-ratelimit-remaining-requests", "19")],
                 ..Default::default()
             })),
             ..Default::default()
@@ -430,7 +440,9 @@ mod tests {
              headers set on the request:\n  \
              x-maas-identity-assertion: aaaaaaaaaaaaaaaaaaaaaaaa… (signed, 200 characters)\n  \
              x-maas-username: developer\n\
-             headers removed from the request: authorization\n"
+             headers removed from the request: authorization\n\
+             headers added to the response:\n  \
+             x-ratelimit-remaining-requests: 19\n"
         );
     }
 

@@ -66,6 +66,10 @@ async fn check_prints_an_allow_with_the_headers_envoy_would_set_and_exits_0() {
         "{printed}"
     );
     assert!(
+        printed.contains("  x-ratelimit-remaining-requests: 19\n"),
+        "the premium limit is 20 a minute: {printed}"
+    );
+    assert!(
         !printed.contains(&key) && !stderr(&output).contains(&key),
         "the key is never printed"
     );
