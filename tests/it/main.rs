@@ -24,6 +24,7 @@ mod migrations;
 mod outage;
 mod properties;
 mod raw_http;
+mod readme;
 mod rest;
 mod rest_admin;
 mod rest_internal;
