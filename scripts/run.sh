@@ -110,7 +110,8 @@ ensure_developer_identity() {
     if [[ -s "$token_file" ]]; then
         token="$(<"$token_file")"
     fi
-    if [[ ! "$token" =~ ^dev-[0-9a-f]{48}$ ]]; then
+    # Any token of 16+ safe characters is kept (yours too); an sk-oai- one would read as a key.
+    if [[ ! "$token" =~ ^[A-Za-z0-9._~+/=-]{16,}$ || "$token" == sk-oai-* ]]; then
         token="dev-$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
         (umask 077 && printf '%s\n' "$token" >"$token_file")
         log "generated a developer token in $token_file"
@@ -121,7 +122,7 @@ ensure_developer_identity() {
         printf '%s\n' \
             '# Written by scripts/run.sh on every run from .local/run/developer-token: the local' \
             '# developer identity (MAAS_AUTHZ_STATIC_TOKENS_FILE). Delete the token file for a new token.' \
-            "- token: $token" \
+            "- token: '$token'" \
             '  username: developer' \
             '  groups: [premium-users]' >"$STATE_DIR/static-tokens.yaml"
     )
