@@ -1,11 +1,16 @@
-//! The operator CLI (`maas-authz keys …`): bootstrap and break-glass, straight against the database.
+//! The operator CLI (`maas-authz keys …`): bootstrap and break-glass, straight against the database;
+//! and `maas-authz check`, which asks a running server instead.
+
+pub mod check;
 
 use std::io::Write;
 
 use anyhow::{Context, bail};
 use chrono::Utc;
 
-use crate::config::{DatabaseConfig, KeysAction, KeysCommand, KeysCreate, pg_settings};
+use crate::config::{
+    DatabaseConfig, KeysAction, KeysCommand, KeysCreate, OutputFormat, pg_settings,
+};
 use crate::keys::EPHEMERAL_CLEANUP_GRACE;
 use crate::minting::{MintRequest, mint_key};
 use crate::policy::Policy;
@@ -15,14 +20,19 @@ use crate::store::{KeyAdminStore, KeyRecordId, KeyStore};
 /// Every key holder is an authenticated user; keys minted through the API carry this group too.
 pub const AUTHENTICATED_GROUP: &str = "system:authenticated";
 
-/// Runs one `keys` action, writing results to `out` (standard output in production).
-pub async fn run_keys(command: KeysCommand, out: &mut impl Write) -> anyhow::Result<()> {
+/// Runs one `keys` action, writing results to `out` (standard output in production) and what
+/// describes them to `notes` (standard error), so that `out` holds only what a script reads.
+pub async fn run_keys(
+    command: KeysCommand,
+    out: &mut impl Write,
+    notes: &mut impl Write,
+) -> anyhow::Result<()> {
     let store = PgKeyStore::connect(
         &pg_settings(&command.database),
         std::sync::Arc::new(NoQueryObserver),
     )?;
     match command.action {
-        KeysAction::Create(create) => create_key(&store, create, out).await,
+        KeysAction::Create(create) => create_key(&store, create, out, notes).await,
         KeysAction::Revoke { id } => {
             let id = KeyRecordId::parse(&id).map_err(|_| {
                 anyhow::anyhow!("{id:?} is not a key id (a UUID as printed by `keys create`)")
@@ -85,6 +95,7 @@ async fn create_key(
     store: &PgKeyStore,
     create: KeysCreate,
     out: &mut impl Write,
+    notes: &mut impl Write,
 ) -> anyhow::Result<()> {
     let mut groups = create.groups;
     if !groups.iter().any(|g| g == AUTHENTICATED_GROUP) {
@@ -111,17 +122,37 @@ async fn create_key(
     )
     .await
     .context("cannot create the key")?;
-    // The key goes to standard output alone, so `KEY=$(maas-authz keys create …)` works;
-    // what describes it goes to standard error.
-    writeln!(out, "{}", minted.key.expose())?;
     let record = &minted.record;
-    tracing::info!(
-        id = %record.id,
-        user = %record.username,
-        subscription = %record.subscription,
-        expires_at = ?record.expires_at,
-        "key created; it is shown once and cannot be recovered"
-    );
+    let expires_at = record
+        .expires_at
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    match create.output {
+        OutputFormat::Json => {
+            let created = serde_json::json!({
+                "id": record.id.to_string(),
+                "key": minted.key.expose(),
+                "name": record.name,
+                "username": record.username,
+                "subscription": record.subscription,
+                "expiresAt": expires_at,
+            });
+            writeln!(out, "{created}")?;
+        }
+        OutputFormat::Text => {
+            // The key goes to standard output alone, so `KEY=$(maas-authz keys create …)` works;
+            // what describes it goes to standard error.
+            writeln!(out, "{}", minted.key.expose())?;
+            writeln!(
+                notes,
+                "created key {} for user {}: subscription {}, {}; the key (on standard output) \
+                 is shown once and cannot be recovered",
+                record.id,
+                record.username,
+                record.subscription,
+                expires_at.map_or_else(|| "never expires".to_owned(), |t| format!("expires {t}")),
+            )?;
+        }
+    }
     Ok(())
 }
 

@@ -40,6 +40,9 @@ pub enum Command {
     Keys(KeysCommand),
     /// Delete ephemeral keys more than 30 minutes past expiry, then exit (for a CronJob).
     Cleanup(DatabaseConfig),
+    /// Ask a running server's Check what Envoy would ask, and print its decision (exit code 0
+    /// allowed, 1 denied, 2 error).
+    Check(CheckCommand),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -645,6 +648,152 @@ pub struct KeysCreate {
         value_name = "MAAS_AUTHZ_POLICY_PATH"
     )]
     pub policy_path: Option<PathBuf>,
+    /// `text`: the key alone on standard output, what describes it on standard error; `json`:
+    /// one object with `id`, `key`, `subscription` and `expiresAt` on standard output.
+    #[arg(long, default_value = "text")]
+    pub output: OutputFormat,
+}
+
+// ---- `maas-authz check` and the CLI's output formats -------------------------------------
+
+/// How a CLI command prints its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// For people.
+    Text,
+    /// One JSON object on standard output, for scripts.
+    Json,
+}
+
+/// `maas-authz check`: one ext_authz Check request, built as Envoy builds it, to a running server.
+#[derive(Debug, Clone, Args)]
+pub struct CheckCommand {
+    /// The request path as the client sent it, e.g. /qwen3/v1/chat/completions.
+    pub path: String,
+    /// The server's gRPC listener (`serve`'s MAAS_AUTHZ_GRPC_ADDR), as host:port or
+    /// http://host:port. The listener speaks plaintext gRPC (no TLS).
+    #[arg(long, default_value = "127.0.0.1:50051", value_parser = grpc_server)]
+    pub server: GrpcServer,
+    /// An API key, sent as `authorization: Bearer <key>` (never printed).
+    #[arg(long, value_parser = secret_setting)]
+    pub key: Option<SecretSetting>,
+    /// The request's HTTP method.
+    #[arg(long, default_value = "POST")]
+    pub method: String,
+    /// The request's Host (`:authority`).
+    #[arg(long, default_value = "localhost")]
+    pub host: String,
+    /// A request header `name: value` (repeat for several), e.g. `x-gateway-model-name: qwen3`.
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE", value_parser = RequestHeaderParser)]
+    pub headers: Vec<RequestHeader>,
+    /// The route's model (`<namespace>/<name>`, e.g. llm/qwen3), sent as the ext_authz context
+    /// extension `model` as an operator sets it on Envoy's model routes.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// The request body Envoy forwards to Check (`with_request_body`), e.g. '{"model":"qwen3"}'.
+    #[arg(long)]
+    pub body: Option<String>,
+    /// The client's address, as Envoy reports it (`source.address`; per-address budgets use it).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub source_address: std::net::IpAddr,
+    /// Longest to wait for the server, connecting included.
+    #[arg(long, default_value = "5s", value_parser = positive_duration)]
+    pub timeout: Duration,
+    /// `text` for people, `json` for scripts.
+    #[arg(long, default_value = "text")]
+    pub output: OutputFormat,
+}
+
+/// A gRPC server's `http://host:port` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcServer(String);
+
+impl GrpcServer {
+    pub fn url(&self) -> &str {
+        &self.0
+    }
+}
+
+fn grpc_server(text: &str) -> Result<GrpcServer, String> {
+    if text.starts_with("https://") {
+        return Err("maas-authz serves gRPC without TLS: use http://host:port or host:port".into());
+    }
+    let authority = text.strip_prefix("http://").unwrap_or(text);
+    let authority = authority.strip_suffix('/').unwrap_or(authority);
+    let port = authority
+        .rsplit_once(':')
+        .map(|(host, port)| (host, port.parse::<u16>()));
+    match port {
+        Some((host, Ok(port))) if !host.is_empty() && port > 0 && !host.contains(['/', '@']) => {
+            Ok(GrpcServer(format!("http://{authority}")))
+        }
+        _ => Err("must be host:port or http://host:port, e.g. 127.0.0.1:50051".to_owned()),
+    }
+}
+
+/// One request header for `check`: a lowercase name (as Envoy hands headers to Check) and its
+/// value. `Debug` hides the value, which may be a credential.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RequestHeader {
+    pub name: String,
+    pub value: String,
+}
+
+impl std::fmt::Debug for RequestHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RequestHeader({}: <redacted>)", self.name)
+    }
+}
+
+/// Parses `--header` with [`request_header`]; unlike clap's own errors, a refusal never repeats
+/// the value, which may hold a credential.
+#[derive(Debug, Clone, Copy)]
+struct RequestHeaderParser;
+
+impl clap::builder::TypedValueParser for RequestHeaderParser {
+    type Value = RequestHeader;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        _argument: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<RequestHeader, clap::Error> {
+        value
+            .to_str()
+            .ok_or_else(|| "is not UTF-8".to_owned())
+            .and_then(request_header)
+            .map_err(|reason| {
+                clap::Error::raw(
+                    clap::error::ErrorKind::ValueValidation,
+                    format!("invalid value for --header: {reason}\n"),
+                )
+                .with_cmd(command)
+            })
+    }
+}
+
+/// `name: value`.
+fn request_header(text: &str) -> Result<RequestHeader, String> {
+    let (name, value) = text
+        .split_once(':')
+        .ok_or("must be `name: value`, e.g. `x-api-key: sk-oai-…`")?;
+    let name = name.trim();
+    let valid_name = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !valid_name {
+        return Err("the header name must be a non-empty HTTP token, e.g. x-api-key".to_owned());
+    }
+    let value = value.trim();
+    if value.chars().any(char::is_control) {
+        return Err("the header value cannot contain control characters".to_owned());
+    }
+    Ok(RequestHeader {
+        name: name.to_ascii_lowercase(),
+        value: value.to_owned(),
+    })
 }
 
 impl Default for HttpConfig {

@@ -38,6 +38,13 @@ pub struct Rate {
     pub burst: u32,
 }
 
+/// `1000/s (burst 1000)`.
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/s (burst {})", self.per_second, self.burst)
+    }
+}
+
 impl Rate {
     fn burst(self) -> f64 {
         f64::from(self.burst.max(1))
@@ -260,12 +267,23 @@ pub struct LookupBudget {
     observer: Option<Arc<dyn ThrottleObserver>>,
 }
 
+/// Read in start-up logs: `global: 1000/s (burst 1000), per_peer: off`, not `Some(Rate { … })`.
 impl std::fmt::Debug for LookupBudget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scope = |rate: Option<&Rate>| match rate {
+            Some(rate) => format!("{rate}"),
+            None => "off".to_owned(),
+        };
         f.debug_struct("LookupBudget")
             .field("kind", &self.kind)
-            .field("global", &self.global.as_ref().map(|(rate, _)| rate))
-            .field("per_peer", &self.per_peer.as_ref().map(|table| table.rate))
+            .field(
+                "global",
+                &format_args!("{}", scope(self.global.as_ref().map(|(rate, _)| rate))),
+            )
+            .field(
+                "per_peer",
+                &format_args!("{}", scope(self.per_peer.as_ref().map(|table| &table.rate))),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -551,6 +569,18 @@ mod tests {
                 counting.1.load(Ordering::SeqCst)
             ),
             (1, 1)
+        );
+    }
+
+    #[test]
+    fn a_budget_reads_in_logs_as_its_rates_with_off_for_a_scope_switched_off() {
+        let budget = budget(Some(TEN_A_SECOND), None, Instant::now());
+
+        let shown = format!("{budget:?}");
+
+        assert_eq!(
+            shown,
+            "LookupBudget { kind: UnknownKeyLookups, global: 10/s (burst 3), per_peer: off, .. }"
         );
     }
 }

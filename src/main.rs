@@ -12,14 +12,29 @@ async fn main() -> std::process::ExitCode {
         Command::Migrate(database) => {
             maas_authz::app::migrate(&database, database.db_connect_timeout).await
         }
-        Command::Keys(keys) => maas_authz::cli::run_keys(keys, &mut std::io::stdout()).await,
+        Command::Keys(keys) => {
+            maas_authz::cli::run_keys(keys, &mut std::io::stdout(), &mut std::io::stderr()).await
+        }
         Command::Cleanup(database) => maas_authz::cli::run_cleanup(&database).await,
+        Command::Check(check) => return check_exit_code(&check).await,
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `check`'s exit code: 0 allowed, 1 denied, 2 no decision (clap's code for bad arguments too).
+async fn check_exit_code(check: &maas_authz::config::CheckCommand) -> std::process::ExitCode {
+    match maas_authz::cli::check::run_check(check, &mut std::io::stdout()).await {
+        Ok(decision) if decision.allowed => std::process::ExitCode::SUCCESS,
+        Ok(_) => std::process::ExitCode::from(1),
+        Err(error) => {
+            eprintln!("maas-authz check: error: {error:#}");
+            std::process::ExitCode::from(2)
         }
     }
 }

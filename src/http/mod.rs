@@ -125,7 +125,7 @@ async fn request_context(
     span.in_scope(|| {
         tracing::info!(
             status = response.status().as_u16(),
-            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            elapsed_ms = rounded_millis(started.elapsed()),
             "request"
         );
     });
@@ -133,8 +133,25 @@ async fn request_context(
     response
 }
 
+/// Milliseconds to two decimals (`8.11`, not `8.110449000000001`): enough for a request log,
+/// and readable.
+fn rounded_millis(elapsed: Duration) -> f64 {
+    (elapsed.as_secs_f64() * 1e5).round() / 1e2
+}
+
 /// Visible ASCII, at most 128 characters: anything else is replaced, so logs stay clean.
 fn is_sane_request_id(value: &HeaderValue) -> bool {
     let bytes = value.as_bytes();
     !bytes.is_empty() && bytes.len() <= 128 && bytes.iter().all(|b| b.is_ascii_graphic())
+}
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[test]
+    fn the_request_log_gives_milliseconds_to_two_decimals() {
+        let shown = super::rounded_millis(Duration::from_nanos(8_110_449)).to_string();
+
+        assert_eq!(shown, "8.11");
+    }
 }

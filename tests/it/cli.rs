@@ -606,3 +606,87 @@ async fn no_key_or_token_appears_in_the_logs_even_at_trace_level() {
         assert!(!log.contains(secret), "a secret leaked into the logs");
     }
 }
+
+#[tokio::test]
+async fn keys_create_tells_a_person_the_keys_id_beside_the_key_alone_on_stdout() {
+    let db = TestDb::migrated().await;
+    let env = [("DATABASE_URL", db.url.as_str())];
+
+    let output = maas_authz(
+        &[
+            "keys",
+            "create",
+            "--user",
+            "ops",
+            "--subscription",
+            "free",
+            "--expires-in",
+            "1h",
+        ],
+        &env,
+    );
+
+    assert!(output.status.success(), "{}", stderr(&output));
+    let key = String::from_utf8(output.stdout.clone()).unwrap();
+    let listed = maas_authz(&["keys", "list", "--user", "ops"], &env);
+    let id = String::from_utf8(listed.stdout)
+        .unwrap()
+        .lines()
+        .nth(1)
+        .and_then(|row| row.split('\t').next())
+        .unwrap()
+        .to_owned();
+    let notes = stderr(&output);
+    assert!(
+        notes.starts_with(&format!(
+            "created key {id} for user ops: subscription free, expires 20"
+        )),
+        "{notes}"
+    );
+    assert!(!notes.contains("Some("), "{notes}");
+    assert!(!notes.contains(key.trim()), "the key must not be on stderr");
+}
+
+#[tokio::test]
+async fn keys_create_as_json_gives_a_script_the_id_key_subscription_and_expiry() {
+    let db = TestDb::migrated().await;
+    let env = [("DATABASE_URL", db.url.as_str())];
+
+    let output = maas_authz(
+        &[
+            "keys",
+            "create",
+            "--user",
+            "ops",
+            "--subscription",
+            "free",
+            "--expires-in",
+            "2h",
+            "--output",
+            "json",
+        ],
+        &env,
+    );
+
+    assert!(output.status.success(), "{}", stderr(&output));
+    let created: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let key = created["key"].as_str().unwrap();
+    assert!(key.starts_with("sk-oai-"), "{created}");
+    assert_eq!(created["subscription"], "free");
+    assert_eq!(created["username"], "ops");
+    let expires_at: chrono::DateTime<chrono::Utc> =
+        created["expiresAt"].as_str().unwrap().parse().unwrap();
+    let lifetime = expires_at - chrono::Utc::now();
+    assert!(
+        lifetime > chrono::Duration::minutes(119) && lifetime <= chrono::Duration::hours(2),
+        "{created}"
+    );
+    let listed = maas_authz(&["keys", "list", "--user", "ops"], &env);
+    assert!(
+        String::from_utf8(listed.stdout)
+            .unwrap()
+            .contains(created["id"].as_str().unwrap()),
+        "{created}"
+    );
+    assert!(!stderr(&output).contains(key), "the key must not be logged");
+}

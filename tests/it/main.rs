@@ -10,6 +10,7 @@
 mod abuse;
 mod check;
 mod cli;
+mod cli_check;
 mod e2e;
 mod e2e_attacks;
 mod e2e_tokens;
@@ -23,6 +24,7 @@ mod migrations;
 mod outage;
 mod properties;
 mod raw_http;
+mod readme;
 mod rest;
 mod rest_admin;
 mod rest_internal;

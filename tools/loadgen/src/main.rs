@@ -1083,23 +1083,23 @@ fn report(args: &Args, baseline: Option<&Summary>, measured: &Summary) {
         let summary_json = |r: &Summary| {
             serde_json::json!({
                 "target": r.target,
-                "rps": r.rps,
-                "round_rps": r.round_rps,
+                "rps": rounded(r.rps, 1),
+                "round_rps": r.round_rps.iter().map(|x| rounded(*x, 1)).collect::<Vec<_>>(),
                 "requests": r.requests,
-                "seconds": r.seconds,
+                "seconds": rounded(r.seconds, 3),
                 "allowed": r.allowed,
                 "denied": r.denied,
                 "errors": r.errors,
                 "first_error": r.first_error,
                 "latency_us": {
-                    "mean": r.mean_us,
+                    "mean": rounded(r.mean_us, 1),
                     "p50": r.p50_us,
                     "p99": r.p99_us,
                     "p99_9": r.p999_us,
                     "max": r.max_us,
                 },
-                "cpu_us_per_request": r.cpu_us_per_request,
-                "cpu_utilisation": r.cpu_utilisation,
+                "cpu_us_per_request": r.cpu_us_per_request.map(|x| rounded(x, 2)),
+                "cpu_utilisation": r.cpu_utilisation.map(|x| rounded(x, 3)),
             })
         };
         let object = serde_json::json!({
@@ -1127,8 +1127,8 @@ fn report(args: &Args, baseline: Option<&Summary>, measured: &Summary) {
             } else {
                 Some(summary_json(measured))
             },
-            "round_ratios": round_ratios,
-            "ratio_rps_vs_baseline": ratio,
+            "round_ratios": round_ratios.iter().map(|x| rounded(*x, 3)).collect::<Vec<_>>(),
+            "ratio_rps_vs_baseline": ratio.map(|x| rounded(x, 3)),
         });
         println!("{object}");
         return;
@@ -1211,10 +1211,28 @@ fn report(args: &Args, baseline: Option<&Summary>, measured: &Summary) {
     }
 }
 
+/// `x` to `decimals` places, for JSON a person may read too (`0.112`, not `0.11191000000000001`).
+fn rounded(x: f64, decimals: i32) -> f64 {
+    let scale = 10f64.powi(decimals);
+    (x * scale).round() / scale
+}
+
 fn micros(us: f64) -> String {
     if us >= 1_000.0 {
         format!("{:.2}ms", us / 1_000.0)
     } else {
         format!("{us:.0}µs")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn json_figures_are_rounded_to_what_a_reader_can_use() {
+        assert_eq!(
+            super::rounded(0.111_910_000_000_000_01, 3).to_string(),
+            "0.112"
+        );
+        assert_eq!(super::rounded(41_234.567_8, 1).to_string(), "41234.6");
     }
 }
