@@ -677,6 +677,10 @@ pub struct CheckCommand {
     /// An API key, sent as `authorization: Bearer <key>` (never printed).
     #[arg(long, value_parser = secret_setting)]
     pub key: Option<SecretSetting>,
+    /// A file holding the API key (`-`: standard input), so that the key stays out of the
+    /// process list and the shell history; surrounding whitespace is ignored.
+    #[arg(long, value_name = "PATH", conflicts_with = "key")]
+    pub key_file: Option<std::path::PathBuf>,
     /// The request's HTTP method.
     #[arg(long, default_value = "POST")]
     pub method: String,

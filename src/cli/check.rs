@@ -2,7 +2,8 @@
 //! and its decision printed for people or scripts (so the hot path can be tried without grpcurl).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
+use std::io::{Read, Write};
+use std::path::Path;
 
 use anyhow::{Context, bail};
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
@@ -17,7 +18,7 @@ use tonic::transport::Endpoint;
 
 use crate::assertion::HEADER_IDENTITY_ASSERTION;
 use crate::authorizer::CONTEXT_EXTENSION_MODEL;
-use crate::config::{CheckCommand, OutputFormat};
+use crate::config::{CheckCommand, OutputFormat, SecretSetting};
 use crate::grpc::check_response::HEADER_REASON;
 
 /// What Check decided, as Envoy would act on it.
@@ -45,6 +46,11 @@ pub struct Decision {
 /// Asks the server's Check and prints its decision to `out`. An `Err` is neither decision: the
 /// server could not be reached or did not answer one.
 pub async fn run_check(command: &CheckCommand, out: &mut impl Write) -> anyhow::Result<Decision> {
+    let mut command = command.clone();
+    if let Some(path) = command.key_file.take() {
+        command.key = Some(read_key_file(&path, &mut std::io::stdin().lock())?);
+    }
+    let command = &command;
     let request = check_request(command)?;
     let server = command.server.url();
     let channel = Endpoint::from_shared(server.to_owned())
@@ -77,6 +83,31 @@ pub async fn run_check(command: &CheckCommand, out: &mut impl Write) -> anyhow::
         OutputFormat::Json => writeln!(out, "{}", serde_json::to_string(&decision)?)?,
     }
     Ok(decision)
+}
+
+/// The key in `--key-file`: the file's text (`-`: `stdin`'s) without surrounding whitespace.
+/// Errors name the file, never its content.
+pub fn read_key_file(path: &Path, stdin: &mut impl Read) -> anyhow::Result<SecretSetting> {
+    let mut text = String::new();
+    if path == Path::new("-") {
+        stdin
+            .read_to_string(&mut text)
+            .context("--key-file -: cannot read the key from standard input")?;
+    } else {
+        text = std::fs::read_to_string(path)
+            .with_context(|| format!("--key-file {}: cannot read the key", path.display()))?;
+    }
+    let key = text.trim();
+    if key.is_empty() {
+        bail!("--key-file {}: the file holds no key", path.display());
+    }
+    if key.contains(char::is_whitespace) {
+        bail!(
+            "--key-file {}: the file must hold one key and nothing else",
+            path.display()
+        );
+    }
+    Ok(SecretSetting::new(key))
 }
 
 /// The `CheckRequest` Envoy sends for this request: pseudo-headers and headers by lowercase
@@ -323,6 +354,62 @@ mod tests {
             Command::Check(check) => Ok(check),
             other => panic!("not check: {other:?}"),
         }
+    }
+
+    #[test]
+    fn key_file_gives_the_key_without_its_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "sk-oai-abc_def\n").unwrap();
+
+        let key = read_key_file(&path, &mut std::io::empty()).unwrap();
+
+        assert_eq!(key.expose(), "sk-oai-abc_def");
+    }
+
+    #[test]
+    fn key_file_dash_reads_standard_input() {
+        let key = read_key_file(Path::new("-"), &mut "sk-oai-from_stdin\n".as_bytes()).unwrap();
+
+        assert_eq!(key.expose(), "sk-oai-from_stdin");
+    }
+
+    #[test]
+    fn key_file_errors_name_the_file_and_never_its_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, " \n").unwrap();
+        let two = dir.path().join("two");
+        std::fs::write(&two, "sk-oai-secret_one sk-oai-secret_two\n").unwrap();
+
+        let missing = read_key_file(&missing, &mut std::io::empty()).unwrap_err();
+        let empty = read_key_file(&empty, &mut std::io::empty()).unwrap_err();
+        let two = read_key_file(&two, &mut std::io::empty()).unwrap_err();
+
+        assert!(
+            format!("{missing:#}").contains("cannot read the key"),
+            "{missing:#}"
+        );
+        assert!(format!("{empty:#}").contains("holds no key"), "{empty:#}");
+        let two = format!("{two:#}");
+        assert!(two.contains("one key and nothing else"), "{two}");
+        assert!(!two.contains("secret"), "{two}");
+    }
+
+    #[test]
+    fn key_and_key_file_together_are_refused() {
+        let error = parse(&[
+            "check",
+            "/v1/models",
+            "--key",
+            "sk-oai-a",
+            "--key-file",
+            "k",
+        ])
+        .unwrap_err();
+
+        assert_eq!(error.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 
     fn header(name: &str, value: &str) -> HeaderValueOption {
