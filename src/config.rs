@@ -680,7 +680,7 @@ pub struct CheckCommand {
     /// A file holding the API key (`-`: standard input), so that the key stays out of the
     /// process list and the shell history; surrounding whitespace is ignored.
     #[arg(long, value_name = "PATH", conflicts_with = "key")]
-    pub key_file: Option<std::path::PathBuf>,
+    pub key_file: Option<PathBuf>,
     /// The request's HTTP method.
     #[arg(long, default_value = "POST")]
     pub method: String,
