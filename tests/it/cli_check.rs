@@ -76,6 +76,48 @@ async fn check_prints_an_allow_with_the_headers_envoy_would_set_and_exits_0() {
 }
 
 #[tokio::test]
+async fn check_reads_the_key_from_standard_input_with_key_file_dash() {
+    let server = TestServer::start().await;
+    let (key, _) = mint(&server.db.store(), &PREMIUM_USER).await;
+    let address = server.server.grpc_addr.to_string();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_maas-authz"));
+    command
+        .args([
+            "check",
+            "/qwen3/v1/chat/completions",
+            "--server",
+            &address,
+            "--key-file",
+            "-",
+        ])
+        .env_clear()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+
+    let output = tokio::task::spawn_blocking(move || {
+        let mut child = command.spawn().expect("run maas-authz");
+        std::io::Write::write_all(
+            &mut child.stdin.take().unwrap(),
+            format!("{key}\n").as_bytes(),
+        )
+        .unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+
+    let printed = stdout(&output);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{printed}{}",
+        stderr(&output)
+    );
+    assert!(printed.contains("  x-maas-username: bob\n"), "{printed}");
+}
+
+#[tokio::test]
 async fn check_prints_a_denial_with_its_status_and_reason_and_exits_1() {
     let server = TestServer::start().await;
     let (key, _) = mint(&server.db.store(), &FREE_USER).await;
