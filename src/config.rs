@@ -221,7 +221,7 @@ pub struct EnforcementConfig {
     pub model_free_paths: ModelFreePaths,
     /// Largest request body on a model route; larger ones are refused with 413 (never passed
     /// unmetered). Envoy's per-connection buffer must be at least this large.
-    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_METER_MAX_REQUEST_BYTES", value_name = "MAAS_AUTHZ_METER_MAX_REQUEST_BYTES", default_value_t = crate::grpc::ext_proc::DEFAULT_MAX_REQUEST_BYTES as u64, value_parser = clap::value_parser!(u64).range(1024..=(256 * 1024 * 1024)))]
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_METER_MAX_REQUEST_BYTES", value_name = "MAAS_AUTHZ_METER_MAX_REQUEST_BYTES", default_value_t = crate::usage::DEFAULT_MAX_REQUEST_BYTES as u64, value_parser = clap::value_parser!(u64).range(1024..=(256 * 1024 * 1024)))]
     pub meter_max_request_bytes: u64,
 }
 
@@ -1261,7 +1261,7 @@ mod tests {
         assert!(serve.limits.limits_enabled && serve.limits.redis_url.is_none());
         assert_eq!(
             serve.enforcement.meter_max_request_bytes,
-            crate::grpc::ext_proc::DEFAULT_MAX_REQUEST_BYTES as u64
+            crate::usage::DEFAULT_MAX_REQUEST_BYTES as u64
         );
         assert!(
             serve.identity.static_tokens_file.is_none() && serve.identity.admin_groups.is_empty()

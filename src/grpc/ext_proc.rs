@@ -54,8 +54,8 @@ use crate::policy::Policy;
 use crate::request_path::CanonicalPath;
 use crate::usage::estimate::TextTally;
 use crate::usage::{
-    Charge, ChunkAction, Endpoint, MeterOutcome, MeterRefusal, ResponseMeter, TokenSink,
-    TokenUsage, UsageObserver, UsageSubject, inspect_request,
+    Charge, ChunkAction, DEFAULT_MAX_REQUEST_BYTES, Endpoint, MeterOutcome, MeterRefusal,
+    ResponseMeter, TokenSink, TokenUsage, UsageObserver, UsageSubject, inspect_request,
 };
 
 /// How the meter treats requests.
@@ -76,10 +76,6 @@ impl Default for MeterSettings {
         }
     }
 }
-
-/// The default of `MAAS_AUTHZ_METER_MAX_REQUEST_BYTES`: 8 MiB, room for a long context or a
-/// few images in base64.
-pub const DEFAULT_MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
 
 /// What every conversation shares: settings, the keys that verify Check's assertions, and the
 /// policy (to read a body's `model` the way Check reads model names).

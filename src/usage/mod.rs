@@ -26,6 +26,10 @@ pub use meter::{ChunkAction, Metered, ResponseMeter};
 pub use request::{InspectedRequest, RequestRefusal, inspect_request};
 pub use sse::MAX_EVENT_BYTES;
 
+/// The default of `MAAS_AUTHZ_METER_MAX_REQUEST_BYTES`: 8 MiB, room for a long context or a
+/// few images in base64.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
+
 pub use json::{MAX_JSON_BYTES, TAIL_BYTES};
 
 /// Who a metered response is charged to: the identity Check stamped on the request.
