@@ -12,6 +12,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 
+use crate::bearer::{BearerError, bearer_token};
 use crate::cache::{CacheOutcome, KeyCache, Lookup, LookupError};
 use crate::key::ApiKey;
 use crate::last_used::LastUsedTracker;
@@ -598,7 +599,15 @@ fn extract_credential<'a>(
     };
     match input.authorization {
         Some(header) => {
-            let token = bearer_token(header).ok_or(DenyReason::MalformedAuthorization)?;
+            let token = match bearer_token(header) {
+                Ok(token) => token,
+                // No credential this service issues has a blank inside: the key parser refuses
+                // it below (`invalid_key_format`), after the conflict check, as it always has.
+                Err(BearerError::BlankInToken { token }) => token,
+                Err(BearerError::Blank | BearerError::NotBearer | BearerError::BlankToken) => {
+                    return Err(DenyReason::MalformedAuthorization);
+                }
+            };
             match x_api_key {
                 Some(other) if !same_secret(other, token) => {
                     Err(DenyReason::ConflictingCredentials)
@@ -616,17 +625,6 @@ fn extract_credential<'a>(
 fn same_secret(a: &str, b: &str) -> bool {
     use subtle::ConstantTimeEq;
     bool::from(a.as_bytes().ct_eq(b.as_bytes()))
-}
-
-/// `Bearer <token>` with a case-insensitive scheme and a non-empty token.
-fn bearer_token(header: &str) -> Option<&str> {
-    let header = header.trim();
-    let (scheme, rest) = header.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    let token = rest.trim();
-    (!token.is_empty()).then_some(token)
 }
 
 /// The body's top-level `model` string, if the body is a JSON object that has one. A body Check
@@ -750,14 +748,53 @@ fn requested_model<'p>(
 mod tests {
     use super::*;
 
+    fn credential_of(authorization: &str) -> Result<&str, DenyReason> {
+        let input = CheckInput {
+            authorization: Some(authorization),
+            ..Default::default()
+        };
+        extract_credential(&input).map(|(token, _)| token)
+    }
+
     #[test]
-    fn bearer_token_requires_the_scheme_and_a_token() {
-        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
-        assert_eq!(bearer_token("bearer   abc  "), Some("abc"));
-        assert_eq!(bearer_token("Bearer "), None);
-        assert_eq!(bearer_token("Bearer"), None);
-        assert_eq!(bearer_token("Basic abc"), None);
-        assert_eq!(bearer_token("abc"), None);
+    fn check_reads_the_authorization_header_by_the_one_bearer_rule() {
+        assert_eq!(credential_of("Bearer abc"), Ok("abc"));
+        assert_eq!(credential_of("bearer   abc  "), Ok("abc"));
+        assert_eq!(
+            credential_of("Bearer "),
+            Err(DenyReason::MalformedAuthorization)
+        );
+        assert_eq!(
+            credential_of("Bearer"),
+            Err(DenyReason::MalformedAuthorization)
+        );
+        assert_eq!(
+            credential_of("Basic abc"),
+            Err(DenyReason::MalformedAuthorization)
+        );
+        assert_eq!(
+            credential_of("abc"),
+            Err(DenyReason::MalformedAuthorization)
+        );
+        assert_eq!(credential_of(""), Err(DenyReason::MalformedAuthorization));
+    }
+
+    #[test]
+    fn a_bearer_token_with_a_blank_inside_goes_on_to_the_key_parser() {
+        // Envoy joins repeated headers with ",": the key parser refuses the joined text.
+        assert_eq!(
+            credential_of("Bearer sk-oai-a_b,Bearer sk-oai-c_d"),
+            Ok("sk-oai-a_b,Bearer sk-oai-c_d")
+        );
+        let conflicting = CheckInput {
+            authorization: Some("Bearer a b"),
+            x_api_key: Some("c"),
+            ..Default::default()
+        };
+        assert_eq!(
+            extract_credential(&conflicting).err(),
+            Some(DenyReason::ConflictingCredentials)
+        );
     }
 
     #[test]

@@ -1,21 +1,25 @@
 //! maas-authz: Envoy ext_authz server and key-management API for an LLM Models-as-a-Service gateway.
 //!
 //! See `ARCHITECTURE.md` for the map. Domain: [`key`], [`policy`], [`request_path`], [`assertion`], [`authorizer`], [`minting`],
-//! [`keys`], [`catalog`], [`identity`], [`cache`], [`lookup_budget`], [`limits`], [`usage`], [`duration`]. Edges: [`grpc`], [`http`],
+//! [`keys`], [`catalog`], [`identity`], [`cache`], [`lookup_budget`], [`limits`], [`usage`], [`duration`],
+//! [`ids`], [`bearer`], [`clock`]. Edges: [`grpc`], [`http`],
 //! [`store`], [`tls`], [`cli`], [`serve`], [`metrics`].
 
 pub mod assertion;
 pub mod authorizer;
+pub mod bearer;
 pub mod breaker;
 pub mod cache;
 pub mod catalog;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod duration;
 pub mod grpc;
 pub mod housekeeping;
 pub mod http;
 pub mod identity;
+pub mod ids;
 pub mod key;
 pub mod keys;
 pub mod last_used;

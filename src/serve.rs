@@ -15,6 +15,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::authorizer::Authorizer;
 use crate::breaker::{BreakerSettings, BreakerState, CircuitBreaker};
 use crate::cache::{CacheSettings, KeyCache};
+use crate::clock::{Clock, SystemClock};
 use crate::config::{DatabaseConfig, LimitsConfig, OnRedisError, ServeConfig};
 use crate::grpc::check_server::CheckServer;
 use crate::grpc::ext_authz::ExtAuthzService;
@@ -27,8 +28,7 @@ use crate::keys::{KeyManager, KeyPolicySettings};
 use crate::last_used::LastUsedTracker;
 use crate::limits::ChargingTokenSink;
 use crate::limits::{
-    Clock, CounterStore, InProcessCounterStore, Limiter, OnStoreError, RedisCounterStore,
-    SystemClock,
+    CounterStore, InProcessCounterStore, Limiter, OnStoreError, RedisCounterStore,
 };
 use crate::lookup_budget::{BudgetKind, LookupBudget};
 use crate::metrics::Metrics;

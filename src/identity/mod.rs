@@ -16,6 +16,7 @@ use anyhow::Context;
 use chrono::Utc;
 
 use crate::authorizer::{Authorizer, CheckError, CheckObserver, KeyValidity};
+use crate::bearer::BearerError;
 use crate::config::IdentitySettings;
 use crate::key::KEY_PREFIX;
 use crate::limits::retry_after_seconds;
@@ -258,21 +259,15 @@ impl<S: KeyStore, O: CheckObserver> IdentityResolver<S, O> {
     }
 }
 
-/// The token of `Bearer <token>` (case-insensitive scheme, surrounding blanks ignored).
+/// The token of `Bearer <token>` by [`crate::bearer`]'s rule; a blank or absent header is missing.
 fn bearer_token(authorization: Option<&str>) -> Result<&str, AuthError> {
-    let header = authorization.map(str::trim).unwrap_or_default();
-    if header.is_empty() {
-        return Err(AuthError::Missing);
+    match crate::bearer::bearer_token(authorization.unwrap_or_default()) {
+        Ok(token) => Ok(token),
+        Err(BearerError::Blank) => Err(AuthError::Missing),
+        Err(
+            BearerError::NotBearer | BearerError::BlankToken | BearerError::BlankInToken { .. },
+        ) => Err(AuthError::Malformed),
     }
-    let (scheme, rest) = header.split_once(' ').ok_or(AuthError::Malformed)?;
-    let token = rest.trim();
-    if !scheme.eq_ignore_ascii_case("bearer")
-        || token.is_empty()
-        || token.contains(char::is_whitespace)
-    {
-        return Err(AuthError::Malformed);
-    }
-    Ok(token)
 }
 
 /// `groups` with `system:authenticated` appended once and duplicates removed, order kept.

@@ -21,7 +21,9 @@ pub use store::{
     Acquired, CounterCharge, CounterError, CounterSpec, CounterStore, DEFAULT_MAX_COUNTERS,
     InProcessCounterStore,
 };
-pub use window::{Clock, FixedWindow, ManualClock, SystemClock, retry_after_seconds};
+pub use window::{FixedWindow, retry_after_seconds};
+
+use crate::clock::{Clock, SystemClock};
 
 use crate::policy::{Policy, RateLimit, SubscriptionModel};
 use crate::usage::{TokenSink, UsageSubject};

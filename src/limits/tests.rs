@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use super::*;
+use crate::clock::ManualClock;
 
 const FREE_SIMULATOR: &str = "models-as-a-service/free@models-as-a-service/simulator";
 /// 10 seconds into a minute.

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use maas_authz::clock::{Clock, SystemClock};
 use maas_authz::config::ServeConfig;
-use maas_authz::limits::{Clock, SystemClock};
 use maas_authz::serve::start_with_clock;
 use reqwest::Method;
 use reqwest::header::HeaderMap;

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use maas_authz::clock::ManualClock;
 use maas_authz::config::DatabaseConfig;
-use maas_authz::limits::ManualClock;
 use maas_authz::serve::{start, start_with_clock};
 use maas_authz::store::connect::PgEndpoint;
 use maas_authz::store::postgres::{NoQueryObserver, PgKeyStore, PgSettings};
