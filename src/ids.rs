@@ -113,7 +113,33 @@ pub struct SubscriptionKey(String);
 
 impl SubscriptionKey {
     pub fn new(subscription: &SubscriptionRef, model: &ModelRef) -> Self {
-        Self(format!("{subscription}@{model}"))
+        Self::format(
+            &subscription.namespace,
+            &subscription.name,
+            &model.namespace,
+            &model.name,
+        )
+    }
+
+    /// The key of a policy's subscription and model, without copying their names first.
+    pub fn of(subscription: &Subscription, model: &Model) -> Self {
+        Self::format(
+            &subscription.namespace,
+            &subscription.name,
+            &model.namespace,
+            &model.name,
+        )
+    }
+
+    fn format(
+        subscription_namespace: &str,
+        subscription_name: &str,
+        model_namespace: &str,
+        model_name: &str,
+    ) -> Self {
+        Self(format!(
+            "{subscription_namespace}/{subscription_name}@{model_namespace}/{model_name}"
+        ))
     }
 
     /// A key as it arrives from elsewhere (the identity assertion), kept as sent; see
@@ -124,6 +150,10 @@ impl SubscriptionKey {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
     }
 
     /// The subscription reference (`<ns>/<name>`) and the model's namespace and name; `None`
@@ -179,6 +209,30 @@ impl Username {
 impl fmt::Display for Username {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for Username {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Username {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<String> for Username {
+    fn eq(&self, other: &String) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<Username> for String {
+    fn eq(&self, other: &Username) -> bool {
+        *self == other.0
     }
 }
 

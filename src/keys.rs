@@ -218,7 +218,7 @@ impl<S: KeyAdminStore, O: CheckObserver> KeyManager<S, O> {
         validate_lifetime(lifetime, limit)?;
         let subscription = self.bind_subscription(caller, request.subscription.as_deref())?;
         let mint = MintRequest {
-            username: caller.username.clone(),
+            username: caller.username.to_string(),
             groups: caller.groups.clone(),
             name,
             description: request.description.filter(|d| !d.is_empty()),
@@ -251,7 +251,7 @@ impl<S: KeyAdminStore, O: CheckObserver> KeyManager<S, O> {
             Some(user) if user == caller.username || caller.is_admin() => Some(user),
             Some(_) => return Err(KeyError::SearchOthersDenied),
             None if caller.is_admin() => None,
-            None => Some(caller.username.clone()),
+            None => Some(caller.username.to_string()),
         };
         let sort_by = match request.sort_by.as_deref().map(str::trim) {
             None | Some("") | Some("created_at") => KeySortField::CreatedAt,
@@ -354,7 +354,7 @@ impl<S: KeyAdminStore, O: CheckObserver> KeyManager<S, O> {
             return Err(KeyError::BulkRevokeDenied);
         }
         let username = match (&username, &subscription) {
-            (None, None) => Some(caller.username.clone()),
+            (None, None) => Some(caller.username.to_string()),
             _ => username,
         };
         let scope = RevocationScope {
@@ -412,7 +412,7 @@ impl<S: KeyAdminStore, O: CheckObserver> KeyManager<S, O> {
         )?;
         let subscription = self.bind_subscription(caller, None)?;
         let request = MintRequest {
-            username: caller.username.clone(),
+            username: caller.username.to_string(),
             groups: caller.groups.clone(),
             name: ACCESS_TOKEN_NAME.to_owned(),
             description: None,
@@ -445,7 +445,7 @@ impl<S: KeyAdminStore, O: CheckObserver> KeyManager<S, O> {
     /// Revokes every active access token of the caller; returns how many.
     pub async fn revoke_tokens(&self, caller: &Caller) -> Result<u64, KeyError> {
         let scope = RevocationScope {
-            username: Some(caller.username.clone()),
+            username: Some(caller.username.to_string()),
             subscription: None,
             labels_contain: access_token_labels(),
         };
@@ -484,9 +484,13 @@ impl<S: KeyAdminStore, O: CheckObserver> KeyManager<S, O> {
         let policy = self.authorizer.policy();
         let chosen = match requested.map(str::trim).filter(|s| !s.is_empty()) {
             Some(reference) => policy.find_subscription(reference).filter(|subscription| {
-                policy.subscription_accessible(subscription, &caller.username, &caller.groups)
+                policy.subscription_accessible(
+                    subscription,
+                    caller.username.as_str(),
+                    &caller.groups,
+                )
             }),
-            None => policy.highest_priority_subscription(&caller.username, &caller.groups),
+            None => policy.highest_priority_subscription(caller.username.as_str(), &caller.groups),
         };
         chosen
             .map(|subscription| subscription.name.clone())

@@ -1,7 +1,7 @@
 //! Envoy's `envoy.service.auth.v3.Authorization/Check`, translated to and from the [`Authorizer`].
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -18,11 +18,12 @@ use tonic::Status;
 
 use crate::assertion::{HEADER_IDENTITY_ASSERTION, SigningKeys};
 use crate::authorizer::{
-    Allowed, Authorizer, CheckError, CheckInput, CheckObserver, Decision, DenialKind, Denied,
-    DenyReason,
+    AllowAnswerKey, Allowed, Authorizer, CheckError, CheckInput, CheckObserver, Decision,
+    DenialKind, Denied, DenyReason, PerDenyReason,
 };
 use crate::grpc::check_request::CheckAttributes;
 use crate::grpc::check_server::EncodedCheckResponse;
+use crate::ids::SubscriptionKey;
 use crate::limits::{LimitStatus, WindowStatus, retry_after_seconds};
 use crate::store::{KeyStore, StoreError};
 
@@ -117,24 +118,24 @@ const ALLOW_MEMO_SLOTS: usize = 8192;
 
 /// The encoded answers of [`check_response`]: every denial encoded once, allow answers memoised.
 ///
-/// An allow answer is a pure function of the [`Allowed`] it comes from: the key record (an
-/// `Arc` that the key cache replaces whenever the row is reloaded), the subscription, tier and
-/// model the policy resolved, and which credential headers to strip. A slot is reused only
-/// when all of these are the same (the record by pointer, which the slot keeps alive, so the
-/// address cannot be reused by another record), so a policy reload, a reloaded key or another
-/// model simply miss and re-encode. Status and expiry never reach here: the authorizer judges
-/// them on every request before an `Allowed` exists.
+/// An allow answer is built from its [`AllowAnswerKey`] alone (and the signing time, which the
+/// memo tracks itself), and a slot is reused only when the whole key is equal: the key record
+/// by pointer (the key cache replaces the `Arc` whenever the row is reloaded; the slot keeps it
+/// alive, so the address cannot be reused by another record), the subscription, tier and model
+/// the policy resolved, and which credential headers to strip. A policy reload, a reloaded key
+/// or another model simply miss and re-encode. Status and expiry never reach here: the
+/// authorizer judges them on every request before an `Allowed` exists.
 struct ResponseMemo {
     slot_hasher: foldhash::fast::RandomState,
     signing: Arc<SigningKeys>,
     /// False: allow answers leave out `dynamic_metadata` (`MAAS_AUTHZ_DYNAMIC_METADATA=false`).
     dynamic_metadata: bool,
-    denials: Vec<EncodedCheckResponse>,
+    denials: PerDenyReason<EncodedCheckResponse>,
     allows: Box<[Mutex<Option<MemoizedAllow>>]>,
 }
 
 struct MemoizedAllow {
-    allowed: Box<Allowed>,
+    answer: AllowAnswerKey,
     encoded: EncodedCheckResponse,
     /// When its identity assertion was signed (Unix seconds).
     signed_at: i64,
@@ -146,10 +147,9 @@ impl ResponseMemo {
             slot_hasher: foldhash::fast::RandomState::default(),
             signing,
             dynamic_metadata,
-            denials: DenyReason::ALL
-                .iter()
-                .map(|&reason| EncodedCheckResponse::encode(&deny_response(reason)))
-                .collect(),
+            denials: PerDenyReason::new(|reason| {
+                EncodedCheckResponse::encode(&deny_response(reason))
+            }),
             allows: (0..slots.next_power_of_two())
                 .map(|_| Mutex::new(None))
                 .collect(),
@@ -164,19 +164,15 @@ impl ResponseMemo {
         match outcome {
             Ok(Decision::Allow(allowed)) => Ok(self.allow(allowed, now_unix)),
             Ok(Decision::Deny(denied)) if denied == Denied::new(denied.reason) => {
-                Ok(self.denials[denied.reason as usize].clone())
+                Ok(self.denials.get(denied.reason).clone())
             }
             other => check_response(other, &self.signing, now_unix)
                 .map(|r| EncodedCheckResponse::encode(&r)),
         }
     }
 
-    fn slot_of(&self, allowed: &Allowed) -> usize {
-        let mut hasher = self.slot_hasher.build_hasher();
-        std::ptr::hash(Arc::as_ptr(&allowed.key), &mut hasher);
-        allowed.model.hash(&mut hasher);
-        allowed.credentials.hash(&mut hasher);
-        hasher.finish() as usize & (self.allows.len() - 1)
+    fn slot_of(&self, answer: &AllowAnswerKey) -> usize {
+        self.slot_hasher.hash_one(answer) as usize & (self.allows.len() - 1)
     }
 
     fn allow(&self, allowed: Box<Allowed>, now_unix: i64) -> EncodedCheckResponse {
@@ -184,24 +180,24 @@ impl ResponseMemo {
         // `CheckResponse` after the memoised one: protobuf parsers merge a repeated message field
         // into the first (the repeated `response_headers_to_add` is appended), which gives
         // exactly `check_response`'s message.
-        let tail = allowed
-            .limits
+        let Allowed { answer, limits } = *allowed;
+        let tail = limits
             .as_ref()
             .map(|limits| EncodedCheckResponse::encode(&rate_limit_tail(limits)));
-        let slot = &self.allows[self.slot_of(&allowed)];
+        let slot = &self.allows[self.slot_of(&answer)];
         if let Some(hit) = lock(slot).as_ref()
-            && same_allow_answer(&hit.allowed, &allowed)
+            && hit.answer == answer
             && (0..ASSERTION_REFRESH_SECONDS).contains(&(now_unix - hit.signed_at))
         {
             return hit.encoded.clone().followed_by(tail);
         }
-        let mut response = allow_response(&allowed, &self.signing, now_unix);
+        let mut response = allow_response(&answer, &self.signing, now_unix);
         if !self.dynamic_metadata {
             response.dynamic_metadata = None;
         }
         let encoded = EncodedCheckResponse::encode(&response);
         *lock(slot) = Some(MemoizedAllow {
-            allowed,
+            answer,
             encoded: encoded.clone(),
             signed_at: now_unix,
         });
@@ -227,16 +223,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// True when `allow_response` gives the same answer for both: every input it reads is compared.
-fn same_allow_answer(a: &Allowed, b: &Allowed) -> bool {
-    Arc::ptr_eq(&a.key, &b.key)
-        && a.subscription == b.subscription
-        && a.subscription_namespace == b.subscription_namespace
-        && a.tier == b.tier
-        && a.model == b.model
-        && a.credentials == b.credentials
-}
-
 /// Maps a decision to what Envoy does with it:
 /// - allow → gRPC OK with `ok_response`: Envoy forwards the request with our identity headers
 ///   set (overwriting any client copies), the identity assertion for the token meter (signed
@@ -253,7 +239,7 @@ pub fn check_response(
 ) -> Result<CheckResponse, Status> {
     match outcome {
         Ok(Decision::Allow(allowed)) => {
-            let mut response = allow_response(&allowed, signing, now_unix);
+            let mut response = allow_response(&allowed.answer, signing, now_unix);
             // To the client's response (not upstream): where it stands against its limits.
             if let (Some(HttpResponse::OkResponse(ok)), Some(limits)) =
                 (response.http_response.as_mut(), allowed.limits.as_ref())
@@ -338,33 +324,35 @@ fn rate_limit_headers(limits: &LimitStatus) -> Vec<HeaderValueOption> {
     headers
 }
 
-/// The allow answer. Reads only what `same_allow_answer` compares (and the signing time, which
-/// the memo tracks itself): keep the two in step.
-fn allow_response(allowed: &Allowed, signing: &SigningKeys, now_unix: i64) -> CheckResponse {
-    let key = &allowed.key;
+/// The allow answer, built from its key alone (the memo keys on the same value) and the
+/// signing time (which the memo tracks itself).
+fn allow_response(answer: &AllowAnswerKey, signing: &SigningKeys, now_unix: i64) -> CheckResponse {
+    let key = &answer.key;
     let groups_json = serde_json::to_string(&key.groups).unwrap_or_else(|_| "[]".to_owned());
     let key_id = key.id.to_string();
-    let model = allowed
+    let model = answer
         .model
         .as_ref()
-        .map(|m| format!("{}/{}", m.namespace, m.name))
+        .map(ToString::to_string)
         .unwrap_or_default();
+    let selected_subscription_key = answer.selected_subscription_key();
+    let subscription = answer.subscription.header_value();
     let headers = vec![
         overwrite(HEADER_USERNAME, &key.username),
         overwrite(HEADER_GROUP, &groups_json),
-        overwrite(HEADER_SUBSCRIPTION, &allowed.subscription),
-        overwrite(HEADER_TIER, &allowed.tier),
+        overwrite(HEADER_SUBSCRIPTION, subscription),
+        overwrite(HEADER_TIER, &answer.tier),
         overwrite(HEADER_KEY_ID, &key_id),
         overwrite(
             HEADER_IDENTITY_ASSERTION,
-            &signing.sign(&allowed.identity_assertion(now_unix)),
+            &signing.sign(&answer.identity_assertion(now_unix)),
         ),
     ];
     let mut headers_to_remove = Vec::with_capacity(2);
-    if allowed.credentials.authorization {
+    if answer.credentials.authorization {
         headers_to_remove.push("authorization".to_owned());
     }
-    if allowed.credentials.x_api_key {
+    if answer.credentials.x_api_key {
         headers_to_remove.push("x-api-key".to_owned());
     }
     let metadata = Struct {
@@ -382,15 +370,16 @@ fn allow_response(allowed: &Allowed, signing: &SigningKeys, now_unix: i64) -> Ch
             ("groups_str".to_owned(), string_value(&key.groups.join(","))),
             ("key_id".to_owned(), string_value(&key_id)),
             ("key_name".to_owned(), string_value(&key.name)),
-            (
-                "subscription".to_owned(),
-                string_value(&allowed.subscription),
-            ),
-            ("tier".to_owned(), string_value(&allowed.tier)),
+            ("subscription".to_owned(), string_value(subscription)),
+            ("tier".to_owned(), string_value(&answer.tier)),
             ("model".to_owned(), string_value(&model)),
             (
                 "selected_subscription_key".to_owned(),
-                string_value(&allowed.selected_subscription_key()),
+                string_value(
+                    selected_subscription_key
+                        .as_ref()
+                        .map_or("", SubscriptionKey::as_str),
+                ),
             ),
         ]),
     };
@@ -496,7 +485,8 @@ fn string_value(text: &str) -> Value {
 mod tests {
     use std::collections::BTreeMap;
 
-    use crate::authorizer::{CredentialHeaders, ResolvedModel};
+    use crate::authorizer::CredentialHeaders;
+    use crate::ids::{BoundSubscription, ModelRef, SubscriptionRef};
     use crate::key::ApiKey;
     use crate::store::{KeyRecord, KeyRecordId, KeyStatus};
 
@@ -532,17 +522,18 @@ mod tests {
 
     fn allowed(key: &Arc<KeyRecord>) -> Box<Allowed> {
         Box::new(Allowed {
-            key: Arc::clone(key),
-            subscription: "free".to_owned(),
-            subscription_namespace: Some("models-as-a-service".to_owned()),
-            tier: "free".to_owned(),
-            model: Some(ResolvedModel {
-                namespace: "llm".to_owned(),
-                name: "simulator".to_owned(),
-            }),
-            credentials: CredentialHeaders {
-                authorization: true,
-                x_api_key: false,
+            answer: AllowAnswerKey {
+                key: Arc::clone(key),
+                subscription: BoundSubscription::Known(SubscriptionRef::new(
+                    "models-as-a-service",
+                    "free",
+                )),
+                tier: "free".to_owned(),
+                model: Some(ModelRef::new("llm", "simulator")),
+                credentials: CredentialHeaders {
+                    authorization: true,
+                    x_api_key: false,
+                },
             },
             limits: None,
         })
@@ -561,7 +552,7 @@ mod tests {
     fn deny_reasons_index_their_own_encoded_answer() {
         let memo = ResponseMemo::new(4, true, signing());
         for (index, reason) in DenyReason::ALL.into_iter().enumerate() {
-            assert_eq!(reason as usize, index, "{reason:?} is out of order in ALL");
+            assert_eq!(reason.index(), index, "{reason:?} is out of order in ALL");
             let encoded = memo
                 .encoded(Ok(Decision::Deny(Denied::new(reason))), NOW)
                 .unwrap();
@@ -607,15 +598,16 @@ mod tests {
         let other_user = allowed(&record("bob"));
         let same_row_reloaded = allowed(&Arc::new(KeyRecord::clone(&key)));
         let mut other_model = allowed(&key);
-        other_model.model = None;
+        other_model.answer.model = None;
         let mut other_credentials = allowed(&key);
-        other_credentials.credentials.x_api_key = true;
+        other_credentials.answer.credentials.x_api_key = true;
         let mut other_tier = allowed(&key);
-        other_tier.tier = "premium".to_owned();
+        other_tier.answer.tier = "premium".to_owned();
         let mut other_subscription = allowed(&key);
-        other_subscription.subscription = "premium".to_owned();
+        other_subscription.answer.subscription =
+            BoundSubscription::Known(SubscriptionRef::new("models-as-a-service", "premium"));
         let mut other_namespace = allowed(&key);
-        other_namespace.subscription_namespace = None;
+        other_namespace.answer.subscription = BoundSubscription::Unresolved("free".to_owned());
 
         for variant in [
             base.clone(),

@@ -23,6 +23,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use crate::assertion::AssertionError;
+use crate::ids::SubscriptionKey;
 use crate::request_path::CanonicalPath;
 
 pub use meter::{ChunkAction, Metered, ResponseMeter};
@@ -35,7 +36,7 @@ pub use json::{MAX_JSON_BYTES, TAIL_BYTES};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageSubject {
     pub user: String,
-    pub subscription_key: String,
+    pub subscription_key: SubscriptionKey,
 }
 
 /// Where metered tokens go (implemented by the limits module at merge time).
