@@ -543,7 +543,7 @@ impl<S: KeyStore, O: CheckObserver> Authorizer<S, O> {
             Ok((model, subscription, limits)) => {
                 self.note_use(&record, now);
                 let (subscription, tier) = match subscription {
-                    Some(sub) => (BoundSubscription::Known(sub.into()), sub.tier.clone()),
+                    Some(sub) => (BoundSubscription::Known(sub.reference()), sub.tier.clone()),
                     None => (
                         BoundSubscription::Unresolved(record.subscription.clone()),
                         record.subscription.clone(),
@@ -616,7 +616,7 @@ async fn apply_limits(
     allowed: &mut Allowed,
     counted: Counted<'_>,
 ) -> Result<Option<Denied>, CheckError> {
-    let selected = SubscriptionKey::of(counted.subscription, counted.model);
+    let selected = counted.subscription.selected_key(counted.model);
     let verdict = limiter
         .check_request(&allowed.answer.key.username, &selected, counted.limits)
         .await
@@ -770,7 +770,7 @@ fn authorize_model<'p>(
         model,
         limits: entry,
     };
-    Ok((Some(model.into()), Some(subscription), Some(counted)))
+    Ok((Some(model.reference()), Some(subscription), Some(counted)))
 }
 
 fn non_empty(value: Option<&str>) -> Option<&str> {

@@ -90,7 +90,7 @@ pub struct MeteredModel<'p> {
 impl MeteredModel<'_> {
     /// `<subNs>/<subName>@<modelNs>/<modelName>`, the key Check counts under.
     pub fn selected_subscription_key(&self) -> SubscriptionKey {
-        SubscriptionKey::of(self.subscription, self.model)
+        self.subscription.selected_key(self.model)
     }
 }
 

@@ -1,9 +1,11 @@
 //! Identifiers that cross modules, each formatted in one place: model and subscription
 //! references, the selected subscription key that counters and the token meter share, usernames.
 
-use std::fmt;
+//!
+//! A leaf module: it imports nothing from the crate, so every other module may use it (the
+//! policy converts its own objects into these).
 
-use crate::policy::{Model, Subscription};
+use std::fmt;
 
 /// A `MaaSModelRef` as the policy resolved it: `<namespace>/<name>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -26,12 +28,6 @@ impl ModelRef {
 
     pub fn name(&self) -> &str {
         &self.name
-    }
-}
-
-impl From<&Model> for ModelRef {
-    fn from(model: &Model) -> Self {
-        Self::new(model.namespace.clone(), model.name.clone())
     }
 }
 
@@ -63,12 +59,6 @@ impl SubscriptionRef {
 
     pub fn name(&self) -> &str {
         &self.name
-    }
-}
-
-impl From<&Subscription> for SubscriptionRef {
-    fn from(subscription: &Subscription) -> Self {
-        Self::new(subscription.namespace.clone(), subscription.name.clone())
     }
 }
 
@@ -113,7 +103,7 @@ pub struct SubscriptionKey(String);
 
 impl SubscriptionKey {
     pub fn new(subscription: &SubscriptionRef, model: &ModelRef) -> Self {
-        Self::format(
+        Self::from_names(
             &subscription.namespace,
             &subscription.name,
             &model.namespace,
@@ -121,17 +111,8 @@ impl SubscriptionKey {
         )
     }
 
-    /// The key of a policy's subscription and model, without copying their names first.
-    pub fn of(subscription: &Subscription, model: &Model) -> Self {
-        Self::format(
-            &subscription.namespace,
-            &subscription.name,
-            &model.namespace,
-            &model.name,
-        )
-    }
-
-    fn format(
+    /// The key of a subscription and a model given by their names, without copying them first.
+    pub fn from_names(
         subscription_namespace: &str,
         subscription_name: &str,
         model_namespace: &str,
