@@ -42,6 +42,7 @@ impl std::fmt::Debug for BearerError<'_> {
 }
 
 /// The token of `header` read by the module's rule.
+#[inline]
 pub fn bearer_token(header: &str) -> Result<&str, BearerError<'_>> {
     let header = header.trim();
     if header.is_empty() {
@@ -56,10 +57,21 @@ pub fn bearer_token(header: &str) -> Result<&str, BearerError<'_>> {
     if token.is_empty() {
         return Err(BearerError::BlankToken);
     }
-    if token.contains(char::is_whitespace) {
+    if has_blank(token) {
         return Err(BearerError::BlankInToken { token });
     }
     Ok(token)
+}
+
+/// Whether `token` has a blank (`char::is_whitespace`) inside. This runs on every Check: a
+/// branch-free pass over the bytes (every blank is a byte up to `' '` or part of a non-ASCII
+/// character) rules out nearly every token before a single character is decoded.
+#[inline]
+fn has_blank(token: &str) -> bool {
+    let suspect = token
+        .bytes()
+        .fold(false, |seen, byte| seen | (byte <= b' ') | (byte >= 0x80));
+    suspect && token.contains(char::is_whitespace)
 }
 
 #[cfg(test)]
@@ -119,6 +131,22 @@ mod tests {
                 token: "sk-oai-a_b,Bearer sk-oai-c_d"
             })
         );
+    }
+
+    #[test]
+    fn unicode_blanks_inside_count_and_other_characters_do_not() {
+        assert_eq!(
+            bearer_token("Bearer a\u{a0}b"),
+            Err(BearerError::BlankInToken { token: "a\u{a0}b" })
+        );
+        assert_eq!(
+            bearer_token("Bearer a\u{3000}b"),
+            Err(BearerError::BlankInToken {
+                token: "a\u{3000}b"
+            })
+        );
+        assert_eq!(bearer_token("Bearer a\u{e9}b"), Ok("a\u{e9}b"));
+        assert_eq!(bearer_token("Bearer a\u{0}b"), Ok("a\u{0}b"));
     }
 
     #[test]
