@@ -12,7 +12,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 
+use crate::bearer::{BearerError, bearer_token};
 use crate::cache::{CacheOutcome, KeyCache, Lookup, LookupError};
+use crate::ids::{BoundSubscription, ModelRef, SubscriptionKey};
 use crate::key::ApiKey;
 use crate::last_used::LastUsedTracker;
 use crate::limits::{LimitError, LimitKind, LimitStatus, Limiter, RequestVerdict};
@@ -48,23 +50,91 @@ pub struct CredentialHeaders {
     pub x_api_key: bool,
 }
 
-/// The model a request addresses, resolved against the policy.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ResolvedModel {
-    pub namespace: String,
-    pub name: String,
+/// Everything an allow answer is made of, and nothing else. The adapter builds the answer from
+/// this alone and memoises answers keyed by it whole, so what the answer reads and what the memo
+/// compares cannot drift apart.
+#[derive(Debug, Clone)]
+pub struct AllowAnswerKey {
+    /// The key's record, compared by identity: the key cache replaces the `Arc` whenever the row
+    /// is reloaded, so a reloaded key is a new answer.
+    pub key: Arc<KeyRecord>,
+    pub subscription: BoundSubscription,
+    pub tier: String,
+    pub model: Option<ModelRef>,
+    pub credentials: CredentialHeaders,
+}
+
+impl PartialEq for AllowAnswerKey {
+    fn eq(&self, other: &Self) -> bool {
+        // Destructured so that a new field cannot be left out of the comparison.
+        let Self {
+            key,
+            subscription,
+            tier,
+            model,
+            credentials,
+        } = self;
+        Arc::ptr_eq(key, &other.key)
+            && *subscription == other.subscription
+            && *tier == other.tier
+            && *model == other.model
+            && *credentials == other.credentials
+    }
+}
+
+impl Eq for AllowAnswerKey {}
+
+impl std::hash::Hash for AllowAnswerKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // A subset of what `eq` compares (equal keys still hash equal): the record's address
+        // already tells nearly every answer apart, and hashing the strings would cost every Check.
+        let Self {
+            key,
+            subscription: _,
+            tier: _,
+            model,
+            credentials,
+        } = self;
+        std::ptr::hash(Arc::as_ptr(key), state);
+        model.hash(state);
+        credentials.hash(state);
+    }
+}
+
+impl AllowAnswerKey {
+    /// What the token meter may charge for this request: Check's signed word on it.
+    pub fn identity_assertion(&self, issued_at: i64) -> crate::assertion::IdentityAssertion {
+        crate::assertion::IdentityAssertion {
+            user: self.key.username.clone(),
+            subscription_key: self
+                .selected_subscription_key()
+                .map(SubscriptionKey::into_string)
+                .unwrap_or_default(),
+            model: self
+                .model
+                .as_ref()
+                .map(ModelRef::to_string)
+                .unwrap_or_default(),
+            key_id: self.key.id.to_string(),
+            issued_at,
+        }
+    }
+
+    /// Upstream's rate-limit key of the bound subscription and the model; `None` without a
+    /// model or when the policy does not know the subscription.
+    pub fn selected_subscription_key(&self) -> Option<SubscriptionKey> {
+        Some(SubscriptionKey::new(
+            self.subscription.known()?,
+            self.model.as_ref()?,
+        ))
+    }
 }
 
 /// Everything the adapter stamps on an allowed request.
 #[derive(Debug, Clone)]
 pub struct Allowed {
-    pub key: Arc<KeyRecord>,
-    /// `<namespace>/<name>` of the bound subscription when the policy knows it, else its name.
-    pub subscription: String,
-    pub subscription_namespace: Option<String>,
-    pub tier: String,
-    pub model: Option<ResolvedModel>,
-    pub credentials: CredentialHeaders,
+    /// The part of the answer that repeats for the same key, model and policy.
+    pub answer: AllowAnswerKey,
     /// Where the request stands against its limits (this one counted), when limits apply and
     /// the counter store answered.
     pub limits: Option<LimitStatus>,
@@ -72,34 +142,6 @@ pub struct Allowed {
 
 /// The route-model key of ext_authz `context_extensions` (e.g. `model: llm/qwen3`).
 pub const CONTEXT_EXTENSION_MODEL: &str = "model";
-
-impl Allowed {
-    /// What the token meter may charge for this request: Check's signed word on it.
-    pub fn identity_assertion(&self, issued_at: i64) -> crate::assertion::IdentityAssertion {
-        crate::assertion::IdentityAssertion {
-            user: self.key.username.clone(),
-            subscription_key: self.selected_subscription_key(),
-            model: self
-                .model
-                .as_ref()
-                .map(|m| format!("{}/{}", m.namespace, m.name))
-                .unwrap_or_default(),
-            key_id: self.key.id.to_string(),
-            issued_at,
-        }
-    }
-
-    /// Upstream's rate-limit key: `<subNs>/<subName>@<modelNs>/<modelName>`; empty without a model.
-    pub fn selected_subscription_key(&self) -> String {
-        match (&self.model, &self.subscription_namespace) {
-            (Some(model), Some(namespace)) => format!(
-                "{namespace}/{}@{}/{}",
-                self.subscription, model.namespace, model.name
-            ),
-            _ => String::new(),
-        }
-    }
-}
 
 /// How a denial is answered; each maps to one HTTP status and OpenAI error shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,7 +184,10 @@ pub enum DenyReason {
 }
 
 impl DenyReason {
-    pub const ALL: [DenyReason; 20] = [
+    pub const COUNT: usize = 20;
+
+    /// Every reason, in [`DenyReason::index`] order.
+    pub const ALL: [DenyReason; Self::COUNT] = [
         DenyReason::MissingCredentials,
         DenyReason::MalformedAuthorization,
         DenyReason::ConflictingCredentials,
@@ -164,6 +209,33 @@ impl DenyReason {
         DenyReason::ModelNotSpecified,
         DenyReason::UnknownKeyRateLimited,
     ];
+
+    /// The reason's own slot in `0..COUNT`, by an exhaustive match (never the declaration
+    /// order), so a new reason must be given one.
+    pub fn index(self) -> usize {
+        match self {
+            DenyReason::MissingCredentials => 0,
+            DenyReason::MalformedAuthorization => 1,
+            DenyReason::ConflictingCredentials => 2,
+            DenyReason::InvalidKeyFormat => 3,
+            DenyReason::KeyNotFound => 4,
+            DenyReason::KeyRevoked => 5,
+            DenyReason::KeyExpired => 6,
+            DenyReason::NoSubscriptionBound => 7,
+            DenyReason::SubscriptionNotFound => 8,
+            DenyReason::SubscriptionAccessDenied => 9,
+            DenyReason::ModelNotInSubscription => 10,
+            DenyReason::AuthPolicyDenied => 11,
+            DenyReason::ModelNotFound => 12,
+            DenyReason::ModelAmbiguous => 13,
+            DenyReason::RequestRateLimited => 14,
+            DenyReason::TokenRateLimited => 15,
+            DenyReason::NonCanonicalPath => 16,
+            DenyReason::ModelMismatch => 17,
+            DenyReason::ModelNotSpecified => 18,
+            DenyReason::UnknownKeyRateLimited => 19,
+        }
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -292,6 +364,21 @@ impl Denied {
             Some(detail) => format!("{}: {detail}", self.reason.message()).into(),
             None => self.reason.message().into(),
         }
+    }
+}
+
+/// One value per [`DenyReason`], found by the reason itself.
+#[derive(Debug, Clone)]
+pub struct PerDenyReason<T>([T; DenyReason::COUNT]);
+
+impl<T> PerDenyReason<T> {
+    pub fn new(mut value: impl FnMut(DenyReason) -> T) -> Self {
+        // `ALL` is in `index` order (a test holds the two together).
+        Self(std::array::from_fn(|slot| value(DenyReason::ALL[slot])))
+    }
+
+    pub fn get(&self, reason: DenyReason) -> &T {
+        &self.0[reason.index()]
     }
 }
 
@@ -448,25 +535,21 @@ impl<S: KeyStore> Authorizer<S> {
         match authorize_model(&policy, &record, input, &path, &self.model_free) {
             Ok((model, subscription, limits)) => {
                 self.note_use(&record, now);
-                let (subscription_name, subscription_namespace, tier) = match subscription {
-                    Some(sub) => (
-                        sub.name.clone(),
-                        Some(sub.namespace.clone()),
-                        sub.tier.clone(),
-                    ),
+                let (subscription, tier) = match subscription {
+                    Some(sub) => (BoundSubscription::Known(sub.reference()), sub.tier.clone()),
                     None => (
-                        record.subscription.clone(),
-                        None,
+                        BoundSubscription::Unresolved(record.subscription.clone()),
                         record.subscription.clone(),
                     ),
                 };
                 let mut allowed = Allowed {
-                    key: record,
-                    subscription: subscription_name,
-                    subscription_namespace,
-                    tier,
-                    model,
-                    credentials,
+                    answer: AllowAnswerKey {
+                        key: record,
+                        subscription,
+                        tier,
+                        model,
+                        credentials,
+                    },
                     limits: None,
                 };
                 // Model discovery under a model route is free, as `/v1/models` is.
@@ -524,11 +607,11 @@ impl<S: KeyStore> Authorizer<S> {
 async fn apply_limits(
     limiter: &Limiter,
     allowed: &mut Allowed,
-    limits: &crate::policy::SubscriptionModel,
+    counted: Counted<'_>,
 ) -> Result<Option<Denied>, CheckError> {
-    let selected = allowed.selected_subscription_key();
+    let selected = counted.subscription.selected_key(counted.model);
     let verdict = limiter
-        .check_request(&allowed.key.username, &selected, limits)
+        .check_request(&allowed.answer.key.username, &selected, counted.limits)
         .await
         .map_err(CheckError::LimitsUnavailable)?;
     Ok(match verdict {
@@ -591,7 +674,15 @@ fn extract_credential<'a>(
     };
     match input.authorization {
         Some(header) => {
-            let token = bearer_token(header).ok_or(DenyReason::MalformedAuthorization)?;
+            let token = match bearer_token(header) {
+                Ok(token) => token,
+                // No credential this service issues has a blank inside: the key parser refuses
+                // it below (`invalid_key_format`), after the conflict check, as it always has.
+                Err(BearerError::BlankInToken { token }) => token,
+                Err(BearerError::Blank | BearerError::NotBearer | BearerError::BlankToken) => {
+                    return Err(DenyReason::MalformedAuthorization);
+                }
+            };
             match x_api_key {
                 Some(other) if !same_secret(other, token) => {
                     Err(DenyReason::ConflictingCredentials)
@@ -611,17 +702,6 @@ fn same_secret(a: &str, b: &str) -> bool {
     bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
-/// `Bearer <token>` with a case-insensitive scheme and a non-empty token.
-fn bearer_token(header: &str) -> Option<&str> {
-    let header = header.trim();
-    let (scheme, rest) = header.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return None;
-    }
-    let token = rest.trim();
-    (!token.is_empty()).then_some(token)
-}
-
 /// The body's top-level `model` string, if the body is a JSON object that has one. A body Check
 /// cannot read (partial, not JSON) names nothing here: the token meter reads the whole body and
 /// refuses one whose model disagrees.
@@ -636,12 +716,20 @@ fn model_from_body(body: &[u8]) -> Option<String> {
 }
 
 /// What an authorized request resolved to: the model (none on a model-free path), the key's
-/// subscription, and that subscription's entry (limits) for the model.
+/// subscription, and what its limits count when it names a model.
 type Authorized<'p> = (
-    Option<ResolvedModel>,
+    Option<ModelRef>,
     Option<&'p crate::policy::Subscription>,
-    Option<&'p crate::policy::SubscriptionModel>,
+    Option<Counted<'p>>,
 );
+
+/// The subscription and model a request is counted under, with that pair's limits.
+#[derive(Debug, Clone, Copy)]
+struct Counted<'p> {
+    subscription: &'p crate::policy::Subscription,
+    model: &'p Model,
+    limits: &'p crate::policy::SubscriptionModel,
+}
 
 /// The subscription must contain the model, be accessible to the key's snapshot, and an auth
 /// policy must grant it.
@@ -670,11 +758,12 @@ fn authorize_model<'p>(
     if !policy.auth_policy_allows(model, &record.username, &record.groups) {
         return Err(DenyReason::AuthPolicyDenied);
     }
-    let resolved = ResolvedModel {
-        namespace: model.namespace.clone(),
-        name: model.name.clone(),
+    let counted = Counted {
+        subscription,
+        model,
+        limits: entry,
     };
-    Ok((Some(resolved), Some(subscription), Some(entry)))
+    Ok((Some(model.reference()), Some(subscription), Some(counted)))
 }
 
 fn non_empty(value: Option<&str>) -> Option<&str> {
@@ -743,14 +832,53 @@ fn requested_model<'p>(
 mod tests {
     use super::*;
 
+    fn credential_of(authorization: &str) -> Result<&str, DenyReason> {
+        let input = CheckInput {
+            authorization: Some(authorization),
+            ..Default::default()
+        };
+        extract_credential(&input).map(|(token, _)| token)
+    }
+
     #[test]
-    fn bearer_token_requires_the_scheme_and_a_token() {
-        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
-        assert_eq!(bearer_token("bearer   abc  "), Some("abc"));
-        assert_eq!(bearer_token("Bearer "), None);
-        assert_eq!(bearer_token("Bearer"), None);
-        assert_eq!(bearer_token("Basic abc"), None);
-        assert_eq!(bearer_token("abc"), None);
+    fn check_reads_the_authorization_header_by_the_one_bearer_rule() {
+        assert_eq!(credential_of("Bearer abc"), Ok("abc"));
+        assert_eq!(credential_of("bearer   abc  "), Ok("abc"));
+        assert_eq!(
+            credential_of("Bearer "),
+            Err(DenyReason::MalformedAuthorization)
+        );
+        assert_eq!(
+            credential_of("Bearer"),
+            Err(DenyReason::MalformedAuthorization)
+        );
+        assert_eq!(
+            credential_of("Basic abc"),
+            Err(DenyReason::MalformedAuthorization)
+        );
+        assert_eq!(
+            credential_of("abc"),
+            Err(DenyReason::MalformedAuthorization)
+        );
+        assert_eq!(credential_of(""), Err(DenyReason::MalformedAuthorization));
+    }
+
+    #[test]
+    fn a_bearer_token_with_a_blank_inside_goes_on_to_the_key_parser() {
+        // Envoy joins repeated headers with ",": the key parser refuses the joined text.
+        assert_eq!(
+            credential_of("Bearer sk-oai-a_b,Bearer sk-oai-c_d"),
+            Ok("sk-oai-a_b,Bearer sk-oai-c_d")
+        );
+        let conflicting = CheckInput {
+            authorization: Some("Bearer a b"),
+            x_api_key: Some("c"),
+            ..Default::default()
+        };
+        assert_eq!(
+            extract_credential(&conflicting).err(),
+            Some(DenyReason::ConflictingCredentials)
+        );
     }
 
     #[test]
@@ -799,6 +927,17 @@ mod tests {
         assert_eq!(model_from_body(br#"{"model":3}"#), None);
         assert_eq!(model_from_body(b"not json"), None);
         assert_eq!(model_from_body(br#"{"messages":[{"model":"x"}]}"#), None);
+    }
+
+    #[test]
+    fn every_reason_is_listed_once_at_its_own_index() {
+        for (slot, reason) in DenyReason::ALL.into_iter().enumerate() {
+            assert_eq!(reason.index(), slot, "{reason:?} is out of place in ALL");
+        }
+        let per_reason = PerDenyReason::new(DenyReason::as_str);
+        for reason in DenyReason::ALL {
+            assert_eq!(*per_reason.get(reason), reason.as_str());
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use moka::future::Cache;
 
+use crate::clock::{Clock, SystemClock};
 use crate::key::KeyHash;
 use crate::lookup_budget::{LookupBudget, Throttled};
 use crate::store::{KeyRecord, KeyStore, StoreError};
@@ -73,9 +74,6 @@ pub enum LookupError {
     Throttled(#[from] Throttled),
 }
 
-/// Reads the current time; injectable so tests can age entries without sleeping.
-pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
-
 #[derive(Debug, Clone)]
 struct Cached {
     record: Arc<KeyRecord>,
@@ -97,7 +95,8 @@ pub struct KeyCache {
     created: Instant,
     ttl: Duration,
     max_staleness: Duration,
-    clock: Clock,
+    /// Read for ages (its monotonic instant); a manual one lets tests age entries without sleeping.
+    clock: Arc<dyn Clock>,
     /// Queries for hashes no cache holds take a token from it first (none: unbounded).
     budget: Option<Arc<LookupBudget>>,
 }
@@ -115,12 +114,12 @@ impl std::fmt::Debug for KeyCache {
 
 impl KeyCache {
     pub fn new(settings: CacheSettings) -> Self {
-        Self::with_clock(settings, Arc::new(Instant::now))
+        Self::with_clock(settings, Arc::new(SystemClock))
     }
 
     /// A cache that reads the time from `clock` (moka still evicts on its own clock, after
     /// `max(ttl, max_staleness)`, which only bounds memory).
-    pub fn with_clock(settings: CacheSettings, clock: Clock) -> Self {
+    pub fn with_clock(settings: CacheSettings, clock: Arc<dyn Clock>) -> Self {
         Self {
             known: Cache::builder()
                 .max_capacity(settings.capacity)
@@ -137,7 +136,7 @@ impl KeyCache {
                 .build_with_hasher(Hasher::default()),
             epoch: Arc::new(AtomicU64::new(0)),
             revalidate_before: Arc::new(AtomicU64::new(0)),
-            created: clock(),
+            created: clock.instant(),
             ttl: settings.ttl,
             max_staleness: settings.max_staleness,
             clock,
@@ -177,7 +176,7 @@ impl KeyCache {
         if stale.is_none()
             && let Some(budget) = &self.budget
         {
-            budget.try_acquire(peer, (self.clock)())?;
+            budget.try_acquire(peer, self.clock.instant())?;
         }
         // Boxed: the miss path's future (moka's coalescing and the store query) is large, and
         // inline it would make every Check future, hits included, that large to create and move.
@@ -211,7 +210,7 @@ impl KeyCache {
                         let record = Arc::new(record.clone());
                         let entry = Cached {
                             record: record.clone(),
-                            loaded_at: (self.clock)(),
+                            loaded_at: self.clock.instant(),
                         };
                         if self.epoch.load(Ordering::SeqCst) == epoch {
                             self.known.insert(*hash, entry).await;
@@ -245,7 +244,9 @@ impl KeyCache {
     }
 
     fn age(&self, entry: &Cached) -> Duration {
-        (self.clock)().saturating_duration_since(entry.loaded_at)
+        self.clock
+            .instant()
+            .saturating_duration_since(entry.loaded_at)
     }
 
     /// Forgets a key (after revocation, or when a new key with this hash was minted), including
@@ -263,7 +264,7 @@ impl KeyCache {
     pub fn revalidate_all(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.in_flight.invalidate_all();
-        let now = (self.clock)().saturating_duration_since(self.created);
+        let now = self.clock.instant().saturating_duration_since(self.created);
         let cutoff = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
         self.revalidate_before.fetch_max(cutoff, Ordering::AcqRel);
         self.unknown.invalidate_all();
@@ -292,6 +293,7 @@ mod tests {
     use chrono::Utc;
 
     use super::*;
+    use crate::clock::ManualClock;
     use crate::store::{KeyRecordId, KeyStatus, NewKey};
 
     const SETTINGS: CacheSettings = CacheSettings {
@@ -375,15 +377,13 @@ mod tests {
     }
 
     /// A clock the test moves by hand.
-    fn manual_clock() -> (Clock, Arc<Mutex<Instant>>) {
-        let now = Arc::new(Mutex::new(Instant::now()));
-        let reader = now.clone();
-        (Arc::new(move || *reader.lock().unwrap()), now)
+    fn manual_clock() -> (Arc<dyn Clock>, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::default());
+        (clock.clone(), clock)
     }
 
-    fn advance(now: &Mutex<Instant>, by: Duration) {
-        let mut now = now.lock().unwrap();
-        *now += by;
+    fn advance(now: &ManualClock, by: Duration) {
+        now.advance(by);
     }
 
     fn outage() -> Result<Option<KeyRecord>, StoreError> {

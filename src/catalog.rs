@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 
 use crate::identity::{Caller, CredentialKind};
+use crate::ids::SubscriptionKey;
 use crate::policy::{Model, Policy, Subscription, SubscriptionModel};
 
 /// A model the caller may use, and the subscription that serves it for them.
@@ -28,7 +29,7 @@ pub fn usable_subscriptions<'p>(
     requested: Option<&str>,
 ) -> Result<Vec<&'p Subscription>, SubscriptionDenied> {
     let accessible = |subscription: &&Subscription| {
-        policy.subscription_accessible(subscription, &caller.username, &caller.groups)
+        policy.subscription_accessible(subscription, caller.username.as_str(), &caller.groups)
     };
     match &caller.credential {
         CredentialKind::ApiKey { subscription, .. } => Ok(policy
@@ -44,7 +45,7 @@ pub fn usable_subscriptions<'p>(
                 .filter(accessible)
                 .map(|subscription| vec![subscription])
                 .ok_or(SubscriptionDenied),
-            None => Ok(policy.accessible_subscriptions(&caller.username, &caller.groups)),
+            None => Ok(policy.accessible_subscriptions(caller.username.as_str(), &caller.groups)),
         },
     }
 }
@@ -64,7 +65,7 @@ pub fn visible_models<'p>(
             let Some(model) = policy.model(entry.model) else {
                 continue;
             };
-            if policy.auth_policy_allows(model, &caller.username, &caller.groups)
+            if policy.auth_policy_allows(model, caller.username.as_str(), &caller.groups)
                 && seen.insert((model.namespace.as_str(), model.name.as_str()))
             {
                 visible.push(VisibleModel {
@@ -88,14 +89,8 @@ pub struct MeteredModel<'p> {
 
 impl MeteredModel<'_> {
     /// `<subNs>/<subName>@<modelNs>/<modelName>`, the key Check counts under.
-    pub fn selected_subscription_key(&self) -> String {
-        format!(
-            "{}/{}@{}/{}",
-            self.subscription.namespace,
-            self.subscription.name,
-            self.model.namespace,
-            self.model.name
-        )
+    pub fn selected_subscription_key(&self) -> SubscriptionKey {
+        self.subscription.selected_key(self.model)
     }
 }
 
@@ -110,7 +105,7 @@ pub fn metered_models<'p>(policy: &'p Policy, caller: &Caller) -> Vec<MeteredMod
             subscription.models.iter().filter_map(move |limits| {
                 let model = policy.model(limits.model)?;
                 policy
-                    .auth_policy_allows(model, &caller.username, &caller.groups)
+                    .auth_policy_allows(model, caller.username.as_str(), &caller.groups)
                     .then_some(MeteredModel {
                         subscription,
                         model,
@@ -148,7 +143,7 @@ mod tests {
 
     fn person(name: &str, groups: &[&str]) -> Caller {
         Caller::new(
-            name.to_owned(),
+            crate::ids::Username::new(name).unwrap(),
             groups.iter().map(|g| (*g).to_owned()).collect(),
             CredentialKind::StaticToken,
             &[],

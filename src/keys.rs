@@ -225,7 +225,7 @@ impl<S: KeyAdminStore> KeyManager<S> {
         validate_lifetime(lifetime, limit)?;
         let subscription = self.bind_subscription(caller, request.subscription.as_deref())?;
         let mint = MintRequest {
-            username: caller.username.clone(),
+            username: caller.username.to_string(),
             groups: caller.groups.clone(),
             name,
             description: request.description.filter(|d| !d.is_empty()),
@@ -258,7 +258,7 @@ impl<S: KeyAdminStore> KeyManager<S> {
             Some(user) if user == caller.username || caller.is_admin() => Some(user),
             Some(_) => return Err(KeyError::SearchOthersDenied),
             None if caller.is_admin() => None,
-            None => Some(caller.username.clone()),
+            None => Some(caller.username.to_string()),
         };
         let sort_by = match request.sort_by.as_deref().map(str::trim) {
             None | Some("") | Some("created_at") => KeySortField::CreatedAt,
@@ -355,7 +355,7 @@ impl<S: KeyAdminStore> KeyManager<S> {
             return Err(KeyError::BulkRevokeDenied);
         }
         let username = match (&username, &subscription) {
-            (None, None) => Some(caller.username.clone()),
+            (None, None) => Some(caller.username.to_string()),
             _ => username,
         };
         let scope = RevocationScope {
@@ -413,7 +413,7 @@ impl<S: KeyAdminStore> KeyManager<S> {
         )?;
         let subscription = self.bind_subscription(caller, None)?;
         let request = MintRequest {
-            username: caller.username.clone(),
+            username: caller.username.to_string(),
             groups: caller.groups.clone(),
             name: ACCESS_TOKEN_NAME.to_owned(),
             description: None,
@@ -446,7 +446,7 @@ impl<S: KeyAdminStore> KeyManager<S> {
     /// Revokes every active access token of the caller; returns how many.
     pub async fn revoke_tokens(&self, caller: &Caller) -> Result<u64, KeyError> {
         let scope = RevocationScope {
-            username: Some(caller.username.clone()),
+            username: Some(caller.username.to_string()),
             subscription: None,
             labels_contain: access_token_labels(),
         };
@@ -484,9 +484,13 @@ impl<S: KeyAdminStore> KeyManager<S> {
         let policy = self.policy.load_full();
         let chosen = match requested.map(str::trim).filter(|s| !s.is_empty()) {
             Some(reference) => policy.find_subscription(reference).filter(|subscription| {
-                policy.subscription_accessible(subscription, &caller.username, &caller.groups)
+                policy.subscription_accessible(
+                    subscription,
+                    caller.username.as_str(),
+                    &caller.groups,
+                )
             }),
-            None => policy.highest_priority_subscription(&caller.username, &caller.groups),
+            None => policy.highest_priority_subscription(caller.username.as_str(), &caller.groups),
         };
         chosen
             .map(|subscription| subscription.name.clone())

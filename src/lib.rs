@@ -1,7 +1,8 @@
 //! maas-authz: Envoy ext_authz server and key-management API for an LLM Models-as-a-Service gateway.
 //!
 //! See `ARCHITECTURE.md` for the map. Domain: [`key`], [`policy`], [`request_path`], [`assertion`], [`authorizer`], [`minting`],
-//! [`keys`], [`catalog`], [`identity`], [`cache`], [`lookup_budget`], [`limits`], [`usage`], [`duration`]. Edges: [`grpc`], [`http`],
+//! [`keys`], [`catalog`], [`identity`], [`cache`], [`lookup_budget`], [`limits`], [`usage`], [`duration`],
+//! [`ids`], [`bearer`], [`clock`]. Edges: [`grpc`], [`http`],
 //! [`store`], [`tls`], [`cli`], [`serve`], [`metrics`]. Composition root: [`app`].
 
 pub mod app;
@@ -9,10 +10,12 @@ pub mod app;
 mod architecture;
 pub mod assertion;
 pub mod authorizer;
+pub mod bearer;
 pub mod breaker;
 pub mod cache;
 pub mod catalog;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod duration;
 #[cfg(test)]
@@ -21,6 +24,7 @@ pub mod grpc;
 pub mod housekeeping;
 pub mod http;
 pub mod identity;
+pub mod ids;
 pub mod key;
 pub mod keys;
 pub mod last_used;

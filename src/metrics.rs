@@ -8,7 +8,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::authorizer::{CheckObserver, DenyReason};
+use crate::authorizer::{CheckObserver, DenyReason, PerDenyReason};
 use crate::breaker::BreakerState;
 use crate::cache::CacheOutcome;
 use crate::grpc::ext_authz::DecisionObserver;
@@ -33,7 +33,7 @@ const QUERY_BUCKETS: &[f64] = &[
 pub struct Metrics {
     registry: Registry,
     allowed: IntCounter,
-    denied: Vec<IntCounter>,
+    denied: PerDenyReason<IntCounter>,
     failed: IntCounter,
     check_seconds: Histogram,
     cache_hit: IntCounter,
@@ -237,10 +237,8 @@ impl Metrics {
                 .map(|scope| vec.with_label_values(&[scope.as_str()]))
         };
         // Children resolved once, so the hot path does no label lookups.
-        let denied = DenyReason::ALL
-            .iter()
-            .map(|reason| decisions.with_label_values(&["deny", reason.as_str()]))
-            .collect();
+        let denied =
+            PerDenyReason::new(|reason| decisions.with_label_values(&["deny", reason.as_str()]));
         Ok(Self {
             allowed: decisions.with_label_values(&["allow", ""]),
             failed: decisions.with_label_values(&["error", "store_unavailable"]),
@@ -388,7 +386,7 @@ impl DecisionObserver for Metrics {
     }
 
     fn observe_deny(&self, reason: DenyReason, elapsed: Duration) {
-        self.denied[reason as usize].inc();
+        self.denied.get(reason).inc();
         self.check_seconds.observe(elapsed.as_secs_f64());
     }
 

@@ -15,9 +15,10 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
 use crate::authorizer::Authorizer;
+use crate::clock::{Clock, SystemClock};
 use crate::config::{DatabaseConfig, ServeConfig, pg_endpoint};
 use crate::http::{internal_router, public_router, serve_http};
-use crate::limits::{Clock, Limiter, SystemClock};
+use crate::limits::Limiter;
 use crate::store::migrate::run_migrations;
 use crate::store::served::ServedStore;
 

@@ -11,11 +11,12 @@ use crate::assertion::SigningKeys;
 use crate::authorizer::Authorizer;
 use crate::breaker::{BreakerSettings, CircuitBreaker};
 use crate::cache::{CacheSettings, KeyCache};
+use crate::clock::Clock;
 use crate::config::{LimitsConfig, OnRedisError, ServeConfig, pg_endpoint, pg_settings};
 use crate::identity::IdentityResolver;
 use crate::last_used::LastUsedTracker;
 use crate::limits::{
-    ChargingTokenSink, Clock, CounterStore, InProcessCounterStore, Limiter, OnStoreError,
+    ChargingTokenSink, CounterStore, InProcessCounterStore, Limiter, OnStoreError,
     RedisCounterStore,
 };
 use crate::lookup_budget::{BudgetKind, LookupBudget};

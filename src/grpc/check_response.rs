@@ -20,7 +20,8 @@ use prost::bytes::{Buf, Bytes};
 use tonic::Status;
 
 use crate::assertion::{HEADER_IDENTITY_ASSERTION, SigningKeys};
-use crate::authorizer::{Allowed, CheckError, Decision, DenialKind, Denied, DenyReason};
+use crate::authorizer::{AllowAnswerKey, CheckError, Decision, DenialKind, Denied, DenyReason};
+use crate::ids::SubscriptionKey;
 use crate::limits::{LimitStatus, WindowStatus, retry_after_seconds};
 use crate::store::StoreError;
 
@@ -98,7 +99,7 @@ pub fn check_response(
 ) -> Result<CheckResponse, Status> {
     match outcome {
         Ok(Decision::Allow(allowed)) => {
-            let mut response = allow_response(&allowed, signing, now_unix);
+            let mut response = allow_response(&allowed.answer, signing, now_unix);
             // To the client's response (not upstream): where it stands against its limits.
             if let (Some(HttpResponse::OkResponse(ok)), Some(limits)) =
                 (response.http_response.as_mut(), allowed.limits.as_ref())
@@ -183,37 +184,39 @@ pub(super) fn rate_limit_headers(limits: &LimitStatus) -> Vec<HeaderValueOption>
     headers
 }
 
-/// The allow answer. Reads only what `same_allow_answer` compares (and the signing time, which
-/// the memo tracks itself): keep the two in step.
+/// The allow answer, built from its key alone (the memo keys on the same value) and the
+/// signing time (which the memo tracks itself).
 pub(super) fn allow_response(
-    allowed: &Allowed,
+    answer: &AllowAnswerKey,
     signing: &SigningKeys,
     now_unix: i64,
 ) -> CheckResponse {
-    let key = &allowed.key;
+    let key = &answer.key;
     let groups_json = serde_json::to_string(&key.groups).unwrap_or_else(|_| "[]".to_owned());
     let key_id = key.id.to_string();
-    let model = allowed
+    let model = answer
         .model
         .as_ref()
-        .map(|m| format!("{}/{}", m.namespace, m.name))
+        .map(ToString::to_string)
         .unwrap_or_default();
+    let selected_subscription_key = answer.selected_subscription_key();
+    let subscription = answer.subscription.header_value();
     let headers = vec![
         overwrite(HEADER_USERNAME, &key.username),
         overwrite(HEADER_GROUP, &groups_json),
-        overwrite(HEADER_SUBSCRIPTION, &allowed.subscription),
-        overwrite(HEADER_TIER, &allowed.tier),
+        overwrite(HEADER_SUBSCRIPTION, subscription),
+        overwrite(HEADER_TIER, &answer.tier),
         overwrite(HEADER_KEY_ID, &key_id),
         overwrite(
             HEADER_IDENTITY_ASSERTION,
-            &signing.sign(&allowed.identity_assertion(now_unix)),
+            &signing.sign(&answer.identity_assertion(now_unix)),
         ),
     ];
     let mut headers_to_remove = Vec::with_capacity(2);
-    if allowed.credentials.authorization {
+    if answer.credentials.authorization {
         headers_to_remove.push("authorization".to_owned());
     }
-    if allowed.credentials.x_api_key {
+    if answer.credentials.x_api_key {
         headers_to_remove.push("x-api-key".to_owned());
     }
     let metadata = Struct {
@@ -231,15 +234,16 @@ pub(super) fn allow_response(
             ("groups_str".to_owned(), string_value(&key.groups.join(","))),
             ("key_id".to_owned(), string_value(&key_id)),
             ("key_name".to_owned(), string_value(&key.name)),
-            (
-                "subscription".to_owned(),
-                string_value(&allowed.subscription),
-            ),
-            ("tier".to_owned(), string_value(&allowed.tier)),
+            ("subscription".to_owned(), string_value(subscription)),
+            ("tier".to_owned(), string_value(&answer.tier)),
             ("model".to_owned(), string_value(&model)),
             (
                 "selected_subscription_key".to_owned(),
-                string_value(&allowed.selected_subscription_key()),
+                string_value(
+                    selected_subscription_key
+                        .as_ref()
+                        .map_or("", SubscriptionKey::as_str),
+                ),
             ),
         ]),
     };

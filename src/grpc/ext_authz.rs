@@ -1,6 +1,6 @@
 //! Envoy's `envoy.service.auth.v3.Authorization/Check`, translated to and from the [`Authorizer`].
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -11,7 +11,8 @@ use tonic::Status;
 
 use crate::assertion::SigningKeys;
 use crate::authorizer::{
-    Allowed, Authorizer, CheckError, CheckInput, Decision, Denied, DenyReason,
+    AllowAnswerKey, Allowed, Authorizer, CheckError, CheckInput, Decision, Denied, DenyReason,
+    PerDenyReason,
 };
 use crate::grpc::check_request::CheckAttributes;
 use crate::grpc::check_response::{
@@ -106,24 +107,24 @@ const ALLOW_MEMO_SLOTS: usize = 8192;
 
 /// The encoded answers of [`check_response`]: every denial encoded once, allow answers memoised.
 ///
-/// An allow answer is a pure function of the [`Allowed`] it comes from: the key record (an
-/// `Arc` that the key cache replaces whenever the row is reloaded), the subscription, tier and
-/// model the policy resolved, and which credential headers to strip. A slot is reused only
-/// when all of these are the same (the record by pointer, which the slot keeps alive, so the
-/// address cannot be reused by another record), so a policy reload, a reloaded key or another
-/// model simply miss and re-encode. Status and expiry never reach here: the authorizer judges
-/// them on every request before an `Allowed` exists.
+/// An allow answer is built from its [`AllowAnswerKey`] alone (and the signing time, which the
+/// memo tracks itself), and a slot is reused only when the whole key is equal: the key record
+/// by pointer (the key cache replaces the `Arc` whenever the row is reloaded; the slot keeps it
+/// alive, so the address cannot be reused by another record), the subscription, tier and model
+/// the policy resolved, and which credential headers to strip. A policy reload, a reloaded key
+/// or another model simply miss and re-encode. Status and expiry never reach here: the
+/// authorizer judges them on every request before an `Allowed` exists.
 struct ResponseMemo {
     slot_hasher: foldhash::fast::RandomState,
     signing: Arc<SigningKeys>,
     /// False: allow answers leave out `dynamic_metadata` (`MAAS_AUTHZ_DYNAMIC_METADATA=false`).
     dynamic_metadata: bool,
-    denials: Vec<EncodedCheckResponse>,
+    denials: PerDenyReason<EncodedCheckResponse>,
     allows: Box<[Mutex<Option<MemoizedAllow>>]>,
 }
 
 struct MemoizedAllow {
-    allowed: Box<Allowed>,
+    answer: AllowAnswerKey,
     encoded: EncodedCheckResponse,
     /// When its identity assertion was signed (Unix seconds).
     signed_at: i64,
@@ -135,10 +136,9 @@ impl ResponseMemo {
             slot_hasher: foldhash::fast::RandomState::default(),
             signing,
             dynamic_metadata,
-            denials: DenyReason::ALL
-                .iter()
-                .map(|&reason| EncodedCheckResponse::encode(&deny_response(reason)))
-                .collect(),
+            denials: PerDenyReason::new(|reason| {
+                EncodedCheckResponse::encode(&deny_response(reason))
+            }),
             allows: (0..slots.next_power_of_two())
                 .map(|_| Mutex::new(None))
                 .collect(),
@@ -153,19 +153,15 @@ impl ResponseMemo {
         match outcome {
             Ok(Decision::Allow(allowed)) => Ok(self.allow(allowed, now_unix)),
             Ok(Decision::Deny(denied)) if denied == Denied::new(denied.reason) => {
-                Ok(self.denials[denied.reason as usize].clone())
+                Ok(self.denials.get(denied.reason).clone())
             }
             other => check_response(other, &self.signing, now_unix)
                 .map(|r| EncodedCheckResponse::encode(&r)),
         }
     }
 
-    fn slot_of(&self, allowed: &Allowed) -> usize {
-        let mut hasher = self.slot_hasher.build_hasher();
-        std::ptr::hash(Arc::as_ptr(&allowed.key), &mut hasher);
-        allowed.model.hash(&mut hasher);
-        allowed.credentials.hash(&mut hasher);
-        hasher.finish() as usize & (self.allows.len() - 1)
+    fn slot_of(&self, answer: &AllowAnswerKey) -> usize {
+        self.slot_hasher.hash_one(answer) as usize & (self.allows.len() - 1)
     }
 
     fn allow(&self, allowed: Box<Allowed>, now_unix: i64) -> EncodedCheckResponse {
@@ -173,24 +169,24 @@ impl ResponseMemo {
         // `CheckResponse` after the memoised one: protobuf parsers merge a repeated message field
         // into the first (the repeated `response_headers_to_add` is appended), which gives
         // exactly `check_response`'s message.
-        let tail = allowed
-            .limits
+        let Allowed { answer, limits } = *allowed;
+        let tail = limits
             .as_ref()
             .map(|limits| EncodedCheckResponse::encode(&rate_limit_tail(limits)));
-        let slot = &self.allows[self.slot_of(&allowed)];
+        let slot = &self.allows[self.slot_of(&answer)];
         if let Some(hit) = lock(slot).as_ref()
-            && same_allow_answer(&hit.allowed, &allowed)
+            && hit.answer == answer
             && (0..ASSERTION_REFRESH_SECONDS).contains(&(now_unix - hit.signed_at))
         {
             return hit.encoded.clone().followed_by(tail);
         }
-        let mut response = allow_response(&allowed, &self.signing, now_unix);
+        let mut response = allow_response(&answer, &self.signing, now_unix);
         if !self.dynamic_metadata {
             response.dynamic_metadata = None;
         }
         let encoded = EncodedCheckResponse::encode(&response);
         *lock(slot) = Some(MemoizedAllow {
-            allowed,
+            answer,
             encoded: encoded.clone(),
             signed_at: now_unix,
         });
@@ -216,23 +212,14 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// True when `allow_response` gives the same answer for both: every input it reads is compared.
-fn same_allow_answer(a: &Allowed, b: &Allowed) -> bool {
-    Arc::ptr_eq(&a.key, &b.key)
-        && a.subscription == b.subscription
-        && a.subscription_namespace == b.subscription_namespace
-        && a.tier == b.tier
-        && a.model == b.model
-        && a.credentials == b.credentials
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
     use crate::assertion::HEADER_IDENTITY_ASSERTION;
-    use crate::authorizer::{CredentialHeaders, ResolvedModel};
+    use crate::authorizer::CredentialHeaders;
     use crate::grpc::check_response::*;
+    use crate::ids::{BoundSubscription, ModelRef, SubscriptionRef};
     use crate::key::ApiKey;
     use crate::limits::WindowStatus;
     use crate::store::{KeyRecord, KeyRecordId, KeyStatus, StoreError};
@@ -269,17 +256,18 @@ mod tests {
 
     fn allowed(key: &Arc<KeyRecord>) -> Box<Allowed> {
         Box::new(Allowed {
-            key: Arc::clone(key),
-            subscription: "free".to_owned(),
-            subscription_namespace: Some("models-as-a-service".to_owned()),
-            tier: "free".to_owned(),
-            model: Some(ResolvedModel {
-                namespace: "llm".to_owned(),
-                name: "simulator".to_owned(),
-            }),
-            credentials: CredentialHeaders {
-                authorization: true,
-                x_api_key: false,
+            answer: AllowAnswerKey {
+                key: Arc::clone(key),
+                subscription: BoundSubscription::Known(SubscriptionRef::new(
+                    "models-as-a-service",
+                    "free",
+                )),
+                tier: "free".to_owned(),
+                model: Some(ModelRef::new("llm", "simulator")),
+                credentials: CredentialHeaders {
+                    authorization: true,
+                    x_api_key: false,
+                },
             },
             limits: None,
         })
@@ -298,7 +286,7 @@ mod tests {
     fn deny_reasons_index_their_own_encoded_answer() {
         let memo = ResponseMemo::new(4, true, signing());
         for (index, reason) in DenyReason::ALL.into_iter().enumerate() {
-            assert_eq!(reason as usize, index, "{reason:?} is out of order in ALL");
+            assert_eq!(reason.index(), index, "{reason:?} is out of order in ALL");
             let encoded = memo
                 .encoded(Ok(Decision::Deny(Denied::new(reason))), NOW)
                 .unwrap();
@@ -344,15 +332,16 @@ mod tests {
         let other_user = allowed(&record("bob"));
         let same_row_reloaded = allowed(&Arc::new(KeyRecord::clone(&key)));
         let mut other_model = allowed(&key);
-        other_model.model = None;
+        other_model.answer.model = None;
         let mut other_credentials = allowed(&key);
-        other_credentials.credentials.x_api_key = true;
+        other_credentials.answer.credentials.x_api_key = true;
         let mut other_tier = allowed(&key);
-        other_tier.tier = "premium".to_owned();
+        other_tier.answer.tier = "premium".to_owned();
         let mut other_subscription = allowed(&key);
-        other_subscription.subscription = "premium".to_owned();
+        other_subscription.answer.subscription =
+            BoundSubscription::Known(SubscriptionRef::new("models-as-a-service", "premium"));
         let mut other_namespace = allowed(&key);
-        other_namespace.subscription_namespace = None;
+        other_namespace.answer.subscription = BoundSubscription::Unresolved("free".to_owned());
 
         for variant in [
             base.clone(),

@@ -50,6 +50,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::assertion::{AssertionError, HEADER_IDENTITY_ASSERTION, SigningKeys};
+use crate::ids::SubscriptionKey;
 use crate::policy::Policy;
 use crate::request_path::CanonicalPath;
 use crate::usage::estimate::TextTally;
@@ -423,7 +424,7 @@ impl Exchange {
         self.metered = Some(MeteredExchange {
             subject: UsageSubject {
                 user: assertion.user,
-                subscription_key: assertion.subscription_key,
+                subscription_key: SubscriptionKey::from_wire(assertion.subscription_key),
             },
             model: assertion.model,
             endpoint: Endpoint::of_path(&path),
@@ -1013,7 +1014,7 @@ mod tests {
         let charge = finished.charge.unwrap();
         assert_eq!((charge.usage.total, charge.estimated), (3, false));
         assert_eq!(finished.subject.user, "alice");
-        assert_eq!(finished.subject.subscription_key, SUBSCRIPTION_KEY);
+        assert_eq!(finished.subject.subscription_key.as_str(), SUBSCRIPTION_KEY);
         assert!(exchange.interrupted().is_none(), "charged once");
     }
 

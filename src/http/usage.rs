@@ -78,7 +78,7 @@ pub(super) async fn usage(
                 .iter()
                 .map(|entry| (entry.selected_subscription_key(), entry.limits))
                 .collect();
-            limiter.usage(&caller.username, &entries).await?
+            limiter.usage(caller.username.as_str(), &entries).await?
         }
         None => vec![Vec::new(); metered.len()],
     };

@@ -16,7 +16,9 @@ use anyhow::Context;
 use chrono::Utc;
 
 use crate::authorizer::{Authorizer, CheckError, KeyValidity};
+use crate::bearer::BearerError;
 use crate::config::IdentitySettings;
+use crate::ids::Username;
 use crate::key::KEY_PREFIX;
 use crate::limits::retry_after_seconds;
 use crate::lookup_budget::LookupBudget;
@@ -38,7 +40,7 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 /// An authenticated caller of the REST API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    pub username: String,
+    pub username: Username,
     /// Always includes `system:authenticated` for token callers; the stored snapshot for key callers.
     pub groups: Vec<String>,
     /// Private so that only [`Caller::new`]'s rule can set it; read through [`Caller::is_admin`].
@@ -52,7 +54,7 @@ impl Caller {
     /// groups it snapshotted at mint time: the snapshot is frozen, so a demoted admin's keys
     /// would otherwise keep rights its owner no longer has.
     pub fn new(
-        username: String,
+        username: Username,
         groups: Vec<String>,
         credential: CredentialKind,
         admin_groups: &[String],
@@ -205,44 +207,44 @@ impl<S: KeyStore> IdentityResolver<S> {
         if let Some(tokens) = &self.static_tokens
             && let Some((username, groups)) = tokens.find(token).await
         {
-            return Ok(self.caller(
+            return self.caller(
                 username,
                 with_authenticated(groups),
                 CredentialKind::StaticToken,
-            ));
+            );
         }
         if let Some(oidc) = &self.oidc
             && oidc::looks_like_jwt(token)
             && oidc.claims_our_issuer(token)
         {
             let user = oidc.verify(token).await?;
-            return Ok(self.caller(
+            return self.caller(
                 user.username,
                 with_authenticated(user.groups),
                 CredentialKind::OidcToken,
-            ));
+            );
         }
         if let Some(kube) = &self.kube {
             let (username, groups) = kube.review(token).await?;
-            return Ok(self.caller(
+            return self.caller(
                 username,
                 with_authenticated(groups),
                 CredentialKind::KubernetesToken,
-            ));
+            );
         }
         Err(AuthError::Invalid("the token is not recognised".to_owned()))
     }
 
     async fn api_key_caller(&self, token: &str) -> Result<Caller, AuthError> {
         match self.authorizer.validate_key(token, Utc::now()).await {
-            Ok(KeyValidity::Valid(record)) => Ok(self.caller(
+            Ok(KeyValidity::Valid(record)) => self.caller(
                 record.username.clone(),
                 record.groups.clone(),
                 CredentialKind::ApiKey {
                     id: record.id,
                     subscription: record.subscription.clone(),
                 },
-            )),
+            ),
             Ok(KeyValidity::Invalid(why)) => {
                 Err(AuthError::Invalid(why.upstream_reason().to_owned()))
             }
@@ -253,26 +255,34 @@ impl<S: KeyStore> IdentityResolver<S> {
         }
     }
 
-    fn caller(&self, username: String, groups: Vec<String>, credential: CredentialKind) -> Caller {
-        Caller::new(username, groups, credential, &self.admin_groups)
+    /// The caller, unless the source named nobody: an empty username is refused, whatever
+    /// source asserted it (it would own keys and counters as "nobody").
+    fn caller(
+        &self,
+        username: String,
+        groups: Vec<String>,
+        credential: CredentialKind,
+    ) -> Result<Caller, AuthError> {
+        let username = Username::new(username)
+            .map_err(|_| AuthError::Invalid("the identity has an empty username".to_owned()))?;
+        Ok(Caller::new(
+            username,
+            groups,
+            credential,
+            &self.admin_groups,
+        ))
     }
 }
 
-/// The token of `Bearer <token>` (case-insensitive scheme, surrounding blanks ignored).
+/// The token of `Bearer <token>` by [`crate::bearer`]'s rule; a blank or absent header is missing.
 fn bearer_token(authorization: Option<&str>) -> Result<&str, AuthError> {
-    let header = authorization.map(str::trim).unwrap_or_default();
-    if header.is_empty() {
-        return Err(AuthError::Missing);
+    match crate::bearer::bearer_token(authorization.unwrap_or_default()) {
+        Ok(token) => Ok(token),
+        Err(BearerError::Blank) => Err(AuthError::Missing),
+        Err(
+            BearerError::NotBearer | BearerError::BlankToken | BearerError::BlankInToken { .. },
+        ) => Err(AuthError::Malformed),
     }
-    let (scheme, rest) = header.split_once(' ').ok_or(AuthError::Malformed)?;
-    let token = rest.trim();
-    if !scheme.eq_ignore_ascii_case("bearer")
-        || token.is_empty()
-        || token.contains(char::is_whitespace)
-    {
-        return Err(AuthError::Malformed);
-    }
-    Ok(token)
 }
 
 /// `groups` with `system:authenticated` appended once and duplicates removed, order kept.

@@ -21,8 +21,11 @@ pub use store::{
     Acquired, CounterCharge, CounterError, CounterSpec, CounterStore, DEFAULT_MAX_COUNTERS,
     InProcessCounterStore,
 };
-pub use window::{Clock, FixedWindow, ManualClock, SystemClock, retry_after_seconds};
+pub use window::{FixedWindow, retry_after_seconds};
 
+use crate::clock::{Clock, SystemClock};
+
+use crate::ids::SubscriptionKey;
 use crate::policy::{Policy, RateLimit, SubscriptionModel};
 use crate::usage::{TokenSink, UsageSubject};
 
@@ -211,7 +214,7 @@ impl Limiter {
     pub async fn check_request(
         &self,
         user: &str,
-        selected_subscription_key: &str,
+        selected_subscription_key: &SubscriptionKey,
         limits: &SubscriptionModel,
     ) -> Result<RequestVerdict, LimitError> {
         if limits.request_limits.is_empty() && limits.token_limits.is_empty() {
@@ -282,7 +285,7 @@ impl Limiter {
     pub async fn charge_tokens(
         &self,
         user: &str,
-        selected_subscription_key: &str,
+        selected_subscription_key: &SubscriptionKey,
         tokens: u64,
     ) -> Result<(), LimitError> {
         if tokens == 0 {
@@ -290,7 +293,7 @@ impl Limiter {
         }
         let Some(token_limits) = self.token_limits_of(selected_subscription_key) else {
             tracing::debug!(
-                selected_subscription_key,
+                %selected_subscription_key,
                 "no token limits for this subscription and model: nothing charged"
             );
             return Ok(());
@@ -322,7 +325,7 @@ impl Limiter {
     pub async fn usage(
         &self,
         user: &str,
-        entries: &[(String, &SubscriptionModel)],
+        entries: &[(SubscriptionKey, &SubscriptionModel)],
     ) -> Result<Vec<Vec<UsageWindow>>, LimitError> {
         let now = self.clock.now_millis();
         let mut keys = Vec::new();
@@ -378,7 +381,8 @@ impl Limiter {
 
     /// `<prefix>{<len>:<user>|<selected key>}`: the user's length keeps any user name from
     /// running into the subscription key, and the braces make it Redis Cluster's hash tag.
-    fn owner(&self, user: &str, selected_subscription_key: &str) -> String {
+    fn owner(&self, user: &str, selected_subscription_key: &SubscriptionKey) -> String {
+        let selected_subscription_key = selected_subscription_key.as_str();
         // Built by hand: this runs on every Check, and `format!` costs more than it looks.
         let mut length = itoa::Buffer::new();
         let length = length.format(user.len());
@@ -396,9 +400,11 @@ impl Limiter {
         owner
     }
 
-    fn token_limits_of(&self, selected_subscription_key: &str) -> Option<Vec<RateLimit>> {
-        let (subscription, model) = selected_subscription_key.split_once('@')?;
-        let (model_namespace, model_name) = model.split_once('/')?;
+    fn token_limits_of(
+        &self,
+        selected_subscription_key: &SubscriptionKey,
+    ) -> Option<Vec<RateLimit>> {
+        let (subscription, model_namespace, model_name) = selected_subscription_key.parts()?;
         let policy = self.policy.load();
         let subscription = policy.find_subscription(subscription)?;
         let model = policy.find_model(Some(model_namespace), model_name).ok()?;

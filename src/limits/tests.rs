@@ -3,10 +3,15 @@
 use std::path::Path;
 
 use super::*;
+use crate::clock::ManualClock;
 
 const FREE_SIMULATOR: &str = "models-as-a-service/free@models-as-a-service/simulator";
 /// 10 seconds into a minute.
 const START: u64 = 1_800_000_000_000 + 10_000;
+
+fn key(text: &str) -> SubscriptionKey {
+    SubscriptionKey::from_wire(text)
+}
 
 struct Fixture {
     limiter: Limiter,
@@ -44,7 +49,7 @@ async fn the_sixth_free_request_in_a_minute_is_limited_until_the_window_ends() {
     for _ in 0..5 {
         match f
             .limiter
-            .check_request("alice", FREE_SIMULATOR, &limits)
+            .check_request("alice", &key(FREE_SIMULATOR), &limits)
             .await
             .unwrap()
         {
@@ -55,7 +60,7 @@ async fn the_sixth_free_request_in_a_minute_is_limited_until_the_window_ends() {
 
     let sixth = f
         .limiter
-        .check_request("alice", FREE_SIMULATOR, &limits)
+        .check_request("alice", &key(FREE_SIMULATOR), &limits)
         .await
         .unwrap();
 
@@ -72,7 +77,7 @@ async fn the_sixth_free_request_in_a_minute_is_limited_until_the_window_ends() {
     f.clock.advance(Duration::from_secs(50));
     let next_window = f
         .limiter
-        .check_request("alice", FREE_SIMULATOR, &limits)
+        .check_request("alice", &key(FREE_SIMULATOR), &limits)
         .await
         .unwrap();
     assert!(matches!(next_window, RequestVerdict::Within(_)));
@@ -84,19 +89,23 @@ async fn users_and_subscriptions_have_separate_counters() {
     let limits = free_simulator_limits(&f.policy.load());
     for _ in 0..5 {
         f.limiter
-            .check_request("alice", FREE_SIMULATOR, &limits)
+            .check_request("alice", &key(FREE_SIMULATOR), &limits)
             .await
             .unwrap();
     }
 
     let bob = f
         .limiter
-        .check_request("bob", FREE_SIMULATOR, &limits)
+        .check_request("bob", &key(FREE_SIMULATOR), &limits)
         .await
         .unwrap();
     let other_key = f
         .limiter
-        .check_request("alice", "models-as-a-service/other@llm/simulator", &limits)
+        .check_request(
+            "alice",
+            &key("models-as-a-service/other@llm/simulator"),
+            &limits,
+        )
         .await
         .unwrap();
 
@@ -109,23 +118,23 @@ async fn charged_tokens_count_down_and_then_refuse_requests() {
     let f = fixture(Arc::new(InProcessCounterStore::default()));
     let limits = free_simulator_limits(&f.policy.load());
     f.limiter
-        .charge_tokens("alice", FREE_SIMULATOR, 60)
+        .charge_tokens("alice", &key(FREE_SIMULATOR), 60)
         .await
         .unwrap();
 
     let partly = f
         .limiter
-        .check_request("alice", FREE_SIMULATOR, &limits)
+        .check_request("alice", &key(FREE_SIMULATOR), &limits)
         .await
         .unwrap();
     f.limiter
-        .charge_tokens("alice", FREE_SIMULATOR, 45)
+        .charge_tokens("alice", &key(FREE_SIMULATOR), 45)
         .await
         .unwrap();
     f.clock.advance(Duration::from_secs(20));
     let spent = f
         .limiter
-        .check_request("alice", FREE_SIMULATOR, &limits)
+        .check_request("alice", &key(FREE_SIMULATOR), &limits)
         .await
         .unwrap();
 
@@ -166,7 +175,7 @@ async fn tokens_for_a_key_the_policy_does_not_know_are_not_charged() {
 
     let result = f
         .limiter
-        .charge_tokens("alice", "models-as-a-service/gone@llm/simulator", 10)
+        .charge_tokens("alice", &key("models-as-a-service/gone@llm/simulator"), 10)
         .await;
 
     assert!(result.is_ok());
@@ -178,22 +187,22 @@ async fn usage_reads_windows_without_counting() {
     let f = fixture(Arc::new(InProcessCounterStore::default()));
     let limits = free_simulator_limits(&f.policy.load());
     f.limiter
-        .check_request("alice", FREE_SIMULATOR, &limits)
+        .check_request("alice", &key(FREE_SIMULATOR), &limits)
         .await
         .unwrap();
     f.limiter
-        .charge_tokens("alice", FREE_SIMULATOR, 7)
+        .charge_tokens("alice", &key(FREE_SIMULATOR), 7)
         .await
         .unwrap();
 
     let first = f
         .limiter
-        .usage("alice", &[(FREE_SIMULATOR.to_owned(), &limits)])
+        .usage("alice", &[(key(FREE_SIMULATOR), &limits)])
         .await
         .unwrap();
     let second = f
         .limiter
-        .usage("alice", &[(FREE_SIMULATOR.to_owned(), &limits)])
+        .usage("alice", &[(key(FREE_SIMULATOR), &limits)])
         .await
         .unwrap();
 
@@ -238,7 +247,7 @@ async fn a_store_outage_lets_requests_through_uncounted_by_default() {
 
     let verdict = f
         .limiter
-        .check_request("alice", FREE_SIMULATOR, &limits)
+        .check_request("alice", &key(FREE_SIMULATOR), &limits)
         .await;
 
     assert!(matches!(verdict, Ok(RequestVerdict::Uncounted)));
@@ -251,7 +260,7 @@ async fn a_store_outage_refuses_requests_when_configured_to_deny() {
     let limits = free_simulator_limits(&f.policy.load());
 
     let verdict = limiter
-        .check_request("alice", FREE_SIMULATOR, &limits)
+        .check_request("alice", &key(FREE_SIMULATOR), &limits)
         .await;
 
     assert!(matches!(verdict, Err(LimitError::Store(_))));
@@ -280,7 +289,7 @@ fn the_tightest_window_is_the_one_with_the_fewest_units_left() {
 #[test]
 fn counter_keys_name_owner_kind_and_window() {
     let f = fixture(Arc::new(InProcessCounterStore::default()));
-    let owner = f.limiter.owner("a:b", FREE_SIMULATOR);
+    let owner = f.limiter.owner("a:b", &key(FREE_SIMULATOR));
 
     let key = counter_key(
         &owner,

@@ -1,55 +1,6 @@
-//! Fixed windows and the clock that places a request in one: pure arithmetic, tested without sleeping.
+//! Fixed windows that place a request's instant (from [`crate::clock`]): pure arithmetic, tested without sleeping.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// Milliseconds since the Unix epoch, the one time unit counters use.
-pub trait Clock: Send + Sync + 'static {
-    fn now_millis(&self) -> u64;
-}
-
-/// The wall clock. Replicas sharing Redis must agree on it (NTP) since it names the window.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now_millis(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| {
-                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-            })
-    }
-}
-
-/// A clock that only moves when told to: for tests of window boundaries.
-#[derive(Debug, Default)]
-pub struct ManualClock {
-    millis: AtomicU64,
-}
-
-impl ManualClock {
-    pub fn at_millis(millis: u64) -> Self {
-        Self {
-            millis: AtomicU64::new(millis),
-        }
-    }
-
-    pub fn set_millis(&self, millis: u64) {
-        self.millis.store(millis, Ordering::SeqCst);
-    }
-
-    pub fn advance(&self, by: Duration) {
-        let by = u64::try_from(by.as_millis()).unwrap_or(u64::MAX);
-        self.millis.fetch_add(by, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_millis(&self) -> u64 {
-        self.millis.load(Ordering::SeqCst)
-    }
-}
+use std::time::Duration;
 
 /// One fixed window of a limit: `[start, end)` in epoch milliseconds, aligned to the epoch so
 /// that every replica computes the same window for the same instant.
@@ -96,6 +47,7 @@ pub fn retry_after_seconds(wait: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{Clock, ManualClock};
 
     const MINUTE: Duration = Duration::from_secs(60);
 

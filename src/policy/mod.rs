@@ -19,6 +19,8 @@ mod tests;
 
 // Looked up on every Check; the policy comes from the operator's files, so no hash flooding.
 use foldhash::{HashMap, HashMapExt, HashSet};
+
+use crate::ids::{ModelRef, SubscriptionKey, SubscriptionRef};
 use std::path::Path;
 use std::time::Duration;
 
@@ -64,7 +66,12 @@ pub struct Model {
 impl Model {
     /// `namespace/name`, as upstream writes model identities.
     pub fn qualified_name(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
+        self.reference().to_string()
+    }
+
+    /// The identifier other modules carry for this model.
+    pub fn reference(&self) -> ModelRef {
+        ModelRef::new(self.namespace.clone(), self.name.clone())
     }
 
     /// Whether a model server asked for `name` (a body's `model`, `x-gateway-model-name`)
@@ -120,7 +127,17 @@ pub struct Subscription {
 impl Subscription {
     /// `namespace/name`, the form stored on API keys.
     pub fn qualified_name(&self) -> String {
-        format!("{}/{}", self.namespace, self.name)
+        self.reference().to_string()
+    }
+
+    /// The identifier other modules carry for this subscription.
+    pub fn reference(&self) -> SubscriptionRef {
+        SubscriptionRef::new(self.namespace.clone(), self.name.clone())
+    }
+
+    /// The key `model`'s counters have under this subscription.
+    pub fn selected_key(&self, model: &Model) -> SubscriptionKey {
+        SubscriptionKey::from_names(&self.namespace, &self.name, &model.namespace, &model.name)
     }
 }
 

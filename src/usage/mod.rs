@@ -20,6 +20,7 @@ mod request;
 mod sse;
 
 use crate::assertion::AssertionError;
+use crate::ids::SubscriptionKey;
 use crate::request_path::CanonicalPath;
 
 pub use meter::{ChunkAction, Metered, ResponseMeter};
@@ -36,7 +37,7 @@ pub use json::{MAX_JSON_BYTES, TAIL_BYTES};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageSubject {
     pub user: String,
-    pub subscription_key: String,
+    pub subscription_key: SubscriptionKey,
 }
 
 /// Where metered tokens go (the limits module charges them, the metrics count them). Used as

@@ -186,7 +186,7 @@ fn render_envoy_config(
 
 /// How [`Gateway::start_with`] builds a gateway.
 pub(crate) struct GatewayOptions {
-    pub(crate) clock: std::sync::Arc<dyn maas_authz::limits::Clock>,
+    pub(crate) clock: std::sync::Arc<dyn maas_authz::clock::Clock>,
     /// The Envoy configuration template (placeholders as in deploy/envoy/envoy.yaml).
     pub(crate) envoy_template: &'static str,
     /// Changes to maas-authz's configuration before it starts.
@@ -196,7 +196,7 @@ pub(crate) struct GatewayOptions {
 impl Default for GatewayOptions {
     fn default() -> Self {
         Self {
-            clock: std::sync::Arc::new(maas_authz::limits::SystemClock),
+            clock: std::sync::Arc::new(maas_authz::clock::SystemClock),
             envoy_template: SHIPPED_ENVOY_TEMPLATE,
             configure: Box::new(|_| {}),
         }
@@ -217,12 +217,12 @@ pub(crate) struct Gateway {
 
 impl Gateway {
     pub(crate) async fn start() -> Self {
-        Self::start_with_clock(std::sync::Arc::new(maas_authz::limits::SystemClock)).await
+        Self::start_with_clock(std::sync::Arc::new(maas_authz::clock::SystemClock)).await
     }
 
     /// [`Gateway::start`], maas-authz reading the limits' windows from `clock`.
     pub(crate) async fn start_with_clock(
-        clock: std::sync::Arc<dyn maas_authz::limits::Clock>,
+        clock: std::sync::Arc<dyn maas_authz::clock::Clock>,
     ) -> Self {
         Self::start_with(GatewayOptions {
             clock,
@@ -713,7 +713,7 @@ async fn e2e_the_official_openai_python_client_gets_the_right_exceptions() {
 async fn e2e_the_free_tiers_sixth_request_in_a_minute_gets_429_with_retry_after_and_headers_count_down()
  {
     // 10 s into a minute: the window has 50 s left whatever the wall clock says.
-    let clock = std::sync::Arc::new(maas_authz::limits::ManualClock::at_millis(
+    let clock = std::sync::Arc::new(maas_authz::clock::ManualClock::at_millis(
         1_800_000_000_000 + 10_000,
     ));
     let gateway = Gateway::start_with_clock(clock.clone()).await;

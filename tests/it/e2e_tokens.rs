@@ -308,7 +308,7 @@ async fn e2e_refused_and_rest_requests_are_not_metered() {
 #[tokio::test]
 async fn e2e_metered_tokens_spend_the_free_tiers_token_window_and_the_next_request_gets_429() {
     // Arrange: 10 s into a minute, so the window has 50 s left whatever the wall clock says.
-    let clock = std::sync::Arc::new(maas_authz::limits::ManualClock::at_millis(
+    let clock = std::sync::Arc::new(maas_authz::clock::ManualClock::at_millis(
         1_800_000_000_000 + 10_000,
     ));
     let gateway = Gateway::start_with_clock(clock.clone()).await;

@@ -189,7 +189,7 @@ fn body(bytes: &[u8], end_of_stream: bool) -> HttpBody {
 fn alice() -> UsageSubject {
     UsageSubject {
         user: "alice".to_owned(),
-        subscription_key: SUBSCRIPTION_KEY.to_owned(),
+        subscription_key: maas_authz::ids::SubscriptionKey::from_wire(SUBSCRIPTION_KEY),
     }
 }
 

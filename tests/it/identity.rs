@@ -30,7 +30,7 @@ use tempfile::NamedTempFile;
 
 use crate::rest_admin;
 use crate::rest_support::{BOB, RestServer};
-use crate::support::{FREE_USER, KeyOwner, TestDb, admin_url, mint};
+use crate::support::{FREE_USER, KeyOwner, TestDb, admin_url, insert_raw, mint};
 
 type Resolver = IdentityResolver<PgKeyStore>;
 
@@ -399,6 +399,34 @@ async fn an_api_key_yields_its_owner_with_the_stored_group_snapshot() {
                 id: record.id,
                 subscription: "free".to_owned(),
             },
+        ))
+    );
+}
+
+#[tokio::test]
+async fn an_api_key_whose_stored_owner_is_empty_is_refused() {
+    let db = TestDb::migrated().await;
+    let store = db.store();
+    let nobody = KeyOwner {
+        user: "",
+        ..FREE_USER
+    };
+    let (key, _) = insert_raw(
+        &store,
+        &nobody,
+        chrono::Utc::now() + chrono::Duration::hours(1),
+    )
+    .await;
+    let resolver = IdentityResolver::from_args(&IdentitySettings::default(), authorizer_on(store))
+        .await
+        .expect("set up");
+
+    let caller = resolver.authenticate(Some(&bearer(&key))).await;
+
+    assert_eq!(
+        caller,
+        Err(AuthError::Invalid(
+            "the identity has an empty username".to_owned()
         ))
     );
 }

@@ -12,8 +12,9 @@ use envoy_types::pb::envoy::config::core::v3::HeaderValueOption;
 use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use maas_authz::app::{Application, RunningServer};
+use maas_authz::clock::ManualClock;
 use maas_authz::config::{OnRedisError, ServeConfig};
-use maas_authz::limits::ManualClock;
+use maas_authz::ids::SubscriptionKey;
 use reqwest::Method;
 use serde_json::json;
 
@@ -159,12 +160,12 @@ async fn check_refuses_with_429_once_charged_tokens_spend_the_window() {
     let limiter = server.limiter().expect("limits on").clone();
 
     limiter
-        .charge_tokens("alice", FREE_SIMULATOR, 60)
+        .charge_tokens("alice", &SubscriptionKey::from_wire(FREE_SIMULATOR), 60)
         .await
         .unwrap();
     let partly_spent = check(&server, &key, CHAT).await;
     limiter
-        .charge_tokens("alice", FREE_SIMULATOR, 40)
+        .charge_tokens("alice", &SubscriptionKey::from_wire(FREE_SIMULATOR), 40)
         .await
         .unwrap();
     clock.advance(Duration::from_secs(5));
@@ -251,7 +252,7 @@ async fn two_servers_on_one_redis_share_one_counter_exactly() {
     second
         .limiter()
         .unwrap()
-        .charge_tokens("alice", FREE_SIMULATOR, 30)
+        .charge_tokens("alice", &SubscriptionKey::from_wire(FREE_SIMULATOR), 30)
         .await
         .unwrap();
     clock.advance(Duration::from_secs(50));
@@ -283,7 +284,7 @@ async fn tokens_charged_on_one_server_refuse_requests_on_another_through_redis()
     first
         .limiter()
         .unwrap()
-        .charge_tokens("alice", FREE_SIMULATOR, 100)
+        .charge_tokens("alice", &SubscriptionKey::from_wire(FREE_SIMULATOR), 100)
         .await
         .unwrap();
     let refused = check(&second, &key, CHAT).await;
@@ -406,7 +407,7 @@ async fn usage_shows_the_callers_windows_per_subscription_and_model_without_coun
         .server
         .limiter()
         .unwrap()
-        .charge_tokens("alice", FREE_SIMULATOR, 30)
+        .charge_tokens("alice", &SubscriptionKey::from_wire(FREE_SIMULATOR), 30)
         .await
         .unwrap();
     clock.advance(Duration::from_secs(8));

@@ -451,10 +451,11 @@ fn check_allows_only_the_model_the_backend_would_serve_and_counts_it() {
                 };
                 allowed.fetch_add(1, Ordering::Relaxed);
                 let model = granted
+                    .answer
                     .model
                     .as_ref()
                     .expect("no model-free paths are configured: an allow names a model");
-                let authorized = format!("{}/{}", model.namespace, model.name);
+                let authorized = format!("{}/{}", model.namespace(), model.name());
                 let canonical = CanonicalPath::parse(&path).expect("only canonical paths pass");
                 // Counted by Check, unless it is a model listing.
                 prop_assert!(
@@ -491,7 +492,7 @@ fn check_allows_only_the_model_the_backend_would_serve_and_counts_it() {
                 };
                 let served = maas_simulator::served_model(&backend_path, bytes, SERVED);
                 prop_assert!(
-                    served.is_none() || served == Some(model.name.as_str()),
+                    served.is_none() || served == Some(model.name()),
                     "path {:?}, route {:?}, header {:?}, body {:?}: Check authorized {}, the \
                      backend serves {:?}",
                     path,

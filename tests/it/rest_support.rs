@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use maas_authz::app::Application;
+use maas_authz::clock::{Clock, SystemClock};
 use maas_authz::config::ServeConfig;
-use maas_authz::limits::{Clock, SystemClock};
 use reqwest::Method;
 use reqwest::header::HeaderMap;
 use serde_json::Value;

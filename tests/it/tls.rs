@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use maas_authz::app::Application;
+use maas_authz::clock::ManualClock;
 use maas_authz::config::DatabaseConfig;
-use maas_authz::limits::ManualClock;
 use maas_authz::store::connect::PgEndpoint;
 use maas_authz::store::postgres::{NoQueryObserver, PgKeyStore, PgSettings};
 use maas_authz::tls::CaBundle;
