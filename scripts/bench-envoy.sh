@@ -16,7 +16,7 @@
 # The request is not streamed, so the meter reads one JSON body per request.
 # With BENCH_REFERENCE_BIN, a second maas-authz (another build, e.g. the last release) serves a
 # fifth Envoy, measured in the same rounds, so a change is compared with its reference in one
-# run. Besides throughput, each row gives the CPU the ext_authz server process spent per request
+# run; it goes first in odd rounds and second in even ones. Besides throughput, each row gives the CPU the ext_authz server process spent per request
 # (utime+stime from /proc/<pid>/stat over the run, divided by the requests wrk completed).
 # Everything it started is stopped on exit.
 #
@@ -27,7 +27,7 @@
 #   BENCH_DURATION=10s        per measured run (after a 3 s warm-up per gateway)
 #   BENCH_CONNECTIONS=32      wrk connections
 #   BENCH_THREADS=1           wrk threads
-#   BENCH_ROUNDS=2            alternations of baseline / maas-authz
+#   BENCH_ROUNDS=2            alternations of baseline / maas-authz (even, with a reference)
 #   BENCH_ENVOY_CONCURRENCY=1 worker threads per Envoy (two Envoys share the box)
 #   BENCH_PORT_BASE=19000     ports BASE..BASE+13 on 127.0.0.1 must be free
 #   BENCH_LIMITS=false        MAAS_AUTHZ_LIMITS_ENABLED for maas-authz: off by default, since the
@@ -353,10 +353,15 @@ EOF
     local results=() round
     for ((round = 1; round <= ROUNDS; round++)); do
         results+=("$(run_wrk "do-nothing#$round" "$noop_url" "$DURATION")")
-        if [[ -n "$REFERENCE_BIN" ]]; then
+        # The reference goes first in odd rounds and second in even ones, so that neither build
+        # always inherits the machine as the other left it (use an even BENCH_ROUNDS).
+        if [[ -n "$REFERENCE_BIN" ]] && ((round % 2 == 1)); then
             results+=("$(run_wrk "reference#$round" "$ref_url" "$DURATION" "$ref_pid")")
         fi
         results+=("$(run_wrk "maas-authz#$round" "$authz_url" "$DURATION" "$authz_pid")")
+        if [[ -n "$REFERENCE_BIN" ]] && ((round % 2 == 0)); then
+            results+=("$(run_wrk "reference#$round" "$ref_url" "$DURATION" "$ref_pid")")
+        fi
         results+=("$(run_wrk "+meter#$round" "$meter_url" "$DURATION" "$authz_pid")")
     done
     results+=("$(run_wrk "none" "$bare_url" "$DURATION")")
