@@ -1,4 +1,4 @@
-//! The edges without services: the real REST router and the real Check server on loopback, over the in-memory key store.
+//! The edges without external services: the REST router and Check as `serve` builds them, on loopback, over the in-memory key store.
 //!
 //! The fast tier's counterpart of `tests/it` (which runs the same edges on PostgreSQL): keys
 //! minted, searched and revoked over HTTP, models listed, errors in their wire shape, and Check's
@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use envoy_types::pb::envoy::config::core::v3::HeaderValueOption;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
@@ -23,16 +22,12 @@ use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic::transport::server::TcpIncoming;
 
-use crate::authorizer::Authorizer;
-use crate::cache::{CacheSettings, KeyCache};
-use crate::config::ServeConfig;
-use crate::grpc::check_server::CheckServer;
-use crate::grpc::ext_authz::ExtAuthzService;
-use crate::http::{PublicApi, public_router, serve_http};
-use crate::identity::IdentityResolver;
-use crate::keys::{KeyManager, KeyPolicySettings};
+use crate::app::edges;
+use crate::app::services::{Services, StoreParts};
+use crate::clock::SystemClock;
+use crate::config::{ServeConfig, pg_endpoint};
+use crate::http::{public_router, serve_http};
 use crate::metrics::Metrics;
-use crate::policy::Policy;
 use crate::store::memory::MemoryKeyStore;
 use crate::store::served::ServedStore;
 
@@ -74,46 +69,23 @@ impl Edges {
         config.identity.static_tokens_file = Some(tokens_file);
         config.identity.admin_groups = vec![ADMIN_GROUP.to_owned()];
 
-        let metrics = Arc::new(Metrics::new().unwrap());
-        let policy = Arc::new(ArcSwap::from_pointee(Policy::load(&policy_path).unwrap()));
-        let store = Arc::new(ServedStore::Memory(MemoryKeyStore::new(
-            config.database.tenant.clone(),
-        )));
-        let cache = KeyCache::new(CacheSettings {
-            capacity: config.cache_capacity,
-            ttl: config.cache_ttl,
-            max_staleness: config.cache_max_staleness,
-            negative_capacity: config.negative_cache_capacity,
-            negative_ttl: config.negative_cache_ttl,
-        });
-        let authorizer = Arc::new(Authorizer::new(
-            store.clone(),
-            cache.clone(),
-            policy.clone(),
-            metrics.clone(),
-        ));
-        let identity = IdentityResolver::from_args(&config.identity, authorizer.clone())
-            .await
-            .unwrap();
-        let state = Arc::new(PublicApi {
-            keys: Arc::new(KeyManager::new(
-                store.clone(),
-                cache,
-                policy.clone(),
-                KeyPolicySettings {
-                    max_expiration_days: config.http.api_key_max_expiration_days,
-                    token_max_lifetime: config.http.token_max_expiration,
-                    max_active_keys_per_user: config.abuse.max_active_keys_per_user.0,
-                },
-            )),
-            identity: Arc::new(identity),
-            policy,
-            limiter: None,
-            store,
-            public_url: None,
-            request_timeout: config.http.http_request_timeout,
-        });
-        let signing = Arc::new(config.enforcement.signing_keys().unwrap());
+        // The services and edges `serve` builds, around the in-memory store.
+        let services = Services::around_store(
+            &config,
+            Arc::new(SystemClock),
+            StoreParts {
+                signing: Arc::new(config.enforcement.signing_keys().unwrap()),
+                metrics: Arc::new(Metrics::new().unwrap()),
+                endpoint: pg_endpoint(&config.database).unwrap(),
+                store: ServedStore::Memory(MemoryKeyStore::new(config.database.tenant.clone())),
+            },
+        )
+        .await
+        .unwrap();
+        let keys = edges::key_manager(&config, &services);
+        let state = edges::public_api(&config, &services, keys);
+        let (_, health) = tonic_health::server::health_reporter();
+        let grpc = edges::grpc_router(&config, &services, health).unwrap();
 
         let (stop, stopped) = watch::channel(false);
         let until_stopped = move || {
@@ -128,9 +100,6 @@ impl Edges {
         tokio::spawn(serve_http(http_listener, router, until_stopped()));
         let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let grpc_addr = grpc_listener.local_addr().unwrap();
-        let grpc = tonic::transport::Server::builder().add_service(CheckServer::new(
-            ExtAuthzService::new(authorizer, metrics, signing),
-        ));
         tokio::spawn(
             grpc.serve_with_incoming_shutdown(TcpIncoming::from(grpc_listener), until_stopped()),
         );

@@ -22,7 +22,7 @@ use crate::pb::key_validation_server::KeyValidationServer;
 use crate::store::served::ServedStore;
 
 /// The gRPC router: health, reflection, Check, KeyValidation and the token meter.
-pub(super) fn grpc_router(
+pub(crate) fn grpc_router(
     config: &ServeConfig,
     services: &Services,
     health_service: tonic_health::pb::health_server::HealthServer<
@@ -86,7 +86,7 @@ pub(super) async fn report_serving(health: &tonic_health::server::HealthReporter
 }
 
 /// The key-management operations both REST listeners share.
-pub(super) fn key_manager(
+pub(crate) fn key_manager(
     config: &ServeConfig,
     services: &Services,
 ) -> Arc<KeyManager<ServedStore>> {
@@ -103,7 +103,7 @@ pub(super) fn key_manager(
 }
 
 /// What the public REST routes use (the only edge that authenticates callers).
-pub(super) fn public_api(
+pub(crate) fn public_api(
     config: &ServeConfig,
     services: &Services,
     keys: Arc<KeyManager<ServedStore>>,

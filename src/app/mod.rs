@@ -3,8 +3,8 @@
 //! binds the listeners; [`Application::shutdown`] stops them all.
 
 mod background;
-mod edges;
-mod services;
+pub(crate) mod edges;
+pub(crate) mod services;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -27,8 +27,17 @@ use crate::store::postgres::PgKeyStore;
 use crate::store::served::ServedStore;
 use crate::usage::TokenSink;
 
+/// What the store-independent services are built around: the store and what was made before it.
+pub(crate) struct StoreParts {
+    pub signing: Arc<SigningKeys>,
+    pub metrics: Arc<Metrics>,
+    /// The database, for the key-change listener's own connection.
+    pub endpoint: PgEndpoint,
+    pub store: ServedStore,
+}
+
 /// Every service, built once. Plain fields: the composition root takes what each edge needs.
-pub(super) struct Services {
+pub(crate) struct Services {
     pub metrics: Arc<Metrics>,
     /// Signs (Check) and verifies (token meter) the identity assertion.
     pub signing: Arc<SigningKeys>,
@@ -72,15 +81,42 @@ impl Services {
         if !config.skip_migrations {
             super::migrate(&config.database, config.startup_timeout).await?;
         }
-        let policy = Arc::new(ArcSwap::from_pointee(load_policy(config, &metrics)?));
-        let store = Arc::new(ServedStore::Postgres(
+        let store = ServedStore::Postgres(
             PgKeyStore::connect(&pg_settings(&config.database), metrics.clone())?
                 .with_check_timeout(config.db_check_timeout)
                 .with_breaker(Arc::new(CircuitBreaker::new(BreakerSettings {
                     failure_threshold: config.db_breaker_threshold,
                     cool_down: config.db_breaker_cool_down,
                 }))),
-        ));
+        );
+        Self::around_store(
+            config,
+            clock,
+            StoreParts {
+                signing,
+                metrics,
+                endpoint,
+                store,
+            },
+        )
+        .await
+    }
+
+    /// Builds the services that do not depend on which store it is, around `parts` (the fast
+    /// tier's edge tests pass the in-memory store here).
+    pub(crate) async fn around_store(
+        config: &ServeConfig,
+        clock: Arc<dyn Clock>,
+        parts: StoreParts,
+    ) -> anyhow::Result<Self> {
+        let StoreParts {
+            signing,
+            metrics,
+            endpoint,
+            store,
+        } = parts;
+        let store = Arc::new(store);
+        let policy = Arc::new(ArcSwap::from_pointee(load_policy(config, &metrics)?));
         let cache = key_cache(config, &metrics);
         let last_used = Arc::new(LastUsedTracker::new(config.last_used_interval));
         let limiter = if config.limits.limits_enabled {
