@@ -7,67 +7,53 @@
 
 use std::fmt;
 
-/// A `MaaSModelRef` as the policy resolved it: `<namespace>/<name>`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ModelRef {
-    namespace: String,
-    name: String,
-}
-
-impl ModelRef {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self {
-            namespace: namespace.into(),
-            name: name.into(),
+/// A `<namespace>/<name>` reference type: constructor, accessors and `Display`, written once.
+macro_rules! namespaced_name {
+    ($(#[$doc:meta])* $name:ident, $display:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub struct $name {
+            namespace: String,
+            name: String,
         }
-    }
 
-    pub fn namespace(&self) -> &str {
-        &self.namespace
-    }
+        impl $name {
+            pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+                Self {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                }
+            }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-}
+            pub fn namespace(&self) -> &str {
+                &self.namespace
+            }
 
-/// `<namespace>/<name>`, as upstream writes model identities.
-impl fmt::Display for ModelRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
-/// A `MaaSSubscription` as the policy knows it: `<namespace>/<name>`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct SubscriptionRef {
-    namespace: String,
-    name: String,
-}
-
-impl SubscriptionRef {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self {
-            namespace: namespace.into(),
-            name: name.into(),
+            pub fn name(&self) -> &str {
+                &self.name
+            }
         }
-    }
 
-    pub fn namespace(&self) -> &str {
-        &self.namespace
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
+        #[doc = $display]
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}/{}", self.namespace, self.name)
+            }
+        }
+    };
 }
 
-/// `<namespace>/<name>`, the form stored on API keys.
-impl fmt::Display for SubscriptionRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
+namespaced_name!(
+    /// A `MaaSModelRef` as the policy resolved it: `<namespace>/<name>`.
+    ModelRef,
+    "`<namespace>/<name>`, as upstream writes model identities."
+);
+
+namespaced_name!(
+    /// A `MaaSSubscription` as the policy knows it: `<namespace>/<name>`.
+    SubscriptionRef,
+    "`<namespace>/<name>`, the form stored on API keys."
+);
 
 /// The subscription an allowed request is bound to, in the two forms its answer carries.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
