@@ -139,7 +139,7 @@ impl Services {
             authorizer = authorizer.with_limiter(limiter.clone());
         }
         let authorizer = Arc::new(authorizer);
-        let mut identity = IdentityResolver::from_args(&config.identity, authorizer.clone())
+        let mut identity = IdentityResolver::from_settings(&config.identity, authorizer.clone())
             .await
             .context("cannot set up the identity sources of the REST API")?;
         if let Some(budget) = LookupBudget::new(

@@ -150,7 +150,7 @@ impl<S> std::fmt::Debug for IdentityResolver<S> {
 impl<S: KeyStore> IdentityResolver<S> {
     /// Reads the static token file, validates settings and builds HTTP clients; every error
     /// names the variable it comes from.
-    pub async fn from_args(
+    pub async fn from_settings(
         args: &IdentitySettings,
         authorizer: Arc<Authorizer<S>>,
     ) -> anyhow::Result<Self> {
@@ -180,8 +180,8 @@ impl<S: KeyStore> IdentityResolver<S> {
             // No caller can carry such a group, so the setting would silently grant nobody.
             anyhow::bail!("MAAS_AUTHZ_ADMIN_GROUPS: {bad:?} is not a valid group name");
         }
-        let oidc = oidc_from_args(args)?;
-        let kube = kube_from_args(args, in_cluster_api_url())?;
+        let oidc = oidc_from_settings(args)?;
+        let kube = kube_from_settings(args, in_cluster_api_url())?;
         Ok(Self {
             authorizer,
             static_tokens,
@@ -297,7 +297,7 @@ fn with_authenticated(groups: Vec<String>) -> Vec<String> {
 }
 
 /// The OIDC verifier, if an issuer is configured; the audience is then required.
-fn oidc_from_args(args: &IdentitySettings) -> anyhow::Result<Option<OidcVerifier>> {
+fn oidc_from_settings(args: &IdentitySettings) -> anyhow::Result<Option<OidcVerifier>> {
     let Some(issuer) = args
         .oidc_issuer
         .as_deref()
@@ -364,7 +364,7 @@ fn in_cluster_api_url() -> Option<String> {
 
 /// The TokenReview source: explicit URL (its token file must be readable), else in-cluster (skipped
 /// with a warning when the pod has no service-account token mounted).
-fn kube_from_args(
+fn kube_from_settings(
     args: &IdentitySettings,
     in_cluster: Option<String>,
 ) -> anyhow::Result<Option<TokenReviewer>> {

@@ -71,13 +71,13 @@ fn store_at(database_url: String) -> PgKeyStore {
 
 /// For tests that send no sk-oai key: the pool connects lazily, so no database is touched.
 async fn resolver(args: IdentitySettings) -> Resolver {
-    IdentityResolver::from_args(&args, authorizer_on(store_at(admin_url())))
+    IdentityResolver::from_settings(&args, authorizer_on(store_at(admin_url())))
         .await
         .expect("identity sources set up")
 }
 
 async fn setup_error(args: IdentitySettings) -> String {
-    let error = IdentityResolver::from_args(&args, authorizer_on(store_at(admin_url())))
+    let error = IdentityResolver::from_settings(&args, authorizer_on(store_at(admin_url())))
         .await
         .expect_err("set-up fails");
     format!("{error:#}")
@@ -383,9 +383,10 @@ async fn an_api_key_yields_its_owner_with_the_stored_group_snapshot() {
     let db = TestDb::migrated().await;
     let store = db.store();
     let (key, record) = mint(&store, &FREE_USER).await;
-    let resolver = IdentityResolver::from_args(&IdentitySettings::default(), authorizer_on(store))
-        .await
-        .expect("set up");
+    let resolver =
+        IdentityResolver::from_settings(&IdentitySettings::default(), authorizer_on(store))
+            .await
+            .expect("set up");
 
     let caller = resolver.authenticate(Some(&bearer(&key))).await;
 
@@ -417,9 +418,10 @@ async fn an_api_key_whose_stored_owner_is_empty_is_refused() {
         chrono::Utc::now() + chrono::Duration::hours(1),
     )
     .await;
-    let resolver = IdentityResolver::from_args(&IdentitySettings::default(), authorizer_on(store))
-        .await
-        .expect("set up");
+    let resolver =
+        IdentityResolver::from_settings(&IdentitySettings::default(), authorizer_on(store))
+            .await
+            .expect("set up");
 
     let caller = resolver.authenticate(Some(&bearer(&key))).await;
 
@@ -441,7 +443,7 @@ async fn an_api_key_is_never_admin_even_with_an_admin_group_in_its_snapshot() {
         subscription: "free",
     };
     let (key, record) = mint(&store, &owner).await;
-    let resolver = IdentityResolver::from_args(
+    let resolver = IdentityResolver::from_settings(
         &IdentitySettings {
             admin_groups: groups(&["maas-admins"]),
             ..Default::default()
@@ -477,9 +479,10 @@ async fn a_revoked_api_key_is_invalid_with_upstreams_reason() {
         .await
         .expect("revoke")
         .expect("revoked");
-    let resolver = IdentityResolver::from_args(&IdentitySettings::default(), authorizer_on(store))
-        .await
-        .expect("set up");
+    let resolver =
+        IdentityResolver::from_settings(&IdentitySettings::default(), authorizer_on(store))
+            .await
+            .expect("set up");
 
     let result = resolver.authenticate(Some(&bearer(&key))).await;
 
@@ -493,7 +496,7 @@ async fn a_revoked_api_key_is_invalid_with_upstreams_reason() {
 async fn an_unknown_api_key_is_invalid_and_never_tried_as_a_static_token() {
     let db = TestDb::migrated().await;
     let file = file_with("- {token: sk-oaj-lookalike, username: a}\n");
-    let resolver = IdentityResolver::from_args(&static_args(&file), authorizer_on(db.store()))
+    let resolver = IdentityResolver::from_settings(&static_args(&file), authorizer_on(db.store()))
         .await
         .expect("set up");
     let unknown = maas_authz::key::ApiKey::generate().expect("randomness");
@@ -508,7 +511,7 @@ async fn an_api_key_while_the_database_is_down_is_unavailable() {
     let url = closed_port_url()
         .await
         .replace("http://", "postgres://postgres@");
-    let resolver = IdentityResolver::from_args(
+    let resolver = IdentityResolver::from_settings(
         &IdentitySettings::default(),
         authorizer_on(store_at(format!("{url}/postgres"))),
     )
