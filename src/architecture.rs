@@ -14,15 +14,20 @@ use std::path::{Path, PathBuf};
 const SPLIT: [&str; 2] = ["grpc", "http"];
 
 /// The domain (ARCHITECTURE.md): free of protocol and database types.
-const DOMAIN: [&str; 14] = [
+const DOMAIN: [&str; 19] = [
     "assertion",
     "authorizer",
+    "bearer",
     "cache",
     "catalog",
+    "clock",
     "duration",
+    "gateway_headers",
     "identity",
+    "ids",
     "key",
     "keys",
+    "last_used",
     "limits",
     "lookup_budget",
     "minting",

@@ -20,6 +20,7 @@ pub mod config;
 pub mod duration;
 #[cfg(test)]
 mod edge_tests;
+pub mod gateway_headers;
 pub mod grpc;
 pub mod housekeeping;
 pub mod http;

@@ -19,7 +19,7 @@ use tonic::transport::Endpoint;
 use crate::assertion::HEADER_IDENTITY_ASSERTION;
 use crate::authorizer::CONTEXT_EXTENSION_MODEL;
 use crate::config::{CheckCommand, OutputFormat, SecretSetting};
-use crate::grpc::check_response::HEADER_REASON;
+use crate::gateway_headers::HEADER_REASON;
 
 /// What Check decided, as Envoy would act on it.
 #[derive(Debug, Clone, PartialEq, Serialize)]

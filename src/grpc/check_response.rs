@@ -25,14 +25,9 @@ use crate::ids::SubscriptionKey;
 use crate::limits::{LimitStatus, WindowStatus, retry_after_seconds};
 use crate::store::StoreError;
 
-/// Identity headers we own: always overwritten, so a client's copy never reaches the model.
-pub const HEADER_USERNAME: &str = "x-maas-username";
-pub const HEADER_GROUP: &str = "x-maas-group";
-pub const HEADER_SUBSCRIPTION: &str = "x-maas-subscription";
-pub const HEADER_TIER: &str = "x-maas-tier";
-pub const HEADER_KEY_ID: &str = "x-maas-key-id";
-/// Carries the denial reason to the client (as Authorino does).
-pub const HEADER_REASON: &str = "x-ext-auth-reason";
+pub use crate::gateway_headers::{
+    HEADER_GROUP, HEADER_KEY_ID, HEADER_REASON, HEADER_SUBSCRIPTION, HEADER_TIER, HEADER_USERNAME,
+};
 
 /// A `CheckResponse` in its protobuf wire form, cheap to clone and to send: one encoded message,
 /// optionally followed by a second one that the receiver merges into it (protobuf's rule for a

@@ -610,7 +610,7 @@ pub fn refusal_response(refusal: MeterRefusal, max_request_bytes: usize) -> Imme
         headers: Some(HeaderMutation {
             set_headers: vec![
                 set_header("content-type", "application/json"),
-                set_header(crate::grpc::check_response::HEADER_REASON, refusal.as_str()),
+                set_header(crate::gateway_headers::HEADER_REASON, refusal.as_str()),
             ],
             ..Default::default()
         }),

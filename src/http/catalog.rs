@@ -14,7 +14,7 @@ use super::extract::OpenAiCaller;
 use super::openapi::OpenAiErrorBody;
 use super::state::{SharedState, public_base};
 use crate::catalog::{model_id, model_url, usable_subscriptions, visible_models};
-use crate::grpc::check_response::HEADER_SUBSCRIPTION;
+use crate::gateway_headers::HEADER_SUBSCRIPTION;
 use crate::policy::{Policy, RateLimit, Subscription};
 
 #[derive(Debug, Serialize, ToSchema)]
