@@ -412,6 +412,19 @@ impl From<LookupError> for CheckError {
     }
 }
 
+/// Observes each Check's outcome and latency (implemented by the metrics module).
+pub trait DecisionObserver: Send + Sync + 'static {
+    fn observe_allow(&self, elapsed: std::time::Duration);
+    fn observe_deny(&self, reason: DenyReason, elapsed: std::time::Duration);
+    fn observe_error(&self, elapsed: std::time::Duration);
+}
+
+impl DecisionObserver for () {
+    fn observe_allow(&self, _: std::time::Duration) {}
+    fn observe_deny(&self, _: DenyReason, _: std::time::Duration) {}
+    fn observe_error(&self, _: std::time::Duration) {}
+}
+
 /// Observes each decision's cache path (implemented by the metrics module).
 pub trait CheckObserver: Send + Sync + 'static {
     fn observe_cache(&self, outcome: CacheOutcome);

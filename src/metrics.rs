@@ -8,10 +8,9 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::authorizer::{CheckObserver, DenyReason, PerDenyReason};
+use crate::authorizer::{CheckObserver, DecisionObserver, DenyReason, PerDenyReason};
 use crate::breaker::BreakerState;
 use crate::cache::CacheOutcome;
-use crate::grpc::ext_authz::DecisionObserver;
 use crate::limits::{LimitKind, LimitObserver};
 use crate::lookup_budget::{BudgetKind, BudgetScope, ThrottleObserver};
 use crate::store::postgres::{PoolState, QueryObserver};

@@ -11,8 +11,8 @@ use tonic::Status;
 
 use crate::assertion::SigningKeys;
 use crate::authorizer::{
-    AllowAnswerKey, Allowed, Authorizer, CheckError, CheckInput, Decision, Denied, DenyReason,
-    PerDenyReason,
+    AllowAnswerKey, Allowed, Authorizer, CheckError, CheckInput, Decision, DecisionObserver,
+    Denied, PerDenyReason,
 };
 use crate::grpc::check_request::CheckAttributes;
 use crate::grpc::check_response::{
@@ -20,19 +20,6 @@ use crate::grpc::check_response::{
 };
 use crate::limits::LimitStatus;
 use crate::store::KeyStore;
-
-/// Observes each Check's outcome and latency (implemented by the metrics module).
-pub trait DecisionObserver: Send + Sync + 'static {
-    fn observe_allow(&self, elapsed: std::time::Duration);
-    fn observe_deny(&self, reason: DenyReason, elapsed: std::time::Duration);
-    fn observe_error(&self, elapsed: std::time::Duration);
-}
-
-impl DecisionObserver for () {
-    fn observe_allow(&self, _: std::time::Duration) {}
-    fn observe_deny(&self, _: DenyReason, _: std::time::Duration) {}
-    fn observe_error(&self, _: std::time::Duration) {}
-}
 
 /// Envoy's ext_authz Check: extracts the request parts, asks the [`Authorizer`], answers encoded.
 /// Served by [`crate::grpc::check_server::CheckServer`].
@@ -217,7 +204,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use crate::assertion::HEADER_IDENTITY_ASSERTION;
-    use crate::authorizer::CredentialHeaders;
+    use crate::authorizer::{CredentialHeaders, DenyReason};
     use crate::grpc::check_response::*;
     use crate::ids::{BoundSubscription, ModelRef, SubscriptionRef};
     use crate::key::ApiKey;
