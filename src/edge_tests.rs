@@ -16,7 +16,6 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_client::Authorizati
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use serde_json::{Value, json};
-use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Channel;
@@ -31,21 +30,11 @@ use crate::metrics::Metrics;
 use crate::store::memory::MemoryKeyStore;
 use crate::store::served::ServedStore;
 
-/// Static bearer tokens of the test identities, as `tests/it/rest_support.rs` has them.
+/// Static bearer tokens of the test identities in `tests/fixtures/static-tokens.yaml`, which
+/// `tests/it` uses too.
 const ALICE: &str = "alice-static-token";
 const BOB: &str = "bob-static-token";
 const ADMIN_GROUP: &str = "maas-admins";
-const STATIC_TOKENS: &str = "\
-- token: alice-static-token
-  username: alice
-  groups: [system:authenticated]
-- token: bob-static-token
-  username: bob
-  groups: [system:authenticated, premium-users]
-- token: admin-static-token
-  username: root-admin
-  groups: [system:authenticated, maas-admins]
-";
 const CHAT: &str = "/simulator/v1/chat/completions";
 
 /// The REST API and Check on free loopback ports, wired as `serve` wires them but over memory;
@@ -54,19 +43,16 @@ struct Edges {
     http_addr: SocketAddr,
     check: AuthorizationClient<Channel>,
     client: reqwest::Client,
-    _identities: TempDir,
     _stop: watch::Sender<bool>,
 }
 
 impl Edges {
     async fn start() -> Self {
-        let identities = tempfile::tempdir().unwrap();
-        let tokens_file = identities.path().join("static-tokens.yaml");
-        std::fs::write(&tokens_file, STATIC_TOKENS).unwrap();
-        let policy_path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/policy");
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let policy_path = root.join("examples/policy");
         // Parsed only for its defaults: nothing connects to this URL.
         let mut config = ServeConfig::new("postgres://unused.invalid/none", &policy_path);
-        config.identity.static_tokens_file = Some(tokens_file);
+        config.identity.static_tokens_file = Some(root.join("tests/fixtures/static-tokens.yaml"));
         config.identity.admin_groups = vec![ADMIN_GROUP.to_owned()];
 
         // The services and edges `serve` builds, around the in-memory store.
@@ -110,7 +96,6 @@ impl Edges {
             http_addr,
             check,
             client: reqwest::Client::new(),
-            _identities: identities,
             _stop: stop,
         }
     }

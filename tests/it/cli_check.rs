@@ -1,20 +1,35 @@
 //! `maas-authz check` as the real binary against a running server: the decision it prints, its
 //! exit codes, and its errors.
 
-use std::process::{Command, Output};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
 
 use crate::support::*;
 
 /// Runs `maas-authz <args>` off the test's runtime, which keeps serving the in-process server.
 async fn maas_authz(args: &[&str]) -> Output {
+    maas_authz_with_input(args, String::new()).await
+}
+
+/// As [`maas_authz`], with `input` on its standard input.
+async fn maas_authz_with_input(args: &[&str], input: String) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_maas-authz"));
     command
         .args(args)
         .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    tokio::task::spawn_blocking(move || command.output().expect("run maas-authz"))
-        .await
-        .unwrap()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    tokio::task::spawn_blocking(move || {
+        let mut child = command.spawn().expect("run maas-authz");
+        let mut stdin = child.stdin.take().expect("a piped stdin");
+        stdin.write_all(input.as_bytes()).expect("write stdin");
+        drop(stdin);
+        child.wait_with_output().expect("wait for maas-authz")
+    })
+    .await
+    .unwrap()
 }
 
 fn stdout(output: &Output) -> String {
@@ -80,32 +95,19 @@ async fn check_reads_the_key_from_standard_input_with_key_file_dash() {
     let server = TestServer::start().await;
     let (key, _) = mint(&server.db.store(), &PREMIUM_USER).await;
     let address = server.server.grpc_addr.to_string();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_maas-authz"));
-    command
-        .args([
+
+    let output = maas_authz_with_input(
+        &[
             "check",
             "/qwen3/v1/chat/completions",
             "--server",
             &address,
             "--key-file",
             "-",
-        ])
-        .env_clear()
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-
-    let output = tokio::task::spawn_blocking(move || {
-        let mut child = command.spawn().expect("run maas-authz");
-        std::io::Write::write_all(
-            &mut child.stdin.take().unwrap(),
-            format!("{key}\n").as_bytes(),
-        )
-        .unwrap();
-        child.wait_with_output().unwrap()
-    })
-    .await
-    .unwrap();
+        ],
+        format!("{key}\n"),
+    )
+    .await;
 
     let printed = stdout(&output);
     assert_eq!(

@@ -8,17 +8,14 @@ use serde_json::{Value, json};
 use crate::rest_support::*;
 
 /// The test identities with `root-admin` no longer in the admin group.
-const ADMIN_DEMOTED: &str = "\
-- token: alice-static-token
-  username: alice
-  groups: [system:authenticated]
-- token: bob-static-token
-  username: bob
-  groups: [system:authenticated, premium-users]
-- token: admin-static-token
-  username: root-admin
-  groups: [system:authenticated]
-";
+fn admin_demoted() -> String {
+    let demoted = STATIC_TOKENS.replace(
+        "[system:authenticated, maas-admins]",
+        "[system:authenticated]",
+    );
+    assert_ne!(demoted, STATIC_TOKENS, "the fixture's admin entry moved");
+    demoted
+}
 
 /// What a non-admin gets for each attempt on Bob's keys, in the order `attempts_on_bobs_keys`
 /// makes them.
@@ -136,7 +133,7 @@ async fn a_demoted_admin_loses_admin_at_once_and_their_keys_never_had_it() {
         .await;
     let key_while_admin = attempts_on_bobs_keys(&server, admin_key, bobs_id).await;
 
-    server.rewrite_static_tokens(ADMIN_DEMOTED);
+    server.rewrite_static_tokens(&admin_demoted());
     let token_after = attempts_on_bobs_keys(&server, ADMIN, bobs_id).await;
     let key_after = attempts_on_bobs_keys(&server, admin_key, bobs_id).await;
     let own_after = server

@@ -20,17 +20,8 @@ pub const ADMIN: &str = "admin-static-token";
 /// The admin group (`MAAS_AUTHZ_ADMIN_GROUPS`).
 pub const ADMIN_GROUP: &str = "maas-admins";
 
-const STATIC_TOKENS: &str = "\
-- token: alice-static-token
-  username: alice
-  groups: [system:authenticated]
-- token: bob-static-token
-  username: bob
-  groups: [system:authenticated, premium-users]
-- token: admin-static-token
-  username: root-admin
-  groups: [system:authenticated, maas-admins]
-";
+/// The test identities (alice, bob, and root-admin in the admin group), shared with the fast tier.
+pub const STATIC_TOKENS: &str = include_str!("../fixtures/static-tokens.yaml");
 
 const STATIC_TOKENS_FILE_NAME: &str = "static-tokens.yaml";
 
