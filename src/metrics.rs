@@ -48,6 +48,11 @@ pub struct Metrics {
     pool_connections: IntGaugeVec,
     policy_reloads: IntCounterVec,
     policy_objects: IntGaugeVec,
+    policy_generation: IntGauge,
+    policy_synced: IntGauge,
+    policy_last_sync: prometheus::Gauge,
+    policy_lists: IntCounterVec,
+    policy_watch_errors: IntCounterVec,
     /// `[prompt, completion, total]`.
     tokens_metered: [IntCounter; 3],
     /// `[prompt, completion, total]` of the charges that were estimates.
@@ -127,6 +132,37 @@ impl Metrics {
             Opts::new("policy_objects", "Objects in the active policy"),
             &["kind"],
         )?;
+        let policy_generation = IntGauge::new(
+            "policy_generation",
+            "How many different policies have been in force since start-up (1: the first)",
+        )?;
+        let policy_synced = IntGauge::new(
+            "policy_synced",
+            "1 once the policy source was read in full (for Kubernetes: every watched kind listed)",
+        )?;
+        let policy_last_sync = prometheus::Gauge::new(
+            "policy_last_sync_timestamp_seconds",
+            "When the policy source was last read in full and the policy in force confirmed",
+        )?;
+        let policy_lists = IntCounterVec::new(
+            Opts::new(
+                "policy_watch_lists_total",
+                "Full lists of a watched MaaS kind (the first, and each relist after a watch failure)",
+            ),
+            &["kind"],
+        )?;
+        let policy_watch_errors = IntCounterVec::new(
+            Opts::new(
+                "policy_watch_errors_total",
+                "Failed or expired (410 Gone) watches of a MaaS kind; each is resumed or relisted",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(policy_generation.clone()))?;
+        registry.register(Box::new(policy_synced.clone()))?;
+        registry.register(Box::new(policy_last_sync.clone()))?;
+        registry.register(Box::new(policy_lists.clone()))?;
+        registry.register(Box::new(policy_watch_errors.clone()))?;
         registry.register(Box::new(decisions.clone()))?;
         registry.register(Box::new(check_seconds.clone()))?;
         registry.register(Box::new(cache_lookups.clone()))?;
@@ -256,6 +292,11 @@ impl Metrics {
             pool_connections,
             policy_reloads,
             policy_objects,
+            policy_generation,
+            policy_synced,
+            policy_last_sync,
+            policy_lists,
+            policy_watch_errors,
             tokens_metered: ["prompt", "completion", "total"]
                 .map(|kind| tokens_metered.with_label_values(&[kind])),
             tokens_estimated: ["prompt", "completion", "total"]
@@ -324,6 +365,27 @@ impl Metrics {
                 .with_label_values(&[kind])
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
+    }
+
+    /// Publishes the policy's generation, whether its source was read in full, and when.
+    pub fn set_policy_sync(&self, state: &crate::policy::PolicySyncState) {
+        self.policy_generation
+            .set(i64::try_from(state.generation).unwrap_or(i64::MAX));
+        self.policy_synced.set(i64::from(state.synced));
+        if let Some(at) = state.last_sync {
+            self.policy_last_sync
+                .set(at.timestamp_millis() as f64 / 1000.0);
+        }
+    }
+
+    /// A watched MaaS kind (`MaaSSubscription`…) is being listed in full.
+    pub fn observe_policy_list(&self, kind: &str) {
+        self.policy_lists.with_label_values(&[kind]).inc();
+    }
+
+    /// A watch of a MaaS kind failed or expired.
+    pub fn observe_policy_watch_error(&self, kind: &str) {
+        self.policy_watch_errors.with_label_values(&[kind]).inc();
     }
 
     /// The text exposition format.

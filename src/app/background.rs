@@ -1,5 +1,5 @@
 //! The tasks `serve` runs beside its listeners (key-change listener, `last_used` writer,
-//! housekeeping, policy reloader, database watcher), each stopped by the one shutdown signal.
+//! housekeeping, policy reloader or Kubernetes policy watcher, database watcher), each stopped by the one shutdown signal.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,9 +13,10 @@ use tokio::task::JoinHandle;
 use crate::breaker::BreakerState;
 use crate::cache::KeyCache;
 use crate::housekeeping::run_housekeeping;
+use crate::kube_policy::KubernetesSource;
 use crate::last_used::LastUsedTracker;
 use crate::metrics::Metrics;
-use crate::policy::{Policy, PolicyReloader, ReloadEvent};
+use crate::policy::{Policy, PolicyReloader, PolicySync, ReloadEvent};
 use crate::store::KeyAdminStore;
 use crate::store::connect::PgEndpoint;
 use crate::store::notify::{KeyChange, ListenerSettings, listen_for_key_changes};
@@ -157,6 +158,7 @@ pub(super) fn spawn_policy_reloader(
     path: std::path::PathBuf,
     every: Duration,
     policy: Arc<ArcSwap<Policy>>,
+    sync: Arc<PolicySync>,
     metrics: Arc<Metrics>,
 ) {
     let reloader = PolicyReloader::run(
@@ -164,7 +166,11 @@ pub(super) fn spawn_policy_reloader(
         every,
         policy,
         move |event| match event {
-            ReloadEvent::Reloaded { counts, .. } => {
+            ReloadEvent::Reloaded {
+                counts,
+                fingerprint,
+            } => {
+                metrics.set_policy_sync(&sync.record_in_force(&fingerprint, chrono::Utc::now()));
                 metrics.observe_policy_reload(true);
                 metrics.set_policy_counts(
                     counts.models,
@@ -178,6 +184,21 @@ pub(super) fn spawn_policy_reloader(
     );
     tasks.spawn("policy reloader", async move {
         reloader.await;
+        Ok(())
+    });
+}
+
+/// Watches the MaaS objects of the cluster into `policy` (see [`KubernetesSource::run`]).
+pub(super) fn spawn_kubernetes_policy(
+    tasks: &mut Tasks,
+    source: KubernetesSource,
+    policy: Arc<ArcSwap<Policy>>,
+    sync: Arc<PolicySync>,
+    metrics: Arc<Metrics>,
+) {
+    let watcher = source.run(policy, sync, metrics, tasks.shutdown_signal());
+    tasks.spawn("Kubernetes policy watcher", async move {
+        watcher.await;
         Ok(())
     });
 }
