@@ -1,5 +1,5 @@
 //! The tasks `serve` runs beside its listeners (key-change listener, `last_used` writer,
-//! housekeeping, policy reloader or Kubernetes policy watcher, database watcher), each stopped by the one shutdown signal.
+//! housekeeping, policy reloader, database watcher), each stopped by the one shutdown signal.
 
 use std::future::Future;
 use std::sync::Arc;
