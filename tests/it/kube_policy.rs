@@ -603,3 +603,58 @@ async fn a_policy_change_through_the_watch_flips_a_check_decision_within_a_secon
     eprintln!("policy change to Check decision: {latency:?}");
     assert!(latency < Duration::from_secs(1), "{latency:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_that_refuses_the_first_list_keeps_the_replica_unready_until_it_answers() {
+    let db = TestDb::migrated().await;
+    let fake = FakeKube::start(&small_cluster()).await;
+    fake.fail_requests(true);
+    let server = Application::build(kubernetes_config(&db, &fake))
+        .await
+        .expect("server starts");
+    let check = AuthorizationClient::connect(format!("http://{}", server.grpc_addr))
+        .await
+        .unwrap();
+    let mut cluster = KubeServer {
+        db,
+        fake,
+        server,
+        check,
+    };
+    let (key, _) = mint(&cluster.db.store(), &FREE_USER).await;
+
+    eventually("a failed list", async || {
+        sample(
+            &cluster.metrics().await,
+            "maas_authz_policy_watch_errors_total{kind=\"MaaSModelRef\"}",
+        ) >= 1.0
+    })
+    .await;
+    let (status_while_refused, body_while_refused) = cluster.readiness().await;
+    let decision_while_refused = cluster.decision(&key, SIMULATOR).await;
+    cluster.fake.fail_requests(false);
+    eventually("ready", async || cluster.readiness().await.0 == 200).await;
+
+    assert_eq!(status_while_refused, 503);
+    assert_eq!(body_while_refused["policy"]["synced"], false);
+    assert_eq!(
+        decision_while_refused, 404,
+        "fails closed: no model is known"
+    );
+    cluster.decides(&key, SIMULATOR, 200).await;
+}
+
+#[tokio::test]
+async fn a_kubernetes_ca_file_that_is_not_pem_stops_start_up_naming_the_setting() {
+    let db = TestDb::migrated().await;
+    let fake = FakeKube::start(&[]).await;
+    let junk = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(junk.path(), "not a certificate").unwrap();
+    let mut config = kubernetes_config(&db, &fake);
+    config.identity.kube_ca_file = Some(junk.path().to_owned());
+
+    let error = Application::build(config).await.unwrap_err();
+
+    let text = format!("{error:#}");
+    assert!(text.contains("MAAS_AUTHZ_KUBE_CA_FILE"), "{text}");
+}
