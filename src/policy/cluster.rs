@@ -70,6 +70,13 @@ impl ClusterObject {
         format!("{}/{}", self.namespace, self.name)
     }
 
+    /// Whether the API server is deleting it (`metadata.deletionTimestamp` is set).
+    pub fn is_being_deleted(&self) -> bool {
+        self.object
+            .pointer("/metadata/deletionTimestamp")
+            .is_some_and(|at| !at.is_null())
+    }
+
     /// The object reduced to what the policy reads, as a YAML document: the kind and version it
     /// was watched as, `metadata.name`/`namespace`/`annotations`/`labels` and `spec`. Status,
     /// resource versions and managed fields are dropped, so that a status update neither looks
@@ -113,8 +120,14 @@ impl Policy {
     /// Compiles the cluster's objects exactly as [`Policy::load`] compiles files. The order the
     /// objects come in does not matter: they are sorted by kind, namespace and name first, so the
     /// same objects always give the same policy and fingerprint.
+    ///
+    /// An object being deleted (`metadata.deletionTimestamp` set, finalizers pending) grants
+    /// nothing any more, as upstream treats it: it is left out.
     pub fn from_cluster_objects(objects: &[ClusterObject]) -> Result<Policy, PolicyError> {
-        let mut ordered: Vec<&ClusterObject> = objects.iter().collect();
+        let mut ordered: Vec<&ClusterObject> = objects
+            .iter()
+            .filter(|object| !object.is_being_deleted())
+            .collect();
         ordered
             .sort_by(|a, b| (a.kind, &a.namespace, &a.name).cmp(&(b.kind, &b.namespace, &b.name)));
         let sources: Vec<SourceFile> = ordered.into_iter().map(ClusterObject::source).collect();
@@ -216,6 +229,20 @@ mod tests {
 
         assert_eq!(first.fingerprint(), reordered.fingerprint());
         assert_ne!(first.fingerprint(), changed.fingerprint());
+    }
+
+    #[test]
+    fn an_object_being_deleted_grants_nothing() {
+        let mut leaving = grant();
+        leaving.object["metadata"]["deletionTimestamp"] = json!("2026-11-29T08:00:00Z");
+        leaving.object["metadata"]["finalizers"] = json!(["maas.opendatahub.io/cleanup"]);
+
+        let policy =
+            Policy::from_cluster_objects(&[simulator(), free_subscription(100), leaving]).unwrap();
+
+        let model = policy.find_model(Some("llm"), "simulator").unwrap();
+        assert!(!policy.auth_policy_allows(model, "alice", &["system:authenticated".to_owned()]));
+        assert_eq!(policy.counts().auth_policies, 0);
     }
 
     #[test]

@@ -658,3 +658,18 @@ async fn a_kubernetes_ca_file_that_is_not_pem_stops_start_up_naming_the_setting(
     let text = format!("{error:#}");
     assert!(text.contains("MAAS_AUTHZ_KUBE_CA_FILE"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_being_deleted_stops_granting_before_its_finalizers_finish() {
+    let mut cluster = KubeServer::start(&small_cluster()).await;
+    let (key, _) = mint(&cluster.db.store(), &FREE_USER).await;
+    cluster.decides(&key, SIMULATOR, 200).await;
+
+    // `kubectl delete` on an object with finalizers: it stays, marked for deletion.
+    let mut leaving = subscription("free", NAMESPACE, "system:authenticated", &["simulator"]);
+    leaving["metadata"]["deletionTimestamp"] = json!("2026-11-29T08:00:00Z");
+    leaving["metadata"]["finalizers"] = json!(["maas.opendatahub.io/cleanup"]);
+    cluster.fake.apply(leaving);
+
+    cluster.decides(&key, SIMULATOR, 403).await;
+}
