@@ -179,9 +179,14 @@ pub struct ServeConfig {
     /// Least time between two `last_used_at` writes for one key (Check never writes itself).
     #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_LAST_USED_INTERVAL", value_name = "MAAS_AUTHZ_LAST_USED_INTERVAL", default_value = "60s", value_parser = positive_duration)]
     pub last_used_interval: Duration,
-    /// How often noted key uses are written, in one batched statement.
+    /// How often noted key uses are written (all of them, in statements of at most
+    /// `MAAS_AUTHZ_LAST_USED_BATCH_SIZE` keys).
     #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_LAST_USED_FLUSH_INTERVAL", value_name = "MAAS_AUTHZ_LAST_USED_FLUSH_INTERVAL", default_value = "5s", value_parser = positive_duration)]
     pub last_used_flush_interval: Duration,
+    /// Most keys one `last_used_at` statement writes, so each finishes well inside
+    /// `MAAS_AUTHZ_DB_QUERY_TIMEOUT` however many keys were used (5 000 rows take ~50 ms).
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_LAST_USED_BATCH_SIZE", value_name = "MAAS_AUTHZ_LAST_USED_BATCH_SIZE", default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub last_used_batch_size: u32,
     /// Token meter (Envoy ext_proc): add `stream_options.include_usage` to streaming chat and
     /// completion requests that lack it, so their tokens are metered; the usage chunk the client
     /// did not ask for is then removed from its stream.

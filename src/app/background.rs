@@ -122,16 +122,24 @@ pub(super) async fn spawn_key_change_listener(
     }
 }
 
-/// Writes noted key uses every `every` (see [`write_last_used`]).
+/// When and how much the `last_used_at` writer writes.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LastUsedWrites {
+    pub every: Duration,
+    /// Most keys per statement.
+    pub batch_size: usize,
+}
+
+/// Writes noted key uses every `writes.every` (see [`write_last_used`]).
 pub(super) fn spawn_last_used_writer(
     tasks: &mut Tasks,
     tracker: Arc<LastUsedTracker>,
     store: Arc<ServedStore>,
-    every: Duration,
+    writes: LastUsedWrites,
 ) {
     let shutdown = tasks.shutdown_signal();
     tasks.spawn("last-used writer", async move {
-        write_last_used(tracker, store, every, shutdown).await;
+        write_last_used(tracker, store, writes, shutdown).await;
         Ok(())
     });
 }
@@ -253,24 +261,37 @@ async fn watch_database(
     }
 }
 
-/// Writes noted key uses every `every`, one statement per batch, and once more at shutdown.
+/// Writes noted key uses every `writes.every`, and once more at shutdown: everything noted, in
+/// statements of at most `writes.batch_size` keys. A single statement for every key used in an
+/// interval grew with traffic (302k keys timed out and were retried forever); bounded ones each
+/// finish well inside the query timeout. Ids are sorted so two replicas writing overlapping sets
+/// take row locks in one order and never deadlock.
 async fn write_last_used(
     tracker: Arc<LastUsedTracker>,
     store: Arc<ServedStore>,
-    every: Duration,
+    writes: LastUsedWrites,
     shutdown: impl Future<Output = ()>,
 ) {
     let flush = async |tracker: &LastUsedTracker| {
-        let batch = tracker.take_batch(chrono::Utc::now());
-        if batch.is_empty() {
+        let mut uses = tracker.take_batch(chrono::Utc::now());
+        if uses.is_empty() {
             return;
         }
-        if let Err(error) = store.record_last_used(&batch).await {
-            tracing::warn!(%error, keys = batch.len(), "cannot write last_used_at; will retry");
-            tracker.restore(batch);
+        uses.sort_unstable_by_key(|(id, _)| *id);
+        let mut written = 0;
+        for chunk in uses.chunks(writes.batch_size.max(1)) {
+            if let Err(error) = store.record_last_used(chunk).await {
+                // The rest waits for the next flush: a store that failed once is likely to
+                // fail again now, and the breaker should not be fed a burst of doomed queries.
+                let unwritten = uses.split_off(written);
+                tracing::warn!(%error, keys = unwritten.len(), "cannot write last_used_at; will retry");
+                tracker.restore(unwritten);
+                return;
+            }
+            written += chunk.len();
         }
     };
-    let mut ticker = tokio::time::interval(every);
+    let mut ticker = tokio::time::interval(writes.every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {

@@ -82,7 +82,10 @@ impl Application {
             &mut tasks,
             services.last_used.clone(),
             services.store.clone(),
-            config.last_used_flush_interval,
+            background::LastUsedWrites {
+                every: config.last_used_flush_interval,
+                batch_size: config.last_used_batch_size as usize,
+            },
         );
         background::spawn_housekeeping(
             &mut tasks,

@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use crate::key::KeyHash;
 
 /// The database id of a key (`api_keys.id`, a UUIDv4); distinct from the key id in the key text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct KeyRecordId(uuid::Uuid);
 
 impl KeyRecordId {
