@@ -295,9 +295,15 @@ pub struct LimitsConfig {
     #[arg(long, env = "MAAS_AUTHZ_LIMITS_ENABLED", value_name = "MAAS_AUTHZ_LIMITS_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub limits_enabled: bool,
     /// Redis URL (redis://[:password@]host:6379[/db], or rediss:// for TLS) for counters shared
-    /// by every replica; unset: counters in this process (exact for one replica).
+    /// by every replica (a cluster: comma-separated seed nodes, with `MAAS_AUTHZ_REDIS_CLUSTER`);
+    /// unset: counters in this process (exact for one replica).
     #[arg(long, env = "MAAS_AUTHZ_REDIS_URL", value_name = "MAAS_AUTHZ_REDIS_URL", hide_env_values = true, value_parser = RedisUrlParser)]
     pub redis_url: Option<String>,
+    /// `MAAS_AUTHZ_REDIS_URL` is a Redis Cluster (or Valkey cluster): one or more comma-separated
+    /// seed nodes; commands follow the cluster's slots. Each user's windows share one hash tag,
+    /// so one Check touches one slot.
+    #[arg(long, env = "MAAS_AUTHZ_REDIS_CLUSTER", value_name = "MAAS_AUTHZ_REDIS_CLUSTER", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub redis_cluster: bool,
     /// PEM file of the CA certificates the Redis server's certificate must lead to (a rediss://
     /// URL), read at start-up. Unset: the built-in public CA roots.
     #[arg(long, env = "MAAS_AUTHZ_REDIS_CA_FILE", value_name = "MAAS_AUTHZ_REDIS_CA_FILE", value_parser = ca_bundle)]

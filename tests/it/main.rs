@@ -25,6 +25,7 @@ mod outage;
 mod properties;
 mod raw_http;
 mod readme;
+mod redis_cluster;
 mod rest;
 mod rest_admin;
 mod rest_internal;
