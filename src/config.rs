@@ -176,6 +176,11 @@ pub struct ServeConfig {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_SHUTDOWN_GRACE", value_name = "MAAS_AUTHZ_SHUTDOWN_GRACE", default_value = "10s", value_parser = positive_duration)]
     pub shutdown_grace: Duration,
+    /// Warm start: at start-up, read the active keys used within this long (`last_used_at`)
+    /// into the cache, in the background, up to `MAAS_AUTHZ_CACHE_CAPACITY` (`0` or `off`:
+    /// no preload; every key is read on its first use).
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_CACHE_PRELOAD", value_name = "MAAS_AUTHZ_CACHE_PRELOAD", default_value = "24h", value_parser = optional_duration)]
+    pub cache_preload: OptionalDuration,
     /// Least time between two `last_used_at` writes for one key (Check never writes itself).
     #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_LAST_USED_INTERVAL", value_name = "MAAS_AUTHZ_LAST_USED_INTERVAL", default_value = "60s", value_parser = positive_duration)]
     pub last_used_interval: Duration,

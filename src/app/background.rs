@@ -1,5 +1,6 @@
-//! The tasks `serve` runs beside its listeners (key-change listener, `last_used` writer,
-//! housekeeping, policy reloader, database watcher), each stopped by the one shutdown signal.
+//! The tasks `serve` runs beside its listeners (key-change listener, cache preload, `last_used`
+//! writer, housekeeping, policy reloader, database watcher), each stopped by the one shutdown
+//! signal.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -120,6 +121,89 @@ pub(super) async fn spawn_key_change_listener(
     {
         tracing::warn!("key-change listener not connected yet; serving anyway");
     }
+}
+
+/// Which keys a warm start reads into the cache.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct CachePreload {
+    /// Keys used within this long before start-up (`last_used_at`).
+    pub used_within: Duration,
+    /// At most this many (the cache's capacity).
+    pub most: u64,
+}
+
+/// Keys per preload query: each page is a short query on the primary key, and at most one page
+/// of records is held outside the cache at a time.
+const PRELOAD_PAGE: u64 = 2_000;
+/// Reads of one page that an invalidation may spoil before the preload gives up.
+const PRELOAD_ATTEMPTS: u32 = 5;
+
+/// Reads recently used keys into the cache in the background (see [`preload_cache`]).
+pub(super) fn spawn_cache_preload(
+    tasks: &mut Tasks,
+    cache: KeyCache,
+    store: Arc<ServedStore>,
+    preload: CachePreload,
+) {
+    let shutdown = tasks.shutdown_signal();
+    tasks.spawn("cache preload", async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = preload_cache(&cache, &store, preload) => {}
+        }
+        Ok(())
+    });
+}
+
+/// Warm start: a new replica reads the keys used recently, page by page, into its cache, so
+/// that a rolling deploy under load is served from the cache rather than by a storm of misses
+/// on PostgreSQL. It runs beside serving (readiness never waits for it; a miss meanwhile is an
+/// ordinary lookup), and a failure only ends it early.
+async fn preload_cache(cache: &KeyCache, store: &ServedStore, preload: CachePreload) {
+    let started = std::time::Instant::now();
+    let used_since = chrono::Utc::now()
+        - chrono::Duration::from_std(preload.used_within).unwrap_or(chrono::Duration::MAX);
+    let mut after = None;
+    let mut loaded: u64 = 0;
+    while loaded < preload.most {
+        let limit = PRELOAD_PAGE.min(preload.most - loaded);
+        let mut attempts = 0;
+        let (read, last) = loop {
+            let ticket = cache.preload_ticket();
+            let page = match store
+                .recently_used_keys(used_since, after, i64::try_from(limit).unwrap_or(i64::MAX))
+                .await
+            {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(%error, keys = loaded, "key cache preload stopped early");
+                    return;
+                }
+            };
+            let (read, last) = (page.len() as u64, page.last().map(|key| key.id));
+            if cache.preload(ticket, page).await {
+                break (read, last);
+            }
+            attempts += 1;
+            if attempts == PRELOAD_ATTEMPTS {
+                tracing::warn!(
+                    keys = loaded,
+                    "key cache preload stopped early: keys keep changing"
+                );
+                return;
+            }
+        };
+        loaded += read;
+        after = last;
+        if read < limit {
+            break;
+        }
+    }
+    tracing::info!(
+        keys = loaded,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "key cache preloaded"
+    );
 }
 
 /// When and how much the `last_used_at` writer writes.

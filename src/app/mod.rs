@@ -78,6 +78,17 @@ impl Application {
             services.cache.clone(),
         )
         .await;
+        if let Some(used_within) = config.cache_preload.0 {
+            background::spawn_cache_preload(
+                &mut tasks,
+                services.cache.clone(),
+                services.store.clone(),
+                background::CachePreload {
+                    used_within,
+                    most: config.cache_capacity,
+                },
+            );
+        }
         background::spawn_last_used_writer(
             &mut tasks,
             services.last_used.clone(),

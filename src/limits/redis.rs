@@ -490,8 +490,8 @@ mod tests {
         assert!(tls.is_ok());
     }
 
-    #[test]
-    fn several_nodes_need_cluster_mode_and_one_tls_mode() {
+    #[tokio::test]
+    async fn several_nodes_need_cluster_mode_and_one_tls_mode() {
         let endpoint = |url, cluster| RedisEndpoint {
             url,
             ca_file: None,

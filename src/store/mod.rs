@@ -277,6 +277,15 @@ pub trait KeyAdminStore: KeyStore {
         max_active: u32,
     ) -> impl Future<Output = Result<LimitedInsert, StoreError>> + Send;
 
+    /// Active, unexpired keys used at or after `used_since`, in id order, at most `limit`,
+    /// starting after `after` (a warm start's preload reads them page by page).
+    fn recently_used_keys(
+        &self,
+        used_since: DateTime<Utc>,
+        after: Option<KeyRecordId>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send;
+
     /// Sets `last_used_at` for a batch of keys in one statement (never moving it backwards);
     /// returns the rows changed.
     fn record_last_used(

@@ -41,3 +41,4 @@ mod server;
 mod support;
 mod tls;
 mod validate;
+mod warm_start;
