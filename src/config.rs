@@ -177,12 +177,22 @@ pub struct ServeConfig {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_SHUTDOWN_GRACE", value_name = "MAAS_AUTHZ_SHUTDOWN_GRACE", default_value = "10s", value_parser = positive_duration)]
     pub shutdown_grace: Duration,
+    /// Warm start: at start-up, read the active keys used within this long (`last_used_at`)
+    /// into the cache, in the background, up to `MAAS_AUTHZ_CACHE_CAPACITY` (`0` or `off`:
+    /// no preload; every key is read on its first use).
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_CACHE_PRELOAD", value_name = "MAAS_AUTHZ_CACHE_PRELOAD", default_value = "24h", value_parser = optional_duration)]
+    pub cache_preload: OptionalDuration,
     /// Least time between two `last_used_at` writes for one key (Check never writes itself).
     #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_LAST_USED_INTERVAL", value_name = "MAAS_AUTHZ_LAST_USED_INTERVAL", default_value = "60s", value_parser = positive_duration)]
     pub last_used_interval: Duration,
-    /// How often noted key uses are written, in one batched statement.
+    /// How often noted key uses are written (all of them, in statements of at most
+    /// `MAAS_AUTHZ_LAST_USED_BATCH_SIZE` keys).
     #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_LAST_USED_FLUSH_INTERVAL", value_name = "MAAS_AUTHZ_LAST_USED_FLUSH_INTERVAL", default_value = "5s", value_parser = positive_duration)]
     pub last_used_flush_interval: Duration,
+    /// Most keys one `last_used_at` statement writes, so each finishes well inside
+    /// `MAAS_AUTHZ_DB_QUERY_TIMEOUT` however many keys were used (5 000 rows take ~50 ms).
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_LAST_USED_BATCH_SIZE", value_name = "MAAS_AUTHZ_LAST_USED_BATCH_SIZE", default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub last_used_batch_size: u32,
     /// Token meter (Envoy ext_proc): add `stream_options.include_usage` to streaming chat and
     /// completion requests that lack it, so their tokens are metered; the usage chunk the client
     /// did not ask for is then removed from its stream.
@@ -394,9 +404,15 @@ pub struct LimitsConfig {
     #[arg(long, env = "MAAS_AUTHZ_LIMITS_ENABLED", value_name = "MAAS_AUTHZ_LIMITS_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub limits_enabled: bool,
     /// Redis URL (redis://[:password@]host:6379[/db], or rediss:// for TLS) for counters shared
-    /// by every replica; unset: counters in this process (exact for one replica).
+    /// by every replica (a cluster: comma-separated seed nodes, with `MAAS_AUTHZ_REDIS_CLUSTER`);
+    /// unset: counters in this process (exact for one replica).
     #[arg(long, env = "MAAS_AUTHZ_REDIS_URL", value_name = "MAAS_AUTHZ_REDIS_URL", hide_env_values = true, value_parser = RedisUrlParser)]
     pub redis_url: Option<String>,
+    /// `MAAS_AUTHZ_REDIS_URL` is a Redis Cluster (or Valkey cluster): one or more comma-separated
+    /// seed nodes; commands follow the cluster's slots. Each user's windows share one hash tag,
+    /// so one Check touches one slot.
+    #[arg(long, env = "MAAS_AUTHZ_REDIS_CLUSTER", value_name = "MAAS_AUTHZ_REDIS_CLUSTER", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub redis_cluster: bool,
     /// PEM file of the CA certificates the Redis server's certificate must lead to (a rediss://
     /// URL), read at start-up. Unset: the built-in public CA roots.
     #[arg(long, env = "MAAS_AUTHZ_REDIS_CA_FILE", value_name = "MAAS_AUTHZ_REDIS_CA_FILE", value_parser = ca_bundle)]

@@ -79,11 +79,25 @@ impl Application {
             services.cache.clone(),
         )
         .await;
+        if let Some(used_within) = config.cache_preload.0 {
+            background::spawn_cache_preload(
+                &mut tasks,
+                services.cache.clone(),
+                services.store.clone(),
+                background::CachePreload {
+                    used_within,
+                    most: config.cache_capacity,
+                },
+            );
+        }
         background::spawn_last_used_writer(
             &mut tasks,
             services.last_used.clone(),
             services.store.clone(),
-            config.last_used_flush_interval,
+            background::LastUsedWrites {
+                every: config.last_used_flush_interval,
+                batch_size: config.last_used_batch_size as usize,
+            },
         );
         background::spawn_housekeeping(
             &mut tasks,

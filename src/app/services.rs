@@ -18,7 +18,7 @@ use crate::identity::IdentityResolver;
 use crate::last_used::LastUsedTracker;
 use crate::limits::{
     ChargingTokenSink, CounterStore, InProcessCounterStore, Limiter, OnStoreError,
-    RedisCounterStore,
+    RedisCounterStore, RedisEndpoint,
 };
 use crate::lookup_budget::{BudgetKind, LookupBudget};
 use crate::metrics::Metrics;
@@ -248,11 +248,12 @@ async fn limiter(
 ) -> anyhow::Result<Limiter> {
     let store: Arc<dyn CounterStore> = match &config.redis_url {
         Some(url) => {
-            let store = RedisCounterStore::connect_lazily(
+            let store = RedisCounterStore::connect_lazily(RedisEndpoint {
                 url,
-                config.redis_ca_file.as_ref(),
-                config.redis_timeout,
-            )
+                ca_file: config.redis_ca_file.as_ref(),
+                timeout: config.redis_timeout,
+                cluster: config.redis_cluster,
+            })
             .context("MAAS_AUTHZ_REDIS_URL is not usable")?;
             store.check_certificate().await?;
             Arc::new(store)
