@@ -72,7 +72,8 @@ wait_port() {
         (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
         sleep 0.2
     done
-    die "nothing listens on 127.0.0.1:$port after 60 s (logs in $STATE_DIR)"
+    tail -n 20 "$STATE_DIR"/*.log >&2 || true
+    die "nothing listens on 127.0.0.1:$port after 60 s (the servers' logs are above)"
 }
 
 # measure NAME PORT PID STREAMS: one run; prints "NAME STREAMS rps requests cpu_us_per_check errors".
@@ -125,7 +126,8 @@ main() {
     DB_URL="$(url_with_db "$admin_url" "$DB_NAME")"
 
     log "release build (maas-authz, maas-authz-loadgen, maas-authz-do-nothing)"
-    cargo build --release --bin maas-authz -p maas-authz-loadgen --bins >&2
+    cargo build --release -p maas-authz --bin maas-authz >&2
+    cargo build --release -p maas-authz-loadgen --bins >&2
     target_dir="$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
     authz_bin="${BENCH_AUTHZ_BIN:-$target_dir/release/maas-authz}"
     [[ -x "$authz_bin" ]] || die "BENCH_AUTHZ_BIN=$authz_bin is not an executable"
@@ -142,7 +144,7 @@ main() {
         MAAS_AUTHZ_LIMITS_ENABLED="$LIMITS" "${metadata[@]}" \
         MAAS_AUTHZ_GRPC_ADDR="127.0.0.1:$GRPC_PORT" MAAS_AUTHZ_HTTP_ADDR="127.0.0.1:$HTTP_PORT" \
         MAAS_AUTHZ_INTERNAL_ADDR="127.0.0.1:$INTERNAL_PORT" MAAS_AUTHZ_METRICS_ADDR="127.0.0.1:$METRICS_PORT" \
-        "$authz_bin" >"$STATE_DIR/maas-authz.log" 2>&1 </dev/null &
+        MAAS_AUTHZ_SKIP_MIGRATIONS=true "$authz_bin" serve >"$STATE_DIR/maas-authz.log" 2>&1 </dev/null &
     PIDS+=("$!")
     local authz_pid="$!"
     "$target_dir/release/maas-authz-do-nothing" "127.0.0.1:$NOOP_PORT" >"$STATE_DIR/do-nothing.log" 2>&1 </dev/null &
