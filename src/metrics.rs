@@ -48,6 +48,7 @@ pub struct Metrics {
     pool_connections: IntGaugeVec,
     policy_reloads: IntCounterVec,
     policy_objects: IntGaugeVec,
+    policy_invalid_objects: IntGaugeVec,
     /// `[prompt, completion, total]`.
     tokens_metered: [IntCounter; 3],
     /// `[prompt, completion, total]` of the charges that were estimates.
@@ -139,6 +140,14 @@ impl Metrics {
         registry.register(Box::new(pool_connections.clone()))?;
         registry.register(Box::new(policy_reloads.clone()))?;
         registry.register(Box::new(policy_objects.clone()))?;
+        let policy_invalid_objects = IntGaugeVec::new(
+            Opts::new(
+                "policy_invalid_objects",
+                "Policy objects left out because they are invalid (1 each; the log says why)",
+            ),
+            &["kind", "namespace", "name"],
+        )?;
+        registry.register(Box::new(policy_invalid_objects.clone()))?;
         let tokens_metered = IntCounterVec::new(
             Opts::new(
                 "tokens_metered_total",
@@ -256,6 +265,7 @@ impl Metrics {
             pool_connections,
             policy_reloads,
             policy_objects,
+            policy_invalid_objects,
             tokens_metered: ["prompt", "completion", "total"]
                 .map(|kind| tokens_metered.with_label_values(&[kind])),
             tokens_estimated: ["prompt", "completion", "total"]
@@ -323,6 +333,19 @@ impl Metrics {
             self.policy_objects
                 .with_label_values(&[kind])
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Replaces the invalid objects of the previous policy with `objects` (kind, namespace, name).
+    pub fn set_policy_invalid_objects<'a>(
+        &self,
+        objects: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+    ) {
+        self.policy_invalid_objects.reset();
+        for (kind, namespace, name) in objects {
+            self.policy_invalid_objects
+                .with_label_values(&[kind, namespace, name])
+                .set(1);
         }
     }
 

@@ -164,13 +164,24 @@ pub(super) fn spawn_policy_reloader(
         every,
         policy,
         move |event| match event {
-            ReloadEvent::Reloaded { counts, .. } => {
+            ReloadEvent::Reloaded {
+                counts,
+                invalid_objects,
+                ..
+            } => {
                 metrics.observe_policy_reload(true);
                 metrics.set_policy_counts(
                     counts.models,
                     counts.subscriptions,
                     counts.auth_policies,
                 );
+                metrics.set_policy_invalid_objects(invalid_objects.iter().map(|object| {
+                    (
+                        object.kind.as_str(),
+                        object.namespace.as_str(),
+                        object.name.as_str(),
+                    )
+                }));
             }
             ReloadEvent::Rejected { .. } => metrics.observe_policy_reload(false),
         },
