@@ -12,7 +12,7 @@ use tonic::Status;
 use crate::assertion::SigningKeys;
 use crate::authorizer::{
     AllowAnswerKey, Allowed, Authorizer, CheckError, CheckInput, Decision, DecisionObserver,
-    Denied, PerDenyReason,
+    Denied, DenyReason, PerDenyReason,
 };
 use crate::grpc::check_request::CheckAttributes;
 use crate::grpc::check_response::{
@@ -66,6 +66,16 @@ impl<S: KeyStore> ExtAuthzService<S> {
     /// Decides one Check request and returns the answer's wire form (see [`check_response`]).
     pub async fn check(&self, request: &CheckAttributes) -> Result<EncodedCheckResponse, Status> {
         let started = Instant::now();
+        // Refused before anything else, as upstream's `deny-client-identity-headers` rule: a
+        // client claiming an identity is an attack, whatever its credential says.
+        if request.forged_identity_header() {
+            let reason = DenyReason::ForgedIdentityHeader;
+            self.observer.observe_deny(reason, started.elapsed());
+            return self.responses.encoded(
+                Ok(Decision::Deny(Denied::new(reason))),
+                chrono::Utc::now().timestamp(),
+            );
+        }
         let input = CheckInput {
             authorization: request.authorization(),
             x_api_key: request.x_api_key(),

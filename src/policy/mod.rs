@@ -451,13 +451,12 @@ impl Policy {
         namespace: Option<&str>,
         name: &str,
     ) -> Result<usize, ModelLookupError> {
+        // A served name several refs resolve to (replicas of one model) names the first of
+        // them, as upstream's alias rewrite takes the first match.
         if namespace.is_none()
-            && let Some(aliased) = self.models_by_alias.get(name)
+            && let Some(&first) = self.models_by_alias.get(name).and_then(|all| all.first())
         {
-            return match aliased.as_slice() {
-                [only] => Ok(*only),
-                _ => Err(ModelLookupError::Ambiguous),
-            };
+            return Ok(first);
         }
         let (namespace, name) = split_model_name(namespace, name);
         let candidates = self

@@ -39,4 +39,5 @@ mod seeds;
 mod server;
 mod support;
 mod tls;
+mod upstream_contract;
 mod validate;
