@@ -942,3 +942,36 @@ async fn check_denies_a_request_carrying_a_client_sent_identity_header() {
         .into_inner();
     assert_eq!(with_subscription.status.map(|s| s.code), Some(0));
 }
+
+#[tokio::test]
+async fn check_answers_403_for_a_bad_key_when_configured_as_upstream_and_401_for_no_key() {
+    let db = TestDb::migrated().await;
+    let mut config = serve_config(&db);
+    config.enforcement.invalid_key_status = "403".to_owned();
+    let server = TestServer {
+        server: maas_authz::app::Application::build(config).await.unwrap(),
+        db,
+    };
+    let (revoked, record) = mint(&server.db.store(), &FREE_USER).await;
+    server.db.store().revoke_key(record.id).await.unwrap();
+    let mut client = server.check_client().await;
+    let unknown = "sk-oai-AAAAAAAAAAAAAAAA_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
+
+    for key in [unknown, revoked.as_str(), "sk-oai-"] {
+        let response = client
+            .check(check_request(CHAT, &[("authorization", &bearer(key))]))
+            .await
+            .unwrap()
+            .into_inner();
+        let (status, headers, body) = denial(&response);
+        assert_eq!(status, 403);
+        assert_eq!(body["error"]["type"], "permission_error");
+        assert_eq!(header(headers, "www-authenticate"), None);
+    }
+    let missing = client
+        .check(check_request(CHAT, &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(denial(&missing).0, 401);
+}
