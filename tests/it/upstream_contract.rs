@@ -547,3 +547,57 @@ async fn forged_identity_headers_are_refused_on_every_authenticated_route() {
         .await;
     assert_eq!(chosen.status, 200);
 }
+
+#[tokio::test]
+async fn through_envoy_model_listings_answer_even_with_the_quota_spent_and_are_never_counted() {
+    use crate::e2e::{FREE_TOKEN, Gateway, hello};
+    // 10 s into a minute: the free tier's 5 requests per minute stay spent for the test.
+    let clock = std::sync::Arc::new(maas_authz::clock::ManualClock::at_millis(
+        1_800_000_000_000 + 10_000,
+    ));
+    let gateway = Gateway::start_with_clock(clock).await;
+    let (free, _) = gateway.mint(FREE_TOKEN).await;
+    let chat = "/simulator/v1/chat/completions";
+    for _ in 0..5 {
+        let response = gateway
+            .chat(chat, Some(&free), &hello("simulator", 1))
+            .await;
+        assert_eq!(response.status(), reqwest::StatusCode::OK);
+    }
+    let spent = gateway
+        .chat(chat, Some(&free), &hello("simulator", 1))
+        .await;
+    assert_eq!(spent.status(), reqwest::StatusCode::TOO_MANY_REQUESTS);
+
+    for path in [
+        "/v1/models",
+        "/maas-api/v1/models",
+        "/simulator/v1/models",
+        "/llm/simulator/v1/models",
+    ] {
+        for _ in 0..3 {
+            let response = gateway
+                .http
+                .get(format!("{}{path}", gateway.url))
+                .bearer_auth(&free)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), reqwest::StatusCode::OK, "{path}");
+            assert!(
+                response
+                    .headers()
+                    .get("x-ratelimit-remaining-requests")
+                    .is_none(),
+                "{path} was counted"
+            );
+        }
+    }
+    let still_spent = gateway
+        .chat(chat, Some(&free), &hello("simulator", 1))
+        .await;
+    assert_eq!(
+        still_spent.headers()["retry-after"],
+        spent.headers()["retry-after"]
+    );
+}
