@@ -317,7 +317,11 @@ async fn serve_refuses_to_start_with_an_unparsable_policy_and_says_where() {
     let db = TestDb::migrated().await;
     let dir = tempfile::tempdir().unwrap();
     // Not YAML at all (an invalid object alone would only be left out of the policy).
-    std::fs::write(dir.path().join("bad.yaml"), "apiVersion: maas.opendatahub.io/v1alpha1\nkind: [MaaSSubscription\n").unwrap();
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "apiVersion: maas.opendatahub.io/v1alpha1\nkind: [MaaSSubscription\n",
+    )
+    .unwrap();
 
     let output = maas_authz(
         &[
