@@ -888,8 +888,13 @@ expect(ctp["metadata"]["namespace"] == "gateways", "the ClientTrafficPolicy is n
 expect(ctp["spec"]["path"]["escapedSlashesAction"] == "RejectRequest" and ctp["spec"]["headers"]["withUnderscoresAction"] == "RejectRequest",
        "escaped slashes or underscores are not rejected")
 removed = set(ctp["spec"]["headers"]["earlyRequestHeaders"]["remove"])
-expect({"x-maas-identity-assertion", "x-gateway-model-name", "x-maas-username"} <= removed and "x-maas-subscription" not in removed,
+# Identity headers are kept so that Check sees (and refuses) them; the SecurityPolicy sends them.
+expect({"x-maas-identity-assertion", "x-gateway-model-name"} <= removed
+       and not removed & {"x-maas-subscription", "x-maas-username", "x-maas-group"},
        f"the gateway removes {sorted(removed)}")
+sent = set(policies["maas-maas-authz-ext-authz"]["spec"]["extAuth"]["headersToExtAuth"])
+expect({"x-maas-username", "x-maas-group", "x-maas-groups", "x-maas-tier", "x-maas-key-id"} <= sent,
+       f"Check is not sent the identity headers it refuses: {sorted(sent)}")
 expect(ctp["spec"]["connection"]["bufferLimit"] == str(8388608 + 65536), "the buffer does not fit a metered body")
 
 # 5. Istio: per-route ext_authz context for every route name, hygiene on the same gateway pods.

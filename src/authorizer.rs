@@ -181,10 +181,12 @@ pub enum DenyReason {
     ModelMismatch,
     ModelNotSpecified,
     UnknownKeyRateLimited,
+    /// The client sent an identity header only the gateway sets (`x-maas-username`, ...).
+    ForgedIdentityHeader,
 }
 
 impl DenyReason {
-    pub const COUNT: usize = 20;
+    pub const COUNT: usize = 21;
 
     /// Every reason, in [`DenyReason::index`] order.
     pub const ALL: [DenyReason; Self::COUNT] = [
@@ -208,6 +210,7 @@ impl DenyReason {
         DenyReason::ModelMismatch,
         DenyReason::ModelNotSpecified,
         DenyReason::UnknownKeyRateLimited,
+        DenyReason::ForgedIdentityHeader,
     ];
 
     /// The reason's own slot in `0..COUNT`, by an exhaustive match (never the declaration
@@ -234,6 +237,7 @@ impl DenyReason {
             DenyReason::ModelMismatch => 17,
             DenyReason::ModelNotSpecified => 18,
             DenyReason::UnknownKeyRateLimited => 19,
+            DenyReason::ForgedIdentityHeader => 20,
         }
     }
 
@@ -259,6 +263,7 @@ impl DenyReason {
             DenyReason::ModelMismatch => "model_mismatch",
             DenyReason::ModelNotSpecified => "model_not_specified",
             DenyReason::UnknownKeyRateLimited => "unknown_key_rate_limited",
+            DenyReason::ForgedIdentityHeader => "forged_identity_header",
         }
     }
 
@@ -275,7 +280,8 @@ impl DenyReason {
             DenyReason::SubscriptionNotFound
             | DenyReason::SubscriptionAccessDenied
             | DenyReason::ModelNotInSubscription
-            | DenyReason::AuthPolicyDenied => DenialKind::Forbidden,
+            | DenyReason::AuthPolicyDenied
+            | DenyReason::ForgedIdentityHeader => DenialKind::Forbidden,
             DenyReason::ModelNotFound
             | DenyReason::ModelAmbiguous
             | DenyReason::ModelNotSpecified => DenialKind::ModelNotFound,
@@ -331,6 +337,9 @@ impl DenyReason {
             DenyReason::UnknownKeyRateLimited => {
                 "Rate limit exceeded: too many requests with API keys this gateway has not seen \
                  recently; retry after the number of seconds in retry-after"
+            }
+            DenyReason::ForgedIdentityHeader => {
+                "Identity headers (x-maas-username, x-maas-group, ...) are set by the gateway;                  remove them from the request"
             }
         }
     }

@@ -1,17 +1,19 @@
 //! What a REST caller may discover: the models they can use (with the tier serving each) and
 //! the subscriptions they can use, read from the policy in force.
 
-use std::collections::HashSet;
-
 use crate::identity::{Caller, CredentialKind};
 use crate::ids::SubscriptionKey;
 use crate::policy::{Model, Policy, Subscription, SubscriptionModel};
 
-/// A model the caller may use, and the subscription that serves it for them.
-#[derive(Debug, Clone, Copy)]
+/// A model the caller may use (one served id), and the subscriptions that serve it for them.
+#[derive(Debug, Clone)]
 pub struct VisibleModel<'p> {
+    /// The first ref (by subscription preference) serving this id.
     pub model: &'p Model,
+    /// The best subscription that serves it for the caller.
     pub subscription: &'p Subscription,
+    /// Every usable subscription through which the caller reaches this id, best first.
+    pub subscriptions: Vec<&'p Subscription>,
 }
 
 /// The caller named a subscription (`X-MaaS-Subscription`) that does not exist or is not theirs;
@@ -21,8 +23,9 @@ pub struct VisibleModel<'p> {
 pub struct SubscriptionDenied;
 
 /// The subscriptions a caller may draw on, best first. API-key callers (and access tokens) have
-/// exactly the key's subscription, judged against the key's group snapshot; other callers have
-/// the one they ask for, else all they can use.
+/// exactly the key's subscription, judged against the key's group snapshot (a requested one is
+/// ignored: the key's binding is what the gateway enforces), and are denied when it is gone or no
+/// longer theirs; other callers have the one they ask for, else all they can use.
 pub fn usable_subscriptions<'p>(
     policy: &'p Policy,
     caller: &Caller,
@@ -32,11 +35,11 @@ pub fn usable_subscriptions<'p>(
         policy.subscription_accessible(subscription, caller.username.as_str(), &caller.groups)
     };
     match &caller.credential {
-        CredentialKind::ApiKey { subscription, .. } => Ok(policy
+        CredentialKind::ApiKey { subscription, .. } => policy
             .find_subscription(subscription)
             .filter(accessible)
-            .into_iter()
-            .collect()),
+            .map(|subscription| vec![subscription])
+            .ok_or(SubscriptionDenied),
         CredentialKind::KubernetesToken
         | CredentialKind::OidcToken
         | CredentialKind::StaticToken => match requested.map(str::trim).filter(|r| !r.is_empty()) {
@@ -50,32 +53,216 @@ pub fn usable_subscriptions<'p>(
     }
 }
 
-/// Models the caller may use: covered by one of their usable subscriptions and granted to them
-/// by an auth policy. Each model appears once, with the best subscription that serves it.
+/// Models the caller may use: covered by one of their usable subscriptions (a Degraded one
+/// serves its healthy models, a Failed one none) and granted to them by an auth policy. Each
+/// served id appears once, however many refs or subscriptions serve it.
 pub fn visible_models<'p>(
     policy: &'p Policy,
     caller: &Caller,
     requested_subscription: Option<&str>,
 ) -> Result<Vec<VisibleModel<'p>>, SubscriptionDenied> {
     let subscriptions = usable_subscriptions(policy, caller, requested_subscription)?;
-    let mut seen = HashSet::new();
-    let mut visible = Vec::new();
+    let mut position_by_id: std::collections::HashMap<&str, usize> =
+        std::collections::HashMap::new();
+    let mut visible: Vec<VisibleModel<'p>> = Vec::new();
     for subscription in subscriptions {
-        for entry in &subscription.models {
-            let Some(model) = policy.model(entry.model) else {
-                continue;
-            };
-            if policy.auth_policy_allows(model, caller.username.as_str(), &caller.groups)
-                && seen.insert((model.namespace.as_str(), model.name.as_str()))
-            {
-                visible.push(VisibleModel {
-                    model,
-                    subscription,
-                });
+        for model in authorized_models(policy, caller, subscription) {
+            match position_by_id.get(model.served_id()) {
+                Some(&position) => {
+                    let entry = &mut visible[position];
+                    if !entry
+                        .subscriptions
+                        .iter()
+                        .any(|s| std::ptr::eq(*s, subscription))
+                    {
+                        entry.subscriptions.push(subscription);
+                    }
+                }
+                None => {
+                    position_by_id.insert(model.served_id(), visible.len());
+                    visible.push(VisibleModel {
+                        model,
+                        subscription,
+                        subscriptions: vec![subscription],
+                    });
+                }
             }
         }
     }
     Ok(visible)
+}
+
+/// The models of `subscription` an auth policy grants the caller, in the subscription's order.
+pub fn authorized_models<'p>(
+    policy: &'p Policy,
+    caller: &Caller,
+    subscription: &'p Subscription,
+) -> Vec<&'p Model> {
+    if !subscription.phase.is_usable() {
+        return Vec::new();
+    }
+    subscription
+        .models
+        .iter()
+        .filter_map(|entry| policy.model(entry.model))
+        .filter(|model| policy.auth_policy_allows(model, caller.username.as_str(), &caller.groups))
+        .collect()
+}
+
+/// The subscriptions `GET /v1/subscriptions` lists: every one the caller's user can access
+/// (for an API key, judged against its group snapshot, not only the bound one) that gives them
+/// at least one model an auth policy grants, best first.
+pub fn listed_subscriptions<'p>(policy: &'p Policy, caller: &Caller) -> Vec<&'p Subscription> {
+    policy
+        .accessible_subscriptions(caller.username.as_str(), &caller.groups)
+        .into_iter()
+        .filter(|subscription| !authorized_models(policy, caller, subscription).is_empty())
+        .collect()
+}
+
+/// The listed subscriptions through which the caller reaches the model `id` (a served id, a
+/// ref name or `namespace/name`); none for an unknown model.
+pub fn subscriptions_for_model<'p>(
+    policy: &'p Policy,
+    caller: &Caller,
+    id: &str,
+) -> Vec<&'p Subscription> {
+    listed_subscriptions(policy, caller)
+        .into_iter()
+        .filter(|subscription| {
+            authorized_models(policy, caller, subscription)
+                .iter()
+                .any(|model| model.is_served_as(id) || model.qualified_name() == id)
+        })
+        .collect()
+}
+
+/// Why upstream's subscription-selection callback picked nothing; each is its `error` code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SelectionError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AccessDenied(String),
+    #[error(
+        "found {0} subscriptions for this model; must specify subscription using X-MaaS-Subscription header"
+    )]
+    MultipleSubscriptions(usize),
+    #[error("{0}")]
+    ModelNotInSubscription(String),
+    /// The subscription is Failed: none of its models is there.
+    #[error("subscription {0:?} is not ready")]
+    NotReady(String),
+}
+
+impl SelectionError {
+    /// Upstream's `error` value.
+    pub fn code(&self) -> &'static str {
+        match self {
+            SelectionError::BadRequest(_) => "bad_request",
+            SelectionError::NotFound(_) => "not_found",
+            SelectionError::AccessDenied(_) => "access_denied",
+            SelectionError::MultipleSubscriptions(_) => "multiple_subscriptions",
+            SelectionError::ModelNotInSubscription(_) => "model_not_in_subscription",
+            SelectionError::NotReady(_) => "model_unhealthy",
+        }
+    }
+}
+
+/// What the selection callback picked: the subscription, and the model it resolved (if asked).
+#[derive(Debug, Clone, Copy)]
+pub struct Selection<'p> {
+    pub subscription: &'p Subscription,
+    pub model: Option<&'p Model>,
+    /// Whether an auth policy grants the resolved model to the user or one of the groups.
+    pub access_allowed: bool,
+}
+
+/// Upstream's `POST /internal/v1/subscriptions/select`: the subscription a request by
+/// `username`/`groups` for `requested_model` (a served id, `namespace/name` or ref name) is
+/// served under: the `requested_subscription` if it is theirs and holds the model, else the one
+/// accessible subscription holding it.
+pub fn select_subscription<'p>(
+    policy: &'p Policy,
+    username: &str,
+    groups: &[String],
+    requested_subscription: Option<&str>,
+    requested_model: Option<&str>,
+) -> Result<Selection<'p>, SelectionError> {
+    let username = username.trim();
+    if username.is_empty() {
+        return Err(SelectionError::BadRequest(
+            "username is required".to_owned(),
+        ));
+    }
+    let requested_subscription = requested_subscription
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    let model = match requested_model.map(str::trim).filter(|m| !m.is_empty()) {
+        Some(name) => Some(
+            policy
+                .find_model(None, name)
+                .map_err(|_| SelectionError::NotFound(format!("model {name:?} not found")))?,
+        ),
+        None => None,
+    };
+    let subscription = match requested_subscription {
+        Some(reference) => {
+            let subscription = policy.find_subscription(reference).ok_or_else(|| {
+                SelectionError::NotFound(format!("subscription {reference:?} not found"))
+            })?;
+            if !policy.subscription_accessible(subscription, username, groups) {
+                return Err(SelectionError::AccessDenied(format!(
+                    "access denied to subscription {reference:?}"
+                )));
+            }
+            if !subscription.phase.is_usable() {
+                return Err(SelectionError::NotReady(subscription.name.clone()));
+            }
+            if let Some(model) = model
+                && !policy.subscription_contains(subscription, model)
+            {
+                return Err(SelectionError::ModelNotInSubscription(format!(
+                    "model {} is not in subscription {reference:?}",
+                    model.qualified_name()
+                )));
+            }
+            subscription
+        }
+        None => {
+            let Some(model) = model else {
+                return Err(SelectionError::BadRequest(
+                    "requestedModel is required when no requestedSubscription is given".to_owned(),
+                ));
+            };
+            let holding: Vec<&Subscription> = policy
+                .accessible_subscriptions(username, groups)
+                .into_iter()
+                .filter(|subscription| {
+                    subscription.phase.is_usable()
+                        && policy.subscription_contains(subscription, model)
+                })
+                .collect();
+            match holding.as_slice() {
+                [] => {
+                    return Err(SelectionError::NotFound(format!(
+                        "no accessible subscription holds model {}",
+                        model.qualified_name()
+                    )));
+                }
+                [only] => *only,
+                several => return Err(SelectionError::MultipleSubscriptions(several.len())),
+            }
+        }
+    };
+    Ok(Selection {
+        subscription,
+        model,
+        access_allowed: model
+            .is_some_and(|model| policy.auth_policy_allows(model, username, groups)),
+    })
 }
 
 /// A model the caller may use through one subscription, with the limits that apply there: one

@@ -337,6 +337,11 @@ pub struct EnforcementConfig {
     /// unmetered). Envoy's per-connection buffer must be at least this large.
     #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_METER_MAX_REQUEST_BYTES", value_name = "MAAS_AUTHZ_METER_MAX_REQUEST_BYTES", default_value_t = crate::usage::DEFAULT_MAX_REQUEST_BYTES as u64, value_parser = clap::value_parser!(u64).range(1024..=(256 * 1024 * 1024)))]
     pub meter_max_request_bytes: u64,
+    /// HTTP status Check answers for an `sk-oai-` key that is malformed, unknown, revoked,
+    /// expired or bound to no subscription: `401` (the seed's choice, the default) or `403`
+    /// (upstream's gateway). A missing or malformed `Authorization` header is 401 either way.
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_INVALID_KEY_STATUS", value_name = "MAAS_AUTHZ_INVALID_KEY_STATUS", default_value = "401", value_parser = ["401", "403"])]
+    pub invalid_key_status: String,
 }
 
 impl Default for EnforcementConfig {

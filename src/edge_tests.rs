@@ -212,10 +212,7 @@ async fn a_minted_key_is_bound_to_the_best_subscription_and_check_allows_it_with
     let allowed = edges
         .check(
             "/qwen3/v1/chat/completions",
-            &[
-                ("authorization", &format!("Bearer {key}")),
-                ("x-maas-username", "mallory"),
-            ],
+            &[("authorization", &format!("Bearer {key}"))],
         )
         .await;
 
@@ -405,7 +402,7 @@ async fn errors_keep_their_wire_shape() {
             json!({"error": {
                 "code": "invalid_api_key",
                 "message": "missing bearer token",
-                "type": "invalid_request_error",
+                "type": "authentication_error",
             }})
         )
     );

@@ -112,6 +112,9 @@ pub enum KeyError {
     /// Unknown, inaccessible or no subscription: deliberately one answer for all.
     #[error("Unable to resolve a subscription for this API key")]
     UnresolvableSubscription,
+    /// The requested subscription is the caller's but Failed: none of its models is there.
+    #[error("subscription {0:?} is not ready: none of its models is available")]
+    SubscriptionNotReady(String),
     /// Not there, not the caller's, or no longer active: deliberately one answer for all.
     #[error("API key not found")]
     NotFound,
@@ -490,11 +493,23 @@ impl<S: KeyAdminStore> KeyManager<S> {
                     &caller.groups,
                 )
             }),
-            None => policy.highest_priority_subscription(caller.username.as_str(), &caller.groups),
+            // A Failed subscription would bind a key that can reach nothing: pass over it.
+            None => policy
+                .accessible_subscriptions(caller.username.as_str(), &caller.groups)
+                .into_iter()
+                .find(|subscription| subscription.phase.is_usable()),
         };
-        chosen
-            .map(|subscription| subscription.name.clone())
-            .ok_or(KeyError::UnresolvableSubscription)
+        let subscription = chosen.ok_or(KeyError::UnresolvableSubscription)?;
+        // Degraded still mints (it serves its healthy models), as upstream; Failed does not.
+        if !subscription.phase.is_usable() {
+            return Err(KeyError::SubscriptionNotReady(subscription.name.clone()));
+        }
+        Ok(subscription.name.clone())
+    }
+
+    /// The policy in force (shared with Check).
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
     }
 
     /// Keys store the subscription's bare name; a `namespace/name` the policy knows is mapped

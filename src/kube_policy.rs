@@ -213,8 +213,20 @@ async fn compile_on_change(
         let compiled =
             tokio::task::spawn_blocking(move || Policy::from_cluster_objects(&objects)).await;
         match compiled {
-            Ok(Ok(compiled)) => {
+            Ok(Ok(mut compiled)) => {
                 last_rejection.clear();
+                compiled.keep_creation_times_from(&policy.load());
+                // Objects left out (each logged by the compiler) are named in the metric
+                // whatever else changed.
+                metrics.set_policy_invalid_objects(compiled.invalid_objects().iter().map(
+                    |object| {
+                        (
+                            object.kind.as_str(),
+                            object.namespace.as_str(),
+                            object.name.as_str(),
+                        )
+                    },
+                ));
                 let now = chrono::Utc::now();
                 if compiled.fingerprint() == policy.load().fingerprint() && sync.snapshot().synced {
                     metrics.set_policy_sync(&sync.record_in_force(compiled.fingerprint(), now));

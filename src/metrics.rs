@@ -54,6 +54,7 @@ pub struct Metrics {
     policy_lists: IntCounterVec,
     policy_watch_errors: IntCounterVec,
     tokens_by_subscription: IntCounterVec,
+    policy_invalid_objects: IntGaugeVec,
     /// `[prompt, completion, total]`.
     tokens_metered: [IntCounter; 3],
     /// `[prompt, completion, total]` of the charges that were estimates.
@@ -186,6 +187,14 @@ impl Metrics {
         registry.register(Box::new(pool_connections.clone()))?;
         registry.register(Box::new(policy_reloads.clone()))?;
         registry.register(Box::new(policy_objects.clone()))?;
+        let policy_invalid_objects = IntGaugeVec::new(
+            Opts::new(
+                "policy_invalid_objects",
+                "Policy objects left out because they are invalid (1 each; the log says why)",
+            ),
+            &["kind", "namespace", "name"],
+        )?;
+        registry.register(Box::new(policy_invalid_objects.clone()))?;
         let tokens_metered = IntCounterVec::new(
             Opts::new(
                 "tokens_metered_total",
@@ -309,6 +318,7 @@ impl Metrics {
             policy_lists,
             policy_watch_errors,
             tokens_by_subscription,
+            policy_invalid_objects,
             tokens_metered: ["prompt", "completion", "total"]
                 .map(|kind| tokens_metered.with_label_values(&[kind])),
             tokens_estimated: ["prompt", "completion", "total"]
@@ -398,6 +408,19 @@ impl Metrics {
     /// A watch of a MaaS kind failed or expired.
     pub fn observe_policy_watch_error(&self, kind: &str) {
         self.policy_watch_errors.with_label_values(&[kind]).inc();
+    }
+
+    /// Replaces the invalid objects of the previous policy with `objects` (kind, namespace, name).
+    pub fn set_policy_invalid_objects<'a>(
+        &self,
+        objects: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+    ) {
+        self.policy_invalid_objects.reset();
+        for (kind, namespace, name) in objects {
+            self.policy_invalid_objects
+                .with_label_values(&[kind, namespace, name])
+                .set(1);
+        }
     }
 
     /// The text exposition format.

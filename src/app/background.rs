@@ -261,6 +261,7 @@ pub(super) fn spawn_policy_reloader(
             ReloadEvent::Reloaded {
                 counts,
                 fingerprint,
+                invalid_objects,
             } => {
                 metrics.set_policy_sync(&sync.record_in_force(&fingerprint, chrono::Utc::now()));
                 metrics.observe_policy_reload(true);
@@ -269,6 +270,13 @@ pub(super) fn spawn_policy_reloader(
                     counts.subscriptions,
                     counts.auth_policies,
                 );
+                metrics.set_policy_invalid_objects(invalid_objects.iter().map(|object| {
+                    (
+                        object.kind.as_str(),
+                        object.namespace.as_str(),
+                        object.name.as_str(),
+                    )
+                }));
             }
             ReloadEvent::Rejected { .. } => metrics.observe_policy_reload(false),
         },

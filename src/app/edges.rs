@@ -40,7 +40,8 @@ pub(crate) fn grpc_router(
             services.metrics.clone(),
             services.signing.clone(),
         )
-        .with_dynamic_metadata(config.dynamic_metadata),
+        .with_dynamic_metadata(config.dynamic_metadata)
+        .with_invalid_keys_forbidden(config.enforcement.invalid_key_status == "403"),
     );
     let key_validation = KeyValidationServer::new(KeyValidationService::new(
         services.authorizer.clone(),

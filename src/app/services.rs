@@ -197,18 +197,26 @@ fn load_policy(config: &ServeConfig, metrics: &Metrics) -> anyhow::Result<Policy
     let path = config.policy_files()?;
     let policy = Policy::load(path).with_context(|| {
         format!(
-            "MAAS_AUTHZ_POLICY_PATH={}: the policy is invalid",
+            "MAAS_AUTHZ_POLICY_PATH={}: the policy cannot be read",
             path.display()
         )
     })?;
     let counts = policy.counts();
     metrics.set_policy_counts(counts.models, counts.subscriptions, counts.auth_policies);
+    metrics.set_policy_invalid_objects(policy.invalid_objects().iter().map(|object| {
+        (
+            object.kind.as_str(),
+            object.namespace.as_str(),
+            object.name.as_str(),
+        )
+    }));
     tracing::info!(
         path = %path.display(),
         fingerprint = policy.fingerprint(),
         models = counts.models,
         subscriptions = counts.subscriptions,
         auth_policies = counts.auth_policies,
+        invalid_objects = policy.invalid_objects().len(),
         "policy loaded"
     );
     Ok(policy)

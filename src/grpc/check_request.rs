@@ -26,6 +26,8 @@ const AUTHORIZATION: usize = 0;
 const X_API_KEY: usize = 1;
 const MODEL_NAME: usize = 2;
 
+use crate::gateway_headers::is_client_forbidden_header as is_forged_identity_header;
+
 /// Nested groups (a wire type Envoy never sends) are skipped to this depth, as prost limits it.
 const MAX_GROUP_DEPTH: u32 = 100;
 
@@ -39,6 +41,8 @@ pub struct CheckAttributes {
     route_model: Option<String>,
     /// `attributes.source.address.socket_address.address`, sharing the message's memory.
     source_address: Bytes,
+    /// Whether the request carries one of [`crate::gateway_headers::CLIENT_FORBIDDEN_HEADERS`].
+    forged_identity_header: bool,
 }
 
 /// A `CheckRequest` whose bytes are not valid protobuf (truncated, a bad varint or length, a
@@ -67,12 +71,19 @@ impl CheckAttributes {
             .flatten()
             .map_or_else(Bytes::new, |range| message.slice(range));
         Ok(Self {
+            forged_identity_header: found.forged_identity_header,
             headers: found.headers(),
             path: found.path.unwrap_or_default(),
             body,
             route_model: found.route_model,
             source_address,
         })
+    }
+
+    /// Whether the client sent an identity header only the gateway may set
+    /// ([`crate::gateway_headers::CLIENT_FORBIDDEN_HEADERS`]).
+    pub fn forged_identity_header(&self) -> bool {
+        self.forged_identity_header
     }
 
     /// The model the operator set on the route (ext_authz `context_extensions` key `model`).
@@ -154,7 +165,17 @@ impl From<&CheckRequest> for CheckAttributes {
         } else {
             Bytes::copy_from_slice(http.body.as_bytes())
         };
+        let forged_identity_header = http
+            .headers
+            .keys()
+            .any(|name| is_forged_identity_header(name.as_bytes()))
+            || http.header_map.as_ref().is_some_and(|map| {
+                map.headers
+                    .iter()
+                    .any(|header| is_forged_identity_header(header.key.as_bytes()))
+            });
         Self {
+            forged_identity_header,
             path: http.path.clone(),
             headers: HEADERS.map(|name| request_header(http, name).map(str::to_owned)),
             body,
@@ -175,6 +196,7 @@ impl std::fmt::Debug for CheckAttributes {
             .field("body_bytes", &self.body.len())
             .field("route_model", &self.route_model)
             .field("source_address", &self.source_address())
+            .field("forged_identity_header", &self.forged_identity_header)
             .finish()
     }
 }
@@ -216,6 +238,7 @@ struct Found {
     /// `Some` while the source `Address` oneof holds a `socket_address`, with the range of its
     /// `address` once seen; another variant resets it, as prost's oneof merge does.
     source_socket: Option<Option<std::ops::Range<usize>>>,
+    forged_identity_header: bool,
 }
 
 impl Found {
@@ -320,6 +343,7 @@ fn decode_http(mut http: Reader<'_>, found: &mut Found) -> Result<(), WireError>
 /// One entry of the `headers` map.
 fn decode_map_entry(entry: Reader<'_>, found: &mut Found) -> Result<(), WireError> {
     let (key, value) = map_entry(entry)?;
+    found.forged_identity_header |= is_forged_identity_header(key);
     if let Some(slot) = HEADERS.iter().position(|name| name.as_bytes() == key) {
         let value =
             std::str::from_utf8(value).map_err(|_| WireError("invalid UTF-8 in a header"))?;
@@ -359,6 +383,7 @@ fn decode_header_map(mut map: Reader<'_>, found: &mut Found) -> Result<(), WireE
                 _ => header.skip(field, wire)?,
             }
         }
+        found.forged_identity_header |= is_forged_identity_header(key);
         let slot = HEADERS
             .iter()
             .position(|name| name.as_bytes().eq_ignore_ascii_case(key));
@@ -746,6 +771,32 @@ mod tests {
 
         assert_eq!(attributes.x_api_key(), Some("from-map"));
         assert_eq!(attributes.authorization(), Some("Bearer first"));
+    }
+
+    #[test]
+    fn a_client_sent_identity_header_is_noticed_in_either_header_form() {
+        let in_map = http_request(HttpRequest {
+            headers: HashMap::from([("x-maas-username".to_owned(), "mallory".to_owned())]),
+            ..Default::default()
+        });
+        let in_raw_map = http_request(HttpRequest {
+            header_map: Some(HeaderMap {
+                headers: vec![HeaderValue {
+                    key: "X-MaaS-Group".to_owned(),
+                    raw_value: b"[\"admins\"]".to_vec(),
+                    ..Default::default()
+                }],
+            }),
+            ..Default::default()
+        });
+        let subscription_only = http_request(HttpRequest {
+            headers: HashMap::from([("x-maas-subscription".to_owned(), "free".to_owned())]),
+            ..Default::default()
+        });
+
+        assert!(decoded(&in_map).forged_identity_header());
+        assert!(decoded(&in_raw_map).forged_identity_header());
+        assert!(!decoded(&subscription_only).forged_identity_header());
     }
 
     #[test]

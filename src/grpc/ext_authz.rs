@@ -12,7 +12,7 @@ use tonic::Status;
 use crate::assertion::SigningKeys;
 use crate::authorizer::{
     AllowAnswerKey, Allowed, Authorizer, CheckError, CheckInput, Decision, DecisionObserver,
-    Denied, PerDenyReason,
+    Denied, DenyReason, PerDenyReason,
 };
 use crate::grpc::check_request::CheckAttributes;
 use crate::grpc::check_response::{
@@ -53,6 +53,21 @@ impl<S> ExtAuthzService<S> {
         }
     }
 
+    /// Whether a bad `sk-oai-` key (malformed, unknown, revoked, expired, unbound) is answered
+    /// 403 as upstream's gateway does, instead of 401 (`MAAS_AUTHZ_INVALID_KEY_STATUS`).
+    pub fn with_invalid_keys_forbidden(mut self, forbidden: bool) -> Self {
+        if forbidden {
+            self.responses.denials = PerDenyReason::new(|reason| {
+                let mut response = deny_response(reason);
+                if is_invalid_key(reason) {
+                    forbid(&mut response);
+                }
+                EncodedCheckResponse::encode(&response)
+            });
+        }
+        self
+    }
+
     /// Whether allow answers carry the identity as dynamic metadata (`MAAS_AUTHZ_DYNAMIC_METADATA`;
     /// on by default).
     pub fn with_dynamic_metadata(mut self, on: bool) -> Self {
@@ -66,6 +81,16 @@ impl<S: KeyStore> ExtAuthzService<S> {
     /// Decides one Check request and returns the answer's wire form (see [`check_response`]).
     pub async fn check(&self, request: &CheckAttributes) -> Result<EncodedCheckResponse, Status> {
         let started = Instant::now();
+        // Refused before anything else, as upstream's `deny-client-identity-headers` rule: a
+        // client claiming an identity is an attack, whatever its credential says.
+        if request.forged_identity_header() {
+            let reason = DenyReason::ForgedIdentityHeader;
+            self.observer.observe_deny(reason, started.elapsed());
+            return self.responses.encoded(
+                Ok(Decision::Deny(Denied::new(reason))),
+                chrono::Utc::now().timestamp(),
+            );
+        }
         let input = CheckInput {
             authorization: request.authorization(),
             x_api_key: request.x_api_key(),
@@ -178,6 +203,42 @@ impl ResponseMemo {
             signed_at: now_unix,
         });
         encoded.followed_by(tail)
+    }
+}
+
+/// The denials upstream's gateway answers 403 (its `api-keys` identity accepts any `sk-oai-`
+/// string; validation failing is an authorization failure there).
+fn is_invalid_key(reason: DenyReason) -> bool {
+    matches!(
+        reason,
+        DenyReason::InvalidKeyFormat
+            | DenyReason::KeyNotFound
+            | DenyReason::KeyRevoked
+            | DenyReason::KeyExpired
+            | DenyReason::NoSubscriptionBound
+    )
+}
+
+/// Turns a 401 denial into upstream's 403 for the same reason: status, gRPC code, error type,
+/// and no `www-authenticate` challenge.
+fn forbid(response: &mut CheckResponse) {
+    use envoy_types::pb::envoy::r#type::v3::{HttpStatus, StatusCode as HttpStatusCode};
+    if let Some(status) = response.status.as_mut() {
+        status.code = tonic::Code::PermissionDenied as i32;
+    }
+    if let Some(HttpResponse::DeniedResponse(denied)) = response.http_response.as_mut() {
+        denied.status = Some(HttpStatus {
+            code: HttpStatusCode::Forbidden as i32,
+        });
+        denied.headers.retain(|option| {
+            option
+                .header
+                .as_ref()
+                .is_none_or(|header| !header.key.eq_ignore_ascii_case("www-authenticate"))
+        });
+        denied.body = denied
+            .body
+            .replace("\"invalid_request_error\"", "\"permission_error\"");
     }
 }
 

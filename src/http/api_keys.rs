@@ -207,7 +207,9 @@ pub struct ApiKeyList {
     pub has_more: bool,
 }
 
-/// `POST /v1/api-keys/bulk-revoke` body; no body at all means "all my active keys".
+/// `POST /v1/api-keys/bulk-revoke` body. No body at all means "all my active keys" (the seed's
+/// "Revoke All Your Keys"); a body must name `username` and/or `subscription` (upstream's rule:
+/// an empty `{}` is refused rather than read as "everything of mine").
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BulkRevokeRequest {
@@ -217,6 +219,13 @@ pub struct BulkRevokeRequest {
     pub subscription: Option<String>,
     /// Count only.
     pub dry_run: Option<bool>,
+}
+
+const UNSCOPED_BULK_REVOKE: &str = "at least one of username or subscription is required \
+     (send {\"username\": \"<your name>\"} or no body at all to revoke all your own active keys)";
+
+fn is_blank(field: &Option<String>) -> bool {
+    field.as_deref().is_none_or(|text| text.trim().is_empty())
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -250,7 +259,7 @@ fn no_store(response: impl IntoResponse) -> Response {
         (status = 201, description = "Created; `key` is shown only now", body = CreatedApiKey),
         (status = 400, description = "Invalid field, or `invalid_subscription`", body = FlatError),
         (status = 401, description = "Missing or invalid bearer token", body = FlatError),
-        (status = 403, description = "Called with an API key", body = FlatError),
+        (status = 403, description = "Called with an API key, with forged X-MaaS identity headers, or the requested subscription is Failed (`subscription_not_ready`)", body = FlatError),
         (status = 413, description = "Body over 1 MiB", body = FlatError),
         (status = 415, description = "Body not sent as application/json", body = FlatError),
     )
@@ -394,10 +403,11 @@ pub(super) async fn revoke_key(
     post,
     path = "/v1/api-keys/bulk-revoke",
     tag = "api-keys",
-    request_body(content = Option<BulkRevokeRequest>, description = "Optional"),
+    request_body(content = Option<BulkRevokeRequest>, description = "Optional: no body revokes all your own active keys; a body must give username and/or subscription"),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Revoked (or counted, on a dry run)", body = BulkRevokeResponse),
+        (status = 400, description = "A body with neither username nor subscription", body = FlatError),
         (status = 401, description = "Missing or invalid bearer token", body = FlatError),
         (status = 403, description = "Another user or a subscription without admin rights", body = FlatError),
     )
@@ -405,8 +415,15 @@ pub(super) async fn revoke_key(
 pub(super) async fn bulk_revoke(
     State(state): State<SharedState>,
     caller: Caller,
-    JsonBody(request): JsonBody<BulkRevokeRequest>,
+    JsonBody(request): JsonBody<Option<BulkRevokeRequest>>,
 ) -> Result<Response, ApiError> {
+    let request = match request {
+        None => BulkRevokeRequest::default(),
+        Some(request) if is_blank(&request.username) && is_blank(&request.subscription) => {
+            return Err(KeyError::InvalidRequest(UNSCOPED_BULK_REVOKE.to_owned()).into());
+        }
+        Some(request) => request,
+    };
     let outcome = state
         .keys
         .bulk_revoke(

@@ -1,9 +1,10 @@
-//! `GET /v1/models` (OpenAI's list shape) and `GET /v1/subscriptions` (upstream's fields).
+//! `GET /v1/models` (OpenAI's list shape), `GET /v1/subscriptions` and
+//! `GET /v1/model/{id}/subscriptions` (upstream's fields).
 
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -13,26 +14,42 @@ use super::error::OpenAiError;
 use super::extract::OpenAiCaller;
 use super::openapi::OpenAiErrorBody;
 use super::state::{SharedState, public_base};
-use crate::catalog::{model_id, model_url, usable_subscriptions, visible_models};
+use crate::catalog::{
+    authorized_models, listed_subscriptions, model_id, model_url, subscriptions_for_model,
+    visible_models,
+};
 use crate::gateway_headers::HEADER_SUBSCRIPTION;
 use crate::policy::{Policy, RateLimit, Subscription};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ModelView {
-    /// What to send as `model` (the `MaaSModelRef` name, or `namespace/name` if ambiguous).
+    /// What to send as `model`: the served model name the ref resolves to
+    /// (`status.resolvedModelAlias`), else the `MaaSModelRef` name.
     pub id: String,
     /// Always `model`.
     pub object: &'static str,
-    /// Unix seconds; 0, as the policy files carry no creation time.
+    /// Unix seconds: the ref's `metadata.creationTimestamp`, else when the policy first held it.
     pub created: i64,
     /// Namespace of the model's backend.
     pub owned_by: String,
+    /// Whether the model ref reports ready (`status.phase: Ready`, or no status).
+    pub ready: bool,
+    /// The subscriptions through which you reach this model, best first.
+    pub subscriptions: Vec<ModelSubscriptionView>,
     /// Display name (annotation `openshift.io/display-name`), else the id.
     pub name: String,
     /// Base URL of the model: append `/v1/chat/completions` (or another OpenAI path).
     pub url: String,
     /// Tier of the subscription that serves this model for you.
     pub tier: String,
+}
+
+/// A subscription as `GET /v1/models` names it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelSubscriptionView {
+    pub name: String,
+    #[serde(rename = "displayName")]
+    pub display_name: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -49,12 +66,14 @@ pub struct TokenRateLimitView {
     pub window: String,
 }
 
+/// A model of a subscription; its namespace is not exposed (upstream's shape).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ModelRefView {
     pub name: String,
-    pub namespace: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub display_name: Option<String>,
+    /// The annotation `openshift.io/display-name` of the `MaaSModelRef`, else its name.
+    pub display_name: String,
+    /// The annotation `openshift.io/description` of the `MaaSModelRef`, else empty.
+    pub description: String,
     pub token_rate_limits: Vec<TokenRateLimitView>,
 }
 
@@ -73,18 +92,20 @@ pub struct SubscriptionView {
     pub cost_center: String,
 }
 
-/// The models you can use, with the URL to call each at.
+/// The models you can use, with the URL to call each at. An API key sees its bound
+/// subscription's models (a sent `X-MaaS-Subscription` is ignored); a user token sees those of
+/// every subscription it can use, or of the one it names.
 #[utoipa::path(
     get,
     path = "/v1/models",
     tag = "discovery",
     params(("X-MaaS-Subscription" = Option<String>, Header,
-        description = "Token callers: list only this subscription's models")),
+        description = "Token callers: list only this subscription's models (ignored for API keys)")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Models you can use", body = ModelList),
-        (status = 401, description = "Missing or invalid bearer token", body = OpenAiErrorBody),
-        (status = 403, description = "The requested subscription is unknown or not yours", body = OpenAiErrorBody),
+        (status = 401, description = "Missing or invalid bearer token (`type` `authentication_error`)", body = OpenAiErrorBody),
+        (status = 403, description = "The requested subscription (or an API key's bound one) is unknown or not yours", body = OpenAiErrorBody),
     )
 )]
 pub(super) async fn list_models(
@@ -100,16 +121,26 @@ pub(super) async fn list_models(
     let data = visible_models(&policy, &caller, requested)?
         .into_iter()
         .map(|visible| {
-            let id = model_id(&policy, visible.model);
+            let route = model_id(&policy, visible.model);
+            let id = visible.model.served_id().to_owned();
             ModelView {
-                url: model_url(&base, &id),
+                url: model_url(&base, &route),
                 object: "model",
-                created: 0,
+                created: visible.model.created,
                 owned_by: visible
                     .model
                     .backend_namespace
                     .clone()
                     .unwrap_or_else(|| visible.model.namespace.clone()),
+                ready: visible.model.ready,
+                subscriptions: visible
+                    .subscriptions
+                    .iter()
+                    .map(|subscription| ModelSubscriptionView {
+                        name: subscription.name.clone(),
+                        display_name: display_name(subscription),
+                    })
+                    .collect(),
                 name: visible
                     .model
                     .display_name
@@ -127,7 +158,9 @@ pub(super) async fn list_models(
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(list)).into_response())
 }
 
-/// The subscriptions you can use, best first (API keys: the key's own).
+/// The subscriptions you can use, best first: every one your user can access (an API key's
+/// user, by its group snapshot) that gives you a model an auth policy grants, with only those
+/// models.
 #[utoipa::path(
     get,
     path = "/v1/subscriptions",
@@ -143,35 +176,76 @@ pub(super) async fn list_subscriptions(
     OpenAiCaller(caller): OpenAiCaller,
 ) -> Result<Response, OpenAiError> {
     let policy = state.policy.load_full();
-    let views: Vec<SubscriptionView> = usable_subscriptions(&policy, &caller, None)?
+    let views: Vec<SubscriptionView> = listed_subscriptions(&policy, &caller)
         .into_iter()
-        .map(|subscription| subscription_view(&policy, subscription))
+        .map(|subscription| subscription_view(&policy, &caller, subscription))
         .collect();
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(views)).into_response())
 }
 
-fn subscription_view(policy: &Policy, subscription: &Subscription) -> SubscriptionView {
+/// The subscriptions through which you reach one model (a served id, a `MaaSModelRef` name or
+/// `namespace/name`); an empty list for a model you cannot use or that does not exist.
+#[utoipa::path(
+    get,
+    path = "/v1/model/{id}/subscriptions",
+    tag = "discovery",
+    params(("id" = String, Path, description = "The model's id as /v1/models lists it")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Subscriptions serving this model to you", body = Vec<SubscriptionView>),
+        (status = 401, description = "Missing or invalid bearer token", body = OpenAiErrorBody),
+    )
+)]
+pub(super) async fn list_model_subscriptions(
+    State(state): State<SharedState>,
+    OpenAiCaller(caller): OpenAiCaller,
+    Path(id): Path<String>,
+) -> Result<Response, OpenAiError> {
+    let policy = state.policy.load_full();
+    let views: Vec<SubscriptionView> = subscriptions_for_model(&policy, &caller, &id)
+        .into_iter()
+        .map(|subscription| subscription_view(&policy, &caller, subscription))
+        .collect();
+    Ok(([(header::CACHE_CONTROL, "no-store")], Json(views)).into_response())
+}
+
+fn display_name(subscription: &Subscription) -> String {
+    subscription
+        .display_name
+        .clone()
+        .unwrap_or_else(|| subscription.name.clone())
+}
+
+fn subscription_view(
+    policy: &Policy,
+    caller: &crate::identity::Caller,
+    subscription: &Subscription,
+) -> SubscriptionView {
+    let authorized = authorized_models(policy, caller, subscription);
     let model_refs = subscription
         .models
         .iter()
         .filter_map(|entry| {
             let model = policy.model(entry.model)?;
-            Some(ModelRefView {
-                name: model.name.clone(),
-                namespace: model.namespace.clone(),
-                display_name: model.display_name.clone(),
-                token_rate_limits: entry.token_limits.iter().map(limit_view).collect(),
-            })
+            authorized
+                .iter()
+                .any(|granted| std::ptr::eq(*granted, model))
+                .then(|| ModelRefView {
+                    name: model.name.clone(),
+                    display_name: model
+                        .display_name
+                        .clone()
+                        .unwrap_or_else(|| model.name.clone()),
+                    description: model.description.clone().unwrap_or_default(),
+                    token_rate_limits: entry.token_limits.iter().map(limit_view).collect(),
+                })
         })
         .collect();
     SubscriptionView {
         subscription_id_header: subscription.name.clone(),
         name: subscription.name.clone(),
         namespace: subscription.namespace.clone(),
-        display_name: subscription
-            .display_name
-            .clone()
-            .unwrap_or_else(|| subscription.name.clone()),
+        display_name: display_name(subscription),
         subscription_description: subscription.description.clone().unwrap_or_default(),
         priority: subscription.priority,
         tier: subscription.tier.clone(),

@@ -91,10 +91,11 @@ pub fn error_response(error: &ApiError, shape: ErrorShape) -> Response {
     };
     let parts = match error {
         // Send (or fix) `Authorization: Bearer <token>`; the challenge header says so.
+        // (`type` is upstream's `authentication_error`; `code` OpenAI's `invalid_api_key`.)
         ApiError::Auth(AuthError::Missing | AuthError::Malformed | AuthError::Invalid(_)) => parts(
             StatusCode::UNAUTHORIZED,
             error.to_string(),
-            "invalid_request_error",
+            "authentication_error",
             Some("invalid_api_key"),
         ),
         // Retry later: the identity source (API server, issuer, database) is down.
@@ -114,6 +115,13 @@ pub fn error_response(error: &ApiError, shape: ErrorShape) -> Response {
             error.to_string(),
             "rate_limit_error",
             Some("rate_limit_exceeded"),
+        ),
+        // Remove the x-maas-username / x-maas-group / ... headers: the gateway sets them.
+        ApiError::Auth(AuthError::ForgedIdentityHeader) => parts(
+            StatusCode::FORBIDDEN,
+            error.to_string(),
+            "permission_error",
+            Some("forged_identity_header"),
         ),
         // Send JSON with `Content-Type: application/json`.
         ApiError::Body(BodyError::UnsupportedMediaType) => parts(
@@ -172,6 +180,16 @@ pub fn error_response(error: &ApiError, shape: ErrorShape) -> Response {
                 error.to_string(),
                 "invalid_request_error",
                 Some("invalid_subscription"),
+            )
+        },
+        // Name another subscription, or fix its model refs (branch on `code`).
+        ApiError::Keys(KeyError::SubscriptionNotReady(_)) => ErrorParts {
+            extra: Some(("code", Value::String("subscription_not_ready".into()))),
+            ..parts(
+                StatusCode::FORBIDDEN,
+                error.to_string(),
+                "permission_error",
+                Some("subscription_not_ready"),
             )
         },
         // Nothing to show: the id is wrong, not yours, or the key is no longer active.

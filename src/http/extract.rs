@@ -9,10 +9,12 @@ use serde::de::DeserializeOwned;
 use super::body::read_json;
 use super::error::{ApiError, OpenAiError};
 use super::state::SharedState;
+use crate::gateway_headers::is_client_forbidden_header;
 use crate::identity::{AuthError, Caller};
 
 /// Who is calling, from the `Authorization` header (every identity source of the
-/// [`crate::identity::IdentityResolver`]); a failure is the key API's (flat) error.
+/// [`crate::identity::IdentityResolver`]); a failure is the key API's (flat) error. A request
+/// carrying an identity header only the gateway sets is refused (403) before anything else.
 impl FromRequestParts<SharedState> for Caller {
     type Rejection = ApiError;
 
@@ -20,6 +22,13 @@ impl FromRequestParts<SharedState> for Caller {
         parts: &mut Parts,
         state: &SharedState,
     ) -> Result<Self, Self::Rejection> {
+        if parts
+            .headers
+            .keys()
+            .any(|name| is_client_forbidden_header(name.as_str().as_bytes()))
+        {
+            return Err(AuthError::ForgedIdentityHeader.into());
+        }
         let authorization = match parts.headers.get(header::AUTHORIZATION) {
             Some(value) => Some(value.to_str().map_err(|_| AuthError::Malformed)?),
             None => None,

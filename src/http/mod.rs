@@ -47,6 +47,7 @@ pub fn public_router(state: SharedState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(tokens::issue_token, tokens::revoke_tokens))
         .routes(routes!(catalog::list_models))
         .routes(routes!(catalog::list_subscriptions))
+        .routes(routes!(catalog::list_model_subscriptions))
         .routes(routes!(usage::usage))
         .routes(routes!(health::health))
         .routes(routes!(health::ready))
@@ -76,6 +77,10 @@ pub fn internal_router(state: Arc<InternalApi>) -> Router {
         .route(
             "/internal/v1/api-keys/cleanup",
             axum::routing::post(internal::clean_up),
+        )
+        .route(
+            "/internal/v1/subscriptions/select",
+            axum::routing::post(internal::select),
         )
         .route("/health", axum::routing::get(health::health))
         .with_state(state.clone())

@@ -125,6 +125,12 @@ pub enum AuthError {
         retry_after_seconds(*retry_after)
     )]
     Throttled { retry_after: Duration },
+    /// 403: the request carries an identity header only the gateway sets (`x-maas-username`,
+    /// `x-maas-group`, ...): a client claiming an identity is refused, not trusted or ignored.
+    #[error(
+        "identity headers (x-maas-username, x-maas-group, ...) are set by the gateway; remove them from the request"
+    )]
+    ForgedIdentityHeader,
 }
 
 /// Authenticates REST callers against every configured identity source.

@@ -246,18 +246,33 @@ mod tests {
     }
 
     #[test]
-    fn a_wrong_object_is_reported_by_kind_namespace_name_and_field() {
+    fn a_wrong_object_is_left_out_and_named_by_kind_namespace_name_and_field() {
         let mut broken = free_subscription(100);
         broken.object["spec"]["modelRefs"][0]["tokenRateLimits"][0]["window"] = json!("1d");
 
-        let error = Policy::from_cluster_objects(&[simulator(), broken, grant()]).unwrap_err();
+        let policy = Policy::from_cluster_objects(&[simulator(), broken, grant()]).unwrap();
 
-        let text = error.to_string();
-        assert!(
-            text.contains("cluster MaaSSubscription models-as-a-service/free")
-                && text.contains("spec.modelRefs[0].tokenRateLimits[0].window"),
-            "{text}"
+        let [invalid] = policy.invalid_objects() else {
+            panic!(
+                "one invalid object expected: {:?}",
+                policy.invalid_objects()
+            );
+        };
+        let issues = format!("{:?}", invalid.issues);
+        assert_eq!(
+            (
+                invalid.kind.as_str(),
+                invalid.namespace.as_str(),
+                invalid.name.as_str()
+            ),
+            ("MaaSSubscription", "models-as-a-service", "free")
         );
+        assert!(
+            issues.contains("spec.modelRefs[0].tokenRateLimits[0].window"),
+            "{issues}"
+        );
+        assert_eq!(policy.counts().subscriptions, 0);
+        assert_eq!(policy.counts().auth_policies, 1, "the rest applies");
     }
 
     #[test]
@@ -265,13 +280,14 @@ mod tests {
         let mut empty = simulator();
         empty.object.as_object_mut().unwrap().remove("spec");
 
-        let error = Policy::from_cluster_objects(&[empty]).unwrap_err();
+        let policy = Policy::from_cluster_objects(&[empty]).unwrap();
 
-        assert!(
-            error
-                .to_string()
-                .contains("cluster MaaSModelRef llm/simulator"),
-            "{error}"
-        );
+        let names: Vec<_> = policy
+            .invalid_objects()
+            .iter()
+            .map(|object| format!("{} {}/{}", object.kind, object.namespace, object.name))
+            .collect();
+        assert_eq!(names, ["MaaSModelRef llm/simulator"]);
+        assert_eq!(policy.counts().models, 0);
     }
 }

@@ -4,6 +4,10 @@ use std::fmt;
 use std::path::PathBuf;
 
 /// Why a policy could not be loaded. Either way the caller keeps whatever policy it had before.
+///
+/// Only problems that leave the files unreadable as a whole (I/O, encoding, YAML syntax) reject
+/// the policy: an object that parses but is wrong is left out of it instead
+/// (see [`InvalidObject`]), so that one bad object cannot freeze every later change.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     /// A file or directory could not be read at all.
@@ -12,9 +16,35 @@ pub enum PolicyError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// The manifests were read but are wrong; every problem found is listed, not just the first.
+    /// A file could not be parsed; every problem found is listed, not just the first.
     #[error("{}", render_issues(.0))]
     Invalid(Vec<PolicyIssue>),
+}
+
+/// A MaaS object left out of the policy because it is invalid (a bad field, a model listed
+/// twice, a duplicate name...); the rest of the policy applies without it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidObject {
+    /// `MaaSSubscription`, `MaaSAuthPolicy`, `MaaSModelRef`, or `unknown` when the document
+    /// did not say.
+    pub kind: String,
+    /// Empty when the document did not get far enough to say.
+    pub namespace: String,
+    /// Empty when the document did not get far enough to say.
+    pub name: String,
+    /// Why it was left out; never empty.
+    pub issues: Vec<PolicyIssue>,
+}
+
+impl InvalidObject {
+    /// Every reason on one line, for logs.
+    pub fn reason(&self) -> String {
+        self.issues
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 }
 
 /// One problem in the manifests, located as precisely as was possible.
@@ -51,22 +81,72 @@ impl fmt::Display for PolicyIssue {
 #[derive(Debug, Default)]
 pub(super) struct IssueLog {
     entries: Vec<((usize, usize), PolicyIssue)>,
+    /// Whether some file could not be parsed at all, which rejects the whole policy.
+    unparsable: bool,
+    /// (kind, namespace, name) of the object each document holds, as far as it is known.
+    identities: Vec<((usize, usize), ObjectIdentity)>,
 }
+
+/// (kind, namespace, name).
+type ObjectIdentity = (String, String, String);
 
 impl IssueLog {
     /// `order` is (file position, document number); issues about one document stay together.
+    /// The document's object is left out of the policy.
     pub fn push(&mut self, order: (usize, usize), issue: PolicyIssue) {
         self.entries.push((order, issue));
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+    /// A file (or the rest of it from one document on) could not be parsed at all.
+    pub fn push_unparsable(&mut self, order: (usize, usize), issue: PolicyIssue) {
+        self.unparsable = true;
+        self.entries.push((order, issue));
+    }
+
+    /// Records which object the document at `order` holds, for [`IssueLog::into_invalid_objects`].
+    pub fn identify(&mut self, order: (usize, usize), kind: &str, namespace: &str, name: &str) {
+        self.identities.push((
+            order,
+            (kind.to_owned(), namespace.to_owned(), name.to_owned()),
+        ));
+    }
+
+    pub fn is_unparsable(&self) -> bool {
+        self.unparsable
     }
 
     pub fn into_sorted(mut self) -> Vec<PolicyIssue> {
         // Stable, so issues within a document keep the order the checks found them in.
         self.entries.sort_by_key(|(order, _)| *order);
         self.entries.into_iter().map(|(_, issue)| issue).collect()
+    }
+
+    /// One [`InvalidObject`] per document with issues, in file and document order.
+    pub fn into_invalid_objects(mut self) -> Vec<InvalidObject> {
+        self.entries.sort_by_key(|(order, _)| *order);
+        let identities: std::collections::HashMap<_, _> = self.identities.into_iter().collect();
+        let mut objects: Vec<((usize, usize), InvalidObject)> = Vec::new();
+        for (order, issue) in self.entries {
+            match objects.last_mut() {
+                Some((last, object)) if *last == order => object.issues.push(issue),
+                _ => {
+                    let (kind, namespace, name) = identities
+                        .get(&order)
+                        .cloned()
+                        .unwrap_or_else(|| ("unknown".to_owned(), String::new(), String::new()));
+                    objects.push((
+                        order,
+                        InvalidObject {
+                            kind,
+                            namespace,
+                            name,
+                            issues: vec![issue],
+                        },
+                    ));
+                }
+            }
+        }
+        objects.into_iter().map(|(_, object)| object).collect()
     }
 }
 

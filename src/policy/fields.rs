@@ -14,6 +14,10 @@ impl FieldIssues {
         self.entries.push((field, message.into()));
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     pub fn into_entries(self) -> Vec<(Option<String>, String)> {
         self.entries
     }

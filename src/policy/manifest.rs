@@ -98,6 +98,8 @@ pub(super) struct Metadata {
     pub display_name: Option<String>,
     pub description: Option<String>,
     pub tier: Option<String>,
+    /// `metadata.creationTimestamp` in Unix seconds, when given.
+    pub created: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -111,6 +113,10 @@ pub(super) enum Manifest {
 pub(super) struct ModelRefSpec {
     pub backend_namespace: Option<String>,
     pub endpoint: Option<String>,
+    /// `status.resolvedModelAlias`, when a controller (or the operator) wrote one.
+    pub served_name: Option<String>,
+    /// `status.phase` is `Ready`, or there is no status phase.
+    pub ready: bool,
 }
 
 #[derive(Debug)]
@@ -171,7 +177,7 @@ pub(super) fn parse_source(
                 "file is not valid UTF-8 (invalid byte at offset {})",
                 error.valid_up_to()
             );
-            issues.push((file_order, 0), file_issue(None, message));
+            issues.push_unparsable((file_order, 0), file_issue(None, message));
             return Vec::new();
         }
     };
@@ -182,7 +188,7 @@ pub(super) fn parse_source(
         Ok(split) => split,
         Err(_) => {
             let message = "the YAML parser failed on this file".to_owned();
-            issues.push((file_order, 0), file_issue(None, message));
+            issues.push_unparsable((file_order, 0), file_issue(None, message));
             return Vec::new();
         }
     };
@@ -192,7 +198,7 @@ pub(super) fn parse_source(
         let number = position + 1;
         if let Err(error) = value.apply_merge() {
             let message = format!("invalid YAML merge key: {error}");
-            issues.push((file_order, number), file_issue(Some(number), message));
+            issues.push_unparsable((file_order, number), file_issue(Some(number), message));
             continue;
         }
         let context = DocumentContext {
@@ -205,7 +211,7 @@ pub(super) fn parse_source(
         }
     }
     if let Some((number, error)) = yaml_error {
-        issues.push(
+        issues.push_unparsable(
             (file_order, number),
             file_issue(Some(number), yaml_error_message(&error)),
         );
@@ -286,6 +292,9 @@ fn parse_document(
         return None;
     }
     let mut found = FieldIssues::default();
+    let order = (context.file_order, context.document);
+    let (raw_namespace, raw_name) = raw_identity(value);
+    issues.identify(order, "unknown", &raw_namespace, &raw_name);
     let Some(object) = Field::root(value).object(&mut found) else {
         flush(context, None, found, issues);
         return None;
@@ -298,6 +307,7 @@ fn parse_document(
     let group = api_version.split_once('/').map_or("", |(group, _)| group);
     let kind = Kind::from_name(kind_name).filter(|_| group == API_GROUP);
     let Some(kind) = kind else {
+        issues.identify(order, kind_name, &raw_namespace, &raw_name);
         tracing::warn!(
             source = %context.source,
             document = context.document,
@@ -317,6 +327,10 @@ fn parse_document(
         Some(metadata) => format!("{} {}", kind.name(), metadata.name),
         None => kind.name().to_owned(),
     };
+    match &metadata {
+        Some(metadata) => issues.identify(order, kind.name(), &metadata.namespace, &metadata.name),
+        None => issues.identify(order, kind.name(), &raw_namespace, &raw_name),
+    }
 
     if api_version != API_VERSION {
         // Another version's spec may be shaped differently; judging it by v1alpha1's rules
@@ -336,11 +350,22 @@ fn parse_document(
         .required("spec", &mut found)
         .and_then(|field| field.object(&mut found));
     let manifest = spec.and_then(|spec| match kind {
-        Kind::ModelRef => read_model_ref(&spec, &mut found).map(Manifest::ModelRef),
+        Kind::ModelRef => {
+            let status = object
+                .optional("status")
+                .and_then(|field| field.object(&mut found));
+            read_model_ref(&spec, status.as_ref(), &mut found).map(Manifest::ModelRef)
+        }
         Kind::Subscription => read_subscription(&spec, &mut found).map(Manifest::Subscription),
         Kind::AuthPolicy => read_auth_policy(&spec, &mut found).map(Manifest::AuthPolicy),
     });
+    // An object with any problem is left out whole: serving half of a subscription or auth
+    // policy the operator did not write would be a guess.
+    let invalid = !found.is_empty();
     flush(context, Some(&label), found, issues);
+    if invalid {
+        return None;
+    }
 
     let metadata = metadata?;
     Some(Document {
@@ -354,6 +379,23 @@ fn parse_document(
         metadata,
         manifest: manifest?,
     })
+}
+
+/// `metadata.namespace` and `metadata.name` as written, for naming an object whose metadata did
+/// not validate; the namespace defaults as a valid object's would.
+fn raw_identity(value: &Value) -> (String, String) {
+    let metadata = value.get("metadata");
+    let text = |key: &str| {
+        metadata
+            .and_then(|metadata| metadata.get(key))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    let namespace = match metadata {
+        Some(_) => text("namespace").unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
+        None => String::new(),
+    };
+    (namespace, text("name").unwrap_or_default())
 }
 
 fn flush(
@@ -424,7 +466,21 @@ fn read_metadata(metadata: &Object<'_>, found: &mut FieldIssues) -> Option<Metad
             .filter(|text| !text.is_empty())
             .map(str::to_owned)
     };
+    let created = metadata.optional("creationTimestamp").and_then(|field| {
+        let text = field.string(found)?;
+        match chrono::DateTime::parse_from_rfc3339(text) {
+            Ok(time) => Some(time.timestamp()),
+            Err(_) => {
+                found.at(
+                    field.path(),
+                    format!("{text:?} is not an RFC 3339 time such as 2026-01-31T12:00:00Z"),
+                );
+                None
+            }
+        }
+    });
     Some(Metadata {
+        created,
         name: name?.to_owned(),
         namespace: namespace?.to_owned(),
         display_name: non_blank(DISPLAY_NAME_ANNOTATION),
@@ -433,7 +489,22 @@ fn read_metadata(metadata: &Object<'_>, found: &mut FieldIssues) -> Option<Metad
     })
 }
 
-fn read_model_ref(spec: &Object<'_>, found: &mut FieldIssues) -> Option<ModelRefSpec> {
+fn read_model_ref(
+    spec: &Object<'_>,
+    status: Option<&Object<'_>>,
+    found: &mut FieldIssues,
+) -> Option<ModelRefSpec> {
+    let served_name = status.and_then(|status| {
+        status
+            .optional("resolvedModelAlias")
+            .and_then(|field| field.string(found))
+            .map(str::trim)
+            .filter(|alias| !alias.is_empty())
+            .map(str::to_owned)
+    });
+    let ready = status
+        .and_then(|status| optional_string(status, "phase", found))
+        .is_none_or(|phase| phase == "Ready");
     let backend_namespace = spec
         .required("modelRef", found)
         .and_then(|field| field.object(found))
@@ -445,6 +516,8 @@ fn read_model_ref(spec: &Object<'_>, found: &mut FieldIssues) -> Option<ModelRef
     Some(ModelRefSpec {
         backend_namespace: backend_namespace?,
         endpoint: endpoint?,
+        served_name,
+        ready,
     })
 }
 

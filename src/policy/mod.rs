@@ -27,7 +27,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use cluster::{ClusterKind, ClusterObject};
-pub use error::{PolicyError, PolicyIssue};
+pub use error::{InvalidObject, PolicyError, PolicyIssue};
 pub use reload::{PolicyReloader, ReloadEvent};
 pub use sync::{PolicySourceKind, PolicySync, PolicySyncState};
 
@@ -40,6 +40,8 @@ pub struct Policy {
     models: Vec<Model>,
     /// Model name → positions in `models`; usually one entry, more when namespaces reuse a name.
     models_by_name: HashMap<String, Vec<usize>>,
+    /// Served model name (`status.resolvedModelAlias`) → positions in `models`.
+    models_by_alias: HashMap<String, Vec<usize>>,
     /// Who the auth policies let use each model, aligned with `models`.
     grants: Vec<Grant>,
     subscriptions: Vec<Subscription>,
@@ -50,7 +52,56 @@ pub struct Policy {
     /// Positions in `subscriptions` in upstream's mint-time preference order.
     ranked_subscriptions: Vec<usize>,
     auth_policy_count: usize,
+    auth_policies: Vec<AuthPolicyStatus>,
+    /// Objects left out because they are invalid.
+    invalid_objects: Vec<InvalidObject>,
     fingerprint: String,
+}
+
+/// How much of a subscription or auth policy can be honoured, named as upstream's controller
+/// names its status phases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Every model it names is in the policy.
+    Active,
+    /// Some models it names are missing; it serves (or grants) the others.
+    Degraded,
+    /// None of the models it names is in the policy; it serves nothing.
+    Failed,
+}
+
+impl Phase {
+    /// Upstream's spelling, as the REST API reports it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Active => "Active",
+            Phase::Degraded => "Degraded",
+            Phase::Failed => "Failed",
+        }
+    }
+
+    /// Whether keys may be minted against it and its models served: Active or Degraded.
+    pub fn is_usable(self) -> bool {
+        self != Phase::Failed
+    }
+
+    fn judge(resolved: usize, missing: usize) -> Phase {
+        match (resolved, missing) {
+            (_, 0) => Phase::Active,
+            (0, _) => Phase::Failed,
+            _ => Phase::Degraded,
+        }
+    }
+}
+
+/// One `MaaSAuthPolicy` that is in force, and how much of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthPolicyStatus {
+    pub namespace: String,
+    pub name: String,
+    pub phase: Phase,
+    /// The model references it names that are not in the policy, as written.
+    pub missing_models: Vec<String>,
 }
 
 /// A model that can be served: one `MaaSModelRef`.
@@ -65,6 +116,14 @@ pub struct Model {
     pub description: Option<String>,
     /// Where to send requests (`spec.endpoint`, our extension), when given.
     pub endpoint: Option<String>,
+    /// The name the model is served as, when it differs from the ref's name
+    /// (`status.resolvedModelAlias`, e.g. `publishers/llm/models/facebook/opt-125m`).
+    pub served_name: Option<String>,
+    /// Whether the model is ready to serve: `status.phase` is `Ready`, or there is no status
+    /// (a file-based policy has no controller to write one).
+    pub ready: bool,
+    /// Unix seconds: `metadata.creationTimestamp`, else when this process first saw the model.
+    pub created: i64,
 }
 
 impl Model {
@@ -79,9 +138,15 @@ impl Model {
     }
 
     /// Whether a model server asked for `name` (a body's `model`, `x-gateway-model-name`)
-    /// serves this model: the name it is served as, exactly (no namespace, no case folding).
+    /// serves this model: the ref's name or its served name, exactly (no case folding).
     pub fn is_served_as(&self, name: &str) -> bool {
-        name == self.name
+        name == self.name || self.served_name.as_deref() == Some(name)
+    }
+
+    /// The id clients send as `model`: the served name when the ref resolves to one, else the
+    /// ref's name.
+    pub fn served_id(&self) -> &str {
+        self.served_name.as_deref().unwrap_or(&self.name)
     }
 
     /// Whether a request naming `namespace`/`name` names this model, read as
@@ -126,6 +191,11 @@ pub struct Subscription {
     pub models: Vec<SubscriptionModel>,
     pub organization_id: Option<String>,
     pub cost_center: Option<String>,
+    /// Active, Degraded (some model refs missing; `models` holds the healthy ones) or Failed
+    /// (none resolve; `models` is empty).
+    pub phase: Phase,
+    /// `namespace/name` of each model ref that is not in the policy.
+    pub missing_models: Vec<String>,
 }
 
 impl Subscription {
@@ -184,12 +254,15 @@ impl Policy {
         Policy {
             models: Vec::new(),
             models_by_name: HashMap::new(),
+            models_by_alias: HashMap::new(),
             grants: Vec::new(),
             subscriptions: Vec::new(),
             subscriptions_by_reference: HashMap::new(),
             subscriptions_by_name: HashMap::new(),
             ranked_subscriptions: Vec::new(),
             auth_policy_count: 0,
+            auth_policies: Vec::new(),
+            invalid_objects: Vec::new(),
             fingerprint: source::fingerprint(&[]),
         }
     }
@@ -335,6 +408,29 @@ impl Policy {
             .collect()
     }
 
+    /// Objects left out of this policy because they are invalid, in file order.
+    pub fn invalid_objects(&self) -> &[InvalidObject] {
+        &self.invalid_objects
+    }
+
+    /// The auth policies in force, with their phases, in the order they were read.
+    pub fn auth_policies(&self) -> &[AuthPolicyStatus] {
+        &self.auth_policies
+    }
+
+    /// Models with no `creationTimestamp` keep the creation time `previous` gave them, so that
+    /// `created` does not move on every reload.
+    pub fn keep_creation_times_from(&mut self, previous: &Policy) {
+        for model in &mut self.models {
+            if let Some(position) = previous.position_of(model) {
+                let before = &previous.models[position];
+                if before.created < model.created {
+                    model.created = before.created;
+                }
+            }
+        }
+    }
+
     /// SHA-256 (hex) of the files the policy was compiled from.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
@@ -359,6 +455,13 @@ impl Policy {
         namespace: Option<&str>,
         name: &str,
     ) -> Result<usize, ModelLookupError> {
+        // A served name several refs resolve to (replicas of one model) names the first of
+        // them, as upstream's alias rewrite takes the first match.
+        if namespace.is_none()
+            && let Some(&first) = self.models_by_alias.get(name).and_then(|all| all.first())
+        {
+            return Ok(first);
+        }
         let (namespace, name) = split_model_name(namespace, name);
         let candidates = self
             .models_by_name

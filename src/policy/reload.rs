@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use tokio::time::MissedTickBehavior;
 
 use super::source::{fingerprint, read_sources};
-use super::{Policy, PolicyCounts, compile};
+use super::{InvalidObject, Policy, PolicyCounts, compile};
 
 /// What a poll of the policy path found, when it found anything new.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,8 +20,10 @@ pub enum ReloadEvent {
     Reloaded {
         fingerprint: String,
         counts: PolicyCounts,
+        /// Objects the policy in force left out because they are invalid.
+        invalid_objects: Vec<InvalidObject>,
     },
-    /// The files changed but could not be read or did not validate; the last good policy stays.
+    /// The files changed but could not be read or parsed; the last good policy stays.
     Rejected { error: String },
 }
 
@@ -76,7 +78,8 @@ impl PolicyReloader {
     }
 
     /// Reads the path once; swaps in and reports a new policy if the contents changed and
-    /// validate, reports the problem if they do not, and returns `None` if nothing changed.
+    /// parse (invalid objects are left out of it), reports the problem if they do not, and
+    /// returns `None` if nothing changed.
     pub async fn check(&mut self) -> Option<ReloadEvent> {
         let path = self.path.clone();
         let last_seen = self.last_seen.clone();
@@ -102,16 +105,20 @@ impl PolicyReloader {
                 Some(ReloadEvent::Reloaded {
                     fingerprint: policy.fingerprint().to_owned(),
                     counts: policy.counts(),
+                    invalid_objects: policy.invalid_objects().to_vec(),
                 })
             }
-            Outcome::Loaded(policy) => {
+            Outcome::Loaded(mut policy) => {
+                policy.keep_creation_times_from(&self.shared.load());
                 let counts = policy.counts();
+                let invalid_objects = policy.invalid_objects().to_vec();
                 tracing::info!(
                     path = %self.path.display(),
                     fingerprint = policy.fingerprint(),
                     models = counts.models,
                     subscriptions = counts.subscriptions,
                     auth_policies = counts.auth_policies,
+                    invalid_objects = invalid_objects.len(),
                     "policy reloaded"
                 );
                 let fingerprint = policy.fingerprint().to_owned();
@@ -120,6 +127,7 @@ impl PolicyReloader {
                 Some(ReloadEvent::Reloaded {
                     fingerprint,
                     counts,
+                    invalid_objects,
                 })
             }
             Outcome::Invalid { digest, error } => {
@@ -214,11 +222,26 @@ spec:
   modelRef: {kind: LLMInferenceService, name: qwen3, namespace: llm}
 ";
 
+    /// Not YAML at all: nothing can be known about what the operator meant.
     const BROKEN: &str = "\
+apiVersion: maas.opendatahub.io/v1alpha1
+kind: MaaSModelRef
+metadata: {name: simulator
+";
+
+    /// Valid YAML with one invalid object (no spec) beside a valid one.
+    const ONE_INVALID_OF_TWO: &str = "\
 apiVersion: maas.opendatahub.io/v1alpha1
 kind: MaaSModelRef
 metadata:
   name: simulator
+---
+apiVersion: maas.opendatahub.io/v1alpha1
+kind: MaaSModelRef
+metadata:
+  name: qwen3
+spec:
+  modelRef: {kind: LLMInferenceService, name: qwen3, namespace: llm}
 ";
 
     /// Replaces a file in one step, as a poll may land halfway through a plain write.
@@ -314,6 +337,7 @@ metadata:
                 subscriptions: 0,
                 auth_policies: 0,
             },
+            invalid_objects: Vec::new(),
         };
         assert_eq!(events, [expected]);
     }
@@ -338,17 +362,77 @@ metadata:
         assert_eq!(shared.load().counts().models, 2);
 
         let file = dir.path().join("models.yaml").display().to_string();
-        assert_eq!(
-            after_broken,
-            [ReloadEvent::Rejected {
-                error: format!(
-                    "invalid policy (1 problem):\n{file}: document 1 (MaaSModelRef simulator): spec: required field is missing"
-                )
-            }]
+        let [ReloadEvent::Rejected { error }] = after_broken.as_slice() else {
+            panic!("expected one rejection, got {after_broken:?}");
+        };
+        assert!(
+            error.starts_with(&format!(
+                "invalid policy (1 problem):\n{file}: document 1: invalid YAML"
+            )),
+            "{error}"
         );
         assert_eq!(fingerprint_after_broken, good_fingerprint);
         assert_eq!(events.len(), 2);
         assert!(matches!(events[1], ReloadEvent::Reloaded { .. }));
+    }
+
+    #[tokio::test]
+    async fn an_invalid_object_is_left_out_and_the_rest_of_the_change_applies() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("models.yaml"), ONE_MODEL).unwrap();
+        let shared = shared_policy_from(dir.path());
+        let mut reloader = PolicyReloader::new(dir.path().to_path_buf(), Arc::clone(&shared));
+
+        replace_file(&dir.path().join("models.yaml"), ONE_INVALID_OF_TWO);
+        let event = reloader.check().await;
+
+        let Some(ReloadEvent::Reloaded {
+            counts,
+            invalid_objects,
+            ..
+        }) = event
+        else {
+            panic!("expected a reload, got {event:?}");
+        };
+        assert_eq!(counts.models, 1);
+        let policy = shared.load();
+        assert!(policy.find_model(None, "qwen3").is_ok());
+        assert!(policy.find_model(None, "simulator").is_err());
+        let names: Vec<_> = invalid_objects
+            .iter()
+            .map(|o| (o.kind.as_str(), o.namespace.as_str(), o.name.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [("MaaSModelRef", "models-as-a-service", "simulator")]
+        );
+        assert_eq!(
+            invalid_objects[0].reason(),
+            format!(
+                "{}: document 1 (MaaSModelRef simulator): spec: required field is missing",
+                dir.path().join("models.yaml").display()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn a_model_keeps_its_creation_time_across_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("models.yaml"), ONE_MODEL).unwrap();
+        let shared = shared_policy_from(dir.path());
+        let first_created = shared.load().find_model(None, "simulator").unwrap().created;
+        let mut reloader = PolicyReloader::new(dir.path().to_path_buf(), Arc::clone(&shared));
+
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        replace_file(&dir.path().join("models.yaml"), TWO_MODELS);
+        reloader.check().await;
+
+        let policy = shared.load();
+        assert!(first_created > 1_700_000_000, "{first_created}");
+        assert_eq!(
+            policy.find_model(None, "simulator").unwrap().created,
+            first_created
+        );
     }
 
     #[tokio::test]
@@ -388,6 +472,7 @@ metadata:
                     subscriptions: 0,
                     auth_policies: 0
                 },
+                invalid_objects: Vec::new(),
             })
         );
         assert_eq!(shared.load().fingerprint(), good_fingerprint);

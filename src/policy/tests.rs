@@ -65,12 +65,25 @@ spec:
     )
 }
 
-/// The problems a policy was rejected for, one `Display` line each.
+/// The problems a policy was rejected for, or the objects it left out for, one `Display` line
+/// each.
 fn issues(result: Result<Policy, PolicyError>) -> Vec<String> {
     match result {
         Err(PolicyError::Invalid(issues)) => issues.iter().map(ToString::to_string).collect(),
         Err(other) => panic!("expected an invalid policy, got {other}"),
-        Ok(policy) => panic!("expected an invalid policy, got {:?}", policy.counts()),
+        Ok(policy) => {
+            let lines: Vec<String> = policy
+                .invalid_objects()
+                .iter()
+                .flat_map(|object| object.issues.iter().map(ToString::to_string))
+                .collect();
+            assert!(
+                !lines.is_empty(),
+                "expected problems, got {:?}",
+                policy.counts()
+            );
+            lines
+        }
     }
 }
 
@@ -579,7 +592,7 @@ fn the_same_name_in_two_namespaces_is_not_a_duplicate() {
 }
 
 #[test]
-fn rejects_a_subscription_with_a_dangling_model_ref() {
+fn a_subscription_whose_only_model_ref_is_missing_is_failed_and_serves_nothing() {
     let yaml = with_models(
         &subscription(
             "free",
@@ -591,13 +604,110 @@ fn rejects_a_subscription_with_a_dangling_model_ref() {
         .replace("- name: simulator", "- name: qwen4"),
     );
 
-    let problems = issues(Policy::from_yaml_str("p.yaml", &yaml));
+    let policy = Policy::from_yaml_str("p.yaml", &yaml).unwrap();
 
+    let free = policy.find_subscription("free").unwrap();
+    assert_eq!(free.phase, Phase::Failed);
+    assert!(free.models.is_empty());
+    assert_eq!(free.missing_models, ["llm/qwen4"]);
+    assert!(policy.invalid_objects().is_empty());
+}
+
+#[test]
+fn a_subscription_with_some_model_refs_missing_is_degraded_and_serves_the_rest() {
+    let yaml = with_models(
+        "\
+apiVersion: maas.opendatahub.io/v1alpha1
+kind: MaaSSubscription
+metadata: {name: free}
+spec:
+  owner: {users: [alice]}
+  modelRefs:
+    - {name: simulator, namespace: llm, tokenRateLimits: [{limit: 1, window: 1s}]}
+    - {name: gone, namespace: llm, tokenRateLimits: [{limit: 2, window: 1s}]}
+",
+    );
+
+    let policy = Policy::from_yaml_str("p.yaml", &yaml).unwrap();
+
+    let free = policy.find_subscription("free").unwrap();
+    let simulator = policy.find_model(None, "simulator").unwrap();
+    assert_eq!(free.phase, Phase::Degraded);
+    assert!(free.phase.is_usable());
+    assert!(policy.subscription_contains(free, simulator));
+    assert_eq!(free.missing_models, ["llm/gone"]);
+}
+
+#[test]
+fn a_subscription_naming_an_invalid_model_ref_is_degraded_by_it() {
+    let yaml = format!(
+        "{}---\n{}",
+        MODELS.replace(
+            "metadata:\n  name: qwen3\nspec:\n  modelRef: {kind: LLMInferenceService, ",
+            "metadata:\n  name: qwen3\nspec:\n  modelRef: {"
+        ),
+        "\
+apiVersion: maas.opendatahub.io/v1alpha1
+kind: MaaSSubscription
+metadata: {name: premium}
+spec:
+  owner: {users: [bob]}
+  modelRefs:
+    - {name: simulator, namespace: llm, tokenRateLimits: [{limit: 1, window: 1s}]}
+    - {name: qwen3, namespace: llm, tokenRateLimits: [{limit: 2, window: 1s}]}
+"
+    );
+
+    let policy = Policy::from_yaml_str("p.yaml", &yaml).unwrap();
+
+    let premium = policy.find_subscription("premium").unwrap();
+    assert_eq!(premium.phase, Phase::Degraded);
+    assert_eq!(premium.missing_models, ["llm/qwen3"]);
+    let left_out: Vec<_> = policy
+        .invalid_objects()
+        .iter()
+        .map(|o| (o.kind.as_str(), o.name.as_str()))
+        .collect();
+    assert_eq!(left_out, [("MaaSModelRef", "qwen3")]);
+}
+
+#[test]
+fn an_invalid_subscription_is_left_out_and_the_rest_of_the_policy_applies() {
+    let mut yaml = String::new();
+    for file in ["models.yaml", "subscriptions.yaml", "auth-policies.yaml"] {
+        yaml.push_str(&fs::read_to_string(example_dir().join(file)).unwrap());
+        yaml.push_str("\n---\n");
+    }
+    yaml.push_str(&subscription(
+        "broken",
+        "models-as-a-service",
+        "bad group!",
+        1,
+        10,
+    ));
+
+    let policy = Policy::from_yaml_str("p.yaml", &yaml).unwrap();
+
+    assert_eq!(policy.counts(), example_policy().counts());
+    assert!(policy.find_subscription("broken").is_none());
+    let [object] = policy.invalid_objects() else {
+        panic!(
+            "expected one invalid object, got {:?}",
+            policy.invalid_objects()
+        );
+    };
     assert_eq!(
-        problems,
-        [
-            r#"p.yaml: document 3 (MaaSSubscription free): spec.modelRefs[0]: no MaaSModelRef named "qwen4" in namespace "llm""#
-        ]
+        (
+            object.kind.as_str(),
+            object.namespace.as_str(),
+            object.name.as_str()
+        ),
+        ("MaaSSubscription", "models-as-a-service", "broken")
+    );
+    assert!(
+        object.reason().contains("is not a valid group name"),
+        "{}",
+        object.reason()
     );
 }
 
@@ -616,8 +726,13 @@ spec:
 ",
     );
 
-    let problems = issues(Policy::from_yaml_str("p.yaml", &yaml));
+    let policy = Policy::from_yaml_str("p.yaml", &yaml);
+    let left_out = policy
+        .as_ref()
+        .is_ok_and(|p| p.find_subscription("free").is_none());
+    let problems = issues(policy);
 
+    assert!(left_out);
     assert_eq!(
         problems,
         [
@@ -627,7 +742,7 @@ spec:
 }
 
 #[test]
-fn rejects_an_auth_policy_with_a_dangling_model_ref() {
+fn an_auth_policy_with_missing_model_refs_is_degraded_and_grants_the_rest() {
     let yaml = with_models(
         "\
 apiVersion: maas.opendatahub.io/v1alpha1
@@ -642,14 +757,20 @@ spec:
 ",
     );
 
-    let problems = issues(Policy::from_yaml_str("p.yaml", &yaml));
+    let policy = Policy::from_yaml_str("p.yaml", &yaml).unwrap();
 
+    let simulator = policy.find_model(None, "simulator").unwrap();
+    let qwen3 = policy.find_model(None, "qwen3").unwrap();
+    assert!(policy.auth_policy_allows(simulator, "alice", &[]));
+    assert!(!policy.auth_policy_allows(qwen3, "alice", &[]));
     assert_eq!(
-        problems,
-        [
-            r#"p.yaml: document 3 (MaaSAuthPolicy access): spec.modelRefs[1]: no MaaSModelRef named "llama""#,
-            r#"p.yaml: document 3 (MaaSAuthPolicy access): spec.modelRefs[2]: no MaaSModelRef named "qwen3" in namespace "elsewhere""#,
-        ]
+        policy.auth_policies(),
+        [AuthPolicyStatus {
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            name: "access".to_owned(),
+            phase: Phase::Degraded,
+            missing_models: vec!["llama".to_owned(), "elsewhere/qwen3".to_owned()],
+        }]
     );
 }
 
@@ -811,10 +932,15 @@ fn malformed_yaml_is_reported_and_never_panics() {
     for yaml in nasty {
         let result = std::panic::catch_unwind(|| Policy::from_yaml_str("nasty.yaml", yaml));
 
-        assert!(
-            matches!(result, Ok(Err(PolicyError::Invalid(_)))),
-            "input {yaml:?} gave {result:?}"
-        );
+        // Either the file is rejected, or every document in it is left out as invalid.
+        let reported = match &result {
+            Ok(Err(PolicyError::Invalid(_))) => true,
+            Ok(Ok(policy)) => {
+                policy.counts() == PolicyCounts::default() && !policy.invalid_objects().is_empty()
+            }
+            _ => false,
+        };
+        assert!(reported, "input {yaml:?} gave {result:?}");
     }
 }
 
@@ -866,19 +992,23 @@ fn collects_every_problem_across_files_in_file_order() {
     )
     .unwrap();
 
-    let error = Policy::load(dir.path()).unwrap_err();
+    let problems = issues(Policy::load(dir.path()));
 
     let a = dir.path().join("a.yaml").display().to_string();
     let b = dir.path().join("b.yaml").display().to_string();
     assert_eq!(
-        error.to_string(),
-        format!(
-            "invalid policy (4 problems):
-{a}: document 1 (MaaSModelRef simulator): spec.modelRef.kind: required field is missing
-{a}: document 2 (MaaSModelRef qwen3): spec.modelRef.kind: required field is missing
-{b}: document 1 (MaaSSubscription free): spec.modelRefs[0].tokenRateLimits[0].limit: 0 is out of range (must be 1 to 1000000000)
-{b}: document 1 (MaaSSubscription free): spec.modelRefs[0]: no MaaSModelRef named \"simulator\" in namespace \"llm\""
-        )
+        problems,
+        [
+            format!(
+                "{a}: document 1 (MaaSModelRef simulator): spec.modelRef.kind: required field is missing"
+            ),
+            format!(
+                "{a}: document 2 (MaaSModelRef qwen3): spec.modelRef.kind: required field is missing"
+            ),
+            format!(
+                "{b}: document 1 (MaaSSubscription free): spec.modelRefs[0].tokenRateLimits[0].limit: 0 is out of range (must be 1 to 1000000000)"
+            ),
+        ]
     );
 }
 
@@ -1123,4 +1253,62 @@ fn a_policy_can_be_shared_between_threads() {
     fn assert_send_sync<T: Send + Sync + Clone + std::fmt::Debug>() {}
 
     assert_send_sync::<Policy>();
+}
+
+#[test]
+fn a_model_ref_status_gives_its_served_name_readiness_and_creation_time() {
+    let yaml = "\
+apiVersion: maas.opendatahub.io/v1alpha1
+kind: MaaSModelRef
+metadata:
+  name: opt
+  namespace: llm
+  creationTimestamp: 2026-01-31T12:00:00Z
+spec:
+  modelRef: {kind: LLMInferenceService, name: opt, namespace: llm}
+status:
+  phase: Pending
+  resolvedModelAlias: publishers/llm/models/facebook/opt-125m
+---
+apiVersion: maas.opendatahub.io/v1alpha1
+kind: MaaSModelRef
+metadata: {name: simulator}
+spec:
+  modelRef: {kind: LLMInferenceService, name: simulator, namespace: llm}
+";
+
+    let policy = Policy::from_yaml_str("p.yaml", yaml).unwrap();
+
+    let opt = policy
+        .find_model(None, "publishers/llm/models/facebook/opt-125m")
+        .unwrap();
+    assert_eq!(opt.name, "opt");
+    assert_eq!(opt.served_id(), "publishers/llm/models/facebook/opt-125m");
+    assert!(opt.is_served_as("publishers/llm/models/facebook/opt-125m"));
+    assert!(!opt.ready);
+    assert_eq!(opt.created, 1_769_860_800);
+    let simulator = policy.find_model(None, "simulator").unwrap();
+    assert_eq!(simulator.served_id(), "simulator");
+    assert!(simulator.ready);
+    assert!(simulator.created > 1_700_000_000);
+}
+
+#[test]
+fn a_creation_timestamp_that_is_not_rfc_3339_makes_the_model_ref_invalid() {
+    let yaml = "\
+apiVersion: maas.opendatahub.io/v1alpha1
+kind: MaaSModelRef
+metadata: {name: opt, creationTimestamp: yesterday}
+spec:
+  modelRef: {kind: LLMInferenceService, name: opt, namespace: llm}
+";
+
+    let problems = issues(Policy::from_yaml_str("p.yaml", yaml));
+
+    assert_eq!(
+        problems,
+        [
+            r#"p.yaml: document 1 (MaaSModelRef opt): metadata.creationTimestamp: "yesterday" is not an RFC 3339 time such as 2026-01-31T12:00:00Z"#
+        ]
+    );
 }

@@ -71,14 +71,7 @@ async fn check_allows_a_valid_key_and_stamps_identity_headers() {
     let mut client = server.check_client().await;
 
     let response = client
-        .check(check_request(
-            CHAT,
-            &[
-                ("authorization", &bearer(&key)),
-                ("x-maas-username", "mallory"),
-                ("x-maas-group", "[\"admins\"]"),
-            ],
-        ))
+        .check(check_request(CHAT, &[("authorization", &bearer(&key))]))
         .await
         .unwrap()
         .into_inner();
@@ -904,4 +897,81 @@ async fn check_leaves_out_dynamic_metadata_when_told_to_and_still_stamps_headers
     assert_eq!(ok.headers_to_remove, vec!["authorization".to_owned()]);
     assert_eq!(response.dynamic_metadata, None);
     server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn check_denies_a_request_carrying_a_client_sent_identity_header() {
+    let server = TestServer::start().await;
+    let (key, _) = mint(&server.db.store(), &FREE_USER).await;
+    let mut client = server.check_client().await;
+
+    for (name, value) in [
+        ("x-maas-username", "mallory"),
+        ("x-maas-group", "[\"admins\"]"),
+        ("x-maas-groups", "[\"admins\"]"),
+        ("x-maas-tier", "enterprise"),
+        ("x-maas-key-id", "00000000-0000-0000-0000-000000000000"),
+    ] {
+        let response = client
+            .check(check_request(
+                CHAT,
+                &[("authorization", &bearer(&key)), (name, value)],
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+
+        let (status, headers, _) = denial(&response);
+        assert_eq!(status, 403, "{name}");
+        assert_eq!(
+            header(headers, "x-ext-auth-reason"),
+            Some("forged_identity_header"),
+            "{name}"
+        );
+    }
+    let with_subscription = client
+        .check(check_request(
+            CHAT,
+            &[
+                ("authorization", &bearer(&key)),
+                ("x-maas-subscription", "premium"),
+            ],
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(with_subscription.status.map(|s| s.code), Some(0));
+}
+
+#[tokio::test]
+async fn check_answers_403_for_a_bad_key_when_configured_as_upstream_and_401_for_no_key() {
+    let db = TestDb::migrated().await;
+    let mut config = serve_config(&db);
+    config.enforcement.invalid_key_status = "403".to_owned();
+    let server = TestServer {
+        server: maas_authz::app::Application::build(config).await.unwrap(),
+        db,
+    };
+    let (revoked, record) = mint(&server.db.store(), &FREE_USER).await;
+    server.db.store().revoke_key(record.id).await.unwrap();
+    let mut client = server.check_client().await;
+    let unknown = "sk-oai-AAAAAAAAAAAAAAAA_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
+
+    for key in [unknown, revoked.as_str(), "sk-oai-"] {
+        let response = client
+            .check(check_request(CHAT, &[("authorization", &bearer(key))]))
+            .await
+            .unwrap()
+            .into_inner();
+        let (status, headers, body) = denial(&response);
+        assert_eq!(status, 403);
+        assert_eq!(body["error"]["type"], "permission_error");
+        assert_eq!(header(headers, "www-authenticate"), None);
+    }
+    let missing = client
+        .check(check_request(CHAT, &[]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(denial(&missing).0, 401);
 }

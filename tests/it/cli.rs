@@ -313,10 +313,15 @@ fn serve_refuses_a_model_free_path_that_is_not_canonical() {
 }
 
 #[tokio::test]
-async fn serve_refuses_to_start_with_an_invalid_policy_and_says_where() {
+async fn serve_refuses_to_start_with_an_unparsable_policy_and_says_where() {
     let db = TestDb::migrated().await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("bad.yaml"), "apiVersion: maas.opendatahub.io/v1alpha1\nkind: MaaSSubscription\nmetadata:\n  name: x\nspec:\n  priority: high\n").unwrap();
+    // Not YAML at all (an invalid object alone would only be left out of the policy).
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        "apiVersion: maas.opendatahub.io/v1alpha1\nkind: [MaaSSubscription\n",
+    )
+    .unwrap();
 
     let output = maas_authz(
         &[

@@ -544,18 +544,50 @@ async fn e2e_denials_reach_the_client_intact_and_never_the_model() {
 }
 
 #[tokio::test]
-async fn e2e_client_sent_identity_headers_never_reach_the_model() {
+async fn e2e_client_sent_identity_headers_are_refused_and_never_reach_the_model() {
     let gateway = Gateway::start().await;
     let (free, key_id) = gateway.mint(FREE_TOKEN).await;
+    for (name, value) in [
+        ("X-MaaS-Username", "mallory"),
+        ("X-MaaS-Group", r#"["enterprise-users"]"#),
+        ("X-MaaS-Groups", r#"["enterprise-users"]"#),
+        ("X-MaaS-Tier", "enterprise"),
+        ("X-MaaS-Key-Id", "00000000-0000-0000-0000-000000000000"),
+    ] {
+        let refused = gateway
+            .http
+            .post(format!("{}/simulator/v1/chat/completions", gateway.url))
+            .bearer_auth(&free)
+            .header(name, value)
+            .json(&hello("simulator", 3))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN, "{name}");
+        assert_eq!(
+            header(&refused, "x-ext-auth-reason"),
+            "forged_identity_header",
+            "{name}"
+        );
+        assert!(refused.headers().get(HEADER_RECEIVED_IDENTITY).is_none());
+        // The REST API behind the same gateway refuses them too (minting included).
+        let mint = gateway
+            .http
+            .post(format!("{}/maas-api/v1/api-keys", gateway.url))
+            .bearer_auth(PREMIUM_TOKEN)
+            .header(name, value)
+            .json(&json!({"name": "forged"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(mint.status(), StatusCode::FORBIDDEN, "{name}");
+    }
+    // X-MaaS-Subscription is a client's legitimate choice: allowed, and overwritten by Check.
     let response = gateway
         .http
         .post(format!("{}/simulator/v1/chat/completions", gateway.url))
         .bearer_auth(&free)
-        .header("X-MaaS-Username", "mallory")
-        .header("X-MaaS-Group", r#"["enterprise-users"]"#)
         .header("X-MaaS-Subscription", "enterprise")
-        .header("X-MaaS-Tier", "enterprise")
-        .header("X-MaaS-Key-Id", "00000000-0000-0000-0000-000000000000")
         .json(&hello("simulator", 3))
         .send()
         .await

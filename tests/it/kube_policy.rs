@@ -512,22 +512,23 @@ async fn an_api_server_that_fails_keeps_the_policy_in_force_until_it_answers_aga
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_invalid_object_is_reported_and_the_policy_in_force_keeps_deciding() {
+async fn an_invalid_object_is_left_out_and_named_while_the_rest_of_the_policy_keeps_updating() {
     let mut cluster = KubeServer::start(&small_cluster()).await;
     let (key, _) = mint(&cluster.db.store(), &FREE_USER).await;
-    let mut broken = subscription("free", NAMESPACE, "premium-users", &["simulator"]);
+    let mut broken = subscription("premium", NAMESPACE, "premium-users", &["simulator"]);
     broken["spec"]["modelRefs"][0]["tokenRateLimits"][0]["window"] = json!("1d");
+    let invalid_series = format!(
+        "maas_authz_policy_invalid_objects{{kind=\"MaaSSubscription\",name=\"premium\",namespace=\"{NAMESPACE}\"}}"
+    );
 
     cluster.fake.apply(broken);
-    eventually("the rejection", async || {
-        sample(
-            &cluster.metrics().await,
-            "maas_authz_policy_reloads_total{result=\"rejected\"}",
-        ) >= 1.0
+    eventually("the invalid object named", async || {
+        sample(&cluster.metrics().await, &invalid_series) == 1.0
     })
     .await;
     let while_invalid = cluster.decision(&key, SIMULATOR).await;
     let readiness_while_invalid = cluster.readiness().await;
+    // A later change to another object still applies: the bad one freezes nothing.
     cluster.fake.apply(subscription(
         "free",
         NAMESPACE,
@@ -535,10 +536,19 @@ async fn an_invalid_object_is_reported_and_the_policy_in_force_keeps_deciding() 
         &["simulator"],
     ));
     cluster.decides(&key, SIMULATOR, 403).await;
+    cluster.fake.apply(subscription(
+        "premium",
+        NAMESPACE,
+        "premium-users",
+        &["simulator"],
+    ));
+    eventually("the fixed object no longer named", async || {
+        sample(&cluster.metrics().await, &invalid_series) == 0.0
+    })
+    .await;
 
-    assert_eq!(while_invalid, 200, "the last good policy stays in force");
+    assert_eq!(while_invalid, 200, "the valid objects keep deciding");
     assert_eq!(readiness_while_invalid.0, 200);
-    assert_eq!(readiness_while_invalid.1["policy"]["generation"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,5 +42,6 @@ mod seeds;
 mod server;
 mod support;
 mod tls;
+mod upstream_contract;
 mod validate;
 mod warm_start;

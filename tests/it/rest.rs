@@ -222,17 +222,18 @@ async fn bulk_revoke_without_a_body_revokes_the_callers_own_active_keys() {
         );
     }
 
-    // The seed's curl: a JSON content type and no body at all.
+    // A body must name its scope (upstream's rule); a dry run of your own keys names you.
     let dry = server
         .call(Method::POST, "/v1/api-keys/bulk-revoke")
         .token(ALICE)
-        .json(json!({"dryRun": true}))
+        .json(json!({"username": "alice", "dryRun": true}))
         .send()
         .await;
     dry.assert_exactly(
         200,
         json!({"revokedCount": 2, "message": "Dry run: 2 API key(s) would be revoked", "dryRun": true}),
     );
+    // The seed's curl: a JSON content type and no body at all.
     let reply = server
         .call(Method::POST, "/maas-api/v1/api-keys/bulk-revoke")
         .token(ALICE)

@@ -42,13 +42,20 @@ async fn user_tokens_see_the_models_of_all_their_subscriptions() {
         pairs(&[("simulator", "premium"), ("qwen3", "premium")])
     );
     let base = format!("http://{}", server.test.server.http_addr);
+    let created = list["data"][0]["created"].as_i64().unwrap();
+    assert!(created > 1_700_000_000, "a real Unix time: {created}");
     assert_eq!(
         list["data"][0],
         json!({
             "id": "simulator",
             "object": "model",
-            "created": 0,
+            "created": created,
             "owned_by": "llm",
+            "ready": true,
+            "subscriptions": [
+                {"name": "premium", "displayName": "Premium"},
+                {"name": "free", "displayName": "Free"},
+            ],
             "name": "Simulator Model",
             "url": format!("{base}/simulator"),
             "tier": "premium",
@@ -95,7 +102,7 @@ async fn the_subscription_header_scopes_token_callers_and_is_checked() {
 }
 
 #[tokio::test]
-async fn api_keys_see_only_their_subscriptions_models() {
+async fn api_keys_see_only_their_subscriptions_models_but_every_subscription_of_their_user() {
     let server = RestServer::start().await;
     let created = server
         .create_key(BOB, json!({"name": "free key", "subscription": "free"}))
@@ -124,7 +131,7 @@ async fn api_keys_see_only_their_subscriptions_models() {
         .iter()
         .map(|s| s["name"].clone())
         .collect();
-    assert_eq!(names, [json!("free")]);
+    assert_eq!(names, [json!("premium"), json!("free")]);
 }
 
 #[tokio::test]
@@ -181,8 +188,8 @@ async fn subscriptions_list_what_the_caller_can_use_best_first() {
             "tier": "free",
             "model_refs": [{
                 "name": "simulator",
-                "namespace": "models-as-a-service",
                 "display_name": "Simulator Model",
+                "description": "A simulated model that answers instantly, for trying the gateway out.",
                 "token_rate_limits": [{"limit": 100, "window": "1m"}],
             }],
             "organization_id": "",

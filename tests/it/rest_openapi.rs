@@ -7,7 +7,7 @@ use reqwest::Method;
 
 use crate::rest_support::*;
 
-const PUBLIC_ROUTES: [(&str, &str); 14] = [
+const PUBLIC_ROUTES: [(&str, &str); 15] = [
     ("/v1/api-keys", "post"),
     ("/v1/api-keys/search", "post"),
     ("/v1/api-keys/bulk-revoke", "post"),
@@ -18,6 +18,7 @@ const PUBLIC_ROUTES: [(&str, &str); 14] = [
     ("/v1/tokens", "delete"),
     ("/v1/models", "get"),
     ("/v1/subscriptions", "get"),
+    ("/v1/model/{id}/subscriptions", "get"),
     ("/v1/usage", "get"),
     ("/health", "get"),
     ("/ready", "get"),

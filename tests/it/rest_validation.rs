@@ -337,7 +337,7 @@ async fn bearer_tokens_are_required_and_checked() {
     let reply = server.call(Method::GET, "/v1/models").send().await;
     reply.assert_exactly(
         401,
-        json!({"error": {"message": "missing bearer token", "type": "invalid_request_error", "code": "invalid_api_key"}}),
+        json!({"error": {"message": "missing bearer token", "type": "authentication_error", "code": "invalid_api_key"}}),
     );
     assert_eq!(stored_keys(&server).await, 0);
 }

@@ -99,7 +99,8 @@ async fn metrics_count_decisions_and_report_cache_pool_and_policy_state() {
 }
 
 #[tokio::test]
-async fn policy_changes_are_picked_up_and_an_invalid_change_keeps_the_last_good_policy() {
+async fn policy_changes_are_picked_up_an_unparsable_change_keeps_the_last_good_policy_and_an_invalid_object_is_left_out()
+ {
     let db = TestDb::migrated().await;
     let dir = tempfile::tempdir().unwrap();
     for file in std::fs::read_dir(example_policy_path()).unwrap() {
@@ -128,8 +129,8 @@ async fn policy_changes_are_picked_up_and_an_invalid_change_keeps_the_last_good_
     };
     assert!(!allowed(&client.check(qwen3()).await.unwrap().into_inner()));
 
-    // An invalid edit is rejected and changes nothing.
-    std::fs::write(dir.path().join("broken.yaml"), "kind: MaaSSubscription\napiVersion: maas.opendatahub.io/v1alpha1\nmetadata: {name: x}\nspec: {}\n").unwrap();
+    // An edit that is not YAML is rejected and changes nothing.
+    std::fs::write(dir.path().join("broken.yaml"), "kind: [MaaSSubscription\n").unwrap();
     wait_for_metric(
         server.metrics_addr,
         "maas_authz_policy_reloads_total{result=\"rejected\"}",
@@ -137,8 +138,9 @@ async fn policy_changes_are_picked_up_and_an_invalid_change_keeps_the_last_good_
     .await;
     assert!(!allowed(&client.check(qwen3()).await.unwrap().into_inner()));
 
-    // A valid edit granting qwen3 to the free tier takes effect without a restart.
-    std::fs::remove_file(dir.path().join("broken.yaml")).unwrap();
+    // A valid edit granting qwen3 to the free tier takes effect without a restart, even with an
+    // invalid object beside it: that one is left out and named by a metric.
+    std::fs::write(dir.path().join("broken.yaml"), "kind: MaaSSubscription\napiVersion: maas.opendatahub.io/v1alpha1\nmetadata: {name: x}\nspec: {}\n").unwrap();
     let subscriptions = std::fs::read_to_string(dir.path().join("subscriptions.yaml")).unwrap();
     let auth = std::fs::read_to_string(dir.path().join("auth-policies.yaml")).unwrap();
     std::fs::write(dir.path().join("subscriptions.yaml"), subscriptions.replacen(
@@ -167,6 +169,26 @@ async fn policy_changes_are_picked_up_and_an_invalid_change_keeps_the_last_good_
         granted,
         "the new policy should grant qwen3 to the free tier"
     );
+    wait_for_metric(
+        server.metrics_addr,
+        "maas_authz_policy_invalid_objects{kind=\"MaaSSubscription\",name=\"x\",namespace=\"models-as-a-service\"} 1",
+    )
+    .await;
+
+    // Fixing the object clears the metric.
+    std::fs::remove_file(dir.path().join("broken.yaml")).unwrap();
+    let mut cleared = false;
+    for _ in 0..100 {
+        if !http_get(server.metrics_addr, "/metrics")
+            .await
+            .contains("maas_authz_policy_invalid_objects{")
+        {
+            cleared = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(cleared, "the invalid-object metric should be cleared");
     server.shutdown().await.unwrap();
 }
 

@@ -285,11 +285,13 @@ fails with the values to change.
 {{- end }}
 
 {{/*
-Client-sent headers the gateway removes before any filter: the identity Check stamps and the
-meter trusts must never come from the client. x-maas-subscription stays: the REST API reads it.
+Client-sent headers the gateway removes before any filter: the assertion the meter trusts and the
+model name a trusted filter sets must never come from the client. The identity headers
+(x-maas-username, x-maas-group, ...) are NOT removed: Check and the REST API refuse a request
+carrying them (403, upstream's forged-header rule). x-maas-subscription stays: the REST API reads it.
 */}}
 {{- define "maas-authz.untrustedClientHeaders" -}}
-{{- toJson (list "x-maas-username" "x-maas-group" "x-maas-tier" "x-maas-key-id" "x-maas-identity-assertion" "x-gateway-model-name") }}
+{{- toJson (list "x-maas-identity-assertion" "x-gateway-model-name") }}
 {{- end }}
 
 {{/* The gateway's per-connection buffer: the meter reads a whole request body (plus headroom). */}}

@@ -52,9 +52,9 @@ impl Authorization for DoNothing {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let addr: SocketAddr = match std::env::args().nth(1) {
-        Some(text) => text
-            .parse()
-            .map_err(|_| anyhow::anyhow!("usage: maas-authz-do-nothing HOST:PORT (got {text:?})"))?,
+        Some(text) => text.parse().map_err(|_| {
+            anyhow::anyhow!("usage: maas-authz-do-nothing HOST:PORT (got {text:?})")
+        })?,
         None => anyhow::bail!("usage: maas-authz-do-nothing HOST:PORT"),
     };
     println!("do-nothing ext_authz listening on {addr}");
