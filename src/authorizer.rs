@@ -17,6 +17,7 @@ use crate::cache::{CacheOutcome, KeyCache, Lookup, LookupError};
 use crate::ids::{BoundSubscription, ModelRef, SubscriptionKey};
 use crate::key::ApiKey;
 use crate::last_used::LastUsedTracker;
+use crate::ledger::{Booking, CheckOutcome, Ledger};
 use crate::limits::{LimitError, LimitKind, LimitStatus, Limiter, RequestVerdict};
 use crate::lookup_budget::Throttled;
 use crate::policy::{Model, ModelLookupError, Policy};
@@ -443,6 +444,7 @@ pub struct Authorizer<S> {
     last_used: Option<Arc<LastUsedTracker>>,
     limiter: Option<Arc<Limiter>>,
     model_free: ModelFreePaths,
+    ledger: Option<Arc<Ledger>>,
 }
 
 impl<S> std::fmt::Debug for Authorizer<S> {
@@ -468,6 +470,34 @@ impl<S: KeyStore> Authorizer<S> {
             last_used: None,
             limiter: None,
             model_free: ModelFreePaths::default(),
+            ledger: None,
+        }
+    }
+
+    /// Books every counted request (allowed, or refused for a limit) in the usage ledger: one
+    /// in-memory map update, written behind by a background task.
+    pub fn with_ledger(mut self, ledger: Arc<Ledger>) -> Self {
+        self.ledger = Some(ledger);
+        self
+    }
+
+    fn book(
+        &self,
+        now: DateTime<Utc>,
+        record: &KeyRecord,
+        counted: Counted<'_>,
+        outcome: CheckOutcome,
+    ) {
+        if let Some(ledger) = &self.ledger {
+            let booking = Booking {
+                user: &record.username,
+                key_id: &record.id.to_string(),
+                subscription: &counted.subscription.qualified_name(),
+                attributes: Some(counted.subscription),
+                model: &counted.model.qualified_name(),
+                key_labels: Some(&record.labels),
+            };
+            ledger.record_check(now, &booking, outcome);
         }
     }
 
@@ -567,10 +597,14 @@ impl<S: KeyStore> Authorizer<S> {
                 };
                 // Model discovery under a model route is free, as `/v1/models` is.
                 let counted = limits.filter(|_| !path.is_model_listing());
-                if let (Some(limiter), Some(limits)) = (&self.limiter, counted)
-                    && let Some(denied) = apply_limits(limiter, &mut allowed, limits).await?
-                {
-                    return Ok(Decision::Deny(denied));
+                if let Some(counted) = counted {
+                    if let Some(limiter) = &self.limiter
+                        && let Some(denied) = apply_limits(limiter, &mut allowed, counted).await?
+                    {
+                        self.book(now, &allowed.answer.key, counted, CheckOutcome::RateLimited);
+                        return Ok(Decision::Deny(denied));
+                    }
+                    self.book(now, &allowed.answer.key, counted, CheckOutcome::Allowed);
                 }
                 Ok(Decision::Allow(Box::new(allowed)))
             }

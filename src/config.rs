@@ -204,6 +204,58 @@ pub struct ServeConfig {
     pub enforcement: EnforcementConfig,
     #[command(flatten)]
     pub abuse: AbuseLimitsConfig,
+    #[command(flatten)]
+    pub ledger: LedgerConfig,
+}
+
+/// The usage ledger: what is booked, how it is written, how long it is kept.
+#[derive(Debug, Clone, Args)]
+pub struct LedgerConfig {
+    /// Book every counted Check decision and metered response in the usage ledger (PostgreSQL,
+    /// written behind in batches) for `GET /v1/usage/report`; `off` books nothing.
+    #[arg(long, env = "MAAS_AUTHZ_USAGE_LEDGER", value_name = "MAAS_AUTHZ_USAGE_LEDGER", default_value = "on", action = clap::ArgAction::Set, value_parser = on_off)]
+    pub usage_ledger: bool,
+    /// How long ledger rows are kept (by the hour they count); housekeeping deletes older ones.
+    /// `0` or `off`: kept forever.
+    #[arg(long, env = "MAAS_AUTHZ_USAGE_RETENTION", value_name = "MAAS_AUTHZ_USAGE_RETENTION", default_value = "400d", value_parser = optional_duration)]
+    pub usage_retention: OptionalDuration,
+    /// The currency of `billingRate` and `spendLimits` amounts, shown in reports (ISO 4217 code).
+    #[arg(long, env = "MAAS_AUTHZ_BILLING_CURRENCY", value_name = "MAAS_AUTHZ_BILLING_CURRENCY", default_value = crate::ledger::DEFAULT_CURRENCY, value_parser = currency_code)]
+    pub billing_currency: String,
+    /// How often the ledger's pending rows are written, in batched additive upserts.
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_USAGE_FLUSH_INTERVAL", value_name = "MAAS_AUTHZ_USAGE_FLUSH_INTERVAL", default_value = "10s", value_parser = positive_duration)]
+    pub usage_flush_interval: Duration,
+    /// Most ledger rows (distinct hour, user, key, subscription, model) held in memory until
+    /// written, e.g. while the database is down; records that would need a row beyond it are
+    /// dropped and counted in `maas_authz_usage_ledger_dropped_total`.
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_USAGE_BUFFER_ROWS", value_name = "MAAS_AUTHZ_USAGE_BUFFER_ROWS", default_value_t = crate::ledger::DEFAULT_BUFFER_ROWS as u64, value_parser = clap::value_parser!(u64).range(16..=10_000_000))]
+    pub usage_buffer_rows: u64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        defaults_of("ledger")
+    }
+}
+
+/// `on` or `off` (also `true`/`false`, `1`/`0`, `yes`/`no`).
+fn on_off(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("{text:?} is not on or off")),
+    }
+}
+
+/// An ISO 4217 currency code: three capital letters.
+fn currency_code(text: &str) -> Result<String, String> {
+    if text.len() == 3 && text.bytes().all(|b| b.is_ascii_uppercase()) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not an ISO 4217 currency code (three capital letters, e.g. USD or EUR)"
+        ))
+    }
 }
 
 /// What keeps the model check and the token meter from being walked around.

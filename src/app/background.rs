@@ -14,12 +14,13 @@ use crate::breaker::BreakerState;
 use crate::cache::KeyCache;
 use crate::housekeeping::run_housekeeping;
 use crate::last_used::LastUsedTracker;
+use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::policy::{Policy, PolicyReloader, ReloadEvent};
-use crate::store::KeyAdminStore;
 use crate::store::connect::PgEndpoint;
 use crate::store::notify::{KeyChange, ListenerSettings, listen_for_key_changes};
 use crate::store::served::ServedStore;
+use crate::store::{KeyAdminStore, UsageStore};
 
 /// The gRPC health service name that reports whether the database answers. The overall status
 /// (`""`) stays SERVING during an outage: cached keys are still served.
@@ -141,11 +142,12 @@ pub(super) fn spawn_housekeeping(
     tasks: &mut Tasks,
     store: Arc<ServedStore>,
     every: Option<Duration>,
+    usage_retention: Option<Duration>,
 ) {
     if let Some(every) = every {
         let shutdown = tasks.shutdown_signal();
         tasks.spawn("housekeeping", async move {
-            run_housekeeping(store, every, shutdown).await;
+            run_housekeeping(store, every, usage_retention, shutdown).await;
             Ok(())
         });
     }
@@ -280,4 +282,60 @@ async fn write_last_used(
         }
     }
     flush(&tracker).await;
+}
+
+/// Writes the usage ledger's pending rows every `every` (see [`write_usage`]).
+pub(super) fn spawn_usage_writer(
+    tasks: &mut Tasks,
+    ledger: Arc<Ledger>,
+    store: Arc<ServedStore>,
+    metrics: Arc<Metrics>,
+    every: Duration,
+) {
+    let shutdown = tasks.shutdown_signal();
+    tasks.spawn("usage ledger writer", async move {
+        write_usage(ledger, store, metrics, every, shutdown).await;
+        Ok(())
+    });
+}
+
+/// Writes the ledger's pending rows every `every` and once more at shutdown. A failed write
+/// (database down, breaker open) puts the rows back, where later records keep adding to them,
+/// and the next tick retries: nothing counted is lost while the buffer has room.
+async fn write_usage(
+    ledger: Arc<Ledger>,
+    store: Arc<ServedStore>,
+    metrics: Arc<Metrics>,
+    every: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let flush = async || {
+        let batch = ledger.take_batch();
+        if !batch.is_empty() {
+            let rows = batch.len();
+            match store.add_usage(&batch).await {
+                Ok(()) => {
+                    use crate::ledger::LedgerObserver;
+                    metrics.observe_flush(rows, true);
+                }
+                Err(error) => {
+                    use crate::ledger::LedgerObserver;
+                    metrics.observe_flush(rows, false);
+                    tracing::warn!(%error, rows, "cannot write the usage ledger; will retry");
+                    ledger.restore(batch);
+                }
+            }
+        }
+        metrics.set_usage_pending_rows(ledger.pending_rows());
+    };
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = ticker.tick() => flush().await,
+        }
+    }
+    flush().await;
 }

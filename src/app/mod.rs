@@ -40,6 +40,7 @@ pub struct Application {
     authorizer: Arc<Authorizer<ServedStore>>,
     limiter: Option<Arc<Limiter>>,
     store: Arc<ServedStore>,
+    ledger: Option<Arc<crate::ledger::Ledger>>,
 }
 
 /// The name callers used before the composition root had one.
@@ -84,10 +85,20 @@ impl Application {
             services.store.clone(),
             config.last_used_flush_interval,
         );
+        if let Some(ledger) = &services.ledger {
+            background::spawn_usage_writer(
+                &mut tasks,
+                ledger.clone(),
+                services.store.clone(),
+                services.metrics.clone(),
+                config.ledger.usage_flush_interval,
+            );
+        }
         background::spawn_housekeeping(
             &mut tasks,
             services.store.clone(),
             config.housekeeping_interval.0,
+            config.ledger.usage_retention.0,
         );
         background::spawn_policy_reloader(
             &mut tasks,
@@ -163,6 +174,7 @@ impl Application {
             authorizer: services.authorizer,
             limiter: services.limiter,
             store: services.store,
+            ledger: services.ledger,
         })
     }
 
@@ -184,7 +196,24 @@ impl Application {
     /// Stops accepting, lets in-flight requests finish within the grace period, and waits
     /// for every task; whatever is still running after the grace period is cut off.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        self.tasks.shut_down(self.grace).await
+        let stopped = self.tasks.shut_down(self.grace).await;
+        // Responses that finished while the listeners drained were booked after the writer's
+        // last flush: write them now, with every task stopped.
+        if let Some(ledger) = &self.ledger {
+            let batch = ledger.take_batch();
+            if !batch.is_empty() {
+                use crate::store::UsageStore;
+                if let Err(error) = self.store.add_usage(&batch).await {
+                    tracing::warn!(%error, rows = batch.len(), "usage ledger rows lost at shutdown");
+                }
+            }
+        }
+        stopped
+    }
+
+    /// The usage ledger's pending rows (`None` when the ledger is off), for tests.
+    pub fn ledger(&self) -> Option<&Arc<crate::ledger::Ledger>> {
+        self.ledger.as_ref()
     }
 }
 

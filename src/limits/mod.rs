@@ -27,7 +27,7 @@ use crate::clock::{Clock, SystemClock};
 
 use crate::ids::SubscriptionKey;
 use crate::policy::{Policy, RateLimit, SubscriptionModel};
-use crate::usage::{TokenSink, UsageSubject};
+use crate::usage::{Charge, TokenSink, UsageSubject};
 
 /// What a limit counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -480,9 +480,10 @@ impl std::fmt::Debug for ChargingTokenSink {
 
 #[async_trait::async_trait]
 impl TokenSink for ChargingTokenSink {
-    async fn charge(&self, subject: &UsageSubject, tokens: u64) {
+    async fn charge(&self, subject: &UsageSubject, charge: &Charge) {
         // A counter-store outage loses this charge (counted by the limiter's observer): the
         // response has already gone to the client, so there is nothing else to do with it.
+        let tokens = charge.usage.total;
         if let Err(error) = self
             .limiter
             .charge_tokens(&subject.user, &subject.subscription_key, tokens)
@@ -490,7 +491,7 @@ impl TokenSink for ChargingTokenSink {
         {
             tracing::warn!(%error, tokens, "metered tokens not charged");
         }
-        self.next.charge(subject, tokens).await;
+        self.next.charge(subject, charge).await;
     }
 }
 

@@ -39,4 +39,5 @@ mod seeds;
 mod server;
 mod support;
 mod tls;
+mod usage_ledger;
 mod validate;
