@@ -141,6 +141,12 @@ pub enum ReportError {
     TooLong(&'static str),
     #[error("only an admin may see another user's usage")]
     OtherUser,
+    #[error(
+        "unknown parameter {0:?} (known: from, to, groupBy, format, user, subscription, model, cursor, limit)"
+    )]
+    UnknownParameter(String),
+    #[error("parameter {0:?} is given more than once")]
+    RepeatedParameter(String),
 }
 
 impl ReportError {
@@ -160,6 +166,7 @@ impl ReportError {
             ReportError::InvalidCursor | ReportError::CursorWithCsv => "cursor",
             ReportError::TooLong(parameter) => parameter,
             ReportError::OtherUser => "user",
+            ReportError::UnknownParameter(_) | ReportError::RepeatedParameter(_) => "query",
         }
     }
 }

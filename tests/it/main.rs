@@ -40,4 +40,5 @@ mod server;
 mod support;
 mod tls;
 mod usage_ledger;
+mod usage_report;
 mod validate;

@@ -7,7 +7,7 @@ use reqwest::Method;
 
 use crate::rest_support::*;
 
-const PUBLIC_ROUTES: [(&str, &str); 14] = [
+const PUBLIC_ROUTES: [(&str, &str); 15] = [
     ("/v1/api-keys", "post"),
     ("/v1/api-keys/search", "post"),
     ("/v1/api-keys/bulk-revoke", "post"),
@@ -19,6 +19,7 @@ const PUBLIC_ROUTES: [(&str, &str); 14] = [
     ("/v1/models", "get"),
     ("/v1/subscriptions", "get"),
     ("/v1/usage", "get"),
+    ("/v1/usage/report", "get"),
     ("/health", "get"),
     ("/ready", "get"),
     ("/openapi.json", "get"),
