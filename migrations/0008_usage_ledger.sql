@@ -26,6 +26,13 @@ CREATE TABLE IF NOT EXISTS usage_ledger (
     PRIMARY KEY (tenant, hour, username, key_id, subscription, model, organization_id, cost_center)
 );
 
+-- Batches already added: a flush whose answer was lost (timeout, connection cut after the
+-- commit) is retried with the same id and skipped, so no row is ever added twice.
+CREATE TABLE IF NOT EXISTS usage_ledger_batches (
+    batch_id   TEXT        PRIMARY KEY,
+    written_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
 -- Reports filter by tenant and time, often by user; retention deletes by time.
 CREATE INDEX IF NOT EXISTS idx_usage_ledger_tenant_user_hour ON usage_ledger (tenant, username, hour);
 CREATE INDEX IF NOT EXISTS idx_usage_ledger_hour ON usage_ledger (hour);

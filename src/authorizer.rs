@@ -182,10 +182,11 @@ pub enum DenyReason {
     ModelMismatch,
     ModelNotSpecified,
     UnknownKeyRateLimited,
+    SpendLimitExceeded,
 }
 
 impl DenyReason {
-    pub const COUNT: usize = 20;
+    pub const COUNT: usize = 21;
 
     /// Every reason, in [`DenyReason::index`] order.
     pub const ALL: [DenyReason; Self::COUNT] = [
@@ -209,6 +210,7 @@ impl DenyReason {
         DenyReason::ModelMismatch,
         DenyReason::ModelNotSpecified,
         DenyReason::UnknownKeyRateLimited,
+        DenyReason::SpendLimitExceeded,
     ];
 
     /// The reason's own slot in `0..COUNT`, by an exhaustive match (never the declaration
@@ -235,6 +237,7 @@ impl DenyReason {
             DenyReason::ModelMismatch => 17,
             DenyReason::ModelNotSpecified => 18,
             DenyReason::UnknownKeyRateLimited => 19,
+            DenyReason::SpendLimitExceeded => 20,
         }
     }
 
@@ -260,6 +263,7 @@ impl DenyReason {
             DenyReason::ModelMismatch => "model_mismatch",
             DenyReason::ModelNotSpecified => "model_not_specified",
             DenyReason::UnknownKeyRateLimited => "unknown_key_rate_limited",
+            DenyReason::SpendLimitExceeded => "spend_limit_exceeded",
         }
     }
 
@@ -283,7 +287,8 @@ impl DenyReason {
             DenyReason::NonCanonicalPath | DenyReason::ModelMismatch => DenialKind::BadRequest,
             DenyReason::RequestRateLimited
             | DenyReason::TokenRateLimited
-            | DenyReason::UnknownKeyRateLimited => DenialKind::RateLimited,
+            | DenyReason::UnknownKeyRateLimited
+            | DenyReason::SpendLimitExceeded => DenialKind::RateLimited,
         }
     }
 
@@ -332,6 +337,10 @@ impl DenyReason {
             DenyReason::UnknownKeyRateLimited => {
                 "Rate limit exceeded: too many requests with API keys this gateway has not seen \
                  recently; retry after the number of seconds in retry-after"
+            }
+            DenyReason::SpendLimitExceeded => {
+                "Spend limit exceeded: this subscription's spending cap for the model is reached; \
+                 retry after the number of seconds in retry-after"
             }
         }
     }
@@ -676,6 +685,7 @@ async fn apply_limits(
             reason: match kind {
                 LimitKind::Requests => DenyReason::RequestRateLimited,
                 LimitKind::Tokens => DenyReason::TokenRateLimited,
+                LimitKind::Spend => DenyReason::SpendLimitExceeded,
             },
             retry_after: Some(retry_after),
             limits: Some(status),

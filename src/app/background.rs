@@ -299,9 +299,11 @@ pub(super) fn spawn_usage_writer(
     });
 }
 
-/// Writes the ledger's pending rows every `every` and once more at shutdown. A failed write
-/// (database down, breaker open) puts the rows back, where later records keep adding to them,
-/// and the next tick retries: nothing counted is lost while the buffer has room.
+/// Writes the ledger's pending rows every `every` and once more at shutdown. A batch whose
+/// write failed (database down, breaker open, answer lost) is kept as it is, with its id, and
+/// retried before anything newer: the id makes the retry add nothing if the first attempt did
+/// commit, so a count is never lost nor doubled. Meanwhile new records keep adding up in the
+/// ledger, within its bound.
 async fn write_usage(
     ledger: Arc<Ledger>,
     store: Arc<ServedStore>,
@@ -309,24 +311,31 @@ async fn write_usage(
     every: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
-    let flush = async || {
-        let batch = ledger.take_batch();
-        if !batch.is_empty() {
+    use crate::ledger::LedgerObserver;
+    let mut unsent: Option<(String, Vec<crate::ledger::UsageRow>)> = None;
+    let mut flush = async || {
+        for _ in 0..2 {
+            let (batch_id, batch) = match unsent.take() {
+                Some(retry) => retry,
+                None => {
+                    let batch = ledger.take_batch();
+                    if batch.is_empty() {
+                        break;
+                    }
+                    (uuid::Uuid::new_v4().to_string(), batch)
+                }
+            };
             let rows = batch.len();
-            match store.add_usage(&batch).await {
-                Ok(()) => {
-                    use crate::ledger::LedgerObserver;
-                    metrics.observe_flush(rows, true);
-                }
-                Err(error) => {
-                    use crate::ledger::LedgerObserver;
-                    metrics.observe_flush(rows, false);
-                    tracing::warn!(%error, rows, "cannot write the usage ledger; will retry");
-                    ledger.restore(batch);
-                }
+            if let Err(error) = store.add_usage(&batch_id, &batch).await {
+                metrics.observe_flush(rows, false);
+                tracing::warn!(%error, rows, "cannot write the usage ledger; will retry");
+                unsent = Some((batch_id, batch));
+                break;
             }
+            metrics.observe_flush(rows, true);
         }
-        metrics.set_usage_pending_rows(ledger.pending_rows());
+        let waiting = unsent.as_ref().map_or(0, |(_, batch)| batch.len());
+        metrics.set_usage_pending_rows(ledger.pending_rows() + waiting);
     };
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -338,4 +347,10 @@ async fn write_usage(
         }
     }
     flush().await;
+    if let Some((_, batch)) = &unsent {
+        tracing::warn!(
+            rows = batch.len(),
+            "usage ledger rows not written at shutdown"
+        );
+    }
 }

@@ -203,7 +203,8 @@ impl Application {
             let batch = ledger.take_batch();
             if !batch.is_empty() {
                 use crate::store::UsageStore;
-                if let Err(error) = self.store.add_usage(&batch).await {
+                let batch_id = uuid::Uuid::new_v4().to_string();
+                if let Err(error) = self.store.add_usage(&batch_id, &batch).await {
                     tracing::warn!(%error, rows = batch.len(), "usage ledger rows lost at shutdown");
                 }
             }

@@ -3,11 +3,12 @@
 //!
 //! The Check path only takes one shard's mutex for a map update: no await, no I/O. The flusher
 //! ([`Ledger::take_batch`]) drains every shard and the store adds the batch to the table with an
-//! additive upsert, so several replicas writing the same hour lose nothing. A failed write is put
-//! back ([`Ledger::restore`]) and retried. The buffer is bounded by rows: while the database is
-//! away, rows already pending keep adding up (same user, key, model and hour cost no memory),
-//! and only a record that would need a new row beyond the bound is dropped, counted by the
-//! [`LedgerObserver`]. Nothing here knows PostgreSQL: the store implements the writes.
+//! additive upsert, so several replicas writing the same hour lose nothing. A failed batch is kept
+//! by the writer and retried under the same id (the store skips an id it already added). The
+//! buffer is bounded by rows: while the database is away, rows already pending keep adding up
+//! (same user, key, model and hour cost no memory), and only a record that would need a new row
+//! beyond the bound is dropped, counted by the [`LedgerObserver`]. Nothing here knows
+//! PostgreSQL: the store implements the writes.
 
 pub mod report;
 
@@ -282,23 +283,6 @@ impl Ledger {
             }));
         }
         batch
-    }
-
-    /// Puts back rows whose write failed, adding them to what arrived meanwhile; rows beyond
-    /// the bound are dropped and counted (one drop per record they held).
-    pub fn restore(&self, batch: Vec<UsageRow>) {
-        for row in batch {
-            let records = row
-                .counts
-                .requests
-                .saturating_add(row.counts.rate_limited)
-                .max(1);
-            let (labels, key_labels) = (row.labels, row.key_labels);
-            if !self.merge(row.key, &row.counts, || labels, || Some(key_labels)) {
-                // `merge` counted one; a row stands for every record it summed.
-                self.observer.observe_dropped(records.saturating_sub(1));
-            }
-        }
     }
 
     /// Rows waiting to be written.

@@ -185,23 +185,6 @@ fn a_full_buffer_keeps_adding_to_its_rows_and_counts_what_needed_a_new_one() {
 }
 
 #[test]
-fn a_failed_write_put_back_adds_to_what_arrived_meanwhile() {
-    let policy = policy();
-    let labels = BTreeMap::new();
-    let ledger = Ledger::new(100);
-    let booking = booking(&policy, "k", &labels);
-    ledger.record_check(at(10, 0), &booking, CheckOutcome::Allowed);
-    let failed = ledger.take_batch();
-    ledger.record_check(at(10, 5), &booking, CheckOutcome::Allowed);
-
-    ledger.restore(failed);
-
-    let batch = ledger.take_batch();
-    assert_eq!(batch.len(), 1);
-    assert_eq!(batch[0].counts.requests, 2);
-}
-
-#[test]
 fn concurrent_records_from_many_threads_are_all_counted() {
     let policy = Arc::new(policy());
     let ledger = Arc::new(Ledger::new(10_000));

@@ -372,7 +372,12 @@ impl KeyAdminStore for MemoryKeyStore {
 }
 
 impl super::UsageStore for MemoryKeyStore {
-    async fn add_usage(&self, rows: &[crate::ledger::UsageRow]) -> Result<(), StoreError> {
+    async fn add_usage(
+        &self,
+        _batch_id: &str,
+        rows: &[crate::ledger::UsageRow],
+    ) -> Result<(), StoreError> {
+        // One process, no lost answers: every call is a new batch.
         let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
         for row in rows {
             usage.entry(row.key.clone()).or_default().add(&row.counts);

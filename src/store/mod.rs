@@ -295,10 +295,12 @@ pub struct UsagePage {
 
 /// Persistence of the usage ledger (migration 0008) for one tenant.
 pub trait UsageStore: Send + Sync + 'static {
-    /// Adds every row's counts to the stored row of the same key (creating it), atomically for
-    /// the whole batch: several replicas adding to one hour lose nothing.
+    /// Adds every row's counts to the stored row of the same key (creating it): several
+    /// replicas adding to one hour lose nothing. Idempotent per `batch_id`: retrying a batch
+    /// whose answer was lost (it may have committed) adds nothing twice.
     fn add_usage(
         &self,
+        batch_id: &str,
         rows: &[crate::ledger::UsageRow],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 

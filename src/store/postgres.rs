@@ -581,15 +581,20 @@ fn query_error(error: tokio_postgres::Error) -> StoreError {
 const USAGE_ROWS_PER_STATEMENT: usize = 1000;
 
 impl super::UsageStore for PgKeyStore {
-    async fn add_usage(&self, rows: &[crate::ledger::UsageRow]) -> Result<(), StoreError> {
+    async fn add_usage(
+        &self,
+        batch_id: &str,
+        rows: &[crate::ledger::UsageRow],
+    ) -> Result<(), StoreError> {
         // One order for every replica: two upserts touching the same rows then lock them in the
         // same order and cannot deadlock.
         let mut sorted: Vec<&crate::ledger::UsageRow> = rows.iter().collect();
         sorted.sort_by(|a, b| a.key.cmp(&b.key));
-        for chunk in sorted.chunks(USAGE_ROWS_PER_STATEMENT) {
+        for (number, chunk) in sorted.chunks(USAGE_ROWS_PER_STATEMENT).enumerate() {
             let batch = usage_batch(chunk);
+            let chunk_id = format!("{batch_id}:{number}");
             self.run("upsert_usage", async |client| {
-                sql::upsert_usage(client, &self.tenant, &batch).await
+                sql::upsert_usage(client, &self.tenant, &chunk_id, &batch).await
             })
             .await?;
         }
@@ -640,6 +645,11 @@ impl super::UsageStore for PgKeyStore {
     }
 
     async fn delete_usage_before(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+        let day_ago = Utc::now() - chrono::Duration::days(1);
+        self.run("delete_usage_batches_before", async |client| {
+            sql::delete_usage_batches_before(client, day_ago).await
+        })
+        .await?;
         self.run("delete_usage_before", async |client| {
             sql::delete_usage_before(client, &self.tenant, cutoff).await
         })

@@ -151,8 +151,12 @@ impl KeyAdminStore for ServedStore {
 }
 
 impl super::UsageStore for ServedStore {
-    async fn add_usage(&self, rows: &[crate::ledger::UsageRow]) -> Result<(), StoreError> {
-        delegate!(self, store => store.add_usage(rows).await)
+    async fn add_usage(
+        &self,
+        batch_id: &str,
+        rows: &[crate::ledger::UsageRow],
+    ) -> Result<(), StoreError> {
+        delegate!(self, store => store.add_usage(batch_id, rows).await)
     }
 
     async fn usage_report(

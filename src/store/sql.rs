@@ -526,15 +526,19 @@ pub(super) struct UsageBatch {
 
 /// Adds a batch of rows to the ledger in one statement: a row that exists (another replica, an
 /// earlier flush) gets the batch's counts added, never replaced. Labels keep what was written
-/// first. The batch must not hold one key twice.
+/// first. The batch must not hold one key twice. The same statement claims `batch_id`: a batch
+/// already claimed (a retry whose first attempt committed) adds nothing.
 pub(super) async fn upsert_usage(
     client: &impl GenericClient,
     tenant: &str,
+    batch_id: &str,
     batch: &UsageBatch,
 ) -> Result<u64, tokio_postgres::Error> {
     let statement = client
         .prepare_cached(
-            "INSERT INTO usage_ledger (hour, tenant, username, key_id, subscription, model, \
+            "WITH claimed AS (INSERT INTO usage_ledger_batches (batch_id) VALUES ($18) \
+               ON CONFLICT DO NOTHING RETURNING 1) \
+             INSERT INTO usage_ledger (hour, tenant, username, key_id, subscription, model, \
                organization_id, cost_center, requests, rate_limited, prompt_tokens, \
                completion_tokens, total_tokens, estimated_tokens, cost_pico, labels, key_labels) \
              SELECT u.hour, $1, u.username, u.key_id, u.subscription, u.model, u.organization_id, \
@@ -546,6 +550,7 @@ pub(super) async fn upsert_usage(
                AS u(hour, username, key_id, subscription, model, organization_id, cost_center, \
                     requests, rate_limited, prompt_tokens, completion_tokens, total_tokens, \
                     estimated_tokens, cost_pico, labels, key_labels) \
+             WHERE EXISTS (SELECT 1 FROM claimed) \
              ON CONFLICT (tenant, hour, username, key_id, subscription, model, organization_id, \
                cost_center) DO UPDATE SET \
                requests = usage_ledger.requests + EXCLUDED.requests, \
@@ -581,6 +586,7 @@ pub(super) async fn upsert_usage(
                 &batch.cost_pico,
                 &batch.labels,
                 &batch.key_labels,
+                &batch_id,
             ],
         )
         .await
@@ -699,4 +705,16 @@ pub(super) async fn delete_usage_before(
         .prepare_cached("DELETE FROM usage_ledger WHERE tenant = $1 AND hour < $2")
         .await?;
     client.execute(&statement, &[&tenant, &cutoff]).await
+}
+
+/// Forgets batch ids claimed before `cutoff`: a lost answer is retried within seconds, so a day
+/// later nobody will retry them.
+pub(super) async fn delete_usage_batches_before(
+    client: &impl GenericClient,
+    cutoff: chrono::DateTime<chrono::Utc>,
+) -> Result<u64, tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached("DELETE FROM usage_ledger_batches WHERE written_at < $1")
+        .await?;
+    client.execute(&statement, &[&cutoff]).await
 }

@@ -181,12 +181,21 @@ async fn two_replicas_booking_the_same_hour_add_up_to_exact_totals() {
     let policy = billed_policy("");
     let (free_key, _) = mint(&db.store(), &FREE_USER).await;
     let (premium_key, _) = mint(&db.store(), &PREMIUM_USER).await;
-    let first = Application::build(ledger_config(&db, &policy))
-        .await
-        .unwrap();
-    let second = Application::build(ledger_config(&db, &policy))
-        .await
-        .unwrap();
+    let replica = || {
+        let mut config = ledger_config(&db, &policy);
+        // The suite runs many servers at once on two cores: the first lookup may be slow.
+        config.db_check_timeout = Duration::from_secs(5);
+        Application::build(config)
+    };
+    let first = replica().await.unwrap();
+    let second = replica().await.unwrap();
+    // Each replica caches both keys first (each Check counts, and is booked).
+    let mut warm = Vec::new();
+    for server in [&first, &second] {
+        warm.extend(checks(server, &free_key, 1).await);
+        warm.extend(checks(server, &premium_key, 1).await);
+    }
+    assert!(warm.iter().all(|code| *code == 0));
 
     // Both replicas at once, on the same user, key, model and hour: the same ledger rows.
     let (a, b, c, d) = tokio::join!(
@@ -202,10 +211,11 @@ async fn two_replicas_booking_the_same_hour_add_up_to_exact_totals() {
         a.iter().chain(&b).all(|code| *code == 0),
         "every free check allowed"
     );
-    // Premium allows 3 a minute, counted per replica (in-process counters): 3 each.
+    // Premium allows 3 a minute, counted per replica (in-process counters): 3 each, one of
+    // them the warm-up.
     let premium: Vec<i32> = c.into_iter().chain(d).collect();
-    assert_eq!(premium.iter().filter(|code| **code == 0).count(), 6);
-    assert_eq!(premium.iter().filter(|code| **code == 8).count(), 14);
+    assert_eq!(premium.iter().filter(|code| **code == 0).count(), 4);
+    assert_eq!(premium.iter().filter(|code| **code == 8).count(), 16);
     let client = db.client().await;
     let rows = client
         .query(
@@ -228,10 +238,10 @@ async fn two_replicas_booking_the_same_hour_add_up_to_exact_totals() {
         (alice.get::<_, String>(4), alice.get::<_, String>(5)),
         ("acme".to_owned(), "cc-free".to_owned())
     );
-    assert_eq!((alice.get::<_, i64>(6), alice.get::<_, i64>(7)), (300, 0));
+    assert_eq!((alice.get::<_, i64>(6), alice.get::<_, i64>(7)), (302, 0));
     assert_eq!(alice.get::<_, String>(8), r#"{"tier": "free"}"#);
     let bob = &rows[1];
-    assert_eq!((bob.get::<_, i64>(6), bob.get::<_, i64>(7)), (6, 14));
+    assert_eq!((bob.get::<_, i64>(6), bob.get::<_, i64>(7)), (6, 16));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,7 +276,7 @@ async fn checks_during_a_database_outage_are_booked_after_it_and_a_full_buffer_c
     config.db_breaker_threshold = 2;
     config.db_breaker_cool_down = Duration::from_millis(100);
     config.cache_ttl = Duration::from_secs(60);
-    // The smallest buffer: one row per shard, sixteen in all.
+    // The smallest buffer: one row per shard, sixteen in all (and one failed batch kept aside).
     config.ledger.usage_buffer_rows = 16;
     let server = Application::build(config).await.unwrap();
     let mut client = check_client(&server).await;
@@ -420,4 +430,133 @@ async fn housekeeping_deletes_usage_rows_older_than_the_retention_and_keeps_the_
         2,
         "the 401-day-old row is gone, the others stay"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spend_limit_refuses_requests_through_envoy_once_metered_responses_reach_it() {
+    use crate::e2e::{FREE_TOKEN, Gateway, GatewayOptions, hello};
+    // 0.01 per token, at most 0.20 an hour: a few small chats.
+    let policy = tempfile::tempdir().unwrap();
+    let billed = billed_policy("");
+    for file in ["models.yaml", "auth-policies.yaml", "subscriptions.yaml"] {
+        let text = std::fs::read_to_string(billed.path().join(file)).unwrap();
+        let text = text.replace(
+            "      billingRate:\n        perToken: \"0.000002\"\n",
+            "      billingRate:\n        perToken: \"0.01\"\n      spendLimits:\n        - amount: \"0.20\"\n          window: 1h\n",
+        );
+        std::fs::write(policy.path().join(file), text).unwrap();
+    }
+    let policy_path = policy.path().to_owned();
+    let gateway = Gateway::start_with(GatewayOptions {
+        configure: Box::new(move |config| {
+            config.policy_path = policy_path;
+            config.ledger.usage_flush_interval = Duration::from_millis(50);
+        }),
+        ..GatewayOptions::default()
+    })
+    .await;
+    let (key, _) = gateway.mint(FREE_TOKEN).await;
+
+    let mut spent = 0;
+    let mut refusal = None;
+    for _ in 0..20 {
+        let response = gateway.chat(CHAT, Some(&key), &hello("simulator", 5)).await;
+        if response.status() == 429 {
+            refusal = Some(response);
+            break;
+        }
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["x-ratelimit-limit-spend"]
+                .to_str()
+                .unwrap(),
+            "0.2"
+        );
+        let body: serde_json::Value = response.json().await.unwrap();
+        spent += body["usage"]["total_tokens"].as_i64().unwrap();
+        // The meter charges just after the last chunk: let it land before the next Check.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let refusal = refusal.expect("the spend limit refused a request");
+    assert!(
+        spent as f64 * 0.01 >= 0.20,
+        "refused only once 0.20 was spent ({spent} tokens)"
+    );
+    assert!(
+        (spent as f64 - 9.0) * 0.01 < 0.20,
+        "not refused before the cap was reached"
+    );
+    let headers = refusal.headers().clone();
+    assert_eq!(headers["x-ext-auth-reason"], "spend_limit_exceeded");
+    assert_eq!(headers["x-ratelimit-remaining-spend"], "0");
+    assert!(headers.contains_key("retry-after"));
+    let body: serde_json::Value = refusal.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "spend_limit_exceeded");
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    let totals = eventually_totals(gateway.db(), "the refusal is booked", |t| t.1 == 1).await;
+    assert_eq!(totals.4, spent);
+    assert_eq!(
+        totals.6,
+        (spent * 10_000_000_000).to_string(),
+        "0.01 = 10^10 pico"
+    );
+
+    let usage: serde_json::Value = gateway
+        .http
+        .get(format!("{}/maas-api/v1/usage", gateway.url))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let spend = &usage["data"][0]["spend"][0];
+    assert_eq!(spend["window"], "1h");
+    assert_eq!(spend["limit"], "0.2");
+    assert_eq!(spend["used"], format!("{}", spent as f64 / 100.0));
+    assert_eq!(spend["remaining"], "0");
+}
+
+#[tokio::test]
+async fn a_batch_retried_after_its_answer_was_lost_is_added_once() {
+    use maas_authz::ledger::{UsageCounts, UsageKey, UsageRow};
+    use maas_authz::store::UsageStore;
+    let db = TestDb::migrated().await;
+    let store = db.store();
+    let row = UsageRow {
+        key: UsageKey {
+            hour: 1_800_000_000 / 3600 * 3600,
+            user: "alice".into(),
+            key_id: "k".into(),
+            subscription: "models-as-a-service/free".into(),
+            model: "models-as-a-service/simulator".into(),
+            organization_id: String::new(),
+            cost_center: String::new(),
+        },
+        counts: UsageCounts {
+            requests: 2,
+            total_tokens: 10,
+            ..UsageCounts::default()
+        },
+        labels: Default::default(),
+        key_labels: Default::default(),
+    };
+
+    store
+        .add_usage("batch-1", std::slice::from_ref(&row))
+        .await
+        .unwrap();
+    store
+        .add_usage("batch-1", std::slice::from_ref(&row))
+        .await
+        .unwrap();
+    store
+        .add_usage("batch-2", std::slice::from_ref(&row))
+        .await
+        .unwrap();
+
+    let totals = ledger_totals(&db).await;
+    assert_eq!((totals.0, totals.4), (4, 20), "batch-1 once, batch-2 once");
 }
