@@ -666,4 +666,50 @@ mod tests {
             "day,costCenter,requests,rate_limited,prompt_tokens,completion_tokens,total_tokens,estimated_tokens,cost\r\n"
         );
     }
+
+    #[test]
+    fn aggregate_filters_the_range_and_user_and_groups_in_byte_order() {
+        let key = |hour: i64, user: &str, model: &str| UsageKey {
+            hour,
+            user: user.into(),
+            key_id: "k".into(),
+            subscription: "maas/team".into(),
+            model: model.into(),
+            organization_id: String::new(),
+            cost_center: String::new(),
+        };
+        let one = UsageCounts {
+            requests: 1,
+            ..UsageCounts::default()
+        };
+        let start = now().timestamp() - 3600;
+        let rows = [
+            (key(start, "alice", "llm/b"), one),
+            (key(start, "alice", "llm/a"), one),
+            (key(start + 3600, "alice", "llm/a"), one),
+            (key(start - 40 * 86_400, "alice", "llm/a"), one),
+            (key(start, "bob", "llm/a"), one),
+        ];
+        let query = parse(
+            ReportParams {
+                group_by: Some("model".into()),
+                ..Default::default()
+            },
+            ALICE,
+        )
+        .unwrap();
+
+        let report = aggregate(rows.iter().map(|(k, c)| (k, c)), &query);
+
+        let summary: Vec<(String, u64)> = report
+            .iter()
+            .map(|row| (row.groups[0].clone(), row.counts.requests))
+            .collect();
+        // The hour starting at `to` is outside [from, to); bob's and the 40-day-old row too.
+        assert_eq!(summary, [("llm/a".to_owned(), 1), ("llm/b".to_owned(), 1)]);
+        assert_eq!(
+            group_value(GroupBy::Hour, &key(start, "alice", "m")),
+            "2026-11-29T11:00:00Z"
+        );
+    }
 }
