@@ -1105,6 +1105,79 @@ mod tests {
     }
 
     #[test]
+    fn the_ledger_settings_refuse_bad_values_naming_the_variable() {
+        let serve = |flag: &str, value: &str| {
+            Cli::try_parse_from([
+                "maas-authz",
+                "serve",
+                "--database-url",
+                "postgres://x@localhost/db",
+                "--policy-path",
+                "p",
+                flag,
+                value,
+            ])
+        };
+        for (flag, value, variable, why) in [
+            (
+                "--usage-ledger",
+                "maybe",
+                "MAAS_AUTHZ_USAGE_LEDGER",
+                "is not on or off",
+            ),
+            (
+                "--billing-currency",
+                "usd",
+                "MAAS_AUTHZ_BILLING_CURRENCY",
+                "ISO 4217",
+            ),
+            (
+                "--billing-currency",
+                "EURO",
+                "MAAS_AUTHZ_BILLING_CURRENCY",
+                "ISO 4217",
+            ),
+            (
+                "--usage-retention",
+                "forever",
+                "MAAS_AUTHZ_USAGE_RETENTION",
+                "0/off",
+            ),
+            (
+                "--usage-buffer-rows",
+                "8",
+                "MAAS_AUTHZ_USAGE_BUFFER_ROWS",
+                "16",
+            ),
+            (
+                "--usage-flush-interval",
+                "0s",
+                "MAAS_AUTHZ_USAGE_FLUSH_INTERVAL",
+                "greater than zero",
+            ),
+        ] {
+            let error = serve(flag, value).unwrap_err().to_string();
+            assert!(
+                error.contains(variable) && error.contains(why),
+                "{flag} {value}: {error}"
+            );
+        }
+        let Command::Serve(off) = serve("--usage-ledger", "off").unwrap().command else {
+            panic!("not serve");
+        };
+        assert!(!off.ledger.usage_ledger);
+        let Command::Serve(kept) = serve("--usage-retention", "off").unwrap().command else {
+            panic!("not serve");
+        };
+        assert_eq!(kept.ledger.usage_retention.0, None);
+        assert_eq!(LedgerConfig::default().billing_currency, "USD");
+        assert_eq!(
+            LedgerConfig::default().usage_retention.0,
+            Some(Duration::from_secs(400 * 86_400))
+        );
+    }
+
+    #[test]
     fn the_active_key_cap_is_a_positive_number_or_off() {
         assert_eq!(active_key_cap("100"), Ok(ActiveKeyCap(Some(100))));
         assert_eq!(active_key_cap("OFF"), Ok(ActiveKeyCap(None)));
