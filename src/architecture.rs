@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 const SPLIT: [&str; 2] = ["grpc", "http"];
 
 /// The domain (ARCHITECTURE.md): free of protocol and database types.
-const DOMAIN: [&str; 19] = [
+const DOMAIN: [&str; 21] = [
     "assertion",
     "authorizer",
     "bearer",
@@ -28,9 +28,11 @@ const DOMAIN: [&str; 19] = [
     "key",
     "keys",
     "last_used",
+    "ledger",
     "limits",
     "lookup_budget",
     "minting",
+    "money",
     "policy",
     "request_path",
     "usage",

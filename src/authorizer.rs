@@ -17,6 +17,7 @@ use crate::cache::{CacheOutcome, KeyCache, Lookup, LookupError};
 use crate::ids::{BoundSubscription, ModelRef, SubscriptionKey};
 use crate::key::ApiKey;
 use crate::last_used::LastUsedTracker;
+use crate::ledger::{Booking, CheckOutcome, Ledger};
 use crate::limits::{LimitError, LimitKind, LimitStatus, Limiter, RequestVerdict};
 use crate::lookup_budget::Throttled;
 use crate::policy::{Model, ModelLookupError, Policy};
@@ -183,10 +184,11 @@ pub enum DenyReason {
     UnknownKeyRateLimited,
     /// The client sent an identity header only the gateway sets (`x-maas-username`, ...).
     ForgedIdentityHeader,
+    SpendLimitExceeded,
 }
 
 impl DenyReason {
-    pub const COUNT: usize = 21;
+    pub const COUNT: usize = 22;
 
     /// Every reason, in [`DenyReason::index`] order.
     pub const ALL: [DenyReason; Self::COUNT] = [
@@ -211,6 +213,7 @@ impl DenyReason {
         DenyReason::ModelNotSpecified,
         DenyReason::UnknownKeyRateLimited,
         DenyReason::ForgedIdentityHeader,
+        DenyReason::SpendLimitExceeded,
     ];
 
     /// The reason's own slot in `0..COUNT`, by an exhaustive match (never the declaration
@@ -238,6 +241,7 @@ impl DenyReason {
             DenyReason::ModelNotSpecified => 18,
             DenyReason::UnknownKeyRateLimited => 19,
             DenyReason::ForgedIdentityHeader => 20,
+            DenyReason::SpendLimitExceeded => 21,
         }
     }
 
@@ -264,6 +268,7 @@ impl DenyReason {
             DenyReason::ModelNotSpecified => "model_not_specified",
             DenyReason::UnknownKeyRateLimited => "unknown_key_rate_limited",
             DenyReason::ForgedIdentityHeader => "forged_identity_header",
+            DenyReason::SpendLimitExceeded => "spend_limit_exceeded",
         }
     }
 
@@ -288,7 +293,8 @@ impl DenyReason {
             DenyReason::NonCanonicalPath | DenyReason::ModelMismatch => DenialKind::BadRequest,
             DenyReason::RequestRateLimited
             | DenyReason::TokenRateLimited
-            | DenyReason::UnknownKeyRateLimited => DenialKind::RateLimited,
+            | DenyReason::UnknownKeyRateLimited
+            | DenyReason::SpendLimitExceeded => DenialKind::RateLimited,
         }
     }
 
@@ -339,7 +345,12 @@ impl DenyReason {
                  recently; retry after the number of seconds in retry-after"
             }
             DenyReason::ForgedIdentityHeader => {
-                "Identity headers (x-maas-username, x-maas-group, ...) are set by the gateway;                  remove them from the request"
+                "Identity headers (x-maas-username, x-maas-group, ...) are set by the gateway; \
+                 remove them from the request"
+            }
+            DenyReason::SpendLimitExceeded => {
+                "Spend limit exceeded: this subscription's spending cap for the model is reached; \
+                 retry after the number of seconds in retry-after"
             }
         }
     }
@@ -452,6 +463,7 @@ pub struct Authorizer<S> {
     last_used: Option<Arc<LastUsedTracker>>,
     limiter: Option<Arc<Limiter>>,
     model_free: ModelFreePaths,
+    ledger: Option<Arc<Ledger>>,
 }
 
 impl<S> std::fmt::Debug for Authorizer<S> {
@@ -477,6 +489,34 @@ impl<S: KeyStore> Authorizer<S> {
             last_used: None,
             limiter: None,
             model_free: ModelFreePaths::default(),
+            ledger: None,
+        }
+    }
+
+    /// Books every counted request (allowed, or refused for a limit) in the usage ledger: one
+    /// in-memory map update, written behind by a background task.
+    pub fn with_ledger(mut self, ledger: Arc<Ledger>) -> Self {
+        self.ledger = Some(ledger);
+        self
+    }
+
+    fn book(
+        &self,
+        now: DateTime<Utc>,
+        record: &KeyRecord,
+        counted: Counted<'_>,
+        outcome: CheckOutcome,
+    ) {
+        if let Some(ledger) = &self.ledger {
+            let booking = Booking {
+                user: &record.username,
+                key_id: &record.id.to_string(),
+                subscription: &counted.subscription.qualified_name(),
+                attributes: Some(counted.subscription),
+                model: &counted.model.qualified_name(),
+                key_labels: Some(&record.labels),
+            };
+            ledger.record_check(now, &booking, outcome);
         }
     }
 
@@ -576,10 +616,14 @@ impl<S: KeyStore> Authorizer<S> {
                 };
                 // Model discovery under a model route is free, as `/v1/models` is.
                 let counted = limits.filter(|_| !path.is_model_listing());
-                if let (Some(limiter), Some(limits)) = (&self.limiter, counted)
-                    && let Some(denied) = apply_limits(limiter, &mut allowed, limits).await?
-                {
-                    return Ok(Decision::Deny(denied));
+                if let Some(counted) = counted {
+                    if let Some(limiter) = &self.limiter
+                        && let Some(denied) = apply_limits(limiter, &mut allowed, counted).await?
+                    {
+                        self.book(now, &allowed.answer.key, counted, CheckOutcome::RateLimited);
+                        return Ok(Decision::Deny(denied));
+                    }
+                    self.book(now, &allowed.answer.key, counted, CheckOutcome::Allowed);
                 }
                 Ok(Decision::Allow(Box::new(allowed)))
             }
@@ -651,6 +695,7 @@ async fn apply_limits(
             reason: match kind {
                 LimitKind::Requests => DenyReason::RequestRateLimited,
                 LimitKind::Tokens => DenyReason::TokenRateLimited,
+                LimitKind::Spend => DenyReason::SpendLimitExceeded,
             },
             retry_after: Some(retry_after),
             limits: Some(status),

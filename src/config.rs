@@ -217,6 +217,58 @@ pub struct ServeConfig {
     pub abuse: AbuseLimitsConfig,
     #[command(flatten)]
     pub policy_source: PolicySourceConfig,
+    #[command(flatten)]
+    pub ledger: LedgerConfig,
+}
+
+/// The usage ledger: what is booked, how it is written, how long it is kept.
+#[derive(Debug, Clone, Args)]
+pub struct LedgerConfig {
+    /// Book every counted Check decision and metered response in the usage ledger (PostgreSQL,
+    /// written behind in batches) for `GET /v1/usage/report`; `off` books nothing.
+    #[arg(long, env = "MAAS_AUTHZ_USAGE_LEDGER", value_name = "MAAS_AUTHZ_USAGE_LEDGER", default_value = "on", action = clap::ArgAction::Set, value_parser = on_off)]
+    pub usage_ledger: bool,
+    /// How long ledger rows are kept (by the hour they count); housekeeping deletes older ones.
+    /// `0` or `off`: kept forever.
+    #[arg(long, env = "MAAS_AUTHZ_USAGE_RETENTION", value_name = "MAAS_AUTHZ_USAGE_RETENTION", default_value = "400d", value_parser = optional_duration)]
+    pub usage_retention: OptionalDuration,
+    /// The currency of `billingRate` and `spendLimits` amounts, shown in reports (ISO 4217 code).
+    #[arg(long, env = "MAAS_AUTHZ_BILLING_CURRENCY", value_name = "MAAS_AUTHZ_BILLING_CURRENCY", default_value = crate::ledger::DEFAULT_CURRENCY, value_parser = currency_code)]
+    pub billing_currency: String,
+    /// How often the ledger's pending rows are written, in batched additive upserts.
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_USAGE_FLUSH_INTERVAL", value_name = "MAAS_AUTHZ_USAGE_FLUSH_INTERVAL", default_value = "10s", value_parser = positive_duration)]
+    pub usage_flush_interval: Duration,
+    /// Most ledger rows (distinct hour, user, key, subscription, model) held in memory until
+    /// written, e.g. while the database is down; records that would need a row beyond it are
+    /// dropped and counted in `maas_authz_usage_ledger_dropped_total`.
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_USAGE_BUFFER_ROWS", value_name = "MAAS_AUTHZ_USAGE_BUFFER_ROWS", default_value_t = crate::ledger::DEFAULT_BUFFER_ROWS as u64, value_parser = clap::value_parser!(u64).range(16..=10_000_000))]
+    pub usage_buffer_rows: u64,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        defaults_of("ledger")
+    }
+}
+
+/// `on` or `off` (also `true`/`false`, `1`/`0`, `yes`/`no`).
+fn on_off(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "on" | "true" | "1" | "yes" => Ok(true),
+        "off" | "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("{text:?} is not on or off")),
+    }
+}
+
+/// An ISO 4217 currency code: three capital letters.
+fn currency_code(text: &str) -> Result<String, String> {
+    if text.len() == 3 && text.bytes().all(|b| b.is_ascii_uppercase()) {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not an ISO 4217 currency code (three capital letters, e.g. USD or EUR)"
+        ))
+    }
 }
 
 /// Where the policy comes from: files, or upstream's MaaS objects in the cluster.
@@ -1252,6 +1304,79 @@ mod tests {
             "{bad_list}"
         );
         assert!(too_long.contains("1-63"), "{too_long}");
+    }
+
+    #[test]
+    fn the_ledger_settings_refuse_bad_values_naming_the_variable() {
+        let serve = |flag: &str, value: &str| {
+            Cli::try_parse_from([
+                "maas-authz",
+                "serve",
+                "--database-url",
+                "postgres://x@localhost/db",
+                "--policy-path",
+                "p",
+                flag,
+                value,
+            ])
+        };
+        for (flag, value, variable, why) in [
+            (
+                "--usage-ledger",
+                "maybe",
+                "MAAS_AUTHZ_USAGE_LEDGER",
+                "is not on or off",
+            ),
+            (
+                "--billing-currency",
+                "usd",
+                "MAAS_AUTHZ_BILLING_CURRENCY",
+                "ISO 4217",
+            ),
+            (
+                "--billing-currency",
+                "EURO",
+                "MAAS_AUTHZ_BILLING_CURRENCY",
+                "ISO 4217",
+            ),
+            (
+                "--usage-retention",
+                "forever",
+                "MAAS_AUTHZ_USAGE_RETENTION",
+                "0/off",
+            ),
+            (
+                "--usage-buffer-rows",
+                "8",
+                "MAAS_AUTHZ_USAGE_BUFFER_ROWS",
+                "16",
+            ),
+            (
+                "--usage-flush-interval",
+                "0s",
+                "MAAS_AUTHZ_USAGE_FLUSH_INTERVAL",
+                "greater than zero",
+            ),
+        ] {
+            let error = serve(flag, value).unwrap_err().to_string();
+            assert!(
+                error.contains(variable) && error.contains(why),
+                "{flag} {value}: {error}"
+            );
+        }
+        let Command::Serve(off) = serve("--usage-ledger", "off").unwrap().command else {
+            panic!("not serve");
+        };
+        assert!(!off.ledger.usage_ledger);
+        let Command::Serve(kept) = serve("--usage-retention", "off").unwrap().command else {
+            panic!("not serve");
+        };
+        assert_eq!(kept.ledger.usage_retention.0, None);
+        assert_eq!(LedgerConfig::default().billing_currency, "USD");
+        assert_eq!(
+            LedgerConfig::default().usage_retention.0,
+            Some(Duration::from_secs(400 * 86_400))
+        );
     }
 
     #[test]

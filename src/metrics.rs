@@ -70,6 +70,68 @@ pub struct Metrics {
     /// `[peer, global]`, each for unknown-key lookups and for TokenReviews.
     unknown_key_lookups_throttled: [IntCounter; 2],
     token_reviews_throttled: [IntCounter; 2],
+    usage_ledger: UsageLedgerMetrics,
+}
+
+/// The usage ledger's buffer and writes.
+#[derive(Debug)]
+struct UsageLedgerMetrics {
+    dropped: IntCounter,
+    rows_written: IntCounter,
+    write_failures: IntCounter,
+    pending_rows: IntGauge,
+}
+
+impl UsageLedgerMetrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let metrics = Self {
+            dropped: IntCounter::new(
+                "usage_ledger_dropped_total",
+                "Usage records (Check decisions, metered responses) dropped because the ledger's \
+                 buffer was full (MAAS_AUTHZ_USAGE_BUFFER_ROWS), e.g. during a long database outage",
+            )?,
+            rows_written: IntCounter::new(
+                "usage_ledger_rows_written_total",
+                "Ledger rows added to the database by the write-behind",
+            )?,
+            write_failures: IntCounter::new(
+                "usage_ledger_write_failures_total",
+                "Ledger batches whose write failed and were kept for a retry",
+            )?,
+            pending_rows: IntGauge::new(
+                "usage_ledger_pending_rows",
+                "Ledger rows in memory waiting to be written",
+            )?,
+        };
+        registry.register(Box::new(metrics.dropped.clone()))?;
+        registry.register(Box::new(metrics.rows_written.clone()))?;
+        registry.register(Box::new(metrics.write_failures.clone()))?;
+        registry.register(Box::new(metrics.pending_rows.clone()))?;
+        Ok(metrics)
+    }
+}
+
+impl crate::ledger::LedgerObserver for Metrics {
+    fn observe_dropped(&self, records: u64) {
+        self.usage_ledger.dropped.inc_by(records);
+    }
+
+    fn observe_flush(&self, rows: usize, ok: bool) {
+        if ok {
+            self.usage_ledger.rows_written.inc_by(rows as u64);
+        } else {
+            self.usage_ledger.write_failures.inc();
+        }
+    }
+}
+
+impl Metrics {
+    /// Rows the ledger holds in memory now.
+    pub fn set_usage_pending_rows(&self, rows: usize) {
+        self.usage_ledger
+            .pending_rows
+            .set(i64::try_from(rows).unwrap_or(i64::MAX));
+    }
 }
 
 impl Metrics {
@@ -335,6 +397,7 @@ impl Metrics {
             counter_store_up,
             unknown_key_lookups_throttled: by_scope(&unknown_key_lookups_throttled),
             token_reviews_throttled: by_scope(&token_reviews_throttled),
+            usage_ledger: UsageLedgerMetrics::register(&registry)?,
             registry,
         })
     }
@@ -470,7 +533,8 @@ impl UsageObserver for Metrics {
 /// charged (`maas_authz_tokens_charged_total`). A limiter wraps or replaces it.
 #[async_trait::async_trait]
 impl TokenSink for Metrics {
-    async fn charge(&self, subject: &UsageSubject, tokens: u64) {
+    async fn charge(&self, subject: &UsageSubject, charge: &Charge) {
+        let tokens = charge.usage.total;
         self.tokens_charged.inc_by(tokens);
         if let Some((subscription, model_namespace, model_name)) = subject.subscription_key.parts()
         {
@@ -561,10 +625,19 @@ mod tests {
                 "llm",
                 "simulator",
             ),
+            key_id: "k1".to_owned(),
+        };
+        let charge = |total| Charge {
+            usage: crate::usage::TokenUsage {
+                prompt: 0,
+                completion: total,
+                total,
+            },
+            estimated: false,
         };
 
-        metrics.charge(&subject, 30).await;
-        metrics.charge(&subject, 12).await;
+        metrics.charge(&subject, &charge(30)).await;
+        metrics.charge(&subject, &charge(12)).await;
 
         let text = metrics.render();
         assert!(

@@ -16,12 +16,13 @@ use crate::cache::KeyCache;
 use crate::housekeeping::run_housekeeping;
 use crate::kube_policy::KubernetesSource;
 use crate::last_used::LastUsedTracker;
+use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::policy::{Policy, PolicyReloader, PolicySync, ReloadEvent};
-use crate::store::KeyAdminStore;
 use crate::store::connect::PgEndpoint;
 use crate::store::notify::{KeyChange, ListenerSettings, listen_for_key_changes};
 use crate::store::served::ServedStore;
+use crate::store::{KeyAdminStore, UsageStore};
 
 /// The gRPC health service name that reports whether the database answers. The overall status
 /// (`""`) stays SERVING during an outage: cached keys are still served.
@@ -234,11 +235,12 @@ pub(super) fn spawn_housekeeping(
     tasks: &mut Tasks,
     store: Arc<ServedStore>,
     every: Option<Duration>,
+    usage_retention: Option<Duration>,
 ) {
     if let Some(every) = every {
         let shutdown = tasks.shutdown_signal();
         tasks.spawn("housekeeping", async move {
-            run_housekeeping(store, every, shutdown).await;
+            run_housekeeping(store, every, usage_retention, shutdown).await;
             Ok(())
         });
     }
@@ -414,4 +416,75 @@ async fn write_last_used(
         }
     }
     flush(&tracker).await;
+}
+
+/// Writes the usage ledger's pending rows every `every` (see [`write_usage`]).
+pub(super) fn spawn_usage_writer(
+    tasks: &mut Tasks,
+    ledger: Arc<Ledger>,
+    store: Arc<ServedStore>,
+    metrics: Arc<Metrics>,
+    every: Duration,
+) {
+    let shutdown = tasks.shutdown_signal();
+    tasks.spawn("usage ledger writer", async move {
+        write_usage(ledger, store, metrics, every, shutdown).await;
+        Ok(())
+    });
+}
+
+/// Writes the ledger's pending rows every `every` and once more at shutdown. A batch whose
+/// write failed (database down, breaker open, answer lost) is kept as it is, with its id, and
+/// retried before anything newer: the id makes the retry add nothing if the first attempt did
+/// commit, so a count is never lost nor doubled. Meanwhile new records keep adding up in the
+/// ledger, within its bound.
+async fn write_usage(
+    ledger: Arc<Ledger>,
+    store: Arc<ServedStore>,
+    metrics: Arc<Metrics>,
+    every: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    use crate::ledger::LedgerObserver;
+    let mut unsent: Option<(String, Vec<crate::ledger::UsageRow>)> = None;
+    let mut flush = async || {
+        for _ in 0..2 {
+            let (batch_id, batch) = match unsent.take() {
+                Some(retry) => retry,
+                None => {
+                    let batch = ledger.take_batch();
+                    if batch.is_empty() {
+                        break;
+                    }
+                    (uuid::Uuid::new_v4().to_string(), batch)
+                }
+            };
+            let rows = batch.len();
+            if let Err(error) = store.add_usage(&batch_id, &batch).await {
+                metrics.observe_flush(rows, false);
+                tracing::warn!(%error, rows, "cannot write the usage ledger; will retry");
+                unsent = Some((batch_id, batch));
+                break;
+            }
+            metrics.observe_flush(rows, true);
+        }
+        let waiting = unsent.as_ref().map_or(0, |(_, batch)| batch.len());
+        metrics.set_usage_pending_rows(ledger.pending_rows() + waiting);
+    };
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = ticker.tick() => flush().await,
+        }
+    }
+    flush().await;
+    if let Some((_, batch)) = &unsent {
+        tracing::warn!(
+            rows = batch.len(),
+            "usage ledger rows not written at shutdown"
+        );
+    }
 }

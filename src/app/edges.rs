@@ -118,6 +118,7 @@ pub(crate) fn public_api(
         store: services.store.clone(),
         public_url: config.http.public_url.clone(),
         request_timeout: config.http.http_request_timeout,
+        billing_currency: config.ledger.billing_currency.clone(),
     })
 }
 

@@ -41,6 +41,7 @@ pub struct Application {
     authorizer: Arc<Authorizer<ServedStore>>,
     limiter: Option<Arc<Limiter>>,
     store: Arc<ServedStore>,
+    ledger: Option<Arc<crate::ledger::Ledger>>,
 }
 
 /// The name callers used before the composition root had one.
@@ -99,10 +100,20 @@ impl Application {
                 batch_size: config.last_used_batch_size as usize,
             },
         );
+        if let Some(ledger) = &services.ledger {
+            background::spawn_usage_writer(
+                &mut tasks,
+                ledger.clone(),
+                services.store.clone(),
+                services.metrics.clone(),
+                config.ledger.usage_flush_interval,
+            );
+        }
         background::spawn_housekeeping(
             &mut tasks,
             services.store.clone(),
             config.housekeeping_interval.0,
+            config.ledger.usage_retention.0,
         );
         match config.policy_source.policy_source {
             PolicySource::Files => background::spawn_policy_reloader(
@@ -188,6 +199,7 @@ impl Application {
             authorizer: services.authorizer,
             limiter: services.limiter,
             store: services.store,
+            ledger: services.ledger,
         })
     }
 
@@ -209,7 +221,25 @@ impl Application {
     /// Stops accepting, lets in-flight requests finish within the grace period, and waits
     /// for every task; whatever is still running after the grace period is cut off.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        self.tasks.shut_down(self.grace).await
+        let stopped = self.tasks.shut_down(self.grace).await;
+        // Responses that finished while the listeners drained were booked after the writer's
+        // last flush: write them now, with every task stopped.
+        if let Some(ledger) = &self.ledger {
+            let batch = ledger.take_batch();
+            if !batch.is_empty() {
+                use crate::store::UsageStore;
+                let batch_id = uuid::Uuid::new_v4().to_string();
+                if let Err(error) = self.store.add_usage(&batch_id, &batch).await {
+                    tracing::warn!(%error, rows = batch.len(), "usage ledger rows lost at shutdown");
+                }
+            }
+        }
+        stopped
+    }
+
+    /// The usage ledger's pending rows (`None` when the ledger is off), for tests.
+    pub fn ledger(&self) -> Option<&Arc<crate::ledger::Ledger>> {
+        self.ledger.as_ref()
     }
 }
 

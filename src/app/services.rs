@@ -16,6 +16,7 @@ use crate::config::PolicySource;
 use crate::config::{LimitsConfig, OnRedisError, ServeConfig, pg_endpoint, pg_settings};
 use crate::identity::IdentityResolver;
 use crate::last_used::LastUsedTracker;
+use crate::ledger::{Ledger, LedgerTokenSink};
 use crate::limits::{
     ChargingTokenSink, CounterStore, InProcessCounterStore, Limiter, OnStoreError,
     RedisCounterStore, RedisEndpoint,
@@ -58,6 +59,8 @@ pub(crate) struct Services {
     pub identity: Arc<IdentityResolver<ServedStore>>,
     /// Where the token meter charges metered tokens.
     pub token_sink: Arc<dyn TokenSink>,
+    /// The usage ledger's pending rows; `None` with `MAAS_AUTHZ_USAGE_LEDGER=off`.
+    pub ledger: Option<Arc<Ledger>>,
 }
 
 impl Services {
@@ -158,6 +161,17 @@ impl Services {
         if let Some(limiter) = &limiter {
             authorizer = authorizer.with_limiter(limiter.clone());
         }
+        let ledger = config.ledger.usage_ledger.then(|| {
+            let rows = usize::try_from(config.ledger.usage_buffer_rows).unwrap_or(usize::MAX);
+            Arc::new(Ledger::new(rows).with_observer(metrics.clone()))
+        });
+        match &ledger {
+            Some(ledger) => {
+                tracing::info!(?ledger, "usage ledger on");
+                authorizer = authorizer.with_ledger(ledger.clone());
+            }
+            None => tracing::info!("usage ledger off (MAAS_AUTHZ_USAGE_LEDGER=off)"),
+        }
         let authorizer = Arc::new(authorizer);
         let mut identity = IdentityResolver::from_settings(&config.identity, authorizer.clone())
             .await
@@ -176,6 +190,15 @@ impl Services {
             Some(limiter) => Arc::new(ChargingTokenSink::new(limiter.clone(), counted)),
             None => counted,
         };
+        // The ledger books each response first (in memory), then the limits and metrics charge it.
+        let token_sink: Arc<dyn TokenSink> = match &ledger {
+            Some(ledger) => Arc::new(LedgerTokenSink::new(
+                ledger.clone(),
+                policy.clone(),
+                token_sink,
+            )),
+            None => token_sink,
+        };
         Ok(Self {
             metrics,
             signing,
@@ -189,6 +212,7 @@ impl Services {
             authorizer,
             identity: Arc::new(identity),
             token_sink,
+            ledger,
         })
     }
 }

@@ -176,7 +176,25 @@ pub(super) fn rate_limit_headers(limits: &LimitStatus) -> Vec<HeaderValueOption>
     if let Some(window) = &limits.tokens {
         add(TOKENS, window);
     }
+    if let Some(window) = &limits.spend {
+        headers.extend(spend_headers(window));
+    }
     headers
+}
+
+/// `x-ratelimit-{limit,remaining,reset}-spend` of the tightest spend window: amounts as decimal
+/// strings in the billing currency (`50`, `49.9993`), the reset as for the other kinds.
+fn spend_headers(window: &WindowStatus) -> [HeaderValueOption; 3] {
+    let amount = |pico: u64| crate::money::Amount::from_pico(i128::from(pico)).to_string();
+    let reset_after = std::time::Duration::from_secs(retry_after_seconds(window.reset_after));
+    [
+        overwrite("x-ratelimit-limit-spend", &amount(window.limit)),
+        overwrite("x-ratelimit-remaining-spend", &amount(window.remaining())),
+        overwrite(
+            "x-ratelimit-reset-spend",
+            &crate::duration::format_go_duration(reset_after),
+        ),
+    ]
 }
 
 /// The allow answer, built from its key alone (the memo keys on the same value) and the
@@ -291,7 +309,13 @@ fn deny_answer(denied: &Denied) -> CheckResponse {
             HttpStatusCode::TooManyRequests,
             tonic::Code::ResourceExhausted,
             "rate_limit_error",
-            "rate_limit_exceeded",
+            // A client tells a spending cap (wait for the window or raise the budget) from a
+            // throughput limit by the code.
+            if reason == DenyReason::SpendLimitExceeded {
+                "spend_limit_exceeded"
+            } else {
+                "rate_limit_exceeded"
+            },
         ),
     };
     let body = serde_json::json!({

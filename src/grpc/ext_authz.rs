@@ -428,6 +428,7 @@ mod tests {
             counted.limits = Some(LimitStatus {
                 requests: Some(window(5, used)),
                 tokens: Some(window(100, 40)),
+                spend: None,
             });
             let want = expected(&counted);
             let got = memo.allow(counted, NOW).decode().unwrap();
@@ -460,6 +461,7 @@ mod tests {
             limits: Some(LimitStatus {
                 requests: Some(window(5, 5)),
                 tokens: None,
+                spend: None,
             }),
         };
         let want = check_response(Ok(Decision::Deny(denied)), &signing(), NOW).unwrap();

@@ -224,7 +224,7 @@ async fn settle(finished: Finished, sink: &dyn TokenSink, observer: &dyn UsageOb
         "response metered"
     );
     if let Some(charge) = finished.charge.filter(|c| c.usage.total > 0) {
-        sink.charge(&finished.subject, charge.usage.total).await;
+        sink.charge(&finished.subject, &charge).await;
     }
 }
 
@@ -425,6 +425,7 @@ impl Exchange {
             subject: UsageSubject {
                 user: assertion.user,
                 subscription_key: SubscriptionKey::from_wire(assertion.subscription_key),
+                key_id: assertion.key_id,
             },
             model: assertion.model,
             endpoint: Endpoint::of_path(&path),

@@ -35,6 +35,12 @@ pub enum ApiError {
     Timeout,
     #[error("not found")]
     RouteNotFound,
+    /// `GET /v1/usage/report` was asked something it cannot answer (or may not).
+    #[error(transparent)]
+    UsageReport(#[from] crate::ledger::report::ReportError),
+    /// The usage ledger could not be read.
+    #[error("usage ledger: {0}")]
+    Usage(#[source] crate::store::StoreError),
 }
 
 /// How the error body is shaped: upstream's key API uses `{"error": "..."}`; the OpenAI-style
@@ -256,6 +262,40 @@ pub fn error_response(error: &ApiError, shape: ErrorShape) -> Response {
             "server_error",
             None,
         ),
+        // Ask for your own usage (or ask an admin).
+        ApiError::UsageReport(report) if report.is_forbidden() => parts(
+            StatusCode::FORBIDDEN,
+            error.to_string(),
+            "permission_error",
+            Some("access_denied"),
+        ),
+        // Fix the parameter the message names.
+        ApiError::UsageReport(_) => parts(
+            StatusCode::BAD_REQUEST,
+            error.to_string(),
+            "invalid_request_error",
+            Some("invalid_parameter"),
+        ),
+        // Retry later: the database is unreachable or slow.
+        ApiError::Usage(store) if store.is_transient() => {
+            tracing::warn!(error = %store, "usage ledger unavailable");
+            parts(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the usage ledger is unavailable; retry later".into(),
+                "server_error",
+                None,
+            )
+        }
+        // Report it with the x-request-id: a bug or corrupt data on our side.
+        ApiError::Usage(store) => {
+            tracing::error!(error = %store, "usage report failed");
+            parts(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal server error".into(),
+                "server_error",
+                None,
+            )
+        }
         // Check the path (see /openapi.json).
         ApiError::RouteNotFound => parts(
             StatusCode::NOT_FOUND,

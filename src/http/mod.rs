@@ -14,6 +14,7 @@ mod server;
 mod state;
 mod tokens;
 mod usage;
+mod usage_report;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,6 +50,7 @@ pub fn public_router(state: SharedState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(catalog::list_subscriptions))
         .routes(routes!(catalog::list_model_subscriptions))
         .routes(routes!(usage::usage))
+        .routes(routes!(usage_report::usage_report))
         .routes(routes!(health::health))
         .routes(routes!(health::ready))
         .routes(routes!(openapi::openapi_json))

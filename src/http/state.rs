@@ -30,6 +30,8 @@ pub struct PublicApi {
     pub public_url: Option<String>,
     /// Longest a request may take.
     pub request_timeout: Duration,
+    /// `MAAS_AUTHZ_BILLING_CURRENCY`, named in usage reports.
+    pub billing_currency: String,
 }
 
 impl std::fmt::Debug for PublicApi {

@@ -44,6 +44,25 @@ pub struct ModelUsage {
     pub requests: Vec<UsageWindowView>,
     /// `tokenRateLimits` windows.
     pub tokens: Vec<UsageWindowView>,
+    /// `spendLimits` windows (our extension; empty when the subscription sets none).
+    pub spend: Vec<SpendWindowView>,
+}
+
+/// One spend window: amounts as decimal strings in the billing currency.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SpendWindowView {
+    /// Length of the window as the policy writes it, e.g. `720h`.
+    pub window: String,
+    /// The cap, e.g. `50`.
+    pub limit: String,
+    /// Spent in the current window (charged after each response).
+    pub used: String,
+    pub remaining: String,
+    /// Until the window starts over (e.g. `42s`).
+    pub reset: String,
+    /// The same, in whole seconds (rounded up).
+    pub reset_seconds: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -99,6 +118,11 @@ pub(super) async fn usage(
                 model: entry.model.qualified_name(),
                 requests: of_kind(LimitKind::Requests),
                 tokens: of_kind(LimitKind::Tokens),
+                spend: windows
+                    .iter()
+                    .filter(|window| window.kind == LimitKind::Spend)
+                    .map(spend_view)
+                    .collect(),
             }
         })
         .collect();
@@ -119,5 +143,19 @@ fn window_view(window: &UsageWindow) -> UsageWindowView {
         remaining: status.remaining(),
         reset: format_go_duration(Duration::from_secs(reset_seconds)),
         reset_seconds,
+    }
+}
+
+fn spend_view(window: &UsageWindow) -> SpendWindowView {
+    let view = window_view(window);
+    let amount = |pico: u64| crate::money::Amount::from_pico(i128::from(pico)).to_string();
+    let status = &window.status;
+    SpendWindowView {
+        window: view.window,
+        limit: amount(status.limit),
+        used: amount(status.used),
+        remaining: amount(status.remaining()),
+        reset: view.reset,
+        reset_seconds: view.reset_seconds,
     }
 }

@@ -29,23 +29,28 @@ use crate::clock::{Clock, SystemClock};
 
 use crate::ids::SubscriptionKey;
 use crate::policy::{Policy, RateLimit, SubscriptionModel};
-use crate::usage::{TokenSink, UsageSubject};
+use crate::usage::{Charge, TokenSink, UsageSubject};
 
 /// What a limit counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LimitKind {
     Requests,
     Tokens,
+    /// `spendLimits`: money, counted in pico-units of the billing currency
+    /// ([`crate::money::Amount`]).
+    Spend,
 }
 
 impl LimitKind {
-    pub const ALL: [LimitKind; 2] = [LimitKind::Requests, LimitKind::Tokens];
+    pub const ALL: [LimitKind; 3] = [LimitKind::Requests, LimitKind::Tokens, LimitKind::Spend];
 
-    /// `requests` or `tokens`: the suffix of the `x-ratelimit-*` headers and the metrics label.
+    /// `requests`, `tokens` or `spend`: the suffix of the `x-ratelimit-*` headers and the
+    /// metrics label.
     pub fn as_str(self) -> &'static str {
         match self {
             LimitKind::Requests => "requests",
             LimitKind::Tokens => "tokens",
+            LimitKind::Spend => "spend",
         }
     }
 
@@ -53,6 +58,7 @@ impl LimitKind {
         match self {
             LimitKind::Requests => "r",
             LimitKind::Tokens => "t",
+            LimitKind::Spend => "s",
         }
     }
 }
@@ -91,6 +97,8 @@ impl WindowStatus {
 pub struct LimitStatus {
     pub requests: Option<WindowStatus>,
     pub tokens: Option<WindowStatus>,
+    /// In pico-units of the billing currency.
+    pub spend: Option<WindowStatus>,
 }
 
 /// The limits' answer for one request.
@@ -219,7 +227,10 @@ impl Limiter {
         selected_subscription_key: &SubscriptionKey,
         limits: &SubscriptionModel,
     ) -> Result<RequestVerdict, LimitError> {
-        if limits.request_limits.is_empty() && limits.token_limits.is_empty() {
+        if limits.request_limits.is_empty()
+            && limits.token_limits.is_empty()
+            && limits.spend_limits.is_empty()
+        {
             return Ok(RequestVerdict::Within(LimitStatus::default()));
         }
         let now = self.clock.now_millis();
@@ -265,8 +276,10 @@ impl Limiter {
             .filter(|(_, window)| window.used.saturating_add(1) > window.limit);
         let kind = if full.clone().any(|(kind, _)| *kind == LimitKind::Requests) {
             LimitKind::Requests
-        } else {
+        } else if full.clone().any(|(kind, _)| *kind == LimitKind::Tokens) {
             LimitKind::Tokens
+        } else {
+            LimitKind::Spend
         };
         let retry_after = full
             .map(|(_, window)| window.reset_after)
@@ -282,37 +295,72 @@ impl Limiter {
 
     /// Adds `tokens` spent by `user` on `selected_subscription_key`
     /// (`<subNs>/<subName>@<modelNs>/<modelName>`, as Check stamps it in dynamic metadata) to
-    /// every token window the policy sets there. A key the policy no longer knows (the
-    /// subscription or model was removed since Check) has no windows: nothing to charge.
+    /// every token window the policy sets there, and their cost at `perToken` to every spend
+    /// window. A key the policy no longer knows (the subscription or model was removed since
+    /// Check) has no windows: nothing to charge.
     pub async fn charge_tokens(
         &self,
         user: &str,
         selected_subscription_key: &SubscriptionKey,
         tokens: u64,
     ) -> Result<(), LimitError> {
-        if tokens == 0 {
+        let usage = crate::usage::TokenUsage {
+            prompt: 0,
+            completion: 0,
+            total: tokens,
+        };
+        self.charge_usage(user, selected_subscription_key, &usage)
+            .await
+    }
+
+    /// Adds one response's usage: its total to every token window, its cost (the
+    /// subscription's `billingRate`, prompt and completion at their own rates) to every spend
+    /// window, in one store operation.
+    pub async fn charge_usage(
+        &self,
+        user: &str,
+        selected_subscription_key: &SubscriptionKey,
+        usage: &crate::usage::TokenUsage,
+    ) -> Result<(), LimitError> {
+        if usage.total == 0 {
             return Ok(());
         }
-        let Some(token_limits) = self.token_limits_of(selected_subscription_key) else {
+        let Some(limits) = self.limits_of(selected_subscription_key) else {
             tracing::debug!(
                 %selected_subscription_key,
-                "no token limits for this subscription and model: nothing charged"
+                "no token or spend limits for this subscription and model: nothing charged"
             );
             return Ok(());
         };
+        let cost = limits
+            .billing
+            .cost(usage.prompt, usage.completion, usage.total)
+            .as_counter();
         let now = self.clock.now_millis();
         let owner = self.owner(user, selected_subscription_key);
-        let charges: Vec<CounterCharge> = token_limits
+        let token_charges = limits
+            .token_limits
             .iter()
-            .map(|limit| {
-                let window = FixedWindow::containing(now, limit.window);
+            .map(|limit| (LimitKind::Tokens, limit.window, usage.total));
+        let spend_charges = limits
+            .spend_limits
+            .iter()
+            .filter(|_| cost > 0)
+            .map(|limit| (LimitKind::Spend, limit.window, cost));
+        let charges: Vec<CounterCharge> = token_charges
+            .chain(spend_charges)
+            .map(|(kind, length, amount)| {
+                let window = FixedWindow::containing(now, length);
                 CounterCharge {
-                    key: counter_key(&owner, LimitKind::Tokens, &window),
-                    amount: tokens,
+                    key: counter_key(&owner, kind, &window),
+                    amount,
                     expires_at_millis: window.end_millis(),
                 }
             })
             .collect();
+        if charges.is_empty() {
+            return Ok(());
+        }
         match self.store.add(&charges, now).await {
             Ok(()) => Ok(()),
             Err(error) => {
@@ -402,20 +450,18 @@ impl Limiter {
         owner
     }
 
-    fn token_limits_of(
-        &self,
-        selected_subscription_key: &SubscriptionKey,
-    ) -> Option<Vec<RateLimit>> {
+    /// The limits of a subscription and model when it has token or spend windows.
+    fn limits_of(&self, selected_subscription_key: &SubscriptionKey) -> Option<SubscriptionModel> {
         let (subscription, model_namespace, model_name) = selected_subscription_key.parts()?;
         let policy = self.policy.load();
         let subscription = policy.find_subscription(subscription)?;
         let model = policy.find_model(Some(model_namespace), model_name).ok()?;
         let limits = policy.subscription_model(subscription, model)?;
-        (!limits.token_limits.is_empty()).then(|| limits.token_limits.clone())
+        (!limits.token_limits.is_empty() || !limits.spend_limits.is_empty()).then(|| limits.clone())
     }
 }
 
-/// `<owner>:<r|t>:<window ms>:<window index>`: each window has its own key, so a new window starts
+/// `<owner>:<r|t|s>:<window ms>:<window index>`: each window has its own key, so a new window starts
 /// at 0 without any reset, and the old one simply expires.
 fn counter_key(owner: &str, kind: LimitKind, window: &FixedWindow) -> String {
     let mut numbers = itoa::Buffer::new();
@@ -442,10 +488,12 @@ fn tightest(statuses: &[(LimitKind, WindowStatus)]) -> LimitStatus {
     LimitStatus {
         requests: pick(LimitKind::Requests),
         tokens: pick(LimitKind::Tokens),
+        spend: pick(LimitKind::Spend),
     }
 }
 
-/// Every request and token window of `limits` that contains `now`, requests first.
+/// Every request, token and spend window of `limits` that contains `now`, in that order (a
+/// spend limit counts pico-units of the billing currency).
 fn windows_at(limits: &SubscriptionModel, now: u64) -> Vec<(LimitKind, RateLimit, FixedWindow)> {
     let requests = limits
         .request_limits
@@ -455,8 +503,16 @@ fn windows_at(limits: &SubscriptionModel, now: u64) -> Vec<(LimitKind, RateLimit
         .token_limits
         .iter()
         .map(|limit| (LimitKind::Tokens, *limit));
+    let spend = limits.spend_limits.iter().map(|limit| {
+        let limit = RateLimit {
+            limit: limit.amount.as_counter(),
+            window: limit.window,
+        };
+        (LimitKind::Spend, limit)
+    });
     requests
         .chain(tokens)
+        .chain(spend)
         .map(|(kind, limit)| (kind, limit, FixedWindow::containing(now, limit.window)))
         .collect()
 }
@@ -482,17 +538,18 @@ impl std::fmt::Debug for ChargingTokenSink {
 
 #[async_trait::async_trait]
 impl TokenSink for ChargingTokenSink {
-    async fn charge(&self, subject: &UsageSubject, tokens: u64) {
+    async fn charge(&self, subject: &UsageSubject, charge: &Charge) {
         // A counter-store outage loses this charge (counted by the limiter's observer): the
         // response has already gone to the client, so there is nothing else to do with it.
+        let tokens = charge.usage.total;
         if let Err(error) = self
             .limiter
-            .charge_tokens(&subject.user, &subject.subscription_key, tokens)
+            .charge_usage(&subject.user, &subject.subscription_key, &charge.usage)
             .await
         {
             tracing::warn!(%error, tokens, "metered tokens not charged");
         }
-        self.next.charge(subject, tokens).await;
+        self.next.charge(subject, charge).await;
     }
 }
 

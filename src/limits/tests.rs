@@ -163,6 +163,7 @@ async fn charged_tokens_count_down_and_then_refuse_requests() {
                     window: Duration::from_secs(60),
                     reset_after: Duration::from_secs(30),
                 }),
+                spend: None,
             },
         }
     );
@@ -304,4 +305,120 @@ fn counter_keys_name_owner_kind_and_window() {
             START / 60_000
         )
     );
+}
+
+const SPEND_POLICY: &str = r#"
+apiVersion: maas.opendatahub.io/v1alpha1
+kind: MaaSModelRef
+metadata: {name: opt, namespace: llm}
+spec: {modelRef: {kind: LLMInferenceService, name: opt}}
+---
+apiVersion: maas.opendatahub.io/v1alpha1
+kind: MaaSSubscription
+metadata: {name: team, namespace: maas}
+spec:
+  owner: {groups: [{name: eng}]}
+  modelRefs:
+    - name: opt
+      namespace: llm
+      tokenRateLimits: [{limit: 1000000, window: 1m}]
+      billingRate: {promptPerToken: "0.001", completionPerToken: "0.002"}
+      spendLimits: [{amount: "0.50", window: 720h}]
+"#;
+
+#[tokio::test]
+async fn spend_is_charged_at_the_billing_rates_and_refuses_requests_once_the_cap_is_reached() {
+    let policy = Policy::from_yaml_str("spend", SPEND_POLICY).unwrap();
+    let subscription = policy.find_subscription("maas/team").unwrap();
+    let model = policy.find_model(Some("llm"), "opt").unwrap();
+    let limits = policy
+        .subscription_model(subscription, model)
+        .unwrap()
+        .clone();
+    let policy = Arc::new(ArcSwap::from_pointee(policy));
+    let clock = Arc::new(ManualClock::at_millis(START));
+    let limiter =
+        Limiter::new(Arc::new(InProcessCounterStore::default()), policy).with_clock(clock.clone());
+    let team = key("maas/team@llm/opt");
+    let usage = |prompt, completion| crate::usage::TokenUsage {
+        prompt,
+        completion,
+        total: prompt + completion,
+    };
+
+    // 100 prompt tokens at 0.001 and 100 completion tokens at 0.002: 0.30 of 0.50.
+    limiter
+        .charge_usage("alice", &team, &usage(100, 100))
+        .await
+        .unwrap();
+    let within = limiter
+        .check_request("alice", &team, &limits)
+        .await
+        .unwrap();
+    // Another 0.30: 0.60, over the cap.
+    limiter
+        .charge_usage("alice", &team, &usage(100, 100))
+        .await
+        .unwrap();
+    let over = limiter
+        .check_request("alice", &team, &limits)
+        .await
+        .unwrap();
+    let bob = limiter.check_request("bob", &team, &limits).await.unwrap();
+
+    let RequestVerdict::Within(status) = within else {
+        panic!("expected within, got {within:?}");
+    };
+    let spend = status.spend.unwrap();
+    assert_eq!(
+        (spend.limit, spend.used),
+        (500_000_000_000, 300_000_000_000)
+    );
+    let RequestVerdict::Limited {
+        kind,
+        retry_after,
+        status,
+    } = over
+    else {
+        panic!("expected limited, got {over:?}");
+    };
+    assert_eq!(kind, LimitKind::Spend);
+    assert_eq!(status.spend.unwrap().remaining(), 0);
+    assert!(retry_after <= Duration::from_secs(720 * 3600));
+    assert!(matches!(bob, RequestVerdict::Within(_)), "per user");
+}
+
+/// What the policy says of the one object it left out (each object is judged on its own).
+fn left_out_because(yaml: &str) -> String {
+    let policy = Policy::from_yaml_str("spend", yaml).unwrap();
+    let [invalid] = policy.invalid_objects() else {
+        panic!(
+            "one invalid object expected: {:?}",
+            policy.invalid_objects()
+        );
+    };
+    format!("{} {:?}", invalid.kind, invalid.issues)
+}
+
+#[test]
+fn spend_limits_that_are_not_positive_decimals_leave_their_subscription_out_of_the_policy() {
+    for (amount, message) in [
+        ("\"-1\"", "is not a decimal amount"),
+        ("\"0\"", "is out of range"),
+        ("\"1000000.01\"", "is out of range"),
+        ("\"1e3\"", "is not a decimal amount"),
+        ("\"0.0000000000001\"", "more than 12 decimal places"),
+    ] {
+        let yaml = SPEND_POLICY.replace("\"0.50\"", amount);
+        let reason = left_out_because(&yaml);
+        assert!(reason.starts_with("MaaSSubscription"), "{amount}: {reason}");
+        assert!(reason.contains(message), "{amount}: {reason}");
+        assert!(
+            reason.contains("spendLimits[0].amount"),
+            "{amount}: {reason}"
+        );
+    }
+    let bad_rate = SPEND_POLICY.replace("\"0.001\"", "0.001");
+    let reason = left_out_because(&bad_rate);
+    assert!(reason.contains("billingRate.promptPerToken"), "{reason}");
 }

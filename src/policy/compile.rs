@@ -190,6 +190,8 @@ fn build_subscription(
             model: ModelIndex(position),
             token_limits: reference.token_limits,
             request_limits: reference.request_limits,
+            billing: reference.billing,
+            spend_limits: reference.spend_limits,
         });
     }
     if invalid {
@@ -227,6 +229,7 @@ fn build_subscription(
         models,
         organization_id: spec.organization_id,
         cost_center: spec.cost_center,
+        labels: spec.labels,
     })
 }
 

@@ -11,7 +11,8 @@ use serde_norway::Value;
 use super::error::{IssueLog, PolicyIssue};
 use super::fields::{Field, FieldIssues, Object, describe};
 use super::source::SourceFile;
-use super::{DEFAULT_NAMESPACE, RateLimit};
+use super::{BillingRate, DEFAULT_NAMESPACE, RateLimit, SpendLimit};
+use crate::money::Amount;
 
 /// The API group all three kinds belong to.
 pub(super) const API_GROUP: &str = "maas.opendatahub.io";
@@ -126,6 +127,8 @@ pub(super) struct SubscriptionSpec {
     pub model_refs: Vec<SubscriptionModelRef>,
     pub organization_id: Option<String>,
     pub cost_center: Option<String>,
+    /// `tokenMetadata.labels`, for chargeback.
+    pub labels: BTreeMap<String, String>,
     pub priority: i32,
 }
 
@@ -138,6 +141,10 @@ pub(super) struct SubscriptionModelRef {
     pub namespace: String,
     pub token_limits: Vec<RateLimit>,
     pub request_limits: Vec<RateLimit>,
+    /// `billingRate` (upstream's `perToken`, our prompt/completion rates).
+    pub billing: BillingRate,
+    /// `spendLimits`, our extension.
+    pub spend_limits: Vec<SpendLimit>,
 }
 
 #[derive(Debug)]
@@ -583,14 +590,19 @@ fn read_subscription(spec: &Object<'_>, found: &mut FieldIssues) -> Option<Subsc
         .and_then(|field| field.object(found));
     let mut organization_id = None;
     let mut cost_center = None;
+    let mut labels = BTreeMap::new();
     if let Some(metadata) = &token_metadata {
         organization_id = optional_string(metadata, "organizationId", found);
         cost_center = optional_string(metadata, "costCenter", found);
-        if let Some(labels) = metadata
+        if let Some(entries) = metadata
             .optional("labels")
             .and_then(|field| field.object(found))
         {
-            labels.string_entries(found);
+            labels = entries
+                .string_entries(found)
+                .into_iter()
+                .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                .collect();
         }
     }
 
@@ -615,6 +627,7 @@ fn read_subscription(spec: &Object<'_>, found: &mut FieldIssues) -> Option<Subsc
         model_refs,
         organization_id,
         cost_center,
+        labels,
         priority: priority?,
     })
 }
@@ -638,13 +651,96 @@ fn read_subscription_model_ref(
         .optional("requestRateLimits")
         .map(|field| read_rate_limits(&field, false, found))
         .unwrap_or_default();
+    let billing = match entry.optional("billingRate") {
+        Some(field) => read_billing_rate(&field, found),
+        None => Some(BillingRate::default()),
+    };
+    let spend_limits = entry
+        .optional("spendLimits")
+        .map(|field| read_spend_limits(&field, found))
+        .unwrap_or_default();
     Some(SubscriptionModelRef {
         path: item.path().to_owned(),
         name: name?.to_owned(),
         namespace: namespace?.to_owned(),
         token_limits,
         request_limits,
+        billing: billing?,
+        spend_limits,
     })
+}
+
+/// The most a spend limit may be: its counter (pico-units) must fit a Redis integer.
+const MAX_SPEND_LIMIT: &str = "1000000";
+
+/// `billingRate`: upstream's `perToken`, and our `promptPerToken` / `completionPerToken`
+/// (each a decimal string per token in the billing currency; a missing side costs `perToken`).
+fn read_billing_rate(field: &Field<'_>, found: &mut FieldIssues) -> Option<BillingRate> {
+    let rate = field.object(found)?;
+    let mut complete = true;
+    let mut read = |key: &str, found: &mut FieldIssues| {
+        let field = rate.optional(key)?;
+        let text = field.string(found);
+        if text.is_none() {
+            complete = false;
+        }
+        match Amount::parse(text?) {
+            Ok(amount) => Some(amount),
+            Err(error) => {
+                found.at(field.path(), error.to_string());
+                complete = false;
+                None
+            }
+        }
+    };
+    let billing = BillingRate {
+        per_token: read("perToken", found),
+        prompt_per_token: read("promptPerToken", found),
+        completion_per_token: read("completionPerToken", found),
+    };
+    complete.then_some(billing)
+}
+
+/// `spendLimits: [{amount: "50.00", window: 720h}]`: the most one user may spend per window on
+/// one subscription's model, in the billing currency.
+fn read_spend_limits(field: &Field<'_>, found: &mut FieldIssues) -> Vec<SpendLimit> {
+    let most = Amount::parse(MAX_SPEND_LIMIT).unwrap_or_default();
+    field
+        .items(found)
+        .iter()
+        .filter_map(|item| {
+            let entry = item.object(found)?;
+            let amount = entry.required("amount", found).and_then(|field| {
+                let text = field.string(found)?;
+                match Amount::parse(text) {
+                    Ok(amount) if amount > Amount::ZERO && amount <= most => Some(amount),
+                    Ok(_) => {
+                        found.at(
+                            field.path(),
+                            format!(
+                                "{text:?} is out of range (more than 0, at most {MAX_SPEND_LIMIT})"
+                            ),
+                        );
+                        None
+                    }
+                    Err(error) => {
+                        found.at(field.path(), error.to_string());
+                        None
+                    }
+                }
+            });
+            let window = entry.required("window", found).and_then(|field| {
+                let text = field.string(found)?;
+                parse_window(text)
+                    .map_err(|message| found.at(field.path(), message))
+                    .ok()
+            });
+            Some(SpendLimit {
+                amount: amount?,
+                window: window?,
+            })
+        })
+        .collect()
 }
 
 fn read_rate_limits(

@@ -196,6 +196,8 @@ pub struct Subscription {
     pub phase: Phase,
     /// `namespace/name` of each model ref that is not in the policy.
     pub missing_models: Vec<String>,
+    /// `tokenMetadata.labels`, copied into usage rows for chargeback.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl Subscription {
@@ -223,6 +225,51 @@ pub struct SubscriptionModel {
     pub token_limits: Vec<RateLimit>,
     /// `requestRateLimits`, our extension; may be empty.
     pub request_limits: Vec<RateLimit>,
+    /// `billingRate`: what a token costs here.
+    pub billing: BillingRate,
+    /// `spendLimits`, our extension; may be empty.
+    pub spend_limits: Vec<SpendLimit>,
+}
+
+/// What one token costs under a subscription (`modelRefs[].billingRate`), in the billing
+/// currency: upstream's `perToken`, or our `promptPerToken` / `completionPerToken` for each side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BillingRate {
+    pub per_token: Option<crate::money::Amount>,
+    pub prompt_per_token: Option<crate::money::Amount>,
+    pub completion_per_token: Option<crate::money::Amount>,
+}
+
+impl BillingRate {
+    /// The cost of one response: prompt and completion tokens at their rates, and whatever the
+    /// total reports beyond them (e.g. reasoning tokens) at `perToken`. No rate: free.
+    pub fn cost(&self, prompt: u64, completion: u64, total: u64) -> crate::money::Amount {
+        let per_token = self.per_token.unwrap_or_default();
+        let rest = total.saturating_sub(prompt.saturating_add(completion));
+        self.prompt_per_token
+            .unwrap_or(per_token)
+            .times(prompt)
+            .saturating_add(
+                self.completion_per_token
+                    .unwrap_or(per_token)
+                    .times(completion),
+            )
+            .saturating_add(per_token.times(rest))
+    }
+
+    /// Whether any token costs anything.
+    pub fn is_priced(&self) -> bool {
+        self.per_token.is_some()
+            || self.prompt_per_token.is_some()
+            || self.completion_per_token.is_some()
+    }
+}
+
+/// At most `amount` spent per `window` by one user on one subscription's model (`spendLimits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SpendLimit {
+    pub amount: crate::money::Amount,
+    pub window: Duration,
 }
 
 /// At most `limit` units (tokens or requests) per `window`.

@@ -33,6 +33,8 @@ const MICROSECONDS: u16 = 6;
 pub struct MemoryKeyStore {
     tenant: String,
     keys: Mutex<Keys>,
+    /// The usage ledger's rows, added to as PostgreSQL's upsert adds.
+    usage: Mutex<std::collections::BTreeMap<crate::ledger::UsageKey, crate::ledger::UsageCounts>>,
 }
 
 /// The rows by id, and the id of each hash: the hot path looks keys up by hash.
@@ -79,6 +81,7 @@ impl MemoryKeyStore {
         Self {
             tenant: tenant.into(),
             keys: Mutex::new(Keys::default()),
+            usage: Mutex::default(),
         }
     }
 
@@ -387,6 +390,55 @@ impl KeyAdminStore for MemoryKeyStore {
             }
         }
         Ok(count(changed.len()))
+    }
+}
+
+impl super::UsageStore for MemoryKeyStore {
+    async fn add_usage(
+        &self,
+        _batch_id: &str,
+        rows: &[crate::ledger::UsageRow],
+    ) -> Result<(), StoreError> {
+        // One process, no lost answers: every call is a new batch.
+        let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
+        for row in rows {
+            usage.entry(row.key.clone()).or_default().add(&row.counts);
+        }
+        Ok(())
+    }
+
+    async fn usage_report(
+        &self,
+        query: &crate::ledger::report::ReportQuery,
+    ) -> Result<super::UsagePage, StoreError> {
+        let usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut rows: Vec<_> = crate::ledger::report::aggregate(usage.iter(), query)
+            .into_iter()
+            .filter(|row| query.after.as_ref().is_none_or(|after| row.groups > *after))
+            .take(query.limit.saturating_add(1))
+            .collect();
+        let has_more = rows.len() > query.limit;
+        rows.truncate(query.limit);
+        Ok(super::UsagePage { rows, has_more })
+    }
+
+    async fn usage_totals(
+        &self,
+        query: &crate::ledger::report::ReportQuery,
+    ) -> Result<crate::ledger::UsageCounts, StoreError> {
+        let usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut totals = crate::ledger::UsageCounts::default();
+        for row in crate::ledger::report::aggregate(usage.iter(), query) {
+            totals.add(&row.counts);
+        }
+        Ok(totals)
+    }
+
+    async fn delete_usage_before(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = usage.len();
+        usage.retain(|key, _| key.hour >= cutoff.timestamp());
+        Ok((before - usage.len()) as u64)
     }
 }
 

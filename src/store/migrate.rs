@@ -53,6 +53,11 @@ pub const MIGRATIONS: &[Migration] = &[
         "key_change_notify",
         include_str!("../../migrations/0007_key_change_notify.sql"),
     ),
+    migration(
+        8,
+        "usage_ledger",
+        include_str!("../../migrations/0008_usage_ledger.sql"),
+    ),
 ];
 
 /// The upstream golang-migrate version whose schema ours includes.

@@ -293,3 +293,42 @@ pub trait KeyAdminStore: KeyStore {
         uses: &[(KeyRecordId, DateTime<Utc>)],
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 }
+
+/// One page of a usage report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsagePage {
+    pub rows: Vec<crate::ledger::report::ReportRow>,
+    /// Whether rows follow the last one.
+    pub has_more: bool,
+}
+
+/// Persistence of the usage ledger (migration 0008) for one tenant.
+pub trait UsageStore: Send + Sync + 'static {
+    /// Adds every row's counts to the stored row of the same key (creating it): several
+    /// replicas adding to one hour lose nothing. Idempotent per `batch_id`: retrying a batch
+    /// whose answer was lost (it may have committed) adds nothing twice.
+    fn add_usage(
+        &self,
+        batch_id: &str,
+        rows: &[crate::ledger::UsageRow],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// One page (at most `query.limit` rows) of the report, grouped and ordered by
+    /// `query.group_by`, after `query.after`.
+    fn usage_report(
+        &self,
+        query: &crate::ledger::report::ReportQuery,
+    ) -> impl Future<Output = Result<UsagePage, StoreError>> + Send;
+
+    /// The sums over the report's whole range and filters.
+    fn usage_totals(
+        &self,
+        query: &crate::ledger::report::ReportQuery,
+    ) -> impl Future<Output = Result<crate::ledger::UsageCounts, StoreError>> + Send;
+
+    /// Deletes the rows of hours before `cutoff`; returns how many.
+    fn delete_usage_before(
+        &self,
+        cutoff: DateTime<Utc>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}

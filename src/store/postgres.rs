@@ -592,3 +592,173 @@ fn query_error(error: tokio_postgres::Error) -> StoreError {
     }
     StoreError::Unavailable(error.to_string())
 }
+
+/// Rows per upsert statement: big enough to amortise the round trip, small enough that one
+/// statement stays well within the query timeout.
+const USAGE_ROWS_PER_STATEMENT: usize = 1000;
+
+impl super::UsageStore for PgKeyStore {
+    async fn add_usage(
+        &self,
+        batch_id: &str,
+        rows: &[crate::ledger::UsageRow],
+    ) -> Result<(), StoreError> {
+        // One order for every replica: two upserts touching the same rows then lock them in the
+        // same order and cannot deadlock.
+        let mut sorted: Vec<&crate::ledger::UsageRow> = rows.iter().collect();
+        sorted.sort_by(|a, b| a.key.cmp(&b.key));
+        for (number, chunk) in sorted.chunks(USAGE_ROWS_PER_STATEMENT).enumerate() {
+            let batch = usage_batch(chunk);
+            let chunk_id = format!("{batch_id}:{number}");
+            self.run("upsert_usage", async |client| {
+                sql::upsert_usage(client, &self.tenant, &chunk_id, &batch).await
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn usage_report(
+        &self,
+        query: &crate::ledger::report::ReportQuery,
+    ) -> Result<super::UsagePage, StoreError> {
+        let wanted = query.limit;
+        let params = usage_report_params(&self.tenant, query, wanted);
+        let rows = self
+            .run("select_usage_report", async |client| {
+                sql::select_usage_report(client, &params).await
+            })
+            .await?;
+        let groups = query.group_by.len();
+        let mut rows = rows
+            .iter()
+            .map(|row| {
+                let values = (0..groups)
+                    .map(|column| row.try_get::<_, String>(column))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| StoreError::CorruptRow(e.to_string()))?;
+                Ok(crate::ledger::report::ReportRow {
+                    groups: values,
+                    counts: usage_counts(row, groups)?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let has_more = rows.len() > wanted;
+        rows.truncate(wanted);
+        Ok(super::UsagePage { rows, has_more })
+    }
+
+    async fn usage_totals(
+        &self,
+        query: &crate::ledger::report::ReportQuery,
+    ) -> Result<crate::ledger::UsageCounts, StoreError> {
+        let params = usage_report_params(&self.tenant, query, 0);
+        let row = self
+            .run("select_usage_totals", async |client| {
+                sql::select_usage_totals(client, &params).await
+            })
+            .await?;
+        usage_counts(&row, 0)
+    }
+
+    async fn delete_usage_before(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+        let day_ago = Utc::now() - chrono::Duration::days(1);
+        self.run("delete_usage_batches_before", async |client| {
+            sql::delete_usage_batches_before(client, day_ago).await
+        })
+        .await?;
+        self.run("delete_usage_before", async |client| {
+            sql::delete_usage_before(client, &self.tenant, cutoff).await
+        })
+        .await
+    }
+}
+
+fn usage_report_params<'a>(
+    tenant: &'a str,
+    query: &'a crate::ledger::report::ReportQuery,
+    wanted: usize,
+) -> sql::UsageReportParams<'a> {
+    sql::UsageReportParams {
+        tenant,
+        from: query.from,
+        to: query.to,
+        username: query.user.as_deref(),
+        subscription: query.subscription.as_deref(),
+        model: query.model.as_deref(),
+        group_by: &query.group_by,
+        after: query.after.as_deref(),
+        // One more than asked for tells whether another page exists.
+        limit: i64::try_from(wanted.saturating_add(1)).unwrap_or(i64::MAX),
+    }
+}
+
+/// The sums of a report row, from column `first` on (see `sql::USAGE_SUMS`). A SUM over no
+/// rows is NULL: zero.
+fn usage_counts(row: &Row, first: usize) -> Result<crate::ledger::UsageCounts, StoreError> {
+    let corrupt = |e: tokio_postgres::Error| StoreError::CorruptRow(e.to_string());
+    let count = |column: usize| -> Result<u64, StoreError> {
+        let value: Option<i64> = row.try_get(first + column).map_err(corrupt)?;
+        Ok(u64::try_from(value.unwrap_or(0)).unwrap_or(0))
+    };
+    let cost: String = row.try_get(first + 6).map_err(corrupt)?;
+    let cost = cost
+        .parse::<i128>()
+        .map_err(|e| StoreError::CorruptRow(format!("usage cost {cost:?}: {e}")))?;
+    Ok(crate::ledger::UsageCounts {
+        requests: count(0)?,
+        rate_limited: count(1)?,
+        prompt_tokens: count(2)?,
+        completion_tokens: count(3)?,
+        total_tokens: count(4)?,
+        estimated_tokens: count(5)?,
+        cost: crate::money::Amount::from_pico(cost),
+    })
+}
+
+/// A chunk of rows as the upsert's column arrays.
+fn usage_batch(rows: &[&crate::ledger::UsageRow]) -> sql::UsageBatch {
+    let clamp = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+    let mut batch = sql::UsageBatch {
+        hour: Vec::with_capacity(rows.len()),
+        username: Vec::with_capacity(rows.len()),
+        key_id: Vec::with_capacity(rows.len()),
+        subscription: Vec::with_capacity(rows.len()),
+        model: Vec::with_capacity(rows.len()),
+        organization_id: Vec::with_capacity(rows.len()),
+        cost_center: Vec::with_capacity(rows.len()),
+        requests: Vec::with_capacity(rows.len()),
+        rate_limited: Vec::with_capacity(rows.len()),
+        prompt_tokens: Vec::with_capacity(rows.len()),
+        completion_tokens: Vec::with_capacity(rows.len()),
+        total_tokens: Vec::with_capacity(rows.len()),
+        estimated_tokens: Vec::with_capacity(rows.len()),
+        cost_pico: Vec::with_capacity(rows.len()),
+        labels: Vec::with_capacity(rows.len()),
+        key_labels: Vec::with_capacity(rows.len()),
+    };
+    for row in rows {
+        let (key, counts) = (&row.key, &row.counts);
+        batch
+            .hour
+            .push(DateTime::from_timestamp(key.hour, 0).unwrap_or_default());
+        batch.username.push(key.user.clone());
+        batch.key_id.push(key.key_id.clone());
+        batch.subscription.push(key.subscription.clone());
+        batch.model.push(key.model.clone());
+        batch.organization_id.push(key.organization_id.clone());
+        batch.cost_center.push(key.cost_center.clone());
+        batch.requests.push(clamp(counts.requests));
+        batch.rate_limited.push(clamp(counts.rate_limited));
+        batch.prompt_tokens.push(clamp(counts.prompt_tokens));
+        batch
+            .completion_tokens
+            .push(clamp(counts.completion_tokens));
+        batch.total_tokens.push(clamp(counts.total_tokens));
+        batch.estimated_tokens.push(clamp(counts.estimated_tokens));
+        batch.cost_pico.push(counts.cost.pico().to_string());
+        batch.labels.push(labels_to_json(&row.labels));
+        batch.key_labels.push(labels_to_json(&row.key_labels));
+    }
+    batch
+}

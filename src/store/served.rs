@@ -158,3 +158,31 @@ impl KeyAdminStore for ServedStore {
         delegate!(self, store => store.record_last_used(uses).await)
     }
 }
+
+impl super::UsageStore for ServedStore {
+    async fn add_usage(
+        &self,
+        batch_id: &str,
+        rows: &[crate::ledger::UsageRow],
+    ) -> Result<(), StoreError> {
+        delegate!(self, store => store.add_usage(batch_id, rows).await)
+    }
+
+    async fn usage_report(
+        &self,
+        query: &crate::ledger::report::ReportQuery,
+    ) -> Result<super::UsagePage, StoreError> {
+        delegate!(self, store => store.usage_report(query).await)
+    }
+
+    async fn usage_totals(
+        &self,
+        query: &crate::ledger::report::ReportQuery,
+    ) -> Result<crate::ledger::UsageCounts, StoreError> {
+        delegate!(self, store => store.usage_totals(query).await)
+    }
+
+    async fn delete_usage_before(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+        delegate!(self, store => store.delete_usage_before(cutoff).await)
+    }
+}

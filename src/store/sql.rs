@@ -522,3 +522,222 @@ pub(super) async fn update_last_used(
         .await?;
     client.execute(&statement, &[&ids, &used_at, &tenant]).await
 }
+
+// Usage ledger (migration 0008).
+
+/// The columns of one batch of usage rows, each an array of the same length (see
+/// [`upsert_usage`]).
+pub(super) struct UsageBatch {
+    pub hour: Vec<chrono::DateTime<chrono::Utc>>,
+    pub username: Vec<String>,
+    pub key_id: Vec<String>,
+    pub subscription: Vec<String>,
+    pub model: Vec<String>,
+    pub organization_id: Vec<String>,
+    pub cost_center: Vec<String>,
+    pub requests: Vec<i64>,
+    pub rate_limited: Vec<i64>,
+    pub prompt_tokens: Vec<i64>,
+    pub completion_tokens: Vec<i64>,
+    pub total_tokens: Vec<i64>,
+    pub estimated_tokens: Vec<i64>,
+    /// Pico-units as decimal text (NUMERIC has no Rust type here; text keeps it exact).
+    pub cost_pico: Vec<String>,
+    pub labels: Vec<Option<serde_json::Value>>,
+    pub key_labels: Vec<Option<serde_json::Value>>,
+}
+
+/// Adds a batch of rows to the ledger in one statement: a row that exists (another replica, an
+/// earlier flush) gets the batch's counts added, never replaced. Labels keep what was written
+/// first. The batch must not hold one key twice. The same statement claims `batch_id`: a batch
+/// already claimed (a retry whose first attempt committed) adds nothing.
+pub(super) async fn upsert_usage(
+    client: &impl GenericClient,
+    tenant: &str,
+    batch_id: &str,
+    batch: &UsageBatch,
+) -> Result<u64, tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached(
+            "WITH claimed AS (INSERT INTO usage_ledger_batches (batch_id) VALUES ($18) \
+               ON CONFLICT DO NOTHING RETURNING 1) \
+             INSERT INTO usage_ledger (hour, tenant, username, key_id, subscription, model, \
+               organization_id, cost_center, requests, rate_limited, prompt_tokens, \
+               completion_tokens, total_tokens, estimated_tokens, cost_pico, labels, key_labels) \
+             SELECT u.hour, $1, u.username, u.key_id, u.subscription, u.model, u.organization_id, \
+               u.cost_center, u.requests, u.rate_limited, u.prompt_tokens, u.completion_tokens, \
+               u.total_tokens, u.estimated_tokens, u.cost_pico::numeric, u.labels, u.key_labels \
+             FROM unnest($2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[], \
+               $7::text[], $8::text[], $9::int8[], $10::int8[], $11::int8[], $12::int8[], \
+               $13::int8[], $14::int8[], $15::text[], $16::jsonb[], $17::jsonb[]) \
+               AS u(hour, username, key_id, subscription, model, organization_id, cost_center, \
+                    requests, rate_limited, prompt_tokens, completion_tokens, total_tokens, \
+                    estimated_tokens, cost_pico, labels, key_labels) \
+             WHERE EXISTS (SELECT 1 FROM claimed) \
+             ON CONFLICT (tenant, hour, username, key_id, subscription, model, organization_id, \
+               cost_center) DO UPDATE SET \
+               requests = usage_ledger.requests + EXCLUDED.requests, \
+               rate_limited = usage_ledger.rate_limited + EXCLUDED.rate_limited, \
+               prompt_tokens = usage_ledger.prompt_tokens + EXCLUDED.prompt_tokens, \
+               completion_tokens = usage_ledger.completion_tokens + EXCLUDED.completion_tokens, \
+               total_tokens = usage_ledger.total_tokens + EXCLUDED.total_tokens, \
+               estimated_tokens = usage_ledger.estimated_tokens + EXCLUDED.estimated_tokens, \
+               cost_pico = usage_ledger.cost_pico + EXCLUDED.cost_pico, \
+               labels = COALESCE(usage_ledger.labels, EXCLUDED.labels), \
+               key_labels = COALESCE(usage_ledger.key_labels, EXCLUDED.key_labels), \
+               updated_at = now()",
+        )
+        .await?;
+    client
+        .execute(
+            &statement,
+            &[
+                &tenant,
+                &batch.hour,
+                &batch.username,
+                &batch.key_id,
+                &batch.subscription,
+                &batch.model,
+                &batch.organization_id,
+                &batch.cost_center,
+                &batch.requests,
+                &batch.rate_limited,
+                &batch.prompt_tokens,
+                &batch.completion_tokens,
+                &batch.total_tokens,
+                &batch.estimated_tokens,
+                &batch.cost_pico,
+                &batch.labels,
+                &batch.key_labels,
+                &batch_id,
+            ],
+        )
+        .await
+}
+
+/// The fixed SQL expression of each report group: the only way a `groupBy` reaches the SQL.
+/// Byte order (`COLLATE "C"`) so pages and cursors agree on every server.
+fn usage_group_expression(group: crate::ledger::report::GroupBy) -> &'static str {
+    use crate::ledger::report::GroupBy;
+    match group {
+        GroupBy::Day => "to_char(hour AT TIME ZONE 'UTC', 'YYYY-MM-DD') COLLATE \"C\"",
+        GroupBy::Hour => {
+            "to_char(hour AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24\":00:00Z\"') COLLATE \"C\""
+        }
+        GroupBy::Model => "model COLLATE \"C\"",
+        GroupBy::Key => "key_id COLLATE \"C\"",
+        GroupBy::User => "username COLLATE \"C\"",
+        GroupBy::Subscription => "subscription COLLATE \"C\"",
+        GroupBy::CostCenter => "cost_center COLLATE \"C\"",
+        GroupBy::OrganizationId => "organization_id COLLATE \"C\"",
+    }
+}
+
+/// The sums every report row and the totals return, after the group columns.
+const USAGE_SUMS: &str = "sum(requests)::int8, sum(rate_limited)::int8, sum(prompt_tokens)::int8, \
+     sum(completion_tokens)::int8, sum(total_tokens)::int8, sum(estimated_tokens)::int8, \
+     COALESCE(sum(cost_pico), 0)::text";
+
+/// Parameters of [`select_usage_report`] and [`select_usage_totals`].
+pub(super) struct UsageReportParams<'a> {
+    pub tenant: &'a str,
+    pub from: chrono::DateTime<chrono::Utc>,
+    pub to: chrono::DateTime<chrono::Utc>,
+    pub username: Option<&'a str>,
+    pub subscription: Option<&'a str>,
+    pub model: Option<&'a str>,
+    pub group_by: &'a [crate::ledger::report::GroupBy],
+    /// Group values to continue after (keyset pagination).
+    pub after: Option<&'a [String]>,
+    pub limit: i64,
+}
+
+/// The WHERE clause both report statements share; every value a parameter.
+fn usage_filter<'v>(
+    params: &'v UsageReportParams<'_>,
+    placeholders: &mut Placeholders<'v>,
+) -> String {
+    let mut sql = format!(
+        " FROM usage_ledger WHERE tenant = {} AND hour >= {} AND hour < {}",
+        placeholders.bind(&params.tenant),
+        placeholders.bind(&params.from),
+        placeholders.bind(&params.to)
+    );
+    if let Some(username) = &params.username {
+        sql += &format!(" AND username = {}", placeholders.bind(username));
+    }
+    if let Some(subscription) = &params.subscription {
+        sql += &format!(" AND subscription = {}", placeholders.bind(subscription));
+    }
+    if let Some(model) = &params.model {
+        sql += &format!(" AND model = {}", placeholders.bind(model));
+    }
+    sql
+}
+
+/// One page of a usage report: group columns (text, from [`usage_group_expression`]) then the
+/// sums, ordered by the groups, after the cursor's groups.
+pub(super) async fn select_usage_report(
+    client: &impl GenericClient,
+    params: &UsageReportParams<'_>,
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    let mut placeholders = Placeholders { values: Vec::new() };
+    let groups: Vec<&str> = params
+        .group_by
+        .iter()
+        .map(|group| usage_group_expression(*group))
+        .collect();
+    let group_list = groups.join(", ");
+    let mut sql = format!("SELECT {group_list}, {USAGE_SUMS}");
+    sql += &usage_filter(params, &mut placeholders);
+    sql += &format!(" GROUP BY {group_list}");
+    if let Some(after) = params.after {
+        let bound: Vec<String> = after
+            .iter()
+            .map(|value| format!("{}::text COLLATE \"C\"", placeholders.bind(value)))
+            .collect();
+        sql += &format!(" HAVING ({group_list}) > ({})", bound.join(", "));
+    }
+    sql += &format!(
+        " ORDER BY {group_list} LIMIT {}",
+        placeholders.bind(&params.limit)
+    );
+    let statement = client.prepare_cached(&sql).await?;
+    client.query(&statement, &placeholders.values).await
+}
+
+/// The sums over every row of the report's range and filters.
+pub(super) async fn select_usage_totals(
+    client: &impl GenericClient,
+    params: &UsageReportParams<'_>,
+) -> Result<Row, tokio_postgres::Error> {
+    let mut placeholders = Placeholders { values: Vec::new() };
+    let mut sql = format!("SELECT {USAGE_SUMS}");
+    sql += &usage_filter(params, &mut placeholders);
+    let statement = client.prepare_cached(&sql).await?;
+    client.query_one(&statement, &placeholders.values).await
+}
+
+/// Deletes the tenant's ledger rows of hours before `cutoff` (retention).
+pub(super) async fn delete_usage_before(
+    client: &impl GenericClient,
+    tenant: &str,
+    cutoff: chrono::DateTime<chrono::Utc>,
+) -> Result<u64, tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached("DELETE FROM usage_ledger WHERE tenant = $1 AND hour < $2")
+        .await?;
+    client.execute(&statement, &[&tenant, &cutoff]).await
+}
+
+/// Forgets batch ids claimed before `cutoff`: a lost answer is retried within seconds, so a day
+/// later nobody will retry them.
+pub(super) async fn delete_usage_batches_before(
+    client: &impl GenericClient,
+    cutoff: chrono::DateTime<chrono::Utc>,
+) -> Result<u64, tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached("DELETE FROM usage_ledger_batches WHERE written_at < $1")
+        .await?;
+    client.execute(&statement, &[&cutoff]).await
+}

@@ -38,13 +38,16 @@ pub use json::{MAX_JSON_BYTES, TAIL_BYTES};
 pub struct UsageSubject {
     pub user: String,
     pub subscription_key: SubscriptionKey,
+    /// The API key's id, as Check signed it (the usage ledger books per key).
+    pub key_id: String,
 }
 
-/// Where metered tokens go (the limits module charges them, the metrics count them). Used as
-/// `dyn`, hence `#[async_trait]`.
+/// Where metered tokens go (the usage ledger books them, the limits module charges them, the
+/// metrics count them). Used as `dyn`, hence `#[async_trait]`. Called only for a charge whose
+/// total is above zero.
 #[async_trait::async_trait]
 pub trait TokenSink: Send + Sync + 'static {
-    async fn charge(&self, subject: &UsageSubject, tokens: u64);
+    async fn charge(&self, subject: &UsageSubject, charge: &Charge);
 }
 
 /// What one response was charged: its usage, and whether that usage is (partly) an estimate.

@@ -316,6 +316,11 @@ impl Gateway {
         request.send().await.expect("request through Envoy")
     }
 
+    /// The gateway's database (the usage ledger's tests read its rows).
+    pub(crate) fn db(&self) -> &TestDb {
+        &self.db
+    }
+
     /// maas-authz's Prometheus endpoint.
     pub(crate) fn metrics_url(&self) -> String {
         let server = self.server.as_ref().expect("maas-authz is running");

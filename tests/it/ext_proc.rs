@@ -33,8 +33,11 @@ struct RecordingSink {
 
 #[async_trait::async_trait]
 impl TokenSink for RecordingSink {
-    async fn charge(&self, subject: &UsageSubject, tokens: u64) {
-        self.charges.lock().unwrap().push((subject.clone(), tokens));
+    async fn charge(&self, subject: &UsageSubject, charge: &maas_authz::usage::Charge) {
+        self.charges
+            .lock()
+            .unwrap()
+            .push((subject.clone(), charge.usage.total));
         self.charged.notify_one();
     }
 }
@@ -190,6 +193,7 @@ fn alice() -> UsageSubject {
     UsageSubject {
         user: "alice".to_owned(),
         subscription_key: maas_authz::ids::SubscriptionKey::from_wire(SUBSCRIPTION_KEY),
+        key_id: "0f".to_owned(),
     }
 }
 

@@ -433,6 +433,7 @@ async fn usage_shows_the_callers_windows_per_subscription_and_model_without_coun
         "model": "models-as-a-service/simulator",
         "requests": [window(5, 2)],
         "tokens": [window(100, 30)],
+        "spend": [],
     }]});
     first.assert_exactly(200, expected.clone());
     again.assert_exactly(200, expected);

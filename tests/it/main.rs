@@ -43,5 +43,7 @@ mod server;
 mod support;
 mod tls;
 mod upstream_contract;
+mod usage_ledger;
+mod usage_report;
 mod validate;
 mod warm_start;

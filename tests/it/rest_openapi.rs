@@ -7,7 +7,7 @@ use reqwest::Method;
 
 use crate::rest_support::*;
 
-const PUBLIC_ROUTES: [(&str, &str); 15] = [
+const PUBLIC_ROUTES: [(&str, &str); 16] = [
     ("/v1/api-keys", "post"),
     ("/v1/api-keys/search", "post"),
     ("/v1/api-keys/bulk-revoke", "post"),
@@ -20,6 +20,7 @@ const PUBLIC_ROUTES: [(&str, &str); 15] = [
     ("/v1/subscriptions", "get"),
     ("/v1/model/{id}/subscriptions", "get"),
     ("/v1/usage", "get"),
+    ("/v1/usage/report", "get"),
     ("/health", "get"),
     ("/ready", "get"),
     ("/openapi.json", "get"),
