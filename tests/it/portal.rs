@@ -1,0 +1,783 @@
+//! The self-service portal in a real headless Chromium (Debian's `chromium` and `chromium-driver`,
+//! driven over W3C WebDriver), against the real server behind a real Envoy: sign in, create a key
+//! and see it once, use it through Envoy, see limits and usage, export CSV, revoke, and the admin's
+//! bulk revoke with its dry run. Screenshots of every page go to `<target>/portal-screenshots/`.
+//!
+//! Chromium comes from `MAAS_AUTHZ_CHROMIUM_BIN`/`MAAS_AUTHZ_CHROMEDRIVER_BIN`, else PATH;
+//! `scripts/test.sh` installs it (scripts/ensure-chromium.sh). Without it these tests fail (never
+//! skip) and say how to get it.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::e2e::{Gateway, GatewayOptions, hello};
+
+const USER_TOKEN: &str = "portal-static-token-user";
+const USER: &str = "portal-user";
+const ADMIN_TOKEN: &str = "portal-static-token-admin";
+const ADMIN: &str = "portal-admin";
+const OTHER_TOKEN: &str = "portal-static-token-other";
+const OTHER: &str = "portal-other";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A `chromedriver` child process on a free port; killed on drop.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+fn tool(variable: &str, names: &[&str]) -> PathBuf {
+    if let Some(bin) = std::env::var_os(variable).filter(|b| !b.is_empty()) {
+        return PathBuf::from(bin);
+    }
+    for name in names {
+        for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()) {
+            let candidate = dir.join(name);
+            if candidate.is_file() {
+                return candidate;
+            }
+        }
+    }
+    panic!(
+        "no {} for the portal's browser tests: {variable} is unset and none of {names:?} is on \
+         PATH. Run the tests with scripts/test.sh (it installs Debian's chromium and \
+         chromium-driver), or run `bash scripts/ensure-chromium.sh` once.",
+        names[0]
+    );
+}
+
+impl Driver {
+    async fn start() -> Self {
+        let driver = tool("MAAS_AUTHZ_CHROMEDRIVER_BIN", &["chromedriver"]);
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let child = Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn chromedriver");
+        let url = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let ready = client
+                .get(format!("{url}/status"))
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status() == StatusCode::OK);
+            if let Some(response) = ready {
+                let status: Value = response.json().await.unwrap_or_default();
+                if status["value"]["ready"] == true {
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "chromedriver not ready in 20 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self { child, url }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One browser session: the WebDriver commands these tests use, and waits that poll.
+struct Browser {
+    http: reqwest::Client,
+    session: String,
+    _driver: Driver,
+}
+
+impl Browser {
+    async fn start() -> Self {
+        let driver = Driver::start().await;
+        let chromium = tool("MAAS_AUTHZ_CHROMIUM_BIN", &["chromium", "chromium-browser"]);
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let answer: Value = http
+            .post(format!("{}/session", driver.url))
+            .json(&json!({ "capabilities": { "alwaysMatch": {
+                "browserName": "chrome",
+                "goog:loggingPrefs": { "browser": "ALL" },
+                "goog:chromeOptions": {
+                    "binary": chromium,
+                    "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                             "--disable-dev-shm-usage", "--window-size=1280,1000",
+                             "--no-first-run", "--disable-extensions"],
+                },
+            } } }))
+            .send()
+            .await
+            .expect("new WebDriver session")
+            .json()
+            .await
+            .unwrap();
+        let session = answer["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("chromedriver did not start Chromium: {answer}"))
+            .to_owned();
+        Self {
+            http,
+            session: format!("{}/session/{session}", driver.url),
+            _driver: driver,
+        }
+    }
+
+    async fn command(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut request = self.http.request(method, format!("{}{path}", self.session));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let answer: Value = request
+            .send()
+            .await
+            .expect("WebDriver command")
+            .json()
+            .await
+            .unwrap();
+        answer["value"].clone()
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        self.command(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn goto(&self, url: &str) {
+        self.post("/url", json!({ "url": url })).await;
+    }
+
+    /// Runs `script` (a function body; `arguments` as usual) and returns its value.
+    async fn run(&self, script: &str, args: Value) -> Value {
+        self.post("/execute/sync", json!({ "script": script, "args": args }))
+            .await
+    }
+
+    /// Runs `script` whose last argument is the callback to call with the result.
+    async fn run_async(&self, script: &str, args: Value) -> Value {
+        self.post("/execute/async", json!({ "script": script, "args": args }))
+            .await
+    }
+
+    async fn find(&self, css: &str) -> Option<String> {
+        let value = self
+            .post("/element", json!({ "using": "css selector", "value": css }))
+            .await;
+        value[ELEMENT].as_str().map(str::to_owned)
+    }
+
+    /// The element, once it is there (and displayed); panics with the page text after [`WAIT`].
+    async fn wait_for(&self, css: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let shown = self
+                .run(
+                    "const e = document.querySelector(arguments[0]); \
+                     return !!e && e.getClientRects().length > 0;",
+                    json!([css]),
+                )
+                .await;
+            if shown == true
+                && let Some(element) = self.find(css).await
+            {
+                return element;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no visible {css} within {WAIT:?}; the page says:\n{}",
+                self.page_text().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until `css`'s text contains `expected`; returns the whole text.
+    async fn wait_text(&self, css: &str, expected: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(element) = self.find(css).await {
+                let text = self.text(&element).await;
+                if text.contains(expected) {
+                    return text;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{css} never said {expected:?}; the page says:\n{}",
+                self.page_text().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn text(&self, element: &str) -> String {
+        self.command(
+            reqwest::Method::GET,
+            &format!("/element/{element}/text"),
+            None,
+        )
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+    }
+
+    async fn page_text(&self) -> String {
+        self.run("return document.body.innerText;", json!([]))
+            .await
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    async fn click(&self, css: &str) {
+        let element = self.wait_for(css).await;
+        self.post(&format!("/element/{element}/click"), json!({}))
+            .await;
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let element = self.wait_for(css).await;
+        self.post(&format!("/element/{element}/clear"), json!({}))
+            .await;
+        self.post(
+            &format!("/element/{element}/value"),
+            json!({ "text": text }),
+        )
+        .await;
+    }
+
+    async fn select(&self, css: &str, value: &str) {
+        self.wait_for(css).await;
+        self.run(
+            "const s = document.querySelector(arguments[0]); s.value = arguments[1]; \
+             s.dispatchEvent(new Event('change', { bubbles: true }));",
+            json!([css, value]),
+        )
+        .await;
+    }
+
+    /// Saves a PNG of the viewport as `<target>/portal-screenshots/<name>.png`.
+    async fn screenshot(&self, name: &str) {
+        let data = self
+            .command(reqwest::Method::GET, "/screenshot", None)
+            .await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(data.as_str().expect("screenshot data"))
+            .expect("screenshot base64");
+        let dir = screenshot_dir();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+
+    async fn console_errors(&self) -> Vec<String> {
+        let logs = self.post("/se/log", json!({ "type": "browser" })).await;
+        logs.as_array()
+            .map(|entries| {
+                entries
+                    .iter()
+                    .filter(|e| e["level"] == "SEVERE")
+                    .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let http = self.http.clone();
+        let session = self.session.clone();
+        // Closing the session quits Chromium; the driver is killed right after.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let _ = http.delete(session).send().await;
+            });
+        })
+        .join();
+    }
+}
+
+fn screenshot_dir() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    target.join("portal-screenshots")
+}
+
+/// The gateway with three static identities: a premium user, another user and an admin.
+async fn portal_gateway() -> (Gateway, tempfile::NamedTempFile) {
+    let tokens = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        tokens.path(),
+        format!(
+            "- token: {USER_TOKEN}\n  username: {USER}\n  groups: [premium-users]\n\
+             - token: {OTHER_TOKEN}\n  username: {OTHER}\n  groups: []\n\
+             - token: {ADMIN_TOKEN}\n  username: {ADMIN}\n  groups: [portal-admins]\n"
+        ),
+    )
+    .unwrap();
+    let path = tokens.path().to_owned();
+    let gateway = Gateway::start_with(GatewayOptions {
+        configure: Box::new(move |config| {
+            config.identity.static_tokens_file = Some(path);
+            config.identity.admin_groups = vec!["portal-admins".to_owned()];
+        }),
+        ..GatewayOptions::default()
+    })
+    .await;
+    (gateway, tokens)
+}
+
+async fn sign_in(browser: &Browser, portal: &str, token: &str, user: &str) {
+    browser.goto(portal).await;
+    browser.type_into("#token", token).await;
+    browser.click("#signin-submit").await;
+    browser.wait_text("#who-name", user).await;
+}
+
+async fn mint(gateway: &Gateway, token: &str, name: &str) -> String {
+    let response = gateway
+        .http
+        .post(format!("{}/maas-api/v1/api-keys", gateway.url))
+        .bearer_auth(token)
+        .json(&json!({ "name": name, "expiresIn": "1d" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let body: Value = response.json().await.unwrap();
+    body["id"].as_str().unwrap().to_owned()
+}
+
+async fn active_keys(gateway: &Gateway, token: &str) -> Vec<Value> {
+    let response: Value = gateway
+        .http
+        .post(format!("{}/maas-api/v1/api-keys/search", gateway.url))
+        .bearer_auth(token)
+        .json(&json!({ "filters": { "status": ["active"] } }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    response["data"].as_array().unwrap().clone()
+}
+
+/// Whether the server under test has the usage ledger's report (brief C); the usage page is
+/// checked either way: full figures with it, an honest "no history" notice without.
+async fn has_usage_report(gateway: &Gateway) -> bool {
+    let document: Value = gateway
+        .http
+        .get(format!("{}/maas-api/openapi.json", gateway.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    document["paths"].get("/v1/usage/report").is_some()
+}
+
+#[tokio::test]
+async fn portal_pages_carry_a_strict_content_security_policy_and_the_root_leads_to_them() {
+    let (gateway, _tokens) = portal_gateway().await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    for path in [
+        "/maas-api/ui/",
+        "/maas-api/ui/app.js",
+        "/maas-api/ui/style.css",
+    ] {
+        let response = client
+            .get(format!("{}{path}", gateway.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let headers = response.headers();
+        let policy = headers["content-security-policy"].to_str().unwrap();
+        assert!(policy.contains("default-src 'self'"), "{path}: {policy}");
+        assert!(policy.contains("script-src 'self';"), "{path}: {policy}");
+        assert!(
+            policy.contains("frame-ancestors 'none'"),
+            "{path}: {policy}"
+        );
+        assert!(!policy.contains("unsafe-inline"), "{path}: {policy}");
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(headers["referrer-policy"], "no-referrer", "{path}");
+    }
+    let page = client
+        .get(format!("{}/maas-api/ui/", gateway.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains("<script>"), "no inline script");
+    assert!(!page.contains("style="), "no inline style");
+
+    let redirect = client
+        .get(format!("{}/maas-api/ui", gateway.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(redirect.status(), StatusCode::FOUND);
+    assert_eq!(redirect.headers()["location"], "ui/");
+
+    let missing = client
+        .get(format!("{}/maas-api/ui/secrets.js", gateway.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+
+    let session = client
+        .get(format!("{}/maas-api/ui/session", gateway.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(session.status(), StatusCode::UNAUTHORIZED);
+    let session: Value = client
+        .get(format!("{}/maas-api/ui/session", gateway.url))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(session["username"], ADMIN);
+    assert_eq!(session["admin"], true);
+}
+
+#[tokio::test]
+async fn portal_takes_a_user_from_sign_in_to_a_used_key_and_revokes_it() {
+    let (gateway, _tokens) = portal_gateway().await;
+    let browser = Browser::start().await;
+    let portal = format!("{}/maas-api/ui/", gateway.url);
+
+    // Sign in: a wrong token is refused with a clear message, the right one gets in.
+    browser.goto(&portal).await;
+    browser.wait_for("#token").await;
+    browser.screenshot("01-sign-in").await;
+    browser.type_into("#token", "not-a-token").await;
+    browser.click("#signin-submit").await;
+    browser.wait_text("#signin-status", "not accepted").await;
+    browser.type_into("#token", USER_TOKEN).await;
+    browser.click("#signin-submit").await;
+    browser.wait_text("#who-name", USER).await;
+    assert!(
+        browser.find("#nav-admin a").await.is_some()
+            && browser
+                .run(
+                    "return document.getElementById('nav-admin').hidden;",
+                    json!([])
+                )
+                .await
+                == true,
+        "no Admin link for a user"
+    );
+
+    // My keys: none yet; create one and see it once, with snippets naming a granted model.
+    browser.wait_text("#keys-list", "no active keys").await;
+    browser.wait_for("#create-key-form").await;
+    let subscriptions = browser
+        .run(
+            "return [...document.querySelectorAll('#key-subscription option')].map(o => o.value);",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        subscriptions,
+        json!(["premium", "free"]),
+        "sorted by priority, highest first"
+    );
+    let expiry_choices = browser
+        .run(
+            "return [...document.querySelectorAll('#key-expiry option')].map(o => o.value);",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        expiry_choices.as_array().unwrap().last().unwrap(),
+        "90d",
+        "capped by the server's maximum: {expiry_choices}"
+    );
+    browser.type_into("#key-name", "notebook").await;
+    browser
+        .type_into("#key-labels", "team=search\nenv=dev")
+        .await;
+    browser.click("#create-key").await;
+    let key_element = browser.wait_for("#new-key-value").await;
+    let key = browser.text(&key_element).await;
+    assert!(key.starts_with("sk-oai-"), "{key}");
+    let curl = browser.text(&browser.wait_for("#snippet-curl").await).await;
+    assert!(
+        curl.contains(&format!("{}/simulator/v1/chat/completions", gateway.url))
+            || curl.contains(&format!("{}/llm/", gateway.url)),
+        "{curl}"
+    );
+    assert!(curl.contains(&key), "{curl}");
+    let python = browser
+        .text(&browser.wait_for("#snippet-python").await)
+        .await;
+    assert!(python.contains("OpenAI(base_url=\""), "{python}");
+    browser.screenshot("02-my-keys-new-key").await;
+    browser.wait_text("#keys-table", "notebook").await;
+    let row = browser.wait_text("#keys-table", "team=search").await;
+    assert!(row.contains("active"), "{row}");
+    browser.click("#dismiss-key").await;
+    let source = browser
+        .run("return document.documentElement.outerHTML;", json!([]))
+        .await;
+    assert!(
+        !source.as_str().unwrap().contains(&key),
+        "the key is gone from the page once dismissed"
+    );
+    let stored = browser
+        .run(
+            "return JSON.stringify(localStorage) + JSON.stringify(sessionStorage) + document.cookie;",
+            json!([]),
+        )
+        .await;
+    assert!(
+        !stored.as_str().unwrap().contains("sk-oai-")
+            && !stored.as_str().unwrap().contains(USER_TOKEN),
+        "nothing secret is stored in the browser: {stored}"
+    );
+
+    // Use the key through Envoy.
+    for _ in 0..3 {
+        let response = gateway
+            .chat(
+                "/simulator/v1/chat/completions",
+                Some(&key),
+                &hello("simulator", 5),
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    // Subscriptions and models.
+    browser.click("a[data-page='subscriptions']").await;
+    let cards = browser.wait_text("#subscriptions", "Premium").await;
+    assert!(cards.contains("priority 20"), "{cards}");
+    browser.wait_text("#models-table", "simulator").await;
+    browser.screenshot("03-subscriptions").await;
+
+    // Limits now: the three requests and their tokens are counted.
+    browser.click("a[data-page='limits']").await;
+    browser.wait_for("[data-limits]").await;
+    let limits = browser
+        .run(
+            "return Object.fromEntries([...document.querySelectorAll('[data-limits]')].map(s => \
+             [s.dataset.limits, [...s.querySelectorAll('[data-used]')].map(e => Number(e.dataset.used))]));",
+            json!([]),
+        )
+        .await;
+    let used = limits
+        .as_object()
+        .and_then(|all| {
+            all.iter()
+                .find(|(name, _)| name.contains("premium") && name.ends_with("simulator"))
+        })
+        .map(|(_, used)| used.clone())
+        .unwrap_or_else(|| panic!("no premium simulator limits in {limits}"));
+    assert_eq!(used[0], 3, "requests used: {limits}");
+    assert_eq!(used[1], 27, "tokens used (3 × 9): {limits}");
+    browser.wait_for("#last-429").await;
+    browser.screenshot("04-limits").await;
+
+    // Usage.
+    browser.click("a[data-page='usage']").await;
+    if has_usage_report(&gateway).await {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            browser.click("#usage-apply").await;
+            browser.wait_for("#usage-totals").await;
+            let requests = browser
+                .text(&browser.wait_for("#total-requests").await)
+                .await;
+            if requests == "3" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "usage never showed 3 requests");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        browser.wait_for("#usage-chart rect.bar-tokens").await;
+        browser.wait_text("#usage-by-model", "simulator").await;
+        browser.wait_text("#usage-by-key", "notebook").await;
+        browser.screenshot("05-usage").await;
+        browser.click("#csv-export").await;
+        browser.wait_for("#csv-download").await;
+        let csv = browser
+            .run_async(
+                "const done = arguments[arguments.length - 1]; \
+                 fetch(document.getElementById('csv-download').href).then(r => r.text()).then(done);",
+                json!([]),
+            )
+            .await;
+        let csv = csv.as_str().unwrap();
+        let header = csv.lines().next().unwrap_or_default();
+        assert!(
+            header.starts_with("day,model,key,requests,rate_limited,"),
+            "{header}"
+        );
+        assert_eq!(csv.lines().count(), 2, "one row for the day: {csv}");
+    } else {
+        browser
+            .wait_text("#usage-results", "keeps no usage history")
+            .await;
+        browser.screenshot("05-usage").await;
+    }
+
+    // Revoke with confirmation: cancel keeps the key, confirm revokes it, Envoy refuses it.
+    browser.click("a[data-page='keys']").await;
+    browser.click("button[data-revoke]").await;
+    browser.click("#confirm-cancel").await;
+    assert_eq!(active_keys(&gateway, USER_TOKEN).await.len(), 1);
+    browser.click("button[data-revoke]").await;
+    browser.wait_text("#confirm-text", "notebook").await;
+    browser.screenshot("06-revoke-confirmation").await;
+    browser.click("#confirm-ok").await;
+    browser.wait_text("#keys-list", "no active keys").await;
+    assert!(active_keys(&gateway, USER_TOKEN).await.is_empty());
+    let refused = gateway
+        .chat(
+            "/simulator/v1/chat/completions",
+            Some(&key),
+            &hello("simulator", 5),
+        )
+        .await;
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        crate::e2e::header(&refused, "x-ext-auth-reason"),
+        "key_revoked"
+    );
+    browser.select("#key-status-filter", "revoked").await;
+    browser.wait_text("#keys-table", "revoked").await;
+
+    let errors = browser.console_errors().await;
+    assert!(
+        errors
+            .iter()
+            .all(|e| !e.contains("Content Security Policy")),
+        "CSP violations: {errors:?}"
+    );
+}
+
+#[tokio::test]
+async fn portal_admin_counts_a_bulk_revoke_by_dry_run_before_revoking_exactly_that() {
+    let (gateway, _tokens) = portal_gateway().await;
+    mint(&gateway, OTHER_TOKEN, "batch-1").await;
+    mint(&gateway, OTHER_TOKEN, "batch-2").await;
+    mint(&gateway, USER_TOKEN, "keep-me").await;
+    let browser = Browser::start().await;
+    let portal = format!("{}/maas-api/ui/", gateway.url);
+
+    sign_in(&browser, &portal, ADMIN_TOKEN, ADMIN).await;
+    browser.click("a[data-page='admin']").await;
+    let everyone = browser.wait_text("#admin-keys-table", "batch-1").await;
+    assert!(
+        everyone.contains("keep-me") && everyone.contains(OTHER),
+        "{everyone}"
+    );
+    browser.type_into("#admin-user", OTHER).await;
+    browser.click("#admin-search").await;
+    browser.wait_text("#admin-keys", "batch-2").await;
+    assert!(!browser.page_text().await.contains("keep-me"));
+    browser.screenshot("07-admin").await;
+
+    // Nothing named: a clear message, nothing counted.
+    browser.click("#bulk-count-button").await;
+    browser.wait_text("#bulk-result", "Name a user").await;
+    assert_eq!(
+        browser
+            .run(
+                "return document.getElementById('bulk-run').disabled;",
+                json!([])
+            )
+            .await,
+        true
+    );
+
+    browser.type_into("#bulk-user", OTHER).await;
+    browser.click("#bulk-count-button").await;
+    browser.wait_text("#bulk-count", "2 active key(s)").await;
+    assert_eq!(
+        active_keys(&gateway, OTHER_TOKEN).await.len(),
+        2,
+        "a dry run revokes nothing"
+    );
+    browser.screenshot("08-admin-dry-run").await;
+    browser.click("#bulk-run").await;
+    browser.click("#confirm-ok").await;
+    browser
+        .wait_text("#bulk-done", "Successfully revoked 2")
+        .await;
+    assert!(active_keys(&gateway, OTHER_TOKEN).await.is_empty());
+    assert_eq!(
+        active_keys(&gateway, USER_TOKEN).await.len(),
+        1,
+        "other users keep theirs"
+    );
+
+    if has_usage_report(&gateway).await {
+        browser.wait_for("#chargeback").await;
+        browser.wait_text("#chargeback", "cost center").await;
+    } else {
+        browser
+            .wait_text("#chargeback", "keeps no usage history")
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn portal_refuses_an_admin_page_to_a_user_and_signs_out_on_request() {
+    let (gateway, _tokens) = portal_gateway().await;
+    let browser = Browser::start().await;
+    let portal = format!("{}/maas-api/ui/", gateway.url);
+    sign_in(&browser, &portal, OTHER_TOKEN, OTHER).await;
+
+    browser.goto(&format!("{portal}#/admin")).await;
+    browser.wait_for("#create-key-form").await;
+    let page = browser
+        .run("return document.body.dataset.page;", json!([]))
+        .await;
+    assert_eq!(page, "keys", "a user asking for #/admin lands on My keys");
+
+    // A new page load forgets the token (memory only): sign in again.
+    browser.run("window.location.reload();", json!([])).await;
+    browser.wait_for("#token").await;
+    sign_in(&browser, &portal, OTHER_TOKEN, OTHER).await;
+
+    browser.click("#sign-out").await;
+    browser.wait_for("#token").await;
+    assert!(!browser.page_text().await.contains(OTHER));
+}
