@@ -333,7 +333,7 @@ export async function limitsPage(main) {
             h("p", { class: "hint" }, `Subscription ${entry.subscription}, tier ${entry.tier}`),
             reasons.length ? h("p", { class: "error", role: "alert" }, `Requests are refused now (429): over ${reasons.join("; ")}.`) : null,
             rows.length
-              ? table(`Windows for ${entry.model}`, ["Limit", "Window", "Used", "Limit", "Remaining", "", "Resets in"], rows, { numeric: [2, 3, 4] })
+              ? table(`Windows for ${entry.model}`, ["Counts", "Window", "Used", "Limit", "Remaining", "Share used", "Resets in"], rows, { numeric: [2, 3, 4] })
               : empty("No limits apply to this model."));
         })
         : empty("No subscription grants you a model, so no limits apply."));
