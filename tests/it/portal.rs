@@ -781,3 +781,265 @@ async fn portal_refuses_an_admin_page_to_a_user_and_signs_out_on_request() {
     browser.wait_for("#token").await;
     assert!(!browser.page_text().await.contains(OTHER));
 }
+
+/// What the stand-in issuer remembers between its authorize and token endpoints.
+#[derive(Default)]
+struct IssuerState {
+    url: std::sync::Mutex<String>,
+    /// code → (code_challenge, nonce, redirect_uri); a code is redeemed at most once.
+    codes: std::sync::Mutex<std::collections::HashMap<String, (String, String, String)>>,
+    /// Token requests refused, and why (the test asserts there were none, or the expected ones).
+    refusals: std::sync::Mutex<Vec<String>>,
+}
+
+const CLIENT_ID: &str = "maas-portal";
+
+/// A small OIDC issuer speaking the real protocol over loopback: discovery, an authorize
+/// endpoint that signs `dana` in at once (302 back with code and state), a token endpoint that
+/// checks the PKCE verifier (S256) and returns an ES256 ID token carrying the nonce, and JWKS.
+struct StandInIssuer {
+    url: String,
+    state: std::sync::Arc<IssuerState>,
+}
+
+impl StandInIssuer {
+    async fn start() -> Self {
+        use axum::extract::{Query, State};
+        use axum::http::header;
+        use axum::response::IntoResponse;
+        use axum::routing::{get, post};
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use p256::ecdsa::signature::Signer;
+        use sha2::Digest;
+        use std::collections::HashMap;
+        use std::sync::Arc;
+
+        let signing = p256::ecdsa::SigningKey::from_slice(&[7_u8; 32]).unwrap();
+        let point = signing.verifying_key().to_encoded_point(false);
+        let jwk = json!({
+            "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": "portal-test",
+            "x": URL_SAFE_NO_PAD.encode(point.x().unwrap()),
+            "y": URL_SAFE_NO_PAD.encode(point.y().unwrap()),
+        });
+        let state = Arc::new(IssuerState::default());
+        let cors = || [(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")];
+        let router = axum::Router::new()
+            .route(
+                "/.well-known/openid-configuration",
+                get(move |State(state): State<Arc<IssuerState>>| async move {
+                    let url = state.url.lock().unwrap().clone();
+                    (
+                        cors(),
+                        axum::Json(json!({
+                            "issuer": url,
+                            "authorization_endpoint": format!("{url}/authorize"),
+                            "token_endpoint": format!("{url}/token"),
+                            "jwks_uri": format!("{url}/keys"),
+                            "code_challenge_methods_supported": ["S256"],
+                            "id_token_signing_alg_values_supported": ["ES256"],
+                        })),
+                    )
+                }),
+            )
+            .route(
+                "/authorize",
+                get(
+                    |State(state): State<Arc<IssuerState>>,
+                     Query(query): Query<HashMap<String, String>>| async move {
+                        let ok = query.get("response_type").map(String::as_str) == Some("code")
+                            && query.get("client_id").map(String::as_str) == Some(CLIENT_ID)
+                            && query.get("code_challenge_method").map(String::as_str)
+                                == Some("S256")
+                            && query.get("scope").is_some_and(|s| s.contains("openid"));
+                        if !ok {
+                            return (StatusCode::BAD_REQUEST, format!("bad request {query:?}"))
+                                .into_response();
+                        }
+                        let code = crate::support::uuid_simple();
+                        let redirect = query["redirect_uri"].clone();
+                        state.codes.lock().unwrap().insert(
+                            code.clone(),
+                            (
+                                query["code_challenge"].clone(),
+                                query["nonce"].clone(),
+                                redirect.clone(),
+                            ),
+                        );
+                        let location = format!(
+                            "{redirect}?code={code}&state={}",
+                            percent_encode(&query["state"])
+                        );
+                        (StatusCode::FOUND, [(header::LOCATION, location)]).into_response()
+                    },
+                ),
+            )
+            .route(
+                "/token",
+                post(
+                    move |State(state): State<Arc<IssuerState>>, body: String| async move {
+                        let form: HashMap<String, String> = body
+                            .split('&')
+                            .filter_map(|pair| pair.split_once('='))
+                            .map(|(k, v)| (percent_decode(k), percent_decode(v)))
+                            .collect();
+                        let refuse = |why: String| {
+                            state.refusals.lock().unwrap().push(why.clone());
+                            (
+                                StatusCode::BAD_REQUEST,
+                                cors(),
+                                axum::Json(
+                                    json!({ "error": "invalid_grant", "error_description": why }),
+                                ),
+                            )
+                                .into_response()
+                        };
+                        let Some((challenge, nonce, redirect)) = form
+                            .get("code")
+                            .and_then(|code| state.codes.lock().unwrap().remove(code))
+                        else {
+                            return refuse("unknown or used code".to_owned());
+                        };
+                        let verifier = form.get("code_verifier").cloned().unwrap_or_default();
+                        if URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(verifier.as_bytes()))
+                            != challenge
+                        {
+                            return refuse("PKCE verifier does not match".to_owned());
+                        }
+                        if form.get("redirect_uri") != Some(&redirect)
+                            || form.get("client_id").map(String::as_str) != Some(CLIENT_ID)
+                            || form.get("grant_type").map(String::as_str)
+                                != Some("authorization_code")
+                        {
+                            return refuse(format!("bad token request {form:?}"));
+                        }
+                        let url = state.url.lock().unwrap().clone();
+                        let now = chrono::Utc::now().timestamp();
+                        let claims = json!({
+                            "iss": url, "aud": CLIENT_ID, "azp": CLIENT_ID, "sub": "dana-subject",
+                            "preferred_username": "dana", "groups": ["premium-users"],
+                            "nonce": nonce, "iat": now, "nbf": now - 5, "exp": now + 300,
+                        });
+                        let header = json!({ "alg": "ES256", "typ": "JWT", "kid": "portal-test" });
+                        let input = format!(
+                            "{}.{}",
+                            URL_SAFE_NO_PAD.encode(header.to_string()),
+                            URL_SAFE_NO_PAD.encode(claims.to_string())
+                        );
+                        let signature: p256::ecdsa::Signature = signing.sign(input.as_bytes());
+                        let id_token =
+                            format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()));
+                        (
+                            cors(),
+                            axum::Json(json!({
+                                "access_token": "opaque-access-token", "token_type": "Bearer",
+                                "expires_in": 300, "id_token": id_token,
+                            })),
+                        )
+                            .into_response()
+                    },
+                ),
+            )
+            .route(
+                "/keys",
+                get(move || async move { axum::Json(json!({ "keys": [jwk] })) }),
+            )
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        *state.url.lock().unwrap() = url.clone();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Self { url, state }
+    }
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                out.push(u8::from_str_radix(hex, 16).unwrap_or(b'?'));
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn portal_signs_in_through_the_oidc_code_flow_with_pkce_and_refuses_a_forged_return() {
+    let issuer = StandInIssuer::start().await;
+    let issuer_url = issuer.url.clone();
+    let gateway = Gateway::start_with(GatewayOptions {
+        configure: Box::new(move |config| {
+            config.identity.oidc_issuer = Some(issuer_url);
+            config.identity.oidc_audience = Some(CLIENT_ID.to_owned());
+            config.identity.oidc_username_claim = Some("preferred_username".to_owned());
+            config.identity.oidc_username_prefix = Some("-".to_owned());
+            config.http.portal_oidc_client_id = Some(CLIENT_ID.to_owned());
+        }),
+        ..GatewayOptions::default()
+    })
+    .await;
+    let browser = Browser::start().await;
+    let portal = format!("{}/maas-api/ui/", gateway.url);
+
+    // A forged return (a code and state this tab never asked for) signs nobody in.
+    browser
+        .goto(&format!("{portal}?code=stolen&state=guessed"))
+        .await;
+    browser
+        .wait_text("#signin-status", "no sign-in was started")
+        .await;
+    let url = browser.run("return window.location.href;", json!([])).await;
+    assert_eq!(url, portal, "the code is removed from the address bar");
+
+    // The real flow: discovery, authorize, back with code and state, token with the verifier.
+    browser.click("#oidc-start").await;
+    browser.wait_text("#who-name", "dana").await;
+    browser.wait_for("#create-key-form").await;
+    assert!(
+        issuer.state.refusals.lock().unwrap().is_empty(),
+        "the issuer refused: {:?}",
+        issuer.state.refusals.lock().unwrap()
+    );
+    let url = browser.run("return window.location.href;", json!([])).await;
+    assert!(!url.as_str().unwrap().contains("code="), "{url}");
+    let stored = browser
+        .run(
+            "return JSON.stringify(localStorage) + JSON.stringify(sessionStorage) + document.cookie;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(stored, "{}{}", "nothing left in browser storage");
+
+    // The ID token works as the bearer: dana mints a key in the portal.
+    browser.type_into("#key-name", "from sso").await;
+    browser.click("#create-key").await;
+    let key = browser
+        .text(&browser.wait_for("#new-key-value").await)
+        .await;
+    assert!(key.starts_with("sk-oai-"), "{key}");
+    browser.screenshot("09-oidc-signed-in").await;
+}
