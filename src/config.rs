@@ -1037,6 +1037,43 @@ mod tests {
     }
 
     #[test]
+    fn bad_portal_oidc_settings_name_the_variable_and_say_what_is_wrong() {
+        let serve = |extra: &[&str]| {
+            let mut args = vec![
+                "maas-authz",
+                "serve",
+                "--database-url",
+                "postgres://x@localhost/db",
+                "--policy-path",
+                "examples/policy",
+            ];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args)
+                .map(|_| ())
+                .unwrap_err()
+                .to_string()
+        };
+
+        let error = serve(&["--portal-oidc-client-id", "has space"]);
+        assert!(
+            error.contains("MAAS_AUTHZ_PORTAL_OIDC_CLIENT_ID")
+                && error.contains("visible ASCII characters"),
+            "{error}"
+        );
+        let error = serve(&["--portal-oidc-scopes", "openid \"x"]);
+        assert!(
+            error.contains("MAAS_AUTHZ_PORTAL_OIDC_SCOPES") && error.contains("may not contain"),
+            "{error}"
+        );
+        assert_eq!(
+            portal_scopes("profile  email").unwrap(),
+            "openid profile email"
+        );
+        assert_eq!(portal_scopes("email openid").unwrap(), "email openid");
+        assert_eq!(portal_client_id("maas-portal").unwrap(), "maas-portal");
+    }
+
+    #[test]
     fn without_signing_keys_a_process_key_is_made_up() {
         let keys = EnforcementConfig::default().signing_keys().unwrap();
 
