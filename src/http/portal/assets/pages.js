@@ -400,7 +400,7 @@ export async function usagePage(main, session, extra = {}) {
       const { from: f, to: t } = range();
       const blob = await download(reportPath({ from: f, to: t, groupBy: "day,model,key", format: "csv" }));
       const url = URL.createObjectURL(blob);
-      const link = h("a", { href: url, download: `usage-${f}-to-${t}.csv`, id: "csv-download" }, `Download usage-${f}-to-${t}.csv`);
+      const link = h("a", { href: url, download: `usage-${f}-to-${t}.csv`, id: "csv-download", "data-bytes": blob.size, "data-from": f, "data-to": t }, `Download usage-${f}-to-${t}.csv`);
       show(exportArea, link);
       link.click();
     } catch (error) {
