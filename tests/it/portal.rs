@@ -169,12 +169,6 @@ impl Browser {
             .await
     }
 
-    /// Runs `script` whose last argument is the callback to call with the result.
-    async fn run_async(&self, script: &str, args: Value) -> Value {
-        self.post("/execute/async", json!({ "script": script, "args": args }))
-            .await
-    }
-
     async fn find(&self, css: &str) -> Option<String> {
         let value = self
             .post("/element", json!({ "using": "css selector", "value": css }))
