@@ -68,10 +68,11 @@ export function fillDays(rows, from, to) {
   return days;
 }
 
+/** A round axis maximum divisible into four whole-number steps (both series are counts). */
 function niceMax(value) {
-  if (value <= 0) return 1;
+  if (value <= 4) return 4;
   const magnitude = 10 ** Math.floor(Math.log10(value));
-  for (const step of [1, 2, 2.5, 5, 10]) {
+  for (const step of [1, 2, 4, 8, 10]) {
     if (value <= step * magnitude) return step * magnitude;
   }
   return 10 * magnitude;
