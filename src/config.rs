@@ -120,13 +120,14 @@ pub struct ServeConfig {
         default_value = "0.0.0.0:9090"
     )]
     pub metrics_addr: SocketAddr,
-    /// A MaaS manifest file or a directory of them (MaaSModelRef, MaaSSubscription, MaaSAuthPolicy).
+    /// A MaaS manifest file or a directory of them (MaaSModelRef, MaaSSubscription, MaaSAuthPolicy);
+    /// required with MAAS_AUTHZ_POLICY_SOURCE=files (the default).
     #[arg(
         long,
         env = "MAAS_AUTHZ_POLICY_PATH",
         value_name = "MAAS_AUTHZ_POLICY_PATH"
     )]
-    pub policy_path: PathBuf,
+    pub policy_path: Option<PathBuf>,
     /// How often the policy files are checked for changes.
     #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_POLICY_RELOAD_INTERVAL", value_name = "MAAS_AUTHZ_POLICY_RELOAD_INTERVAL", default_value = "2s", value_parser = positive_duration)]
     pub policy_reload_interval: Duration,
@@ -176,12 +177,22 @@ pub struct ServeConfig {
     /// How long in-flight requests may take to finish after SIGTERM.
     #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_SHUTDOWN_GRACE", value_name = "MAAS_AUTHZ_SHUTDOWN_GRACE", default_value = "10s", value_parser = positive_duration)]
     pub shutdown_grace: Duration,
+    /// Warm start: at start-up, read the active keys used within this long (`last_used_at`)
+    /// into the cache, in the background, up to `MAAS_AUTHZ_CACHE_CAPACITY` (`0` or `off`:
+    /// no preload; every key is read on its first use).
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_CACHE_PRELOAD", value_name = "MAAS_AUTHZ_CACHE_PRELOAD", default_value = "24h", value_parser = optional_duration)]
+    pub cache_preload: OptionalDuration,
     /// Least time between two `last_used_at` writes for one key (Check never writes itself).
     #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_LAST_USED_INTERVAL", value_name = "MAAS_AUTHZ_LAST_USED_INTERVAL", default_value = "60s", value_parser = positive_duration)]
     pub last_used_interval: Duration,
-    /// How often noted key uses are written, in one batched statement.
+    /// How often noted key uses are written (all of them, in statements of at most
+    /// `MAAS_AUTHZ_LAST_USED_BATCH_SIZE` keys).
     #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_LAST_USED_FLUSH_INTERVAL", value_name = "MAAS_AUTHZ_LAST_USED_FLUSH_INTERVAL", default_value = "5s", value_parser = positive_duration)]
     pub last_used_flush_interval: Duration,
+    /// Most keys one `last_used_at` statement writes, so each finishes well inside
+    /// `MAAS_AUTHZ_DB_QUERY_TIMEOUT` however many keys were used (5 000 rows take ~50 ms).
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_LAST_USED_BATCH_SIZE", value_name = "MAAS_AUTHZ_LAST_USED_BATCH_SIZE", default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub last_used_batch_size: u32,
     /// Token meter (Envoy ext_proc): add `stream_options.include_usage` to streaming chat and
     /// completion requests that lack it, so their tokens are metered; the usage chunk the client
     /// did not ask for is then removed from its stream.
@@ -204,6 +215,109 @@ pub struct ServeConfig {
     pub enforcement: EnforcementConfig,
     #[command(flatten)]
     pub abuse: AbuseLimitsConfig,
+    #[command(flatten)]
+    pub policy_source: PolicySourceConfig,
+}
+
+/// Where the policy comes from: files, or upstream's MaaS objects in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PolicySource {
+    /// MAAS_AUTHZ_POLICY_PATH, re-read when its contents change.
+    Files,
+    /// MaaSModelRef, MaaSSubscription and MaaSAuthPolicy objects watched through the API server.
+    Kubernetes,
+}
+
+/// The policy source and, for Kubernetes, which namespaces are watched (as upstream's maas-api).
+#[derive(Debug, Clone, Args)]
+pub struct PolicySourceConfig {
+    /// `files` (MAAS_AUTHZ_POLICY_PATH) or `kubernetes` (the MaaS CRDs, through the API server
+    /// of MAAS_AUTHZ_KUBE_API_URL, else the pod's service account, else the kubeconfig).
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_POLICY_SOURCE",
+        value_name = "MAAS_AUTHZ_POLICY_SOURCE",
+        default_value = "files"
+    )]
+    pub policy_source: PolicySource,
+    /// Namespace whose MaaSSubscriptions and MaaSAuthPolicies are watched (upstream's
+    /// MAAS_SUBSCRIPTION_NAMESPACE).
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_SUBSCRIPTION_NAMESPACE",
+        value_name = "MAAS_AUTHZ_SUBSCRIPTION_NAMESPACE",
+        default_value = crate::policy::DEFAULT_NAMESPACE,
+        value_parser = namespace_name
+    )]
+    pub subscription_namespace: String,
+    /// Comma-separated namespaces whose MaaSModelRefs are watched; empty: all namespaces (the
+    /// ClusterRole the chart grants then covers the cluster).
+    #[arg(
+        long,
+        env = "MAAS_AUTHZ_MODEL_NAMESPACES",
+        value_name = "MAAS_AUTHZ_MODEL_NAMESPACES",
+        default_value = "",
+        value_parser = namespace_list
+    )]
+    pub model_namespaces: NamespaceList,
+}
+
+impl Default for PolicySourceConfig {
+    fn default() -> Self {
+        defaults_of("policy source")
+    }
+}
+
+/// Namespaces named in a comma-separated setting, without duplicates, in the order given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NamespaceList(pub Vec<String>);
+
+/// A Kubernetes namespace name (RFC 1123 label): 1–63 lowercase letters, digits and `-`,
+/// starting and ending with a letter or digit.
+fn namespace_name(text: &str) -> Result<String, String> {
+    let valid = (1..=63).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !text.starts_with('-')
+        && !text.ends_with('-');
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "{text:?} is not a Kubernetes namespace name (1-63 lowercase letters, digits and '-', \
+             starting and ending with a letter or digit)"
+        ))
+    }
+}
+
+fn namespace_list(text: &str) -> Result<NamespaceList, String> {
+    let mut namespaces: Vec<String> = Vec::new();
+    for part in text
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+    {
+        let namespace = namespace_name(part)?;
+        if !namespaces.contains(&namespace) {
+            namespaces.push(namespace);
+        }
+    }
+    Ok(NamespaceList(namespaces))
+}
+
+impl ServeConfig {
+    /// The policy files to read with MAAS_AUTHZ_POLICY_SOURCE=files; an error names the missing
+    /// setting.
+    pub fn policy_files(&self) -> anyhow::Result<&Path> {
+        self.policy_path.as_deref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "MAAS_AUTHZ_POLICY_PATH is required with MAAS_AUTHZ_POLICY_SOURCE=files (the \
+                 default); set it to a manifest file or directory, or set \
+                 MAAS_AUTHZ_POLICY_SOURCE=kubernetes"
+            )
+        })
+    }
 }
 
 /// What keeps the model check and the token meter from being walked around.
@@ -290,9 +404,15 @@ pub struct LimitsConfig {
     #[arg(long, env = "MAAS_AUTHZ_LIMITS_ENABLED", value_name = "MAAS_AUTHZ_LIMITS_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub limits_enabled: bool,
     /// Redis URL (redis://[:password@]host:6379[/db], or rediss:// for TLS) for counters shared
-    /// by every replica; unset: counters in this process (exact for one replica).
+    /// by every replica (a cluster: comma-separated seed nodes, with `MAAS_AUTHZ_REDIS_CLUSTER`);
+    /// unset: counters in this process (exact for one replica).
     #[arg(long, env = "MAAS_AUTHZ_REDIS_URL", value_name = "MAAS_AUTHZ_REDIS_URL", hide_env_values = true, value_parser = RedisUrlParser)]
     pub redis_url: Option<String>,
+    /// `MAAS_AUTHZ_REDIS_URL` is a Redis Cluster (or Valkey cluster): one or more comma-separated
+    /// seed nodes; commands follow the cluster's slots. Each user's windows share one hash tag,
+    /// so one Check touches one slot.
+    #[arg(long, env = "MAAS_AUTHZ_REDIS_CLUSTER", value_name = "MAAS_AUTHZ_REDIS_CLUSTER", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub redis_cluster: bool,
     /// PEM file of the CA certificates the Redis server's certificate must lead to (a rediss://
     /// URL), read at start-up. Unset: the built-in public CA roots.
     #[arg(long, env = "MAAS_AUTHZ_REDIS_CA_FILE", value_name = "MAAS_AUTHZ_REDIS_CA_FILE", value_parser = ca_bundle)]
@@ -1124,6 +1244,83 @@ mod tests {
         );
     }
 
+    fn serve_flags(extra: &[&str]) -> Result<Box<ServeConfig>, String> {
+        let mut arguments = vec![
+            "maas-authz",
+            "serve",
+            "--database-url",
+            "postgres://x@localhost/db",
+        ];
+        arguments.extend_from_slice(extra);
+        match Cli::try_parse_from(arguments) {
+            Ok(Cli {
+                command: Command::Serve(config),
+                ..
+            }) => Ok(config),
+            Ok(_) => Err("not serve".to_owned()),
+            Err(error) => Err(error.to_string()),
+        }
+    }
+
+    #[test]
+    fn the_kubernetes_policy_source_needs_no_policy_path_and_reads_its_namespaces() {
+        let config = serve_flags(&[
+            "--policy-source",
+            "kubernetes",
+            "--subscription-namespace",
+            "maas-subs",
+            "--model-namespaces",
+            "llm, team-a,llm",
+        ])
+        .unwrap();
+
+        assert_eq!(config.policy_source.policy_source, PolicySource::Kubernetes);
+        assert_eq!(config.policy_source.subscription_namespace, "maas-subs");
+        assert_eq!(
+            config.policy_source.model_namespaces,
+            NamespaceList(vec!["llm".to_owned(), "team-a".to_owned()])
+        );
+        assert!(config.policy_path.is_none());
+    }
+
+    #[test]
+    fn the_files_policy_source_without_a_path_names_the_missing_setting() {
+        let config = serve_flags(&[]).unwrap();
+
+        let error = config.policy_files().unwrap_err().to_string();
+
+        assert!(
+            error.starts_with(
+                "MAAS_AUTHZ_POLICY_PATH is required with MAAS_AUTHZ_POLICY_SOURCE=files"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn wrong_policy_source_settings_are_refused_with_the_variable_and_the_rule() {
+        let unknown = serve_flags(&["--policy-source", "etcd"]).unwrap_err();
+        let bad_namespace =
+            serve_flags(&["--subscription-namespace", "Models_As_A_Service"]).unwrap_err();
+        let bad_list = serve_flags(&["--model-namespaces", "llm,-bad"]).unwrap_err();
+        let too_long = serve_flags(&["--model-namespaces", &"a".repeat(64)]).unwrap_err();
+
+        assert!(
+            unknown.contains("MAAS_AUTHZ_POLICY_SOURCE") && unknown.contains("kubernetes"),
+            "{unknown}"
+        );
+        assert!(
+            bad_namespace.contains("MAAS_AUTHZ_SUBSCRIPTION_NAMESPACE")
+                && bad_namespace.contains("is not a Kubernetes namespace name"),
+            "{bad_namespace}"
+        );
+        assert!(
+            bad_list.contains("MAAS_AUTHZ_MODEL_NAMESPACES") && bad_list.contains("\"-bad\""),
+            "{bad_list}"
+        );
+        assert!(too_long.contains("1-63"), "{too_long}");
+    }
+
     #[test]
     fn the_active_key_cap_is_a_positive_number_or_off() {
         assert_eq!(active_key_cap("100"), Ok(ActiveKeyCap(Some(100))));
@@ -1323,7 +1520,16 @@ mod tests {
         let serve = ServeConfig::new("postgres://db.example/maas", Path::new("/etc/maas/policy"));
 
         assert_eq!(serve.database.database_url, "postgres://db.example/maas");
-        assert_eq!(serve.policy_path, Path::new("/etc/maas/policy"));
+        assert_eq!(
+            serve.policy_path.as_deref(),
+            Some(Path::new("/etc/maas/policy"))
+        );
+        assert_eq!(serve.policy_source.policy_source, PolicySource::Files);
+        assert_eq!(
+            serve.policy_source.subscription_namespace,
+            "models-as-a-service"
+        );
+        assert!(serve.policy_source.model_namespaces.0.is_empty());
         assert_eq!(serve.cache_ttl, Duration::from_secs(30));
         assert_eq!(serve.http.http_addr, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(

@@ -28,6 +28,7 @@ pub mod identity;
 pub mod ids;
 pub mod key;
 pub mod keys;
+pub mod kube_policy;
 pub mod last_used;
 pub mod limits;
 pub mod lookup_budget;

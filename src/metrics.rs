@@ -48,6 +48,12 @@ pub struct Metrics {
     pool_connections: IntGaugeVec,
     policy_reloads: IntCounterVec,
     policy_objects: IntGaugeVec,
+    policy_generation: IntGauge,
+    policy_synced: IntGauge,
+    policy_last_sync: prometheus::Gauge,
+    policy_lists: IntCounterVec,
+    policy_watch_errors: IntCounterVec,
+    tokens_by_subscription: IntCounterVec,
     /// `[prompt, completion, total]`.
     tokens_metered: [IntCounter; 3],
     /// `[prompt, completion, total]` of the charges that were estimates.
@@ -127,6 +133,47 @@ impl Metrics {
             Opts::new("policy_objects", "Objects in the active policy"),
             &["kind"],
         )?;
+        let policy_generation = IntGauge::new(
+            "policy_generation",
+            "How many different policies have been in force since start-up (1: the first)",
+        )?;
+        let policy_synced = IntGauge::new(
+            "policy_synced",
+            "1 once the policy source was read in full (for Kubernetes: every watched kind listed)",
+        )?;
+        let policy_last_sync = prometheus::Gauge::new(
+            "policy_last_sync_timestamp_seconds",
+            "When the policy source was last read in full and the policy in force confirmed",
+        )?;
+        let policy_lists = IntCounterVec::new(
+            Opts::new(
+                "policy_watch_lists_total",
+                "Full lists of a watched MaaS kind (the first, and each relist after a watch failure)",
+            ),
+            &["kind"],
+        )?;
+        let policy_watch_errors = IntCounterVec::new(
+            Opts::new(
+                "policy_watch_errors_total",
+                "Failed or expired (410 Gone) watches of a MaaS kind; each is resumed or relisted",
+            ),
+            &["kind"],
+        )?;
+        let tokens_by_subscription = IntCounterVec::new(
+            Opts::new(
+                "tokens_charged_by_subscription_total",
+                "Tokens charged by subscription (<namespace>/<name>) and model (<namespace>/<name>); \
+                 both come from the signed identity assertion, so the label values are bounded by \
+                 the policy",
+            ),
+            &["subscription", "model"],
+        )?;
+        registry.register(Box::new(tokens_by_subscription.clone()))?;
+        registry.register(Box::new(policy_generation.clone()))?;
+        registry.register(Box::new(policy_synced.clone()))?;
+        registry.register(Box::new(policy_last_sync.clone()))?;
+        registry.register(Box::new(policy_lists.clone()))?;
+        registry.register(Box::new(policy_watch_errors.clone()))?;
         registry.register(Box::new(decisions.clone()))?;
         registry.register(Box::new(check_seconds.clone()))?;
         registry.register(Box::new(cache_lookups.clone()))?;
@@ -256,6 +303,12 @@ impl Metrics {
             pool_connections,
             policy_reloads,
             policy_objects,
+            policy_generation,
+            policy_synced,
+            policy_last_sync,
+            policy_lists,
+            policy_watch_errors,
+            tokens_by_subscription,
             tokens_metered: ["prompt", "completion", "total"]
                 .map(|kind| tokens_metered.with_label_values(&[kind])),
             tokens_estimated: ["prompt", "completion", "total"]
@@ -326,6 +379,27 @@ impl Metrics {
         }
     }
 
+    /// Publishes the policy's generation, whether its source was read in full, and when.
+    pub fn set_policy_sync(&self, state: &crate::policy::PolicySyncState) {
+        self.policy_generation
+            .set(i64::try_from(state.generation).unwrap_or(i64::MAX));
+        self.policy_synced.set(i64::from(state.synced));
+        if let Some(at) = state.last_sync {
+            self.policy_last_sync
+                .set(at.timestamp_millis() as f64 / 1000.0);
+        }
+    }
+
+    /// A watched MaaS kind (`MaaSSubscription`…) is being listed in full.
+    pub fn observe_policy_list(&self, kind: &str) {
+        self.policy_lists.with_label_values(&[kind]).inc();
+    }
+
+    /// A watch of a MaaS kind failed or expired.
+    pub fn observe_policy_watch_error(&self, kind: &str) {
+        self.policy_watch_errors.with_label_values(&[kind]).inc();
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut buffer = Vec::new();
@@ -373,8 +447,15 @@ impl UsageObserver for Metrics {
 /// charged (`maas_authz_tokens_charged_total`). A limiter wraps or replaces it.
 #[async_trait::async_trait]
 impl TokenSink for Metrics {
-    async fn charge(&self, _subject: &UsageSubject, tokens: u64) {
+    async fn charge(&self, subject: &UsageSubject, tokens: u64) {
         self.tokens_charged.inc_by(tokens);
+        if let Some((subscription, model_namespace, model_name)) = subject.subscription_key.parts()
+        {
+            let model = format!("{model_namespace}/{model_name}");
+            self.tokens_by_subscription
+                .with_label_values(&[subscription, model.as_str()])
+                .inc_by(tokens);
+        }
     }
 }
 
@@ -438,5 +519,40 @@ impl LimitObserver for Metrics {
 
     fn observe_store_error(&self) {
         self.counter_store_errors.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::SubscriptionKey;
+
+    #[tokio::test]
+    async fn charged_tokens_are_counted_by_subscription_and_model() {
+        let metrics = Metrics::new().unwrap();
+        let subject = UsageSubject {
+            user: "alice".to_owned(),
+            subscription_key: SubscriptionKey::from_names(
+                "models-as-a-service",
+                "free",
+                "llm",
+                "simulator",
+            ),
+        };
+
+        metrics.charge(&subject, 30).await;
+        metrics.charge(&subject, 12).await;
+
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                "maas_authz_tokens_charged_by_subscription_total{model=\"llm/simulator\",subscription=\"models-as-a-service/free\"} 42"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("alice"),
+            "no user label: unbounded and personal"
+        );
     }
 }

@@ -1,5 +1,6 @@
-//! The tasks `serve` runs beside its listeners (key-change listener, `last_used` writer,
-//! housekeeping, policy reloader, database watcher), each stopped by the one shutdown signal.
+//! The tasks `serve` runs beside its listeners (key-change listener, cache preload, `last_used`
+//! writer, housekeeping, policy reloader, database watcher), each stopped by the one shutdown
+//! signal.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,9 +14,10 @@ use tokio::task::JoinHandle;
 use crate::breaker::BreakerState;
 use crate::cache::KeyCache;
 use crate::housekeeping::run_housekeeping;
+use crate::kube_policy::KubernetesSource;
 use crate::last_used::LastUsedTracker;
 use crate::metrics::Metrics;
-use crate::policy::{Policy, PolicyReloader, ReloadEvent};
+use crate::policy::{Policy, PolicyReloader, PolicySync, ReloadEvent};
 use crate::store::KeyAdminStore;
 use crate::store::connect::PgEndpoint;
 use crate::store::notify::{KeyChange, ListenerSettings, listen_for_key_changes};
@@ -122,16 +124,107 @@ pub(super) async fn spawn_key_change_listener(
     }
 }
 
-/// Writes noted key uses every `every` (see [`write_last_used`]).
+/// Which keys a warm start reads into the cache.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct CachePreload {
+    /// Keys used within this long before start-up (`last_used_at`).
+    pub used_within: Duration,
+    /// At most this many (the cache's capacity).
+    pub most: u64,
+}
+
+/// Keys per preload query: each page is a short query on the primary key, and at most one page
+/// of records is held outside the cache at a time.
+const PRELOAD_PAGE: u64 = 2_000;
+/// Reads of one page that an invalidation may spoil before the preload gives up.
+const PRELOAD_ATTEMPTS: u32 = 5;
+
+/// Reads recently used keys into the cache in the background (see [`preload_cache`]).
+pub(super) fn spawn_cache_preload(
+    tasks: &mut Tasks,
+    cache: KeyCache,
+    store: Arc<ServedStore>,
+    preload: CachePreload,
+) {
+    let shutdown = tasks.shutdown_signal();
+    tasks.spawn("cache preload", async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = preload_cache(&cache, &store, preload) => {}
+        }
+        Ok(())
+    });
+}
+
+/// Warm start: a new replica reads the keys used recently, page by page, into its cache, so
+/// that a rolling deploy under load is served from the cache rather than by a storm of misses
+/// on PostgreSQL. It runs beside serving (readiness never waits for it; a miss meanwhile is an
+/// ordinary lookup), and a failure only ends it early.
+async fn preload_cache(cache: &KeyCache, store: &ServedStore, preload: CachePreload) {
+    let started = std::time::Instant::now();
+    let used_since = chrono::Utc::now()
+        - chrono::Duration::from_std(preload.used_within).unwrap_or(chrono::Duration::MAX);
+    let mut after = None;
+    let mut loaded: u64 = 0;
+    while loaded < preload.most {
+        let limit = PRELOAD_PAGE.min(preload.most - loaded);
+        let mut attempts = 0;
+        let (read, last) = loop {
+            let ticket = cache.preload_ticket();
+            let page = match store
+                .recently_used_keys(used_since, after, i64::try_from(limit).unwrap_or(i64::MAX))
+                .await
+            {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(%error, keys = loaded, "key cache preload stopped early");
+                    return;
+                }
+            };
+            let (read, last) = (page.len() as u64, page.last().map(|key| key.id));
+            if cache.preload(ticket, page).await {
+                break (read, last);
+            }
+            attempts += 1;
+            if attempts == PRELOAD_ATTEMPTS {
+                tracing::warn!(
+                    keys = loaded,
+                    "key cache preload stopped early: keys keep changing"
+                );
+                return;
+            }
+        };
+        loaded += read;
+        after = last;
+        if read < limit {
+            break;
+        }
+    }
+    tracing::info!(
+        keys = loaded,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "key cache preloaded"
+    );
+}
+
+/// When and how much the `last_used_at` writer writes.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LastUsedWrites {
+    pub every: Duration,
+    /// Most keys per statement.
+    pub batch_size: usize,
+}
+
+/// Writes noted key uses every `writes.every` (see [`write_last_used`]).
 pub(super) fn spawn_last_used_writer(
     tasks: &mut Tasks,
     tracker: Arc<LastUsedTracker>,
     store: Arc<ServedStore>,
-    every: Duration,
+    writes: LastUsedWrites,
 ) {
     let shutdown = tasks.shutdown_signal();
     tasks.spawn("last-used writer", async move {
-        write_last_used(tracker, store, every, shutdown).await;
+        write_last_used(tracker, store, writes, shutdown).await;
         Ok(())
     });
 }
@@ -157,6 +250,7 @@ pub(super) fn spawn_policy_reloader(
     path: std::path::PathBuf,
     every: Duration,
     policy: Arc<ArcSwap<Policy>>,
+    sync: Arc<PolicySync>,
     metrics: Arc<Metrics>,
 ) {
     let reloader = PolicyReloader::run(
@@ -164,7 +258,11 @@ pub(super) fn spawn_policy_reloader(
         every,
         policy,
         move |event| match event {
-            ReloadEvent::Reloaded { counts, .. } => {
+            ReloadEvent::Reloaded {
+                counts,
+                fingerprint,
+            } => {
+                metrics.set_policy_sync(&sync.record_in_force(&fingerprint, chrono::Utc::now()));
                 metrics.observe_policy_reload(true);
                 metrics.set_policy_counts(
                     counts.models,
@@ -178,6 +276,21 @@ pub(super) fn spawn_policy_reloader(
     );
     tasks.spawn("policy reloader", async move {
         reloader.await;
+        Ok(())
+    });
+}
+
+/// Watches the MaaS objects of the cluster into `policy` (see [`KubernetesSource::run`]).
+pub(super) fn spawn_kubernetes_policy(
+    tasks: &mut Tasks,
+    source: KubernetesSource,
+    policy: Arc<ArcSwap<Policy>>,
+    sync: Arc<PolicySync>,
+    metrics: Arc<Metrics>,
+) {
+    let watcher = source.run(policy, sync, metrics, tasks.shutdown_signal());
+    tasks.spawn("Kubernetes policy watcher", async move {
+        watcher.await;
         Ok(())
     });
 }
@@ -253,24 +366,37 @@ async fn watch_database(
     }
 }
 
-/// Writes noted key uses every `every`, one statement per batch, and once more at shutdown.
+/// Writes noted key uses every `writes.every`, and once more at shutdown: everything noted, in
+/// statements of at most `writes.batch_size` keys. A single statement for every key used in an
+/// interval grew with traffic (302k keys timed out and were retried forever); bounded ones each
+/// finish well inside the query timeout. Ids are sorted so two replicas writing overlapping sets
+/// take row locks in one order and never deadlock.
 async fn write_last_used(
     tracker: Arc<LastUsedTracker>,
     store: Arc<ServedStore>,
-    every: Duration,
+    writes: LastUsedWrites,
     shutdown: impl Future<Output = ()>,
 ) {
     let flush = async |tracker: &LastUsedTracker| {
-        let batch = tracker.take_batch(chrono::Utc::now());
-        if batch.is_empty() {
+        let mut uses = tracker.take_batch(chrono::Utc::now());
+        if uses.is_empty() {
             return;
         }
-        if let Err(error) = store.record_last_used(&batch).await {
-            tracing::warn!(%error, keys = batch.len(), "cannot write last_used_at; will retry");
-            tracker.restore(batch);
+        uses.sort_unstable_by_key(|(id, _)| *id);
+        let mut written = 0;
+        for chunk in uses.chunks(writes.batch_size.max(1)) {
+            if let Err(error) = store.record_last_used(chunk).await {
+                // The rest waits for the next flush: a store that failed once is likely to
+                // fail again now, and the breaker should not be fed a burst of doomed queries.
+                let unwritten = uses.split_off(written);
+                tracing::warn!(%error, keys = unwritten.len(), "cannot write last_used_at; will retry");
+                tracker.restore(unwritten);
+                return;
+            }
+            written += chunk.len();
         }
     };
-    let mut ticker = tokio::time::interval(every);
+    let mut ticker = tokio::time::interval(writes.every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {

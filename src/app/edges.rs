@@ -112,6 +112,7 @@ pub(crate) fn public_api(
         keys,
         identity: services.identity.clone(),
         policy: services.policy.clone(),
+        policy_sync: services.policy_sync.clone(),
         limiter: services.limiter.clone(),
         store: services.store.clone(),
         public_url: config.http.public_url.clone(),

@@ -16,8 +16,9 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::authorizer::Authorizer;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{DatabaseConfig, ServeConfig, pg_endpoint};
+use crate::config::{DatabaseConfig, PolicySource, ServeConfig, pg_endpoint};
 use crate::http::{internal_router, public_router, serve_http};
+use crate::kube_policy::{KubernetesSource, KubernetesSourceSettings};
 use crate::limits::Limiter;
 use crate::store::migrate::run_migrations;
 use crate::store::served::ServedStore;
@@ -78,24 +79,48 @@ impl Application {
             services.cache.clone(),
         )
         .await;
+        if let Some(used_within) = config.cache_preload.0 {
+            background::spawn_cache_preload(
+                &mut tasks,
+                services.cache.clone(),
+                services.store.clone(),
+                background::CachePreload {
+                    used_within,
+                    most: config.cache_capacity,
+                },
+            );
+        }
         background::spawn_last_used_writer(
             &mut tasks,
             services.last_used.clone(),
             services.store.clone(),
-            config.last_used_flush_interval,
+            background::LastUsedWrites {
+                every: config.last_used_flush_interval,
+                batch_size: config.last_used_batch_size as usize,
+            },
         );
         background::spawn_housekeeping(
             &mut tasks,
             services.store.clone(),
             config.housekeeping_interval.0,
         );
-        background::spawn_policy_reloader(
-            &mut tasks,
-            config.policy_path.clone(),
-            config.policy_reload_interval,
-            services.policy.clone(),
-            services.metrics.clone(),
-        );
+        match config.policy_source.policy_source {
+            PolicySource::Files => background::spawn_policy_reloader(
+                &mut tasks,
+                config.policy_files()?.to_owned(),
+                config.policy_reload_interval,
+                services.policy.clone(),
+                services.policy_sync.clone(),
+                services.metrics.clone(),
+            ),
+            PolicySource::Kubernetes => background::spawn_kubernetes_policy(
+                &mut tasks,
+                KubernetesSource::connect(&kubernetes_settings(&config)).await?,
+                services.policy.clone(),
+                services.policy_sync.clone(),
+                services.metrics.clone(),
+            ),
+        }
 
         let grpc_listener = bind(config.grpc_addr, "MAAS_AUTHZ_GRPC_ADDR").await?;
         let grpc_addr = grpc_listener.local_addr()?;
@@ -185,6 +210,17 @@ impl Application {
     /// for every task; whatever is still running after the grace period is cut off.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.tasks.shut_down(self.grace).await
+    }
+}
+
+/// The API server shared with TokenReview, and the namespaces upstream's maas-api watches.
+fn kubernetes_settings(config: &ServeConfig) -> KubernetesSourceSettings {
+    KubernetesSourceSettings {
+        api_url: config.identity.kube_api_url.clone(),
+        token_file: config.identity.kube_token_file.clone(),
+        ca_file: config.identity.kube_ca_file.clone(),
+        subscription_namespace: config.policy_source.subscription_namespace.clone(),
+        model_namespaces: config.policy_source.model_namespaces.0.clone(),
     }
 }
 

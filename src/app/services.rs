@@ -12,16 +12,17 @@ use crate::authorizer::Authorizer;
 use crate::breaker::{BreakerSettings, CircuitBreaker};
 use crate::cache::{CacheSettings, KeyCache};
 use crate::clock::Clock;
+use crate::config::PolicySource;
 use crate::config::{LimitsConfig, OnRedisError, ServeConfig, pg_endpoint, pg_settings};
 use crate::identity::IdentityResolver;
 use crate::last_used::LastUsedTracker;
 use crate::limits::{
     ChargingTokenSink, CounterStore, InProcessCounterStore, Limiter, OnStoreError,
-    RedisCounterStore,
+    RedisCounterStore, RedisEndpoint,
 };
 use crate::lookup_budget::{BudgetKind, LookupBudget};
 use crate::metrics::Metrics;
-use crate::policy::Policy;
+use crate::policy::{Policy, PolicySourceKind, PolicySync};
 use crate::store::connect::PgEndpoint;
 use crate::store::postgres::PgKeyStore;
 use crate::store::served::ServedStore;
@@ -43,8 +44,10 @@ pub(crate) struct Services {
     pub signing: Arc<SigningKeys>,
     /// The database, for the key-change listener's own connection.
     pub endpoint: PgEndpoint,
-    /// The current policy; the reloader swaps it.
+    /// The current policy; the reloader (files) or the cluster watcher (Kubernetes) swaps it.
     pub policy: Arc<ArcSwap<Policy>>,
+    /// The policy's generation and last full read, for `/ready` and the metrics.
+    pub policy_sync: Arc<PolicySync>,
     pub store: Arc<ServedStore>,
     /// Check's key cache; revocations (REST, NOTIFY) evict from this same cache.
     pub cache: KeyCache,
@@ -116,7 +119,24 @@ impl Services {
             store,
         } = parts;
         let store = Arc::new(store);
-        let policy = Arc::new(ArcSwap::from_pointee(load_policy(config, &metrics)?));
+        let policy_sync = Arc::new(PolicySync::new(match config.policy_source.policy_source {
+            PolicySource::Files => PolicySourceKind::Files,
+            PolicySource::Kubernetes => PolicySourceKind::Kubernetes,
+        }));
+        let initial = match config.policy_source.policy_source {
+            PolicySource::Files => {
+                let policy = load_policy(config, &metrics)?;
+                let state = policy_sync.record_in_force(policy.fingerprint(), chrono::Utc::now());
+                metrics.set_policy_sync(&state);
+                policy
+            }
+            // Empty (every model unknown) until the first complete list; /ready says so.
+            PolicySource::Kubernetes => {
+                metrics.set_policy_sync(&policy_sync.snapshot());
+                Policy::empty()
+            }
+        };
+        let policy = Arc::new(ArcSwap::from_pointee(initial));
         let cache = key_cache(config, &metrics);
         let last_used = Arc::new(LastUsedTracker::new(config.last_used_interval));
         let limiter = if config.limits.limits_enabled {
@@ -161,6 +181,7 @@ impl Services {
             signing,
             endpoint,
             policy,
+            policy_sync,
             store,
             cache,
             last_used,
@@ -173,16 +194,17 @@ impl Services {
 }
 
 fn load_policy(config: &ServeConfig, metrics: &Metrics) -> anyhow::Result<Policy> {
-    let policy = Policy::load(&config.policy_path).with_context(|| {
+    let path = config.policy_files()?;
+    let policy = Policy::load(path).with_context(|| {
         format!(
             "MAAS_AUTHZ_POLICY_PATH={}: the policy is invalid",
-            config.policy_path.display()
+            path.display()
         )
     })?;
     let counts = policy.counts();
     metrics.set_policy_counts(counts.models, counts.subscriptions, counts.auth_policies);
     tracing::info!(
-        path = %config.policy_path.display(),
+        path = %path.display(),
         fingerprint = policy.fingerprint(),
         models = counts.models,
         subscriptions = counts.subscriptions,
@@ -226,11 +248,12 @@ async fn limiter(
 ) -> anyhow::Result<Limiter> {
     let store: Arc<dyn CounterStore> = match &config.redis_url {
         Some(url) => {
-            let store = RedisCounterStore::connect_lazily(
+            let store = RedisCounterStore::connect_lazily(RedisEndpoint {
                 url,
-                config.redis_ca_file.as_ref(),
-                config.redis_timeout,
-            )
+                ca_file: config.redis_ca_file.as_ref(),
+                timeout: config.redis_timeout,
+                cluster: config.redis_cluster,
+            })
             .context("MAAS_AUTHZ_REDIS_URL is not usable")?;
             store.check_certificate().await?;
             Arc::new(store)

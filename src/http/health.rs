@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 use super::state::SharedState;
 use crate::breaker::BreakerState;
 use crate::limits::OnStoreError;
+use crate::policy::PolicySourceKind;
 use crate::store::KeyAdminStore;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -27,6 +28,25 @@ pub struct HealthStatus {
     /// `MAAS_AUTHZ_LIMITS_ON_REDIS_ERROR=deny` (with `allow` it still serves, uncounted).
     #[serde(rename = "counterStore", skip_serializing_if = "Option::is_none")]
     pub counter_store: Option<&'static str>,
+    /// With MAAS_AUTHZ_POLICY_SOURCE=kubernetes: whether every watched kind was listed, the
+    /// policy's generation and its last sync. Not ready until the first complete list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyReadiness>,
+}
+
+/// The policy part of readiness (Kubernetes source).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyReadiness {
+    /// `kubernetes`.
+    pub source: &'static str,
+    /// Every watched kind was listed in full and the policy compiled at least once.
+    pub synced: bool,
+    /// How many different policies have been in force (0 before the first list).
+    pub generation: u64,
+    /// When the cluster's objects were last read in full and the policy confirmed (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_sync: Option<String>,
 }
 
 impl HealthStatus {
@@ -36,6 +56,7 @@ impl HealthStatus {
             database: None,
             circuit_breaker: None,
             counter_store: None,
+            policy: None,
         }
     }
 }
@@ -61,7 +82,7 @@ pub(super) async fn health() -> Json<HealthStatus> {
     tag = "health",
     responses(
         (status = 200, description = "Ready, or degraded: the database does not answer but cached keys are served", body = HealthStatus),
-        (status = 503, description = "The database never answered since start-up, or Redis does not answer with limits set to deny without it", body = HealthStatus),
+        (status = 503, description = "The database never answered since start-up, Redis does not answer with limits set to deny without it, or (Kubernetes policy source) the MaaS objects were not listed in full yet", body = HealthStatus),
     )
 )]
 pub(super) async fn ready(State(state): State<SharedState>) -> (StatusCode, Json<HealthStatus>) {
@@ -84,6 +105,21 @@ pub(super) async fn ready(State(state): State<SharedState>) -> (StatusCode, Json
     }
     let store = &state.store;
     let mut ready = !counters_required;
+    let sync = state.policy_sync.snapshot();
+    if sync.source == PolicySourceKind::Kubernetes {
+        if !sync.synced {
+            tracing::debug!("not ready: the MaaS objects were not listed in full yet");
+            ready = false;
+        }
+        answer.policy = Some(PolicyReadiness {
+            source: sync.source.as_str(),
+            synced: sync.synced,
+            generation: sync.generation,
+            last_sync: sync
+                .last_sync
+                .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+        });
+    }
     if let Err(error) = store.ping().await {
         if store.has_reached_database() {
             tracing::debug!(%error, "degraded: database ping failed");

@@ -10,7 +10,7 @@ use crate::authorizer::Authorizer;
 use crate::identity::IdentityResolver;
 use crate::keys::KeyManager;
 use crate::limits::Limiter;
-use crate::policy::Policy;
+use crate::policy::{Policy, PolicySync};
 use crate::store::served::ServedStore;
 
 /// What the public routes need, and nothing else.
@@ -20,6 +20,8 @@ pub struct PublicApi {
     pub identity: Arc<IdentityResolver<ServedStore>>,
     /// The current policy: model and subscription discovery, usage.
     pub policy: Arc<ArcSwap<Policy>>,
+    /// Whether the policy source was read in full, its generation and last sync (readiness).
+    pub policy_sync: Arc<PolicySync>,
     /// The request and token limits (`None`: limits off), for usage and readiness.
     pub limiter: Option<Arc<Limiter>>,
     /// The key store, for readiness.

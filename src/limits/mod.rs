@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-pub use self::redis::{RedisCounterStore, RedisTlsError, RedisUrlError, check_redis_url};
+pub use self::redis::{
+    RedisCounterStore, RedisEndpoint, RedisTlsError, RedisUrlError, check_redis_url,
+};
 pub use store::{
     Acquired, CounterCharge, CounterError, CounterSpec, CounterStore, DEFAULT_MAX_COUNTERS,
     InProcessCounterStore,

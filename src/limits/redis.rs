@@ -1,10 +1,14 @@
 //! Counters in Redis, shared by every replica: one Lua script call (atomic) per operation, windows
-//! expiring in Redis itself (`PEXPIRE`).
+//! expiring in Redis itself (`PEXPIRE`). One server, or a Redis Cluster / Valkey cluster: every
+//! key of one owner carries the owner as its hash tag (see `Limiter::owner`), so one script call
+//! only ever touches one slot.
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, ConnectionAddr, Script, TlsCertificates};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Client, Cmd, ConnectionAddr, Pipeline, RedisFuture, Script, TlsCertificates, Value};
 
 use super::store::{Acquired, CounterCharge, CounterError, CounterSpec, CounterStore};
 use crate::tls::{CaBundle, Trust};
@@ -49,9 +53,22 @@ return 1
 /// finds the counter it is about to compare (the key names the window, so it is never reused).
 const EXPIRY_SLACK_MILLIS: u64 = 1_000;
 
-/// Counters in one Redis (or a Redis-protocol server), through a reconnecting connection.
+/// Where the counters live and how to reach them.
+#[derive(Debug, Clone, Copy)]
+pub struct RedisEndpoint<'a> {
+    /// One URL, or (cluster) comma-separated seed nodes of one cluster.
+    pub url: &'a str,
+    pub ca_file: Option<&'a CaBundle>,
+    /// Longest one operation (connecting included) may take.
+    pub timeout: Duration,
+    /// A Redis Cluster (or Valkey cluster): commands follow the cluster's slot map.
+    pub cluster: bool,
+}
+
+/// Counters in one Redis (or a Redis-protocol server) or one Redis Cluster, through a
+/// reconnecting connection.
 pub struct RedisCounterStore {
-    connection: ConnectionManager,
+    connection: Connection,
     /// What the server's certificate is checked against (`rediss://` only).
     trust: Option<Trust>,
     acquire: Script,
@@ -86,15 +103,37 @@ pub enum RedisUrlError {
     CaWithoutTls,
     #[error("cannot set up TLS with MAAS_AUTHZ_REDIS_CA_FILE={0}")]
     Tls(String),
+    #[error(
+        "lists {0} nodes, which only a cluster has: set MAAS_AUTHZ_REDIS_CLUSTER=true, or give \
+         one URL"
+    )]
+    SeveralNodesWithoutCluster(usize),
+    #[error("the cluster's seed nodes must all be redis:// or all rediss://, with one password")]
+    MixedClusterNodes,
 }
 
 /// The setting that names a CA bundle for Redis, for messages.
 pub const REDIS_CA_FILE_SETTING: &str = "MAAS_AUTHZ_REDIS_CA_FILE";
 
 /// Checks a Redis URL's shape without connecting: `redis://`, `rediss://` (TLS, certificate and
-/// host name verified) or a Unix socket; `#insecure` is refused.
+/// host name verified) or a Unix socket; `#insecure` is refused. A comma-separated list names a
+/// cluster's seed nodes, each checked the same way.
 pub fn check_redis_url(url: &str) -> Result<(), RedisUrlError> {
-    redis_client(url).map(|_| ())
+    let mut tls_modes = Vec::new();
+    for node in nodes_of(url) {
+        tls_modes.push(redis_client(node)?.1);
+    }
+    if tls_modes.windows(2).any(|pair| pair[0] != pair[1]) {
+        return Err(RedisUrlError::MixedClusterNodes);
+    }
+    Ok(())
+}
+
+/// The comma-separated nodes of a setting (one for a single server).
+fn nodes_of(url: &str) -> impl Iterator<Item = &str> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|node| !node.is_empty())
 }
 
 /// The client for `url`, and whether it speaks TLS.
@@ -120,35 +159,17 @@ impl RedisCounterStore {
     /// out after `timeout` (connecting included) so that Check stays within Envoy's deadline.
     /// A `rediss://` URL verifies the server's certificate and host name against `ca_file`
     /// (`MAAS_AUTHZ_REDIS_CA_FILE`), else the built-in public roots.
-    pub fn connect_lazily(
-        url: &str,
-        ca_file: Option<&CaBundle>,
-        timeout: Duration,
-    ) -> Result<Self, RedisUrlError> {
-        let (client, tls) = redis_client(url)?;
-        let (client, trust) = match (tls, ca_file) {
-            (false, Some(_)) => return Err(RedisUrlError::CaWithoutTls),
-            (false, None) => (client, None),
-            (true, None) => (client, Some(Trust::public_roots())),
-            (true, Some(bundle)) => {
-                let client = Client::build_with_tls(
-                    url,
-                    TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(bundle.pem().to_vec()),
-                    },
-                )
-                .map_err(|_| RedisUrlError::Tls(bundle.path().display().to_string()))?;
-                (client, Some(Trust::bundle(bundle, REDIS_CA_FILE_SETTING)))
+    pub fn connect_lazily(endpoint: RedisEndpoint<'_>) -> Result<Self, RedisUrlError> {
+        check_redis_url(endpoint.url)?;
+        let nodes: Vec<&str> = nodes_of(endpoint.url).collect();
+        let (connection, trust) = if endpoint.cluster {
+            cluster_connection(&nodes, endpoint)?
+        } else {
+            match nodes.as_slice() {
+                [url] => single_connection(url, endpoint)?,
+                _ => return Err(RedisUrlError::SeveralNodesWithoutCluster(nodes.len())),
             }
         };
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_secs(2));
-        let connection = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|_| RedisUrlError::Malformed)?;
         Ok(Self {
             connection,
             trust,
@@ -172,6 +193,108 @@ impl RedisCounterStore {
                 Err(RedisTlsError(explain_certificate_failure(&error, trust)))
             }
             _ => Ok(()),
+        }
+    }
+}
+
+/// A connection to one server (reconnecting, connected on first use).
+fn single_connection(
+    url: &str,
+    endpoint: RedisEndpoint<'_>,
+) -> Result<(Connection, Option<Trust>), RedisUrlError> {
+    let (client, tls) = redis_client(url)?;
+    let (client, trust) = match (tls, endpoint.ca_file) {
+        (false, Some(_)) => return Err(RedisUrlError::CaWithoutTls),
+        (false, None) => (client, None),
+        (true, None) => (client, Some(Trust::public_roots())),
+        (true, Some(bundle)) => {
+            let client = Client::build_with_tls(url, ca_certificates(bundle))
+                .map_err(|_| RedisUrlError::Tls(bundle.path().display().to_string()))?;
+            (client, Some(Trust::bundle(bundle, REDIS_CA_FILE_SETTING)))
+        }
+    };
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(endpoint.timeout))
+        .set_response_timeout(Some(endpoint.timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_secs(2));
+    let connection = ConnectionManager::new_lazy_with_config(client, config)
+        .map_err(|_| RedisUrlError::Malformed)?;
+    Ok((Connection::Single(connection), trust))
+}
+
+/// A connection to a cluster through its seed nodes: it learns the slot map on first use,
+/// follows `MOVED`/`ASK` redirections and refreshes the map when the topology changes.
+fn cluster_connection(
+    nodes: &[&str],
+    endpoint: RedisEndpoint<'_>,
+) -> Result<(Connection, Option<Trust>), RedisUrlError> {
+    let tls = nodes
+        .first()
+        .map(|node| redis_client(node).map(|(_, tls)| tls))
+        .transpose()?
+        .unwrap_or(false);
+    let mut builder = ClusterClient::builder(nodes.iter().copied())
+        .connection_timeout(endpoint.timeout)
+        .response_timeout(endpoint.timeout)
+        .retries(1);
+    let trust = match (tls, endpoint.ca_file) {
+        (false, Some(_)) => return Err(RedisUrlError::CaWithoutTls),
+        (false, None) => None,
+        (true, None) => Some(Trust::public_roots()),
+        (true, Some(bundle)) => {
+            builder = builder.certs(ca_certificates(bundle));
+            Some(Trust::bundle(bundle, REDIS_CA_FILE_SETTING))
+        }
+    };
+    let client = builder
+        .build()
+        .map_err(|_| RedisUrlError::MixedClusterNodes)?;
+    let config = ClusterConfig::new()
+        .set_connection_timeout(endpoint.timeout)
+        .set_response_timeout(endpoint.timeout);
+    let connection = client.get_pending_async_connection_with_config(config);
+    Ok((Connection::Cluster(connection), trust))
+}
+
+fn ca_certificates(bundle: &CaBundle) -> TlsCertificates {
+    TlsCertificates {
+        client_tls: None,
+        root_cert: Some(bundle.pem().to_vec()),
+    }
+}
+
+/// One server or one cluster, behind the one interface the scripts and commands use.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(connection) => connection.get_db(),
+            Self::Cluster(connection) => connection.get_db(),
         }
     }
 }
@@ -293,7 +416,10 @@ impl CounterStore for RedisCounterStore {
     }
 
     fn kind(&self) -> &'static str {
-        "redis"
+        match self.connection {
+            Connection::Single(_) => "redis",
+            Connection::Cluster(_) => "redis-cluster",
+        }
     }
 }
 
@@ -345,18 +471,59 @@ mod tests {
         std::fs::write(&path, ca.pem()).unwrap();
         let bundle = CaBundle::read(&path).unwrap();
 
-        let plain = RedisCounterStore::connect_lazily(
-            "redis://127.0.0.1:6379",
-            Some(&bundle),
-            Duration::from_millis(100),
-        );
-        let tls = RedisCounterStore::connect_lazily(
-            "rediss://127.0.0.1:6380",
-            Some(&bundle),
-            Duration::from_millis(100),
-        );
+        let endpoint = |url, cluster| RedisEndpoint {
+            url,
+            ca_file: Some(&bundle),
+            timeout: Duration::from_millis(100),
+            cluster,
+        };
+        let plain = RedisCounterStore::connect_lazily(endpoint("redis://127.0.0.1:6379", false));
+        let tls = RedisCounterStore::connect_lazily(endpoint("rediss://127.0.0.1:6380", false));
+        let plain_cluster =
+            RedisCounterStore::connect_lazily(endpoint("redis://a:6379,redis://b:6379", true));
+        let tls_cluster =
+            RedisCounterStore::connect_lazily(endpoint("rediss://a:6380,rediss://b:6380", true));
 
+        assert!(matches!(plain_cluster, Err(RedisUrlError::CaWithoutTls)));
+        assert!(tls_cluster.is_ok());
         assert!(matches!(plain, Err(RedisUrlError::CaWithoutTls)));
         assert!(tls.is_ok());
+    }
+
+    #[tokio::test]
+    async fn several_nodes_need_cluster_mode_and_one_tls_mode() {
+        let endpoint = |url, cluster| RedisEndpoint {
+            url,
+            ca_file: None,
+            timeout: Duration::from_millis(100),
+            cluster,
+        };
+
+        let without_cluster = RedisCounterStore::connect_lazily(endpoint(
+            "redis://:secret@a:6379,redis://:secret@b:6379",
+            false,
+        ))
+        .err()
+        .unwrap();
+        let mixed = check_redis_url("redis://a:6379, rediss://b:6380").unwrap_err();
+        let cluster = RedisCounterStore::connect_lazily(endpoint(
+            "redis://a:7000, redis://b:7001,redis://c:7002",
+            true,
+        ));
+        let one_node_cluster = RedisCounterStore::connect_lazily(endpoint("redis://a:7000", true));
+
+        assert!(matches!(
+            without_cluster,
+            RedisUrlError::SeveralNodesWithoutCluster(2)
+        ));
+        assert!(!without_cluster.to_string().contains("secret"));
+        assert!(
+            without_cluster
+                .to_string()
+                .contains("MAAS_AUTHZ_REDIS_CLUSTER=true")
+        );
+        assert!(matches!(mixed, RedisUrlError::MixedClusterNodes));
+        assert_eq!(cluster.unwrap().kind(), "redis-cluster");
+        assert_eq!(one_node_cluster.unwrap().kind(), "redis-cluster");
     }
 }

@@ -8,12 +8,14 @@
 //! Using a model needs both a subscription that contains it (quota) and an auth policy whose
 //! subjects match the caller (permission).
 
+mod cluster;
 mod compile;
 mod error;
 mod fields;
 mod manifest;
 mod reload;
 mod source;
+mod sync;
 #[cfg(test)]
 mod tests;
 
@@ -24,8 +26,10 @@ use crate::ids::{ModelRef, SubscriptionKey, SubscriptionRef};
 use std::path::Path;
 use std::time::Duration;
 
+pub use cluster::{ClusterKind, ClusterObject};
 pub use error::{PolicyError, PolicyIssue};
 pub use reload::{PolicyReloader, ReloadEvent};
+pub use sync::{PolicySourceKind, PolicySync, PolicySyncState};
 
 /// Namespace of MaaS objects that do not name one, as in upstream's default install.
 pub const DEFAULT_NAMESPACE: &str = "models-as-a-service";

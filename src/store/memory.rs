@@ -349,6 +349,28 @@ impl KeyAdminStore for MemoryKeyStore {
             .map(|record| LimitedInsert::Inserted(Box::new(record)))
     }
 
+    async fn recently_used_keys(
+        &self,
+        used_since: DateTime<Utc>,
+        after: Option<KeyRecordId>,
+        limit: i64,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        // The order PostgreSQL gives: ids compared as text.
+        let after = after.map(|id| id.to_string()).unwrap_or_default();
+        let now = Utc::now();
+        let mut keys: Vec<(String, KeyRecord)> = self
+            .lock()
+            .values()
+            .filter(|key| key.effective_status(now) == KeyStatus::Active)
+            .filter(|key| key.last_used_at.is_some_and(|at| at >= used_since))
+            .map(|key| (key.id.to_string(), key.clone()))
+            .filter(|(id, _)| *id > after)
+            .collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        keys.truncate(non_negative(limit));
+        Ok(keys.into_iter().map(|(_, key)| key).collect())
+    }
+
     async fn record_last_used(
         &self,
         uses: &[(KeyRecordId, DateTime<Utc>)],

@@ -20,7 +20,7 @@ use chrono::{DateTime, Utc};
 use crate::key::KeyHash;
 
 /// The database id of a key (`api_keys.id`, a UUIDv4); distinct from the key id in the key text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct KeyRecordId(uuid::Uuid);
 
 impl KeyRecordId {
@@ -276,6 +276,15 @@ pub trait KeyAdminStore: KeyStore {
         key: &NewKey,
         max_active: u32,
     ) -> impl Future<Output = Result<LimitedInsert, StoreError>> + Send;
+
+    /// Active, unexpired keys used at or after `used_since`, in id order, at most `limit`,
+    /// starting after `after` (a warm start's preload reads them page by page).
+    fn recently_used_keys(
+        &self,
+        used_since: DateTime<Utc>,
+        after: Option<KeyRecordId>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send;
 
     /// Sets `last_used_at` for a batch of keys in one statement (never moving it backwards);
     /// returns the rows changed.

@@ -458,6 +458,23 @@ impl KeyAdminStore for PgKeyStore {
         }
     }
 
+    async fn recently_used_keys(
+        &self,
+        used_since: DateTime<Utc>,
+        after: Option<KeyRecordId>,
+        limit: i64,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        // Ids are hyphenated lowercase UUIDs, and "" sorts before every one of them.
+        let after = after.map(|id| id.to_string()).unwrap_or_default();
+        let rows = self
+            .run("select_recently_used_keys_page", async |client| {
+                sql::select_recently_used_keys_page(client, &self.tenant, used_since, &after, limit)
+                    .await
+            })
+            .await?;
+        rows.iter().map(row_to_record).collect()
+    }
+
     async fn record_last_used(
         &self,
         uses: &[(KeyRecordId, DateTime<Utc>)],

@@ -126,6 +126,15 @@ impl KeyAdminStore for ServedStore {
         delegate!(self, store => store.count_revocable_keys(scope).await)
     }
 
+    async fn recently_used_keys(
+        &self,
+        used_since: DateTime<Utc>,
+        after: Option<KeyRecordId>,
+        limit: i64,
+    ) -> Result<Vec<KeyRecord>, StoreError> {
+        delegate!(self, store => store.recently_used_keys(used_since, after, limit).await)
+    }
+
     async fn delete_expired_ephemeral_keys(&self, grace: Duration) -> Result<u64, StoreError> {
         delegate!(self, store => store.delete_expired_ephemeral_keys(grace).await)
     }

@@ -187,6 +187,29 @@ pub(super) async fn select_keys_of_user(
         .await
 }
 
+/// One page of the active, unexpired keys used since `used_since`, after `after_id` in id
+/// order (keyset pagination on the primary key: each page is one short, bounded query).
+pub(super) async fn select_recently_used_keys_page(
+    client: &impl GenericClient,
+    tenant: &str,
+    used_since: chrono::DateTime<chrono::Utc>,
+    after_id: &str,
+    limit: i64,
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached(concat!(
+            "SELECT ",
+            key_columns!(),
+            " FROM api_keys WHERE tenant = $1 AND id > $2 AND last_used_at >= $3 AND ",
+            revocable!(),
+            " ORDER BY id LIMIT $4"
+        ))
+        .await?;
+    client
+        .query(&statement, &[&tenant, &after_id, &used_since, &limit])
+        .await
+}
+
 /// Parameters of [`search_keys`]; `None` and empty values do not filter.
 pub(super) struct SearchKeysParams<'a> {
     pub tenant: &'a str,

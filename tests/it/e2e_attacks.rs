@@ -42,7 +42,7 @@ impl Arena {
         let gateway = Gateway::start_with(GatewayOptions {
             envoy_template,
             configure: Box::new(move |config| {
-                config.policy_path = policy_path;
+                config.policy_path = Some(policy_path);
                 config.enforcement.meter_max_request_bytes = MAX_REQUEST_BYTES;
             }),
             ..GatewayOptions::default()

@@ -94,3 +94,66 @@ async fn shutdown_writes_the_uses_noted_since_the_last_flush() {
         "the final flush at shutdown writes pending uses"
     );
 }
+
+#[tokio::test]
+async fn a_flush_writes_every_noted_use_in_statements_of_at_most_the_batch_size() {
+    // Arrange: a statement-level trigger records how many rows each UPDATE of api_keys touched.
+    let db = TestDb::migrated().await;
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE TABLE update_statements (rows bigint NOT NULL, at timestamptz DEFAULT clock_timestamp());
+             CREATE FUNCTION note_update_statement() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN INSERT INTO update_statements (rows) SELECT count(*) FROM new_rows; RETURN NULL; END $$;
+             CREATE TRIGGER note_update_statement AFTER UPDATE ON api_keys
+             REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION note_update_statement();",
+        )
+        .await
+        .unwrap();
+    let mut config = serve_config(&db);
+    config.last_used_flush_interval = std::time::Duration::from_secs(3_600);
+    config.last_used_batch_size = 4;
+    let server = maas_authz::app::Application::build(config).await.unwrap();
+    let mut keys = Vec::new();
+    for _ in 0..10 {
+        keys.push(mint(&db.store(), &FREE_USER).await);
+    }
+    let mut client = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(
+        format!("http://{}", server.grpc_addr),
+    )
+    .await
+    .unwrap();
+    for (key, _) in &keys {
+        client
+            .check(check_request(
+                "/simulator/v1/models",
+                &[("authorization", &bearer(key))],
+            ))
+            .await
+            .unwrap();
+    }
+    drop(client);
+
+    // Act: the flush at shutdown writes all ten noted uses.
+    server.shutdown().await.unwrap();
+
+    // Assert
+    let client = db.client().await;
+    let unwritten: i64 = client
+        .query_one(
+            "SELECT count(*) FROM api_keys WHERE last_used_at IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let statements: Vec<i64> = client
+        .query("SELECT rows FROM update_statements ORDER BY at", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(unwritten, 0, "every used key has last_used_at");
+    assert_eq!(statements, vec![4, 4, 2]);
+}

@@ -109,7 +109,7 @@ async fn policy_changes_are_picked_up_and_an_invalid_change_keeps_the_last_good_
         }
     }
     let mut config = serve_config(&db);
-    config.policy_path = dir.path().to_owned();
+    config.policy_path = Some(dir.path().to_owned());
     let server = maas_authz::app::Application::build(config).await.unwrap();
     let (key, _) = mint(&db.store(), &FREE_USER).await;
     let mut client = envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient::connect(

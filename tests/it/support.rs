@@ -194,6 +194,9 @@ pub fn serve_config(db: &TestDb) -> ServeConfig {
         startup_timeout: Duration::from_secs(10),
         shutdown_grace: Duration::from_secs(2),
         last_used_flush_interval: Duration::from_millis(50),
+        last_used_batch_size: 5_000,
+        // Tests that count queries or misses expect a cold cache; tests/it/warm_start.rs turns it on.
+        cache_preload: OptionalDuration(None),
         http: HttpConfig::on_loopback(),
         ..ServeConfig::new(&db.url, &example_policy_path())
     }

@@ -142,6 +142,15 @@ Render-time checks the schema cannot express; each fails with the values to chan
 {{- fail "gateway.envoyGateway.targetRefs: name at least one HTTPRoute or Gateway for the SecurityPolicy (or list the model routes in gateway.models)" }}
 {{- end }}
 {{- include "maas-authz.validateSecurity" . }}
+{{- if and .Values.gateway.istio.enabled .Values.gateway.istio.meter (not .Values.gateway.models) }}
+{{- fail "gateway.istio.meter: list the model routes in gateway.models (the token meter is enabled on exactly those), or set gateway.istio.meter=false and meter elsewhere" }}
+{{- end }}
+{{- if and .Values.gateway.envoyGateway.enabled .Values.gateway.envoyGateway.meter (not .Values.gateway.models) }}
+{{- fail "gateway.envoyGateway.meter: list the model routes in gateway.models (the token meter is attached to exactly those), or set gateway.envoyGateway.meter=false and meter elsewhere" }}
+{{- end }}
+{{- if and (eq .Values.policy.source "kubernetes") (or .Values.policy.existingConfigMap .Values.policy.manifests) }}
+{{- fail "policy: with policy.source=kubernetes the policy comes from the cluster's MaaS objects; unset policy.manifests and policy.existingConfigMap" }}
+{{- end }}
 {{- end }}
 
 {{/* Environment shared by the server, the migrate Job and the cleanup CronJob (DatabaseConfig). */}}
