@@ -10,7 +10,8 @@
 # 5. Starts maas-authz (serve, example policy), the simulator and Envoy
 #    (deploy/envoy/envoy.yaml rendered to .local/demo/envoy.yaml), all on 127.0.0.1,
 #    waits until each is ready, and prints the seed documents' commands with the
-#    local URL and token filled in: paste them into another shell.
+#    local URL and token filled in: paste them into another shell. Prints the portal's URL
+#    ($GATEWAY_URL/maas-api/ui/) and opens it when a desktop browser is available.
 # 6. Ctrl-C (or SIGTERM) stops the three processes it started. PostgreSQL is left
 #    running (other tools share it; `scripts/ensure-postgres.sh --stop-local`
 #    stops a project-local one). Logs: .local/demo/*.log.
@@ -395,7 +396,9 @@ main() {
             [[ "$API_KEY" == sk-oai-* ]] || { echo "no API key" >&2; exit 1; }
             [[ -n "$KEY_ID" && "$KEY_ID" != null ]] || { echo "no key id" >&2; exit 1; }' \
             check "$STATE_DIR/commands.sh"
-        log "==> --check: every command succeeded"
+        curl -fsS "$GATEWAY_URL/maas-api/ui/" | grep -q "MaaS portal" ||
+            die "the portal did not answer at $GATEWAY_URL/maas-api/ui/"
+        log "==> --check: every command succeeded, and the portal answers"
         return 0
     fi
     cat >&2 <<EOF
@@ -403,6 +406,7 @@ main() {
   The gateway is up:   $GATEWAY_URL   (Envoy; admin http://127.0.0.1:$ENVOY_ADMIN_PORT)
   maas-authz:          gRPC 127.0.0.1:$GRPC_PORT, REST http://127.0.0.1:$HTTP_PORT, metrics http://127.0.0.1:$METRICS_PORT/metrics
   simulator:           http://127.0.0.1:$SIMULATOR_PORT
+  portal:              $GATEWAY_URL/maas-api/ui/   (sign in with the OC_TOKEN value below)
   demo user:           demo-user (groups premium-users), static token below as OC_TOKEN
   logs:                ${STATE_DIR#"$REPO_ROOT"/}/*.log   commands also in ${STATE_DIR#"$REPO_ROOT"/}/commands.sh
 
@@ -410,6 +414,10 @@ main() {
 
 EOF
     cat "$STATE_DIR/commands.sh"
+    # Open the portal in the desktop's browser when there is one (never on a headless machine).
+    if [[ -n "${DISPLAY:-}${WAYLAND_DISPLAY:-}" ]] && have xdg-open && ! is_true "${CI:-}"; then
+        xdg-open "$GATEWAY_URL/maas-api/ui/" >/dev/null 2>&1 || true
+    fi
     log "running; press Ctrl-C to stop maas-authz, the simulator and Envoy"
     # Returns when any of them exits (or a signal arrives, which on_signal handles).
     local status=0

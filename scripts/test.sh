@@ -18,7 +18,9 @@
 #     system user to run them as); redis-server (ensure-redis.sh --server-binary).
 #  4. Test tools (ensure_test_tools below): the Python virtualenv .venv/ with
 #     scripts/requirements-test.txt (Envoy, ...), exported as
-#     MAAS_AUTHZ_ENVOY_BIN; .venv/bin is put first on PATH.
+#     MAAS_AUTHZ_ENVOY_BIN; .venv/bin is put first on PATH. Headless Chromium and
+#     chromedriver for the portal's browser tests (scripts/ensure-chromium.sh), exported
+#     as MAAS_AUTHZ_CHROMIUM_BIN and MAAS_AUTHZ_CHROMEDRIVER_BIN.
 #
 # Usage:
 #   scripts/test.sh                          everything
@@ -34,6 +36,7 @@
 #   MAAS_AUTHZ_TEST_PG_USER       the user to run them as); found if unset
 #   DATABASE_URL                  otherwise: server to use (see ensure-postgres.sh)
 #   MAAS_AUTHZ_ENVOY_BIN          Envoy binary to use instead of the .venv one
+#   MAAS_AUTHZ_CHROMIUM_BIN / MAAS_AUTHZ_CHROMEDRIVER_BIN  browser for the portal tests
 #   MAAS_AUTHZ_SKIP_TEST_TOOLS=1  do not create/update .venv (offline work)
 #   CI=true                       CARGO_TERM_COLOR=never (unless set)
 #   plus everything ensure-postgres.sh, ensure-redis.sh and ensure-python-venv.sh read.
@@ -115,6 +118,13 @@ ensure_test_tools() {
         PATH="$VENV_DIR/bin:$PATH"
         export PATH
     fi
+
+    # The portal's browser tests (tests/it/portal.rs): Debian's chromium and chromium-driver.
+    local chromium_pair
+    banner "Chromium and chromedriver (scripts/ensure-chromium.sh)"
+    chromium_pair="$(bash "$REPO_ROOT/scripts/ensure-chromium.sh")"
+    read -r MAAS_AUTHZ_CHROMIUM_BIN MAAS_AUTHZ_CHROMEDRIVER_BIN <<<"$chromium_pair"
+    export MAAS_AUTHZ_CHROMIUM_BIN MAAS_AUTHZ_CHROMEDRIVER_BIN
 
     if [[ -z "${MAAS_AUTHZ_PROMTOOL_BIN:-}" ]]; then
         local promtool

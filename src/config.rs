@@ -683,6 +683,41 @@ pub struct HttpConfig {
     /// Longest a REST request may take, reading its body included.
     #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_HTTP_REQUEST_TIMEOUT", value_name = "MAAS_AUTHZ_HTTP_REQUEST_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
     pub http_request_timeout: Duration,
+    /// OIDC client id of the self-service portal (`/ui/`): with `MAAS_AUTHZ_OIDC_ISSUER`, the
+    /// portal offers the authorization-code flow with PKCE (a public client: no secret). Register
+    /// `<public URL>/ui/` as its redirect URI and allow that origin (CORS) at the issuer.
+    #[arg(long, env = "MAAS_AUTHZ_PORTAL_OIDC_CLIENT_ID", value_name = "MAAS_AUTHZ_PORTAL_OIDC_CLIENT_ID", value_parser = portal_client_id)]
+    pub portal_oidc_client_id: Option<String>,
+    /// Scopes the portal asks the issuer for (space-separated; `openid` is always added).
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_PORTAL_OIDC_SCOPES", value_name = "MAAS_AUTHZ_PORTAL_OIDC_SCOPES", default_value = "openid profile email", value_parser = portal_scopes)]
+    pub portal_oidc_scopes: String,
+}
+
+/// A client id the portal can put in a URL: 1 to 255 visible ASCII characters.
+fn portal_client_id(text: &str) -> Result<String, String> {
+    if !text.is_empty() && text.len() <= 255 && text.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(text.to_owned())
+    } else {
+        Err("must be 1 to 255 visible ASCII characters (no spaces)".to_owned())
+    }
+}
+
+/// Scope names (visible ASCII, no `"` or `\\`), `openid` added when missing.
+fn portal_scopes(text: &str) -> Result<String, String> {
+    let mut scopes: Vec<&str> = text.split_whitespace().collect();
+    if let Some(bad) = scopes.iter().find(|scope| {
+        scope
+            .bytes()
+            .any(|b| b == b'"' || b == b'\\' || !b.is_ascii_graphic())
+    }) {
+        return Err(format!(
+            "scope {bad:?} has a character scopes may not contain"
+        ));
+    }
+    if !scopes.contains(&"openid") {
+        scopes.insert(0, "openid");
+    }
+    Ok(scopes.join(" "))
 }
 
 /// Who may call the REST API: the identity sources and the admin groups.
@@ -1176,6 +1211,43 @@ mod tests {
             model_free_paths("/v1/../x").unwrap_err(),
             "\"/v1/../x\" is not a canonical path: the path has a dot segment ('.' or '..')"
         );
+    }
+
+    #[test]
+    fn bad_portal_oidc_settings_name_the_variable_and_say_what_is_wrong() {
+        let serve = |extra: &[&str]| {
+            let mut args = vec![
+                "maas-authz",
+                "serve",
+                "--database-url",
+                "postgres://x@localhost/db",
+                "--policy-path",
+                "examples/policy",
+            ];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args)
+                .map(|_| ())
+                .unwrap_err()
+                .to_string()
+        };
+
+        let error = serve(&["--portal-oidc-client-id", "has space"]);
+        assert!(
+            error.contains("MAAS_AUTHZ_PORTAL_OIDC_CLIENT_ID")
+                && error.contains("visible ASCII characters"),
+            "{error}"
+        );
+        let error = serve(&["--portal-oidc-scopes", "openid \"x"]);
+        assert!(
+            error.contains("MAAS_AUTHZ_PORTAL_OIDC_SCOPES") && error.contains("may not contain"),
+            "{error}"
+        );
+        assert_eq!(
+            portal_scopes("profile  email").unwrap(),
+            "openid profile email"
+        );
+        assert_eq!(portal_scopes("email openid").unwrap(), "email openid");
+        assert_eq!(portal_client_id("maas-portal").unwrap(), "maas-portal");
     }
 
     #[test]

@@ -119,7 +119,24 @@ pub(crate) fn public_api(
         public_url: config.http.public_url.clone(),
         request_timeout: config.http.http_request_timeout,
         billing_currency: config.ledger.billing_currency.clone(),
+        portal: portal_settings(config),
     })
+}
+
+/// The portal's sign-in options: OIDC when both an issuer and a portal client id are set.
+fn portal_settings(config: &ServeConfig) -> crate::http::PortalSettings {
+    let oidc = match (
+        &config.identity.oidc_issuer,
+        &config.http.portal_oidc_client_id,
+    ) {
+        (Some(issuer), Some(client_id)) => Some(crate::http::PortalOidc {
+            issuer: issuer.trim_end_matches('/').to_owned(),
+            client_id: client_id.clone(),
+            scopes: config.http.portal_oidc_scopes.clone(),
+        }),
+        _ => None,
+    };
+    crate::http::PortalSettings { oidc }
 }
 
 /// What the internal REST routes (validate, clean-up) use.

@@ -10,6 +10,7 @@ pub mod extract;
 mod health;
 mod internal;
 mod openapi;
+mod portal;
 mod server;
 mod state;
 mod tokens;
@@ -33,7 +34,7 @@ use error::ApiError;
 
 pub use openapi::GATEWAY_PREFIX;
 pub use server::serve_http;
-pub use state::{InternalApi, PublicApi};
+pub use state::{InternalApi, PortalOidc, PortalSettings, PublicApi};
 
 use state::SharedState;
 
@@ -57,8 +58,11 @@ pub fn public_router(state: SharedState) -> (Router, utoipa::openapi::OpenApi) {
         .with_state(state.clone())
         .split_for_parts();
     let document_json = Arc::new(document.to_pretty_json().unwrap_or_default());
-    let routes = routes.layer(axum::Extension(openapi::Document(document_json)));
+    let routes = routes
+        .layer(axum::Extension(openapi::Document(document_json)))
+        .merge(portal::router(state.clone()));
     let router = Router::new()
+        .route("/", axum::routing::get(portal::redirect_to_ui))
         .merge(routes.clone())
         .nest(GATEWAY_PREFIX, routes)
         .fallback(route_not_found)

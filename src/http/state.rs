@@ -32,6 +32,8 @@ pub struct PublicApi {
     pub request_timeout: Duration,
     /// `MAAS_AUTHZ_BILLING_CURRENCY`, named in usage reports.
     pub billing_currency: String,
+    /// What the self-service portal's sign-in offers.
+    pub portal: PortalSettings,
 }
 
 impl std::fmt::Debug for PublicApi {
@@ -63,6 +65,24 @@ impl std::fmt::Debug for InternalApi {
 }
 
 pub(super) type SharedState = Arc<PublicApi>;
+
+/// What the portal's sign-in page offers besides a pasted token.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortalSettings {
+    /// The OIDC authorization-code flow with PKCE, when an issuer and a client id are configured.
+    pub oidc: Option<PortalOidc>,
+}
+
+/// A public OIDC client (no secret: the browser cannot keep one) that signs users in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortalOidc {
+    /// `MAAS_AUTHZ_OIDC_ISSUER`: discovery is fetched by the browser from here.
+    pub issuer: String,
+    /// `MAAS_AUTHZ_PORTAL_OIDC_CLIENT_ID`.
+    pub client_id: String,
+    /// Space-separated scopes asked for (always with `openid`).
+    pub scopes: String,
+}
 
 /// The scheme and host clients reach us at: `MAAS_AUTHZ_PUBLIC_URL`, else `x-forwarded-proto`
 /// (or http) and `Host`. `None` when the request carries no usable host.

@@ -24,6 +24,7 @@ mod last_used;
 mod limits;
 mod migrations;
 mod outage;
+mod portal;
 mod properties;
 mod raw_http;
 mod readme;
