@@ -11,6 +11,7 @@
 
 #![allow(clippy::print_stdout)]
 
+mod do_nothing;
 mod reliability;
 
 use std::marker::PhantomData;
@@ -22,22 +23,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use chrono::Utc;
 use clap::{Parser, ValueEnum};
-use envoy_types::pb::envoy::config::core::v3::{
-    HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
-};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
-    Authorization, AuthorizationServer,
-};
-use envoy_types::pb::envoy::service::auth::v3::{
-    AttributeContext, CheckRequest, CheckResponse, OkHttpResponse, check_response::HttpResponse,
-};
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
 use envoy_types::pb::google::rpc;
 use maas_authz::config::{
     AbuseLimitsConfig, DatabaseConfig, HttpConfig, LimitsConfig, OptionalDuration, OptionalRate,
     ServeConfig,
 };
 
+use do_nothing::DoNothing;
 use maas_authz::app::{Application, RunningServer};
 use maas_authz::grpc::socket::copying;
 use maas_authz::key::ApiKey;
@@ -978,38 +973,6 @@ fn process_cpu_seconds() -> Option<f64> {
     let stime: f64 = fields.next()?.parse().ok()?;
     // USER_HZ is 100 on every Linux architecture tokio supports.
     Some((utime + stime) / 100.0)
-}
-
-/// An ext_authz server that does no work: OK with one header, for the comparison.
-#[derive(Debug, Clone, Copy)]
-struct DoNothing;
-
-#[async_trait::async_trait]
-impl Authorization for DoNothing {
-    async fn check(
-        &self,
-        _request: tonic::Request<CheckRequest>,
-    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        Ok(tonic::Response::new(CheckResponse {
-            status: Some(rpc::Status {
-                code: 0,
-                ..Default::default()
-            }),
-            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-                headers: vec![HeaderValueOption {
-                    header: Some(HeaderValue {
-                        key: "x-maas-username".to_owned(),
-                        value: "baseline".to_owned(),
-                        ..Default::default()
-                    }),
-                    append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            })),
-            dynamic_metadata: None,
-        }))
-    }
 }
 
 /// The do-nothing server on a free loopback port, served like maas-authz serves (tonic, nodelay,

@@ -6,48 +6,12 @@
 
 use std::net::SocketAddr;
 
-use envoy_types::pb::envoy::config::core::v3::{
-    HeaderValue, HeaderValueOption, header_value_option::HeaderAppendAction,
-};
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
-    Authorization, AuthorizationServer,
-};
-use envoy_types::pb::envoy::service::auth::v3::{
-    CheckRequest, CheckResponse, OkHttpResponse, check_response::HttpResponse,
-};
-use envoy_types::pb::google::rpc;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 
-/// OK with one header, as an authorizer that stamps the caller's name would.
-#[derive(Debug, Clone, Copy)]
-struct DoNothing;
+#[path = "../do_nothing.rs"]
+mod do_nothing;
 
-#[async_trait::async_trait]
-impl Authorization for DoNothing {
-    async fn check(
-        &self,
-        _request: tonic::Request<CheckRequest>,
-    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        Ok(tonic::Response::new(CheckResponse {
-            status: Some(rpc::Status {
-                code: 0,
-                ..Default::default()
-            }),
-            http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
-                headers: vec![HeaderValueOption {
-                    header: Some(HeaderValue {
-                        key: "x-maas-username".to_owned(),
-                        value: "baseline".to_owned(),
-                        ..Default::default()
-                    }),
-                    append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            })),
-            dynamic_metadata: None,
-        }))
-    }
-}
+use do_nothing::DoNothing;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
