@@ -170,6 +170,10 @@ fn selection_body(policy: &crate::policy::Policy, selection: &Selection<'_>) -> 
                     "limit": limit.limit,
                     "window": compact_window(limit.window),
                 })).collect::<Vec<_>>(),
+                // Upstream's `billing_rate{per_token}`, a decimal string; absent when unset.
+                "billing_rate": entry.billing.per_token.map(|rate| serde_json::json!({
+                    "per_token": rate.to_string(),
+                })),
             }))
         })
         .collect();
@@ -182,7 +186,7 @@ fn selection_body(policy: &crate::policy::Policy, selection: &Selection<'_>) -> 
         "modelRefs": model_refs,
         "organizationId": subscription.organization_id.clone().unwrap_or_default(),
         "costCenter": subscription.cost_center.clone().unwrap_or_default(),
-        "labels": {},
+        "labels": subscription.labels,
         "resolvedModel": selection.model.map(|model| model.qualified_name()).unwrap_or_default(),
         "accessAllowed": selection.access_allowed,
         "phase": subscription.phase.as_str(),

@@ -51,8 +51,9 @@ metadata: {name: premium, annotations: {openshift.io/display-name: Premium}}
 spec:
   owner: {groups: [{name: premium-users}]}
   priority: 20
+  tokenMetadata: {organizationId: org-7, costCenter: cc-42, labels: {team: research}}
   modelRefs:
-    - {name: simulator, namespace: llm, tokenRateLimits: [{limit: 1000, window: 1m}]}
+    - {name: simulator, namespace: llm, tokenRateLimits: [{limit: 1000, window: 1m}], billingRate: {perToken: "0.000002"}}
     - {name: qwen3, namespace: llm, tokenRateLimits: [{limit: 1000, window: 1m}]}
     - {name: opt, namespace: llm, tokenRateLimits: [{limit: 1000, window: 1m}]}
     - {name: opt-copy, namespace: llm, tokenRateLimits: [{limit: 1000, window: 1m}]}
@@ -438,6 +439,14 @@ async fn selection_picks_the_one_accessible_subscription_holding_the_model() {
         chosen["modelRefs"][0]["token_rate_limits"],
         json!([{"limit": 1000, "window": "1m"}])
     );
+    assert_eq!(
+        chosen["modelRefs"][0]["billing_rate"],
+        json!({"per_token": "0.000002"})
+    );
+    assert_eq!(chosen["modelRefs"][1]["billing_rate"], Value::Null);
+    assert_eq!(chosen["labels"], json!({"team": "research"}));
+    assert_eq!(chosen["costCenter"], "cc-42");
+    assert_eq!(chosen["organizationId"], "org-7");
     let alice = only_one.assert_status(200);
     assert_eq!(
         (alice["name"].clone(), alice["accessAllowed"].clone()),
