@@ -60,12 +60,6 @@ cleanup() {
     [[ -z "$STATE_DIR" ]] || rm -rf -- "$STATE_DIR"
 }
 
-# cpu_ticks PID: user+system CPU time of the process, in clock ticks (fields 14 and 15 of
-# /proc/PID/stat, counted after the command name's closing parenthesis).
-cpu_ticks() {
-    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
-}
-
 wait_port() {
     local port="$1" i
     for ((i = 0; i < 300; i++)); do

@@ -151,12 +151,6 @@ status_of() { # status_of URL [KEY]
         -d "$BODY" "$1/simulator/v1/chat/completions"
 }
 
-# cpu_ticks PID: the user+system CPU time the process has spent, in clock ticks.
-cpu_ticks() {
-    # Fields 14 and 15 of /proc/PID/stat, counted after the command name's closing parenthesis.
-    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
-}
-
 # pid_of NAME: the PID of a process start() started.
 pid_of() {
     local i

@@ -201,3 +201,10 @@ url_with_db() {
     rest="${base#*://}"
     printf '%s://%s/%s%s\n' "${base%%://*}" "${rest%%/*}" "$db" "$query"
 }
+
+# cpu_ticks PID: the user+system CPU time the process has spent, in clock ticks (the benchmarks'
+# CPU per request).
+cpu_ticks() {
+    # Fields 14 and 15 of /proc/PID/stat, counted after the command name's closing parenthesis.
+    awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
+}
