@@ -18,9 +18,10 @@
 #            last_used_at is at or after the sweep's start, and reads the write-behind's batch
 #            and flush histograms and its per-flush log lines. Prints one JSON line.
 #   rolling  replica A (preload on) serves BENCH_SCALE_STREAMS streams over
-#            BENCH_SCALE_ROLLING_KEYS keys; replica B starts meanwhile; as soon as B's /ready
-#            answers 200 the load moves to B (the loadgen restarts there) and A is stopped. Prints
-#            B's errors and the cache misses / key queries B made while serving. One JSON line.
+#            BENCH_SCALE_ROLLING_KEYS keys for 8 s; replica B starts 5 s in; as soon as B's /ready
+#            answers 200 a loadgen sends the same load to B (for BENCH_SCALE_ROLLING_DURATION),
+#            whether or not B's preload has finished; A ends its run and is stopped. Prints B's
+#            errors and the cache misses / key queries B made while serving. One JSON line.
 #
 # Usage:
 #   scripts/bench-scale.sh
@@ -31,7 +32,7 @@
 #   BENCH_SCALE_FLUSH_KEYS=1000000               keys of the flush step
 #   BENCH_SCALE_ROLLING_KEYS=100000              keys of the rolling step
 #   BENCH_SCALE_STREAMS=64                       concurrent Checks of the loadgen
-#   BENCH_SCALE_ROLLING_DURATION=20s             load on each replica in the rolling step
+#   BENCH_SCALE_ROLLING_DURATION=20s             load on B in the rolling step
 #   BENCH_SCALE_SETTLE=3                         seconds between preload end and the RSS read
 #   BENCH_AUTHZ_BIN=                             a maas-authz binary instead of this checkout's
 #   BENCH_PORT_BASE=19200                        ports BASE..BASE+7 on 127.0.0.1 must be free
@@ -254,7 +255,7 @@ step_rolling() {
     wait_preloaded rolling-a >/dev/null
     log "rolling: $STREAMS streams over $n keys at A; B starts meanwhile"
     "$LOADGEN" --target "127.0.0.1:$BASE" --seeded-keys "$n" --streams "$STREAMS" \
-        --duration 15s --warmup 0s --json >"$STATE_DIR/rolling-a.json" 2>>"$STATE_DIR/loadgen.log" &
+        --duration 8s --warmup 0s --json >"$STATE_DIR/rolling-a.json" 2>>"$STATE_DIR/loadgen.log" &
     loadgen_pid="$!"
     sleep 5
     local b_started=$SECONDS ready_after misses_before queries_before misses_after queries_after
@@ -266,13 +267,15 @@ step_rolling() {
     preloaded_at_ready="$(plain "$STATE_DIR/rolling-b.log" | grep -ac "key cache preloaded" || true)"
     misses_before="$(metric "$b_metrics" 'maas_authz_cache_lookups_total{result="miss"}')"
     queries_before="$(metric "$b_metrics" 'maas_authz_db_query_duration_seconds_count{statement="select_key_by_hash"}')"
-    wait "$loadgen_pid"
-    # The load moves: B serves it, A goes away (SIGTERM, as Kubernetes does).
+    # B is ready: the load moves to it at once (its preload may still be running), while A
+    # finishes what it was sent and goes away (SIGTERM, as Kubernetes does).
+    local b_loadgen_pid
     "$LOADGEN" --target "127.0.0.1:$((BASE + 4))" --seeded-keys "$n" --streams "$STREAMS" \
         --duration "$ROLLING_DURATION" --warmup 0s --json >"$STATE_DIR/rolling-b.json" 2>>"$STATE_DIR/loadgen.log" &
-    loadgen_pid="$!"
-    stop_server "$a_pid"
+    b_loadgen_pid="$!"
     wait "$loadgen_pid"
+    stop_server "$a_pid"
+    wait "$b_loadgen_pid"
     misses_after="$(metric "$b_metrics" 'maas_authz_cache_lookups_total{result="miss"}')"
     queries_after="$(metric "$b_metrics" 'maas_authz_db_query_duration_seconds_count{statement="select_key_by_hash"}')"
     local preload_line
