@@ -16,7 +16,8 @@
 #   flush    with BENCH_SCALE_FLUSH_KEYS keys preloaded, the loadgen sends one Check for every
 #            key (--sweep, BENCH_SCALE_STREAMS streams); then polls PostgreSQL until every row's
 #            last_used_at is at or after the sweep's start, and reads the write-behind's batch
-#            and flush histograms and its per-flush log lines. Prints one JSON line.
+#            and flush histograms, its per-flush log lines and the server's VmRSS/VmHWM after
+#            the sweep (cache, use tracker and all). Prints one JSON line.
 #   rolling  replica A (preload on) serves BENCH_SCALE_STREAMS streams over
 #            BENCH_SCALE_ROLLING_KEYS keys for 8 s; replica B starts 5 s in; as soon as B's /ready
 #            answers 200 a loadgen sends the same load to B (for BENCH_SCALE_ROLLING_DURATION),
@@ -225,9 +226,12 @@ step_flush() {
     failures="$(metric "$port" maas_authz_last_used_write_failures_total)"
     slowest="$(plain "$STATE_DIR/flush.log" | sed -n 's/.*slowest_batch_ms=\([0-9]*\).*/\1/p' | sort -n | tail -n 1)"
     plain "$STATE_DIR/flush.log" | grep -a "last_used_at flushed" | sed 's/^/  /' >&2 || true
+    local rss hwm
+    rss="$(status_kb "$SERVER_PID" VmRSS)"
+    hwm="$(status_kb "$SERVER_PID" VmHWM)"
     stop_server "$SERVER_PID"
     python3 - "$out" "$n" "$written" "$waited" "$deadline" "$batches" "$batch_sum" "$flush_count" \
-        "$flush_sum" "$failures" "${slowest:-0}" "$COMMIT" <<'EOF'
+        "$flush_sum" "$failures" "${slowest:-0}" "$COMMIT" "$rss" "$hwm" <<'EOF'
 import json, sys
 out, n, written, waited, deadline = json.loads(sys.argv[1])["maas_authz"], *map(int, sys.argv[2:6])
 batches, batch_sum, flushes, flush_sum, failures, slowest = (float(x) for x in sys.argv[6:12])
@@ -235,7 +239,8 @@ print(f"flush: {out['requests']} Checks over {n} keys in {out['seconds']} s ({ou
       f"{out['errors']} errors, {out['denied']} denied); {written} of {n} rows written "
       f"{waited} s after the sweep (two flush intervals: {deadline - 1} s); "
       f"{int(batches)} batches, mean {batch_sum / max(batches, 1) * 1000:.1f} ms, slowest {slowest:.0f} ms; "
-      f"{int(flushes)} flushes, mean {flush_sum / max(flushes, 1) * 1000:.0f} ms; {int(failures)} failed batches")
+      f"{int(flushes)} flushes, mean {flush_sum / max(flushes, 1) * 1000:.0f} ms; {int(failures)} failed batches; "
+      f"after: VmRSS {int(sys.argv[13]) / 1024:.1f} MB, VmHWM {int(sys.argv[14]) / 1024:.1f} MB")
 print(json.dumps({"step": "flush", "commit": sys.argv[12], "keys": n, "checks": out["requests"],
                   "sweep_s": out["seconds"], "rps": out["rps"], "errors": out["errors"],
                   "denied": out["denied"], "rows_written": written, "written_after_sweep_s": waited,
@@ -243,7 +248,8 @@ print(json.dumps({"step": "flush", "commit": sys.argv[12], "keys": n, "checks": 
                   "batches": int(batches), "batch_mean_ms": round(batch_sum / max(batches, 1) * 1000, 1),
                   "slowest_batch_ms": slowest, "flushes": int(flushes),
                   "flush_mean_ms": round(flush_sum / max(flushes, 1) * 1000, 1),
-                  "failed_batches": int(failures)}))
+                  "failed_batches": int(failures), "rss_after_mb": round(int(sys.argv[13]) / 1024, 1),
+                  "hwm_mb": round(int(sys.argv[14]) / 1024, 1)}))
 EOF
 }
 
