@@ -15,7 +15,9 @@
 //!
 //! Bounded work for unknown keys: with a [`LookupBudget`], a hash that neither cache holds may
 //! only be queried after taking a token from it (per peer and global); hits, negative hits and
-//! re-reads of entries we hold never ask it, so the hot path costs the same.
+//! re-reads of entries we hold never ask it, so the hot path costs the same. Nor do hashes the
+//! [`KnownKeys`] set holds (keys that exist, loaded at start-up and noted on every change), so a
+//! cold replica's legitimate traffic is not mistaken for a flood.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +27,7 @@ use moka::future::Cache;
 
 use crate::clock::{Clock, SystemClock};
 use crate::key::KeyHash;
+use crate::known_keys::KnownKeys;
 use crate::lookup_budget::{LookupBudget, Throttled};
 use crate::store::{KeyRecord, KeyStore, StoreError};
 
@@ -103,6 +106,8 @@ pub struct KeyCache {
     clock: Arc<dyn Clock>,
     /// Queries for hashes no cache holds take a token from it first (none: unbounded).
     budget: Option<Arc<LookupBudget>>,
+    /// Hashes of keys that exist, whose queries never wait for the budget (none: all wait).
+    known_keys: Option<Arc<KnownKeys>>,
 }
 
 impl std::fmt::Debug for KeyCache {
@@ -145,6 +150,24 @@ impl KeyCache {
             max_staleness: settings.max_staleness,
             clock,
             budget: None,
+            known_keys: None,
+        }
+    }
+
+    /// Keeps a [`KnownKeys`] set: hashes it holds skip the lookup budget (see the module's doc).
+    pub fn with_known_key_filter(mut self) -> Self {
+        self.known_keys = Some(Arc::new(KnownKeys::new()));
+        self
+    }
+
+    /// The hashes of keys known to exist, which skip the lookup budget; a start-up load fills it.
+    pub fn known_keys(&self) -> Option<&Arc<KnownKeys>> {
+        self.known_keys.as_ref()
+    }
+
+    fn note_known(&self, hash: &KeyHash) {
+        if let Some(known) = &self.known_keys {
+            known.insert(hash);
         }
     }
 
@@ -179,6 +202,10 @@ impl KeyCache {
         };
         if stale.is_none()
             && let Some(budget) = &self.budget
+            && !self
+                .known_keys
+                .as_ref()
+                .is_some_and(|known| known.contains(hash))
         {
             budget.try_acquire(peer, self.clock.instant())?;
         }
@@ -211,6 +238,7 @@ impl KeyCache {
                 let found = store.find_by_hash(hash).await?;
                 match &found {
                     Some(record) => {
+                        self.note_known(hash);
                         let record = Arc::new(record.clone());
                         let entry = Cached {
                             record: record.clone(),
@@ -254,8 +282,10 @@ impl KeyCache {
     }
 
     /// Forgets a key (after revocation, or when a new key with this hash was minted), including
-    /// what a query under way may be about to cache.
+    /// what a query under way may be about to cache. Every invalidation comes from a change to a
+    /// stored key, so the hash is noted as known: its next query needs no budget token.
     pub async fn invalidate(&self, hash: &KeyHash) {
+        self.note_known(hash);
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.in_flight.invalidate(hash).await;
         self.known.invalidate(hash).await;
@@ -301,6 +331,7 @@ impl KeyCache {
         let mut inserted = Vec::with_capacity(records.len());
         for record in records {
             let hash = record.key_hash;
+            self.note_known(&hash);
             if self.known.contains_key(&hash) {
                 continue;
             }
@@ -717,5 +748,60 @@ mod tests {
             cache.lookup(&hash(), &store, None).await,
             Err(LookupError::Throttled(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn hashes_of_keys_known_to_exist_are_queried_past_a_spent_budget_and_others_are_not() {
+        // Arrange: a budget of one token, spent; two hashes noted as known, one by the start-up
+        // load and one by an invalidation (a key change), and one hash nobody knows.
+        let (loaded, changed, stranger) = (hash(), hash(), hash());
+        let store = ScriptedStore::answering(vec![
+            Ok(None),
+            Ok(Some(record(loaded))),
+            Ok(Some(record(changed))),
+        ]);
+        let cache = KeyCache::new(SETTINGS)
+            .with_lookup_budget(budget_of(1))
+            .with_known_key_filter();
+        cache.lookup(&hash(), &store, None).await.unwrap();
+        cache.known_keys().unwrap().extend([&loaded]);
+        cache.invalidate(&changed).await;
+
+        // Act
+        let from_load = cache.lookup(&loaded, &store, None).await;
+        let from_change = cache.lookup(&changed, &store, None).await;
+        let unknown = cache.lookup(&stranger, &store, None).await;
+
+        // Assert: the known ones were queried (and found), the stranger was not.
+        assert!(matches!(
+            from_load,
+            Ok((Lookup::Found(_), CacheOutcome::Miss))
+        ));
+        assert!(matches!(
+            from_change,
+            Ok((Lookup::Found(_), CacheOutcome::Miss))
+        ));
+        assert!(
+            matches!(unknown, Err(LookupError::Throttled(_))),
+            "{unknown:?}"
+        );
+        assert_eq!(store.queries(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_key_read_from_the_store_or_preloaded_is_noted_as_known() {
+        let (read, preloaded) = (hash(), hash());
+        let store = ScriptedStore::answering(vec![Ok(Some(record(read)))]);
+        let cache = KeyCache::new(SETTINGS).with_known_key_filter();
+
+        cache.lookup(&read, &store, None).await.unwrap();
+        let ticket = cache.preload_ticket();
+        assert!(cache.preload(ticket, vec![record(preloaded)]).await);
+
+        let known = cache.known_keys().unwrap();
+        assert!(known.contains(&read));
+        assert!(known.contains(&preloaded));
+        assert!(!known.contains(&hash()));
+        assert!(KeyCache::new(SETTINGS).known_keys().is_none());
     }
 }
