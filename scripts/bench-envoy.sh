@@ -23,7 +23,8 @@
 # do-nothing: throughput, CPU per request of Envoy + ext_authz together, and of each) and goal 4
 # (+meter ÷ maas-authz for JSON and for SSE: throughput and CPU per request).
 # With BENCH_REFERENCE_BIN, a second maas-authz (another build, e.g. the last release) serves a
-# Check-only Envoy measured in the same rounds (row reference), compared with maas-authz.
+# Check-only Envoy and an Envoy with Check and its meter, measured in the same rounds (rows reference,
+# reference+meter and, with SSE, reference+meter/sse), compared with maas-authz and +meter.
 # Everything it started is stopped on exit.
 #
 # Usage:
@@ -44,7 +45,7 @@
 #                             `true` shows what Envoy spends ingesting the identity metadata
 #   BENCH_REFERENCE_BIN=      a maas-authz binary to compare with in the same run (a reference
 #                             build, e.g. `git worktree add /tmp/ref v0.1.0 && cargo build
-#                             --release` there); ports BASE+14..BASE+19 must then be free too
+#                             --release` there); ports BASE+14..BASE+21 must then be free too
 #   MAAS_AUTHZ_NO_INSTALL=1   never apt-get install wrk
 #   plus everything ensure-postgres.sh and ensure-python-venv.sh read.
 #
@@ -87,6 +88,8 @@ readonly REF_INTERNAL_PORT=$((BASE + 16))
 readonly REF_METRICS_PORT=$((BASE + 17))
 readonly REF_ENVOY_PORT=$((BASE + 18))
 readonly REF_ADMIN_PORT=$((BASE + 19))
+readonly REF_METER_ENVOY_PORT=$((BASE + 20))
+readonly REF_METER_ADMIN_PORT=$((BASE + 21))
 readonly REFERENCE_BIN="${BENCH_REFERENCE_BIN:-}"
 readonly DB_NAME="maas_authz_bench"
 STATE_DIR=""
@@ -217,6 +220,8 @@ measure_row() {
         maas-authz/sse) run_wrk "$row#$round" "$AUTHZ_URL" "$DURATION" "$SSE_BODY" "$(pid_of envoy-authz)" "$(pid_of maas-authz)" ;;
         +meter/sse) run_wrk "$row#$round" "$METER_URL" "$DURATION" "$SSE_BODY" "$(pid_of envoy-meter)" "$(pid_of maas-authz)" ;;
         reference) run_wrk "$row#$round" "$REF_URL" "$DURATION" "$BODY" "$(pid_of envoy-reference)" "$(pid_of reference)" ;;
+        reference+meter) run_wrk "$row#$round" "$REF_METER_URL" "$DURATION" "$BODY" "$(pid_of envoy-reference-meter)" "$(pid_of reference)" ;;
+        reference+meter/sse) run_wrk "$row#$round" "$REF_METER_URL" "$DURATION" "$SSE_BODY" "$(pid_of envoy-reference-meter)" "$(pid_of reference)" ;;
         *) die "unknown row $row" ;;
     esac
 }
@@ -238,7 +243,7 @@ main() {
     local last_port=$((BASE + 13))
     if [[ -n "$REFERENCE_BIN" ]]; then
         [[ -x "$REFERENCE_BIN" ]] || die "BENCH_REFERENCE_BIN=$REFERENCE_BIN is not an executable"
-        last_port=$((BASE + 19))
+        last_port=$((BASE + 21))
     fi
     for port in $(seq "$BASE" "$last_port"); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
@@ -322,10 +327,14 @@ EOF
             "$STATE_DIR/envoy-reference.yaml"
         "$envoy" --mode validate -c "$STATE_DIR/envoy-reference.yaml" >/dev/null 2>&1 ||
             die "could not derive the reference Envoy configuration"
+        render "$STATE_DIR/envoy-reference-meter.yaml" "$REF_METER_ENVOY_PORT" "$REF_METER_ADMIN_PORT" "$REF_GRPC_PORT"
         wait_ready reference "http://127.0.0.1:$REF_METRICS_PORT/metrics"
         start envoy-reference "$envoy" -c "$STATE_DIR/envoy-reference.yaml" --use-dynamic-base-id \
             --concurrency "$ENVOY_CONCURRENCY" --log-level warn
+        start envoy-reference-meter "$envoy" -c "$STATE_DIR/envoy-reference-meter.yaml" --use-dynamic-base-id \
+            --concurrency "$ENVOY_CONCURRENCY" --log-level warn
         wait_ready envoy-reference "http://127.0.0.1:$REF_ADMIN_PORT/ready" LIVE
+        wait_ready envoy-reference-meter "http://127.0.0.1:$REF_METER_ADMIN_PORT/ready" LIVE
     fi
     wait_ready maas-authz "http://127.0.0.1:$METRICS_PORT/metrics"
     wait_ready simulator "http://127.0.0.1:$SIM_PORT/health"
@@ -349,13 +358,15 @@ EOF
 
     AUTHZ_URL="http://127.0.0.1:$AUTHZ_ENVOY_PORT" NOOP_URL="http://127.0.0.1:$NOOP_ENVOY_PORT"
     BARE_URL="http://127.0.0.1:$BARE_ENVOY_PORT" METER_URL="http://127.0.0.1:$METER_ENVOY_PORT"
-    REF_URL="http://127.0.0.1:$REF_ENVOY_PORT"
+    REF_URL="http://127.0.0.1:$REF_ENVOY_PORT" REF_METER_URL="http://127.0.0.1:$REF_METER_ENVOY_PORT"
     local s
     if [[ -n "$REFERENCE_BIN" ]]; then
         s="$(status_of "$REF_URL" "$KEY")"
         [[ "$s" == 200 ]] || die "Envoy+reference answered $s to the bench request (wanted 200)"
         s="$(status_of "$REF_URL")"
         [[ "$s" == 401 ]] || die "Envoy+reference answered $s without a key (wanted 401)"
+        s="$(status_of "$REF_METER_URL" "$KEY")"
+        [[ "$s" == 200 ]] || die "Envoy+reference+meter answered $s to the bench request (wanted 200)"
     fi
     s="$(status_of "$AUTHZ_URL" "$KEY")"
     [[ "$s" == 200 ]] || die "Envoy+maas-authz answered $s to the bench request (wanted 200)"
@@ -381,7 +392,10 @@ EOF
 
     local rows=(do-nothing maas-authz +meter) row
     is_true "$SSE" && rows+=(maas-authz/sse +meter/sse)
-    [[ -z "$REFERENCE_BIN" ]] || rows+=(reference)
+    if [[ -n "$REFERENCE_BIN" ]]; then
+        rows+=(reference reference+meter)
+        is_true "$SSE" && rows+=(reference+meter/sse)
+    fi
     log "warm-up (3 s each)"
     run_wrk warmup "$NOOP_URL" 3s "$BODY" >/dev/null
     run_wrk warmup "$AUTHZ_URL" 3s "$BODY" >/dev/null
@@ -389,6 +403,7 @@ EOF
     run_wrk warmup "$METER_URL" 3s "$BODY" >/dev/null
     is_true "$SSE" && run_wrk warmup "$METER_URL" 3s "$SSE_BODY" >/dev/null
     [[ -z "$REFERENCE_BIN" ]] || run_wrk warmup "$REF_URL" 3s "$BODY" >/dev/null
+    [[ -z "$REFERENCE_BIN" ]] || run_wrk warmup "$REF_METER_URL" 3s "$BODY" >/dev/null
     log "measuring: wrk -t$THREADS -c$CONNECTIONS -d$DURATION, Envoy --concurrency $ENVOY_CONCURRENCY, $ROUNDS round(s) of: ${rows[*]}"
     local results="$STATE_DIR/results" round
     : >"$results"
@@ -432,6 +447,10 @@ ratio("maas-authz / do-nothing", "maas-authz", "do-nothing", "[goal 3: throughpu
 ratio("+meter / maas-authz (JSON)", "+meter", "maas-authz", "[goal 4: throughput >= 0.85]")
 ratio("+meter/sse / maas-authz/sse (SSE)", "+meter/sse", "maas-authz/sse", "[goal 4: throughput >= 0.80]")
 ratio("maas-authz / reference", "maas-authz", "reference")
+ratio("+meter / reference+meter", "+meter", "reference+meter")
+ratio("+meter/sse / reference+meter/sse", "+meter/sse", "reference+meter/sse")
+ratio("reference+meter / maas-authz (JSON)", "reference+meter", "maas-authz")
+ratio("reference+meter/sse / maas-authz/sse", "reference+meter/sse", "maas-authz/sse")
 EOF
 }
 
