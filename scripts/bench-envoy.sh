@@ -46,6 +46,11 @@
 #   BENCH_REFERENCE_BIN=      a maas-authz binary to compare with in the same run (a reference
 #                             build, e.g. `git worktree add /tmp/ref v0.1.0 && cargo build
 #                             --release` there); ports BASE+14..BASE+21 must then be free too
+#   BENCH_REFERENCE_DYNAMIC_METADATA=  MAAS_AUTHZ_DYNAMIC_METADATA for the reference (unset: as for
+#                             maas-authz); with the same binary as reference, an A/B of the setting
+#   BENCH_REFERENCE_METER_SED=  a sed script applied to the reference+meter Envoy's configuration
+#                             (an experiment with the meter's Envoy settings, measured beside the
+#                             shipped ones in the same rounds)
 #   MAAS_AUTHZ_NO_INSTALL=1   never apt-get install wrk
 #   plus everything ensure-postgres.sh and ensure-python-venv.sh read.
 #
@@ -317,17 +322,25 @@ EOF
             die "could not derive the $variant Envoy configuration from deploy/envoy/envoy.yaml"
     done
     if [[ -n "$REFERENCE_BIN" ]]; then
+        local ref_metadata=("${metadata[@]}")
+        [[ -z "${BENCH_REFERENCE_DYNAMIC_METADATA:-}" ]] ||
+            ref_metadata=("MAAS_AUTHZ_DYNAMIC_METADATA=$BENCH_REFERENCE_DYNAMIC_METADATA")
         start reference env RUST_LOG=warn \
             MAAS_AUTHZ_GRPC_ADDR="127.0.0.1:$REF_GRPC_PORT" MAAS_AUTHZ_METRICS_ADDR="127.0.0.1:$REF_METRICS_PORT" \
             MAAS_AUTHZ_HTTP_ADDR="127.0.0.1:$REF_HTTP_PORT" MAAS_AUTHZ_INTERNAL_ADDR="127.0.0.1:$REF_INTERNAL_PORT" \
             MAAS_AUTHZ_SKIP_MIGRATIONS=true MAAS_AUTHZ_LIMITS_ENABLED="$LIMITS" \
-            "${metadata[@]}" "$REFERENCE_BIN" serve
+            "${ref_metadata[@]}" "$REFERENCE_BIN" serve
         render "$STATE_DIR/envoy-reference.yaml" "$REF_ENVOY_PORT" "$REF_ADMIN_PORT" "$REF_GRPC_PORT"
         sed -i -E 's/^( *)  (check_settings: \{ context_extensions: .*)$/\1  \2\n\1envoy.filters.http.ext_proc: *ext_proc_off/' \
             "$STATE_DIR/envoy-reference.yaml"
         "$envoy" --mode validate -c "$STATE_DIR/envoy-reference.yaml" >/dev/null 2>&1 ||
             die "could not derive the reference Envoy configuration"
         render "$STATE_DIR/envoy-reference-meter.yaml" "$REF_METER_ENVOY_PORT" "$REF_METER_ADMIN_PORT" "$REF_GRPC_PORT"
+        if [[ -n "${BENCH_REFERENCE_METER_SED:-}" ]]; then
+            sed -i -E "$BENCH_REFERENCE_METER_SED" "$STATE_DIR/envoy-reference-meter.yaml"
+        fi
+        "$envoy" --mode validate -c "$STATE_DIR/envoy-reference-meter.yaml" >/dev/null 2>&1 ||
+            die "could not derive the reference+meter Envoy configuration"
         wait_ready reference "http://127.0.0.1:$REF_METRICS_PORT/metrics"
         start envoy-reference "$envoy" -c "$STATE_DIR/envoy-reference.yaml" --use-dynamic-base-id \
             --concurrency "$ENVOY_CONCURRENCY" --log-level warn
