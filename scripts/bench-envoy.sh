@@ -400,8 +400,12 @@ EOF
             "$METER_URL/simulator/v1/chat/completions" | grep -q '^data: \[DONE\]' ||
             die "the SSE request did not stream through the meter"
     fi
-    curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | grep -q '^maas_authz_tokens_charged_total [1-9]' ||
-        die "the token meter charged nothing for the bench request: is ext_proc reaching maas-authz?"
+    # The meter charges after the response went out: give it a moment.
+    for ((i = 0; i < 20; i++)); do
+        curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | grep -q '^maas_authz_tokens_charged_total [1-9]' && break
+        sleep 0.1
+    done
+    ((i < 20)) || die "the token meter charged nothing for the bench request: is ext_proc reaching maas-authz?"
 
     local rows=(do-nothing maas-authz +meter) row
     is_true "$SSE" && rows+=(maas-authz/sse +meter/sse)
