@@ -14,9 +14,10 @@
 # 401 without it where Check runs, tokens charged by the meter), then drives them with the same wrk
 # client, alternating the order of the rows round by round (odd rounds in the order above, even
 # rounds reversed). Two requests: POST /simulator/v1/chat/completions with an 8-token JSON reply
-# (rows do-nothing, maas-authz, +meter) and the same with "stream": true, an SSE reply of 8 chunks
-# plus [DONE] (rows maas-authz/sse, +meter/sse; the meter adds include_usage and strips the usage
-# chunk again, as for any client that does not ask for usage).
+# (rows do-nothing, maas-authz, +meter) and the same with "stream": true, an SSE reply of one event
+# per token between a role and a finish event, then [DONE] (rows maas-authz/sse, +meter/sse; the
+# meter adds include_usage, so the model also sends a usage event, which the meter strips again, as
+# for any client that does not ask for usage).
 # For each row it reads utime+stime (/proc/<pid>/stat) of that row's Envoy and ext_authz process
 # around the run and prints CPU per request of each and of both together (requests: what wrk
 # completed). At the end: medians over rounds per row, and the ratios of goal 3 (maas-authz ÷
