@@ -198,12 +198,12 @@ pub struct ServeConfig {
     /// did not ask for is then removed from its stream.
     #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_FORCE_STREAM_USAGE", value_name = "MAAS_AUTHZ_FORCE_STREAM_USAGE", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub force_stream_usage: bool,
-    /// Return Check's identity as ext_authz dynamic metadata (user, groups, key id,
-    /// subscription, tier, model, selected_subscription_key) for Envoy's later filters (rate
-    /// limit, access log). `false` spares Envoy ingesting it on every request (about a fifth of
-    /// its per-request CPU in BENCHMARKS.md) where nothing reads it. The token meter does not
-    /// read it: it trusts only the signed identity assertion header.
-    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_DYNAMIC_METADATA", value_name = "MAAS_AUTHZ_DYNAMIC_METADATA", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    /// Also return Check's identity as ext_authz dynamic metadata (user, groups, key id,
+    /// subscription, tier, model, selected_subscription_key), for Envoy filters placed after
+    /// ext_authz that read it (rate limit, access log). Off by default: Envoy spends CPU
+    /// ingesting it on every request (BENCHMARKS.md), and nothing shipped reads it: the
+    /// token meter trusts only the signed identity assertion header.
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_DYNAMIC_METADATA", value_name = "MAAS_AUTHZ_DYNAMIC_METADATA", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub dynamic_metadata: bool,
     #[command(flatten)]
     pub http: HttpConfig,
