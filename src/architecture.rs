@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 const SPLIT: [&str; 2] = ["grpc", "http"];
 
 /// The domain (ARCHITECTURE.md): free of protocol and database types.
-const DOMAIN: [&str; 21] = [
+const DOMAIN: [&str; 22] = [
     "assertion",
     "authorizer",
     "bearer",
@@ -27,6 +27,7 @@ const DOMAIN: [&str; 21] = [
     "ids",
     "key",
     "keys",
+    "known_keys",
     "last_used",
     "ledger",
     "limits",

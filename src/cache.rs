@@ -21,7 +21,9 @@
 //!
 //! Bounded work for unknown keys: with a [`LookupBudget`], a hash that neither cache holds may
 //! only be queried after taking a token from it (per peer and global); hits, negative hits and
-//! re-reads of entries we hold never ask it, so the hot path costs the same.
+//! re-reads of entries we hold never ask it, so the hot path costs the same. Nor do hashes the
+//! [`KnownKeys`] set holds (keys that exist, loaded at start-up and noted on every change), so a
+//! cold replica's legitimate traffic is not mistaken for a flood.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +35,7 @@ use moka::future::Cache;
 
 use crate::clock::{Clock, SystemClock};
 use crate::key::KeyHash;
+use crate::known_keys::KnownKeys;
 use crate::lookup_budget::{LookupBudget, Throttled};
 use crate::store::{KeyRecord, KeyRecordId, KeyStatus, KeyStore, StoreError};
 
@@ -240,13 +243,13 @@ struct Cached {
 /// seven allocations per entry (entry info, deque nodes, hash-table bucket, key `Arc`), which
 /// weighed more than the keys themselves at a million entries. Hits take one shard's read lock
 /// and set the slot's reference bit; ages and lifetimes are the [`KeyCache`]'s business.
-struct KnownKeys {
+struct KeyEntries {
     shards: Box<[std::sync::RwLock<Shard>]>,
     shard_capacity: usize,
     hasher: Hasher,
 }
 
-/// Shards of [`KnownKeys`]: enough that concurrent hits and inserts rarely meet on one lock,
+/// Shards of [`KeyEntries`]: enough that concurrent hits and inserts rarely meet on one lock,
 /// one per 4 096 entries of capacity up to this many (a small cache is bounded exactly).
 const KNOWN_SHARDS: usize = 64;
 
@@ -262,7 +265,7 @@ struct Slot {
     referenced: std::sync::atomic::AtomicBool,
 }
 
-impl KnownKeys {
+impl KeyEntries {
     fn new(capacity: u64) -> Self {
         let capacity = usize::try_from(capacity).unwrap_or(usize::MAX).max(1);
         Self::with_shards(capacity, (capacity / 4_096).clamp(1, KNOWN_SHARDS))
@@ -392,7 +395,7 @@ fn write<T>(lock: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 /// Keys by hash, in front of a [`KeyStore`].
 #[derive(Clone)]
 pub struct KeyCache {
-    known: Arc<KnownKeys>,
+    known: Arc<KeyEntries>,
     unknown: Cache<KeyHash, (), Hasher>,
     /// Store queries under way, so concurrent lookups of one hash share one query. Entries live
     /// only until their query's leader removes them.
@@ -410,6 +413,8 @@ pub struct KeyCache {
     clock: Arc<dyn Clock>,
     /// Queries for hashes no cache holds take a token from it first (none: unbounded).
     budget: Option<Arc<LookupBudget>>,
+    /// Hashes of keys that exist, whose queries never wait for the budget (none: all wait).
+    known_keys: Option<Arc<KnownKeys>>,
 }
 
 impl std::fmt::Debug for KeyCache {
@@ -433,7 +438,7 @@ impl KeyCache {
     /// is reclaimed when it is replaced, invalidated or evicted (the capacity bounds it).
     pub fn with_clock(settings: CacheSettings, clock: Arc<dyn Clock>) -> Self {
         Self {
-            known: Arc::new(KnownKeys::new(settings.capacity)),
+            known: Arc::new(KeyEntries::new(settings.capacity)),
             unknown: Cache::builder()
                 .max_capacity(settings.negative_capacity)
                 .time_to_live(settings.negative_ttl)
@@ -451,6 +456,24 @@ impl KeyCache {
             max_staleness: settings.max_staleness,
             clock,
             budget: None,
+            known_keys: None,
+        }
+    }
+
+    /// Keeps a [`KnownKeys`] set: hashes it holds skip the lookup budget (see the module's doc).
+    pub fn with_known_key_filter(mut self) -> Self {
+        self.known_keys = Some(Arc::new(KnownKeys::new()));
+        self
+    }
+
+    /// The hashes of keys known to exist, which skip the lookup budget; a start-up load fills it.
+    pub fn known_keys(&self) -> Option<&Arc<KnownKeys>> {
+        self.known_keys.as_ref()
+    }
+
+    fn note_known(&self, hash: &KeyHash) {
+        if let Some(known) = &self.known_keys {
+            known.insert(hash);
         }
     }
 
@@ -486,6 +509,10 @@ impl KeyCache {
         };
         if stale.is_none()
             && let Some(budget) = &self.budget
+            && !self
+                .known_keys
+                .as_ref()
+                .is_some_and(|known| known.contains(hash))
         {
             budget.try_acquire(peer, self.clock.instant())?;
         }
@@ -518,6 +545,7 @@ impl KeyCache {
                 let found = store.find_by_hash(hash).await?;
                 match found {
                     Some(record) => {
+                        self.note_known(hash);
                         let record = Arc::new(CachedKey::interned(record, &self.interner));
                         let entry = Cached {
                             record: record.clone(),
@@ -561,8 +589,10 @@ impl KeyCache {
     }
 
     /// Forgets a key (after revocation, or when a new key with this hash was minted), including
-    /// what a query under way may be about to cache.
+    /// what a query under way may be about to cache. Every invalidation comes from a change to a
+    /// stored key, so the hash is noted as known: its next query needs no budget token.
     pub async fn invalidate(&self, hash: &KeyHash) {
+        self.note_known(hash);
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.in_flight.invalidate(hash).await;
         self.known.remove(hash);
@@ -608,6 +638,7 @@ impl KeyCache {
         let mut inserted = Vec::with_capacity(records.len());
         for record in records {
             let hash = record.key_hash;
+            self.note_known(&hash);
             if self.known.contains(&hash) {
                 continue;
             }
@@ -868,7 +899,7 @@ mod tests {
 
     #[test]
     fn a_full_cache_evicts_a_key_unused_since_the_hand_last_passed_rather_than_a_used_one() {
-        let known = KnownKeys::with_shards(3, 1);
+        let known = KeyEntries::with_shards(3, 1);
         let [used, unused, newer, newest] = [hash(), hash(), hash(), hash()];
         for hash in [used, unused, newer] {
             known.insert(hash, entry());
@@ -886,7 +917,7 @@ mod tests {
     #[test]
     fn a_sharded_cache_has_room_for_its_capacity_despite_an_uneven_spread_of_hashes() {
         let capacity = 100_000;
-        let known = KnownKeys::new(capacity as u64);
+        let known = KeyEntries::new(capacity as u64);
 
         let shared = entry();
         for i in 0..capacity {
@@ -1136,5 +1167,60 @@ mod tests {
             cache.lookup(&hash(), &store, None).await,
             Err(LookupError::Throttled(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn hashes_of_keys_known_to_exist_are_queried_past_a_spent_budget_and_others_are_not() {
+        // Arrange: a budget of one token, spent; two hashes noted as known, one by the start-up
+        // load and one by an invalidation (a key change), and one hash nobody knows.
+        let (loaded, changed, stranger) = (hash(), hash(), hash());
+        let store = ScriptedStore::answering(vec![
+            Ok(None),
+            Ok(Some(record(loaded))),
+            Ok(Some(record(changed))),
+        ]);
+        let cache = KeyCache::new(SETTINGS)
+            .with_lookup_budget(budget_of(1))
+            .with_known_key_filter();
+        cache.lookup(&hash(), &store, None).await.unwrap();
+        cache.known_keys().unwrap().extend([&loaded]);
+        cache.invalidate(&changed).await;
+
+        // Act
+        let from_load = cache.lookup(&loaded, &store, None).await;
+        let from_change = cache.lookup(&changed, &store, None).await;
+        let unknown = cache.lookup(&stranger, &store, None).await;
+
+        // Assert: the known ones were queried (and found), the stranger was not.
+        assert!(matches!(
+            from_load,
+            Ok((Lookup::Found(_), CacheOutcome::Miss))
+        ));
+        assert!(matches!(
+            from_change,
+            Ok((Lookup::Found(_), CacheOutcome::Miss))
+        ));
+        assert!(
+            matches!(unknown, Err(LookupError::Throttled(_))),
+            "{unknown:?}"
+        );
+        assert_eq!(store.queries(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_key_read_from_the_store_or_preloaded_is_noted_as_known() {
+        let (read, preloaded) = (hash(), hash());
+        let store = ScriptedStore::answering(vec![Ok(Some(record(read)))]);
+        let cache = KeyCache::new(SETTINGS).with_known_key_filter();
+
+        cache.lookup(&read, &store, None).await.unwrap();
+        let ticket = cache.preload_ticket();
+        assert!(cache.preload(ticket, vec![record(preloaded)]).await);
+
+        let known = cache.known_keys().unwrap();
+        assert!(known.contains(&read));
+        assert!(known.contains(&preloaded));
+        assert!(!known.contains(&hash()));
+        assert!(KeyCache::new(SETTINGS).known_keys().is_none());
     }
 }

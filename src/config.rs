@@ -200,12 +200,12 @@ pub struct ServeConfig {
     /// did not ask for is then removed from its stream.
     #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_FORCE_STREAM_USAGE", value_name = "MAAS_AUTHZ_FORCE_STREAM_USAGE", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub force_stream_usage: bool,
-    /// Return Check's identity as ext_authz dynamic metadata (user, groups, key id,
-    /// subscription, tier, model, selected_subscription_key) for Envoy's later filters (rate
-    /// limit, access log). `false` spares Envoy ingesting it on every request (about a fifth of
-    /// its per-request CPU in BENCHMARKS.md) where nothing reads it. The token meter does not
-    /// read it: it trusts only the signed identity assertion header.
-    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_DYNAMIC_METADATA", value_name = "MAAS_AUTHZ_DYNAMIC_METADATA", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    /// Also return Check's identity as ext_authz dynamic metadata (user, groups, key id,
+    /// subscription, tier, model, selected_subscription_key), for Envoy filters placed after
+    /// ext_authz that read it (rate limit, access log). Off by default: Envoy spends CPU
+    /// ingesting it on every request (BENCHMARKS.md), and nothing shipped reads it: the
+    /// token meter trusts only the signed identity assertion header.
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_DYNAMIC_METADATA", value_name = "MAAS_AUTHZ_DYNAMIC_METADATA", default_value_t = false, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
     pub dynamic_metadata: bool,
     #[command(flatten)]
     pub http: HttpConfig,
@@ -567,6 +567,12 @@ pub struct AbuseLimitsConfig {
     /// How many lookups one client address may cause at once before its rate applies.
     #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUP_BURST_PER_PEER", value_name = "MAAS_AUTHZ_UNKNOWN_KEY_LOOKUP_BURST_PER_PEER", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub unknown_key_lookup_burst_per_peer: u32,
+    /// Read the hashes of all active keys at start-up (in the background; about 18 bytes per
+    /// key) and keep them current from key changes, so that lookups of keys known to exist
+    /// never wait for the unknown-key budget: a cold replica under load serves its legitimate
+    /// keys instead of answering 429. `false`: every uncached key takes a budget token.
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_KNOWN_KEY_FILTER", value_name = "MAAS_AUTHZ_KNOWN_KEY_FILTER", default_value_t = true, action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub known_key_filter: bool,
     /// Kubernetes TokenReviews per second (this replica) for REST bearer tokens not reviewed
     /// recently; beyond it (and its burst) the REST API answers 429. `off`: unbounded.
     #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_TOKEN_REVIEWS_PER_SECOND", value_name = "MAAS_AUTHZ_TOKEN_REVIEWS_PER_SECOND", default_value = "100", value_parser = optional_rate)]

@@ -195,6 +195,11 @@ impl KeyHash {
         hex::encode(self.0)
     }
 
+    /// The digest itself (not secret: it is what the database stores).
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// Constant-time equality, for comparing a computed digest with a stored one.
     pub fn ct_eq(&self, other: &KeyHash) -> bool {
         self.0.ct_eq(&other.0).into()

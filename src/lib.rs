@@ -28,6 +28,7 @@ pub mod identity;
 pub mod ids;
 pub mod key;
 pub mod keys;
+pub mod known_keys;
 pub mod kube_policy;
 pub mod last_used;
 pub mod ledger;

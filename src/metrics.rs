@@ -217,7 +217,10 @@ impl Metrics {
             &["result"],
         )?;
         let cache_entries = IntGaugeVec::new(
-            Opts::new("cache_entries", "Entries in the key caches"),
+            Opts::new(
+                "cache_entries",
+                "Entries in the key caches (known, unknown) and hashes in the known-key set (hashes)",
+            ),
             &["cache"],
         )?;
         let query_seconds = HistogramVec::new(
@@ -468,13 +471,15 @@ impl Metrics {
     }
 
     /// Sets the gauges that are read rather than counted.
-    pub fn set_state(&self, cache_sizes: (u64, u64), pool: PoolState) {
+    /// `known_hashes`: the known-key set's size (`crate::known_keys`), shown as `cache="hashes"`.
+    pub fn set_state(&self, cache_sizes: (u64, u64), known_hashes: usize, pool: PoolState) {
         let gauge = |vec: &IntGaugeVec, label: &str, value: usize| {
             vec.with_label_values(&[label])
                 .set(i64::try_from(value).unwrap_or(i64::MAX));
         };
         gauge(&self.cache_entries, "known", cache_sizes.0 as usize);
         gauge(&self.cache_entries, "unknown", cache_sizes.1 as usize);
+        gauge(&self.cache_entries, "hashes", known_hashes);
         gauge(&self.pool_connections, "open", pool.size);
         gauge(&self.pool_connections, "idle", pool.available);
         gauge(&self.pool_connections, "waiting", pool.waiting);

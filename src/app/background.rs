@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use crate::breaker::BreakerState;
 use crate::cache::KeyCache;
 use crate::housekeeping::run_housekeeping;
+use crate::known_keys::KnownKeys;
 use crate::kube_policy::KubernetesSource;
 use crate::last_used::LastUsedTracker;
 use crate::ledger::Ledger;
@@ -205,6 +206,54 @@ async fn preload_cache(cache: &KeyCache, store: &ServedStore, preload: CachePrel
         keys = loaded,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "key cache preloaded"
+    );
+}
+
+/// Hashes per query of the known-key load: 64 bytes of hex and an id each, so one page is
+/// about 1 MB on the wire and a short query on the primary key.
+const KNOWN_KEYS_PAGE: i64 = 10_000;
+
+/// Reads the hashes of every active key into the cache's known-key set in the background (see
+/// [`crate::known_keys`]). Readiness never waits for it: until a key's hash is loaded, its
+/// first lookup takes a budget token as it would without the set; a failure only ends it early.
+pub(super) fn spawn_known_keys_load(
+    tasks: &mut Tasks,
+    known: Arc<KnownKeys>,
+    store: Arc<ServedStore>,
+) {
+    let shutdown = tasks.shutdown_signal();
+    tasks.spawn("known-key load", async move {
+        tokio::select! {
+            () = shutdown => {}
+            () = load_known_keys(&known, &store) => {}
+        }
+        Ok(())
+    });
+}
+
+async fn load_known_keys(known: &KnownKeys, store: &ServedStore) {
+    let started = std::time::Instant::now();
+    let mut after = None;
+    let mut loaded: u64 = 0;
+    loop {
+        let page = match store.active_key_hashes(after, KNOWN_KEYS_PAGE).await {
+            Ok(page) => page,
+            Err(error) => {
+                tracing::warn!(%error, keys = loaded, "known-key load stopped early");
+                return;
+            }
+        };
+        known.extend(page.iter().map(|(_, hash)| hash));
+        loaded += page.len() as u64;
+        match page.last() {
+            Some((id, _)) if page.len() as i64 == KNOWN_KEYS_PAGE => after = Some(*id),
+            _ => break,
+        }
+    }
+    tracing::info!(
+        keys = loaded,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "known keys loaded"
     );
 }
 

@@ -171,7 +171,11 @@ pub(super) fn metrics_router(
                 limiter.clone(),
             );
             async move {
-                metrics.set_state(cache.sizes(), store.pool_state());
+                metrics.set_state(
+                    cache.sizes(),
+                    cache.known_keys().map_or(0, |known| known.len()),
+                    store.pool_state(),
+                );
                 if let Some(limiter) = limiter {
                     metrics.set_counter_store_up(limiter.ping().await.is_ok());
                 }

@@ -80,6 +80,9 @@ impl Application {
             services.cache.clone(),
         )
         .await;
+        if let Some(known) = services.cache.known_keys() {
+            background::spawn_known_keys_load(&mut tasks, known.clone(), services.store.clone());
+        }
         if let Some(used_within) = config.cache_preload.0 {
             background::spawn_cache_preload(
                 &mut tasks,

@@ -261,7 +261,13 @@ fn key_cache(config: &ServeConfig, metrics: &Arc<Metrics>) -> KeyCache {
     ) {
         Some(budget) => {
             tracing::info!(?budget, "lookups of unknown keys are bounded");
-            cache.with_lookup_budget(Arc::new(budget.with_observer(metrics.clone())))
+            let cache = cache.with_lookup_budget(Arc::new(budget.with_observer(metrics.clone())));
+            // Only a budget makes the set worth its memory: it exempts known keys from it.
+            if config.abuse.known_key_filter {
+                cache.with_known_key_filter()
+            } else {
+                cache
+            }
         }
         None => {
             tracing::info!("lookups of unknown keys are unbounded");

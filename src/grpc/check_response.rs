@@ -82,7 +82,8 @@ impl std::fmt::Debug for EncodedCheckResponse {
 /// - allow → gRPC OK with `ok_response`: Envoy forwards the request with our identity headers
 ///   set (overwriting any client copies), the identity assertion for the token meter (signed
 ///   with `signing` at `now_unix`), the credential headers removed, and `dynamic_metadata`
-///   handed to later filters (rate limit, access log) under `envoy.filters.http.ext_authz`;
+///   handed to later filters (rate limit, access log) under `envoy.filters.http.ext_authz`
+///   (which the service drops unless `MAAS_AUTHZ_DYNAMIC_METADATA` is on);
 /// - deny → `denied_response`: Envoy answers the client itself with our status, headers and JSON
 ///   body, and the request never reaches the model;
 /// - error → the RPC fails with `UNAVAILABLE`: Envoy applies its failure mode

@@ -69,7 +69,7 @@ impl<S> ExtAuthzService<S> {
     }
 
     /// Whether allow answers carry the identity as dynamic metadata (`MAAS_AUTHZ_DYNAMIC_METADATA`;
-    /// on by default).
+    /// off by default).
     pub fn with_dynamic_metadata(mut self, on: bool) -> Self {
         // Nothing is memoised yet, so no answer was encoded with the other setting.
         self.responses.dynamic_metadata = on;

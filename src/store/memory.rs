@@ -374,6 +374,26 @@ impl KeyAdminStore for MemoryKeyStore {
         Ok(keys.into_iter().map(|(_, key)| key).collect())
     }
 
+    async fn active_key_hashes(
+        &self,
+        after: Option<KeyRecordId>,
+        limit: i64,
+    ) -> Result<Vec<(KeyRecordId, KeyHash)>, StoreError> {
+        // The order PostgreSQL gives: ids compared as text.
+        let after = after.map(|id| id.to_string()).unwrap_or_default();
+        let now = Utc::now();
+        let mut keys: Vec<(String, KeyRecordId, KeyHash)> = self
+            .lock()
+            .values()
+            .filter(|key| key.effective_status(now) == KeyStatus::Active)
+            .map(|key| (key.id.to_string(), key.id, key.key_hash))
+            .filter(|(id, _, _)| *id > after)
+            .collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        keys.truncate(non_negative(limit));
+        Ok(keys.into_iter().map(|(_, id, hash)| (id, hash)).collect())
+    }
+
     async fn record_last_used(
         &self,
         uses: &[(KeyRecordId, DateTime<Utc>)],

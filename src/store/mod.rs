@@ -292,6 +292,14 @@ pub trait KeyAdminStore: KeyStore {
         limit: i64,
     ) -> impl Future<Output = Result<Vec<KeyRecord>, StoreError>> + Send;
 
+    /// Ids and hashes of the active, unexpired keys, in id order, at most `limit`, starting
+    /// after `after` (the start-up load of the known-key set reads them page by page).
+    fn active_key_hashes(
+        &self,
+        after: Option<KeyRecordId>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<(KeyRecordId, KeyHash)>, StoreError>> + Send;
+
     /// Sets `last_used_at` for a batch of keys in one statement (never moving it backwards);
     /// returns the rows changed.
     fn record_last_used(

@@ -475,6 +475,20 @@ impl KeyAdminStore for PgKeyStore {
         rows.iter().map(row_to_record).collect()
     }
 
+    async fn active_key_hashes(
+        &self,
+        after: Option<KeyRecordId>,
+        limit: i64,
+    ) -> Result<Vec<(KeyRecordId, KeyHash)>, StoreError> {
+        let after = after.map(|id| id.to_string()).unwrap_or_default();
+        let rows = self
+            .run("select_active_key_hashes_page", async |client| {
+                sql::select_active_key_hashes_page(client, &self.tenant, &after, limit).await
+            })
+            .await?;
+        rows.iter().map(row_to_id_and_hash).collect()
+    }
+
     async fn record_last_used(
         &self,
         uses: &[(KeyRecordId, DateTime<Utc>)],
@@ -527,6 +541,20 @@ fn labels_from_json(
             .collect(),
         Some(_) => Err(corrupt()),
     }
+}
+
+/// Maps one `(id, key_hash)` row, refusing corrupt data.
+fn row_to_id_and_hash(row: &Row) -> Result<(KeyRecordId, KeyHash), StoreError> {
+    let text = |index: usize| -> Result<String, StoreError> {
+        row.try_get::<_, String>(index)
+            .map_err(|e| StoreError::CorruptRow(e.to_string()))
+    };
+    let id_text = text(0)?;
+    let id = KeyRecordId::parse(&id_text)
+        .map_err(|_| StoreError::CorruptRow(format!("id {id_text:?} is not a UUID")))?;
+    let key_hash = KeyHash::from_hex(&text(1)?)
+        .map_err(|e| StoreError::CorruptRow(format!("key {id}: {e}")))?;
+    Ok((id, key_hash))
 }
 
 /// Maps one row (columns as in `sql::key_columns!`) to a record, refusing corrupt data.

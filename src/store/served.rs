@@ -135,6 +135,14 @@ impl KeyAdminStore for ServedStore {
         delegate!(self, store => store.recently_used_keys(used_since, after, limit).await)
     }
 
+    async fn active_key_hashes(
+        &self,
+        after: Option<KeyRecordId>,
+        limit: i64,
+    ) -> Result<Vec<(KeyRecordId, KeyHash)>, StoreError> {
+        delegate!(self, store => store.active_key_hashes(after, limit).await)
+    }
+
     async fn delete_expired_ephemeral_keys(&self, grace: Duration) -> Result<u64, StoreError> {
         delegate!(self, store => store.delete_expired_ephemeral_keys(grace).await)
     }

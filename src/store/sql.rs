@@ -187,6 +187,26 @@ pub(super) async fn select_keys_of_user(
         .await
 }
 
+/// One page of the ids and hashes of the active, unexpired keys after `after_id` in id order
+/// (keyset pagination on the primary key, as the preload's pages).
+pub(super) async fn select_active_key_hashes_page(
+    client: &impl GenericClient,
+    tenant: &str,
+    after_id: &str,
+    limit: i64,
+) -> Result<Vec<Row>, tokio_postgres::Error> {
+    let statement = client
+        .prepare_cached(concat!(
+            "SELECT id, key_hash FROM api_keys WHERE tenant = $1 AND id > $2 AND ",
+            revocable!(),
+            " ORDER BY id LIMIT $3"
+        ))
+        .await?;
+    client
+        .query(&statement, &[&tenant, &after_id, &limit])
+        .await
+}
+
 /// One page of the active, unexpired keys used since `used_since`, after `after_id` in id
 /// order (keyset pagination on the primary key: each page is one short, bounded query).
 pub(super) async fn select_recently_used_keys_page(

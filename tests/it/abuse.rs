@@ -364,6 +364,8 @@ async fn budgeted_server(
     let db = TestDb::migrated().await;
     let (key, _) = mint(&db.store(), &FREE_USER).await;
     let mut config = serve_config(&db);
+    // These tests count the budget's tokens exactly: no key may skip it as known.
+    config.abuse.known_key_filter = false;
     configure(&mut config);
     let server = maas_authz::app::Application::build(config)
         .await
@@ -469,6 +471,139 @@ async fn past_the_global_budget_unknown_keys_get_429_without_a_query_and_cached_
             "maas_authz_unknown_key_lookups_throttled_total{scope=\"global\"}"
         ),
         21.0
+    );
+}
+
+/// A server whose budget allows 5 unknown-key lookups in all, ever, started cold (no preload)
+/// over a database already holding `keys` keys, with the known-key set as `filter` says.
+async fn cold_replica_over(keys: usize, filter: bool) -> (TestServer, Vec<String>) {
+    let db = TestDb::migrated().await;
+    let mut existing = Vec::new();
+    for _ in 0..keys {
+        existing.push(mint(&db.store(), &FREE_USER).await.0);
+    }
+    let mut config = serve_config(&db);
+    config.abuse.unknown_key_lookups_per_second = NEVER_REFILLS;
+    config.abuse.unknown_key_lookup_burst = 5;
+    config.abuse.unknown_key_lookups_per_second_per_peer = OptionalRate(None);
+    config.abuse.known_key_filter = filter;
+    // One user's 30 keys would otherwise meet the free tier's request limit.
+    config.limits.limits_enabled = false;
+    let server = maas_authz::app::Application::build(config)
+        .await
+        .expect("server starts");
+    (TestServer { db, server }, existing)
+}
+
+/// Waits until the known-key set holds `count` hashes (it loads in the background).
+async fn wait_for_known_hashes(server: &TestServer, count: f64) -> String {
+    let mut metrics = String::new();
+    for _ in 0..250 {
+        metrics = http_get(server.server.metrics_addr, "/metrics").await;
+        if metric(&metrics, "maas_authz_cache_entries{cache=\"hashes\"}") >= count {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    metrics
+}
+
+#[tokio::test]
+async fn a_cold_replica_serves_every_existing_key_past_the_budget_while_unknown_keys_get_429() {
+    // Arrange: 30 keys in the database, a budget of 5 lookups, nothing cached.
+    let (server, existing) = cold_replica_over(30, true).await;
+    let loaded = wait_for_known_hashes(&server, 30.0).await;
+    let mut client = server.check_client().await;
+
+    // Act: every existing key once, then unknown keys, then a key minted and one revoked since.
+    let mut existing_answers = Vec::new();
+    for key in &existing {
+        existing_answers.push(check(&mut client, "192.0.2.10", key).await);
+    }
+    let mut unknown_answers = Vec::new();
+    for _ in 0..10 {
+        unknown_answers.push(check(&mut client, "192.0.2.10", &random_key()).await);
+    }
+    let (fresh, _) = mint(&server.db.store(), &FREE_USER).await;
+    wait_for_known_hashes(&server, 31.0).await;
+    let fresh_answer = check(&mut client, "192.0.2.10", &fresh).await;
+
+    // Assert: all 30 allowed without a token; the budget still stops the unknown ones, and a
+    // key minted since (noted from its insert notice) passes although the budget is spent.
+    assert_eq!(
+        metric(&loaded, "maas_authz_cache_entries{cache=\"hashes\"}"),
+        30.0
+    );
+    assert_eq!(existing_answers, vec![None; 30]);
+    let not_found = Some((401, "key_not_found".to_owned(), None));
+    assert_eq!(
+        unknown_answers.iter().filter(|a| **a == not_found).count(),
+        5,
+        "{unknown_answers:?}"
+    );
+    assert_eq!(
+        unknown_answers
+            .iter()
+            .filter(|a| matches!(a, Some((429, reason, Some(_))) if reason == "unknown_key_rate_limited"))
+            .count(),
+        5,
+        "{unknown_answers:?}"
+    );
+    assert_eq!(fresh_answer, None, "a key minted after start-up");
+    assert_eq!(breaker_state(&server), BreakerState::Closed);
+}
+
+#[tokio::test]
+async fn without_the_known_key_filter_a_cold_replica_throttles_existing_keys_past_the_budget() {
+    let (server, existing) = cold_replica_over(30, false).await;
+    let mut client = server.check_client().await;
+
+    let mut answers = Vec::new();
+    for key in &existing {
+        answers.push(check(&mut client, "192.0.2.10", key).await);
+    }
+
+    assert_eq!(answers.iter().filter(|a| a.is_none()).count(), 5);
+    assert_eq!(
+        answers
+            .iter()
+            .filter(|a| matches!(a, Some((429, reason, _)) if reason == "unknown_key_rate_limited"))
+            .count(),
+        25
+    );
+    let metrics = http_get(server.server.metrics_addr, "/metrics").await;
+    assert_eq!(
+        metric(&metrics, "maas_authz_cache_entries{cache=\"hashes\"}"),
+        0.0,
+        "nothing loaded: the set is off"
+    );
+}
+
+#[tokio::test]
+async fn a_revoked_key_known_to_the_filter_is_refused_as_revoked_once_the_budget_is_spent() {
+    let (server, existing) = cold_replica_over(3, true).await;
+    wait_for_known_hashes(&server, 3.0).await;
+    let mut client = server.check_client().await;
+    let revoked = ApiKey::parse(&existing[0]).unwrap().hash();
+    server
+        .db
+        .client()
+        .await
+        .execute(
+            "UPDATE api_keys SET status = 'revoked' WHERE key_hash = $1",
+            &[&revoked.to_hex()],
+        )
+        .await
+        .unwrap();
+    for _ in 0..6 {
+        check(&mut client, "192.0.2.10", &random_key()).await;
+    }
+
+    let answer = check(&mut client, "192.0.2.10", &existing[0]).await;
+
+    assert!(
+        matches!(&answer, Some((401 | 403, reason, None)) if reason.contains("revoked")),
+        "{answer:?}"
     );
 }
 

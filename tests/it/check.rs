@@ -66,7 +66,7 @@ fn assert_unauthenticated(response: &CheckResponse, reason: &str) {
 
 #[tokio::test]
 async fn check_allows_a_valid_key_and_stamps_identity_headers() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with_dynamic_metadata().await;
     let (key, record) = mint(&server.db.store(), &FREE_USER).await;
     let mut client = server.check_client().await;
 
@@ -409,7 +409,7 @@ async fn check_answers_404_for_an_unknown_model() {
 
 #[tokio::test]
 async fn check_allows_premium_models_for_a_premium_key_by_path_header_and_body() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with_dynamic_metadata().await;
     let (key, _) = mint(&server.db.store(), &PREMIUM_USER).await;
     let mut client = server.check_client().await;
     let auth = bearer(&key);
@@ -539,7 +539,7 @@ fn allowed_model(response: &CheckResponse) -> String {
 
 #[tokio::test]
 async fn check_authorizes_the_route_model_and_refuses_any_source_that_names_another() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with_dynamic_metadata().await;
     let (key, _) = mint(&server.db.store(), &FREE_USER).await;
     let auth = bearer(&key);
     let mut client = server.check_client().await;
@@ -868,10 +868,9 @@ async fn check_refuses_a_request_that_is_not_protobuf_with_internal_and_keeps_se
 }
 
 #[tokio::test]
-async fn check_leaves_out_dynamic_metadata_when_told_to_and_still_stamps_headers() {
+async fn check_leaves_out_dynamic_metadata_by_default_and_still_stamps_headers() {
     let db = TestDb::migrated().await;
     let mut config = serve_config(&db);
-    config.dynamic_metadata = false;
     config.limits.limits_enabled = false;
     let server = maas_authz::app::Application::build(config)
         .await

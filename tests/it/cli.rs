@@ -232,6 +232,11 @@ fn serve_with_a_bad_setting_names_the_variable() {
             "invalid value 'perhaps'",
         ),
         (
+            "MAAS_AUTHZ_KNOWN_KEY_FILTER",
+            "mostly",
+            "invalid value 'mostly'",
+        ),
+        (
             "MAAS_AUTHZ_CACHE_MAX_STALENESS",
             "0s",
             "must be greater than zero",

@@ -165,7 +165,7 @@ async fn check_prints_a_denial_with_its_status_and_reason_and_exits_1() {
 
 #[tokio::test]
 async fn check_as_json_gives_a_script_the_decision_and_the_stamped_identity() {
-    let server = TestServer::start().await;
+    let server = TestServer::start_with_dynamic_metadata().await;
     let (key, _) = mint(&server.db.store(), &PREMIUM_USER).await;
     let address = server.server.grpc_addr.to_string();
 

@@ -217,6 +217,16 @@ impl TestServer {
         Self { db, server }
     }
 
+    /// The server with `MAAS_AUTHZ_DYNAMIC_METADATA=true` (off by default): allow answers carry
+    /// the identity as ext_authz dynamic metadata too.
+    pub async fn start_with_dynamic_metadata() -> Self {
+        let db = TestDb::migrated().await;
+        let mut config = serve_config(&db);
+        config.dynamic_metadata = true;
+        let server = Application::build(config).await.expect("server starts");
+        Self { db, server }
+    }
+
     pub async fn check_client(&self) -> AuthorizationClient<Channel> {
         AuthorizationClient::connect(format!("http://{}", self.server.grpc_addr))
             .await
