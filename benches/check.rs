@@ -1,7 +1,7 @@
 //! Criterion benchmarks of the in-process Check path: key parsing, cache hits (limits off and on), junk keys and the ext_authz adapter.
 //!
 //! No PostgreSQL: an in-memory [`KeyStore`] stands in for the storage only. What is measured is
-//! the real `KeyCache` (moka), `Authorizer`, example policy and gRPC adapter. Run with
+//! the real `KeyCache`, `Authorizer`, example policy and gRPC adapter. Run with
 //! `cargo bench --bench check`; `cargo test --all-targets` runs every benchmark once in test mode.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]

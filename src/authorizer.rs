@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 
 use crate::bearer::{BearerError, bearer_token};
-use crate::cache::{CacheOutcome, KeyCache, Lookup, LookupError};
+use crate::cache::{CacheOutcome, CachedKey, KeyCache, Lookup, LookupError};
 use crate::ids::{BoundSubscription, ModelRef, SubscriptionKey};
 use crate::key::ApiKey;
 use crate::last_used::LastUsedTracker;
@@ -22,7 +22,7 @@ use crate::limits::{LimitError, LimitKind, LimitStatus, Limiter, RequestVerdict}
 use crate::lookup_budget::Throttled;
 use crate::policy::{Model, ModelLookupError, Policy};
 use crate::request_path::{CanonicalPath, ModelFreePaths};
-use crate::store::{KeyRecord, KeyStatus, KeyStore, StoreError};
+use crate::store::{KeyStatus, KeyStore, StoreError};
 
 /// The parts of an HTTP request that the decision reads, borrowed from the adapter's message.
 #[derive(Debug, Default, Clone, Copy)]
@@ -58,7 +58,7 @@ pub struct CredentialHeaders {
 pub struct AllowAnswerKey {
     /// The key's record, compared by identity: the key cache replaces the `Arc` whenever the row
     /// is reloaded, so a reloaded key is a new answer.
-    pub key: Arc<KeyRecord>,
+    pub key: Arc<CachedKey>,
     pub subscription: BoundSubscription,
     pub tier: String,
     pub model: Option<ModelRef>,
@@ -106,7 +106,7 @@ impl AllowAnswerKey {
     /// What the token meter may charge for this request: Check's signed word on it.
     pub fn identity_assertion(&self, issued_at: i64) -> crate::assertion::IdentityAssertion {
         crate::assertion::IdentityAssertion {
-            user: self.key.username.clone(),
+            user: self.key.username.to_string(),
             subscription_key: self
                 .selected_subscription_key()
                 .map(SubscriptionKey::into_string)
@@ -503,7 +503,7 @@ impl<S: KeyStore> Authorizer<S> {
     fn book(
         &self,
         now: DateTime<Utc>,
-        record: &KeyRecord,
+        record: &CachedKey,
         counted: Counted<'_>,
         outcome: CheckOutcome,
     ) {
@@ -514,7 +514,7 @@ impl<S: KeyStore> Authorizer<S> {
                 subscription: &counted.subscription.qualified_name(),
                 attributes: Some(counted.subscription),
                 model: &counted.model.qualified_name(),
-                key_labels: Some(&record.labels),
+                key_labels: record.labels(),
             };
             ledger.record_check(now, &booking, outcome);
         }
@@ -538,7 +538,7 @@ impl<S: KeyStore> Authorizer<S> {
         self
     }
 
-    fn note_use(&self, record: &KeyRecord, now: DateTime<Utc>) {
+    fn note_use(&self, record: &CachedKey, now: DateTime<Utc>) {
         if let Some(tracker) = &self.last_used {
             tracker.record(record.id, now);
         }
@@ -600,8 +600,8 @@ impl<S: KeyStore> Authorizer<S> {
                 let (subscription, tier) = match subscription {
                     Some(sub) => (BoundSubscription::Known(sub.reference()), sub.tier.clone()),
                     None => (
-                        BoundSubscription::Unresolved(record.subscription.clone()),
-                        record.subscription.clone(),
+                        BoundSubscription::Unresolved(record.subscription.to_string()),
+                        record.subscription.to_string(),
                     ),
                 };
                 let mut allowed = Allowed {
@@ -657,7 +657,7 @@ impl<S: KeyStore> Authorizer<S> {
         &self,
         key: &ApiKey,
         peer: Option<&str>,
-    ) -> Result<Option<Arc<KeyRecord>>, CheckError> {
+    ) -> Result<Option<Arc<CachedKey>>, CheckError> {
         let hash = key.hash();
         let (lookup, outcome) = self.cache.lookup(&hash, self.store.as_ref(), peer).await?;
         self.observer.observe_cache(outcome);
@@ -706,7 +706,7 @@ async fn apply_limits(
 /// The answer of [`Authorizer::validate_key`].
 #[derive(Debug, Clone)]
 pub enum KeyValidity {
-    Valid(Arc<KeyRecord>),
+    Valid(Arc<CachedKey>),
     Invalid(InvalidKey),
 }
 
@@ -802,7 +802,7 @@ struct Counted<'p> {
 /// policy must grant it.
 fn authorize_model<'p>(
     policy: &'p Policy,
-    record: &KeyRecord,
+    record: &CachedKey,
     input: &CheckInput<'_>,
     path: &CanonicalPath<'_>,
     model_free: &ModelFreePaths,

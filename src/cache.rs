@@ -13,23 +13,31 @@
 //! land between the check and the insert). A global epoch rather than one per hash: invalidations
 //! are rare, and the only cost of a false alarm is one more query later.
 //!
+//! What an entry holds: a [`CachedKey`], the few fields of a key's row that Check and the
+//! validate endpoints read, with the values many keys share (user, group set, subscription,
+//! label set) interned, so a million cached keys fit in a few hundred megabytes. The interner
+//! forgets values no cached key holds any more (swept whenever it has doubled since its last
+//! sweep), so its memory follows the cache's.
+//!
 //! Bounded work for unknown keys: with a [`LookupBudget`], a hash that neither cache holds may
 //! only be queried after taking a token from it (per peer and global); hits, negative hits and
 //! re-reads of entries we hold never ask it, so the hot path costs the same. Nor do hashes the
 //! [`KnownKeys`] set holds (keys that exist, loaded at start-up and noted on every change), so a
 //! cold replica's legitimate traffic is not mistaken for a flood.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use moka::future::Cache;
 
 use crate::clock::{Clock, SystemClock};
 use crate::key::KeyHash;
 use crate::known_keys::KnownKeys;
 use crate::lookup_budget::{LookupBudget, Throttled};
-use crate::store::{KeyRecord, KeyStore, StoreError};
+use crate::store::{KeyRecord, KeyRecordId, KeyStatus, KeyStore, StoreError};
 
 /// The caches' hasher: keys are SHA-256 digests, so a fast seeded hash is enough (moka's default
 /// SipHash costs a few hundred nanoseconds per Check on the hot path).
@@ -59,10 +67,152 @@ pub enum CacheOutcome {
     Stale,
 }
 
+/// What the cache keeps of a key's row: what Check, the identity assertion, the usage ledger
+/// and the validate endpoints read, and nothing else (no description, creation or use times).
+/// Values that many keys share are `Arc`s, one per distinct value when interned by the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedKey {
+    pub id: KeyRecordId,
+    pub key_hash: KeyHash,
+    pub status: KeyStatus,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub username: Arc<str>,
+    pub name: Box<str>,
+    pub groups: Arc<[String]>,
+    pub subscription: Arc<str>,
+    /// `None` when the key has no labels (most keys): no map is allocated for them.
+    pub labels: Option<Arc<BTreeMap<String, String>>>,
+}
+
+impl CachedKey {
+    /// The status that counts at `now` (see [`KeyStatus::effective`]).
+    pub fn effective_status(&self, now: DateTime<Utc>) -> KeyStatus {
+        self.status.effective(self.expires_at, now)
+    }
+
+    /// The key's labels, if it has any.
+    pub fn labels(&self) -> Option<&BTreeMap<String, String>> {
+        self.labels.as_deref()
+    }
+
+    /// Keeps what the cache needs of `record`, its shared values taken from `interner`.
+    fn interned(record: KeyRecord, interner: &Interner) -> Self {
+        let KeyRecord {
+            id,
+            username,
+            name,
+            key_hash,
+            status,
+            groups,
+            subscription,
+            expires_at,
+            labels,
+            description: _,
+            created_at: _,
+            last_used_at: _,
+            ephemeral: _,
+        } = record;
+        let mut state = interner.lock();
+        let key = Self {
+            id,
+            key_hash,
+            status,
+            expires_at,
+            username: state.string(&username),
+            name: name.into_boxed_str(),
+            groups: state.groups(groups),
+            subscription: state.string(&subscription),
+            labels: (!labels.is_empty()).then(|| state.labels(labels)),
+        };
+        state.sweep_if_grown();
+        key
+    }
+}
+
+impl From<KeyRecord> for CachedKey {
+    /// Without interning (tests, one-off conversions).
+    fn from(record: KeyRecord) -> Self {
+        CachedKey::interned(record, &Interner::default())
+    }
+}
+
+/// One shared `Arc` per distinct user name, subscription, group set and label set of the cached
+/// keys. Only misses and preloads take its lock; hits never do.
+#[derive(Default)]
+struct Interner {
+    state: Mutex<InternedValues>,
+}
+
+#[derive(Default)]
+struct InternedValues {
+    strings: HashSet<Arc<str>, Hasher>,
+    group_sets: HashSet<Arc<[String]>, Hasher>,
+    label_sets: HashSet<Arc<BTreeMap<String, String>>, Hasher>,
+    /// Sweep once this many values are held (twice what the last sweep kept).
+    sweep_at: usize,
+}
+
+/// The least number of interned values that triggers a sweep.
+const INTERN_SWEEP_MIN: usize = 4_096;
+
+impl Interner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, InternedValues> {
+        // A panic while holding the lock leaves the sets consistent (inserts are atomic).
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl InternedValues {
+    fn string(&mut self, value: &str) -> Arc<str> {
+        if let Some(shared) = self.strings.get(value) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = Arc::from(value);
+        self.strings.insert(shared.clone());
+        shared
+    }
+
+    fn groups(&mut self, groups: Vec<String>) -> Arc<[String]> {
+        if let Some(shared) = self.group_sets.get(groups.as_slice()) {
+            return shared.clone();
+        }
+        let shared: Arc<[String]> = Arc::from(groups);
+        self.group_sets.insert(shared.clone());
+        shared
+    }
+
+    fn labels(&mut self, labels: BTreeMap<String, String>) -> Arc<BTreeMap<String, String>> {
+        if let Some(shared) = self.label_sets.get(&labels) {
+            return shared.clone();
+        }
+        let shared = Arc::new(labels);
+        self.label_sets.insert(shared.clone());
+        shared
+    }
+
+    fn len(&self) -> usize {
+        self.strings.len() + self.group_sets.len() + self.label_sets.len()
+    }
+
+    /// Forgets the values only the interner still holds, once it has doubled since the last
+    /// sweep: amortised constant work per interned key, memory bounded by the cache's.
+    fn sweep_if_grown(&mut self) {
+        if self.len() < self.sweep_at.max(INTERN_SWEEP_MIN) {
+            return;
+        }
+        self.strings.retain(|value| Arc::strong_count(value) > 1);
+        self.group_sets.retain(|value| Arc::strong_count(value) > 1);
+        self.label_sets.retain(|value| Arc::strong_count(value) > 1);
+        self.sweep_at = self.len() * 2;
+    }
+}
+
 /// The answer to "which key has this hash?".
 #[derive(Debug, Clone)]
 pub enum Lookup {
-    Found(Arc<KeyRecord>),
+    Found(Arc<CachedKey>),
     NotFound,
 }
 
@@ -83,18 +233,175 @@ pub struct PreloadTicket(u64);
 
 #[derive(Debug, Clone)]
 struct Cached {
-    record: Arc<KeyRecord>,
+    record: Arc<CachedKey>,
     loaded_at: Instant,
+}
+
+/// The positive entries: hash → [`Cached`] in shards, each an insertion-ordered map under a
+/// read-write lock, bounded by CLOCK (second-chance) eviction. Chosen over a moka cache for its
+/// memory: one 72-byte slot in a dense vector plus an 8-byte index per key, where moka keeps
+/// seven allocations per entry (entry info, deque nodes, hash-table bucket, key `Arc`), which
+/// weighed more than the keys themselves at a million entries. Hits take one shard's read lock
+/// and set the slot's reference bit; ages and lifetimes are the [`KeyCache`]'s business.
+struct KeyEntries {
+    shards: Box<[std::sync::RwLock<Shard>]>,
+    shard_capacity: usize,
+    hasher: Hasher,
+}
+
+/// Shards of [`KeyEntries`]: enough that concurrent hits and inserts rarely meet on one lock,
+/// one per 4 096 entries of capacity up to this many (a small cache is bounded exactly).
+const KNOWN_SHARDS: usize = 64;
+
+struct Shard {
+    slots: indexmap::IndexMap<KeyHash, Slot, Hasher>,
+    /// The CLOCK hand: the next slot eviction looks at.
+    hand: usize,
+}
+
+struct Slot {
+    entry: Cached,
+    /// Set by every hit, cleared when the hand passes: an entry used since is spared once.
+    referenced: std::sync::atomic::AtomicBool,
+}
+
+impl KeyEntries {
+    fn new(capacity: u64) -> Self {
+        let capacity = usize::try_from(capacity).unwrap_or(usize::MAX).max(1);
+        Self::with_shards(capacity, (capacity / 4_096).clamp(1, KNOWN_SHARDS))
+    }
+
+    fn with_shards(capacity: usize, shards: usize) -> Self {
+        Self {
+            shards: (0..shards)
+                .map(|_| {
+                    std::sync::RwLock::new(Shard {
+                        slots: indexmap::IndexMap::with_hasher(Hasher::default()),
+                        hand: 0,
+                    })
+                })
+                .collect(),
+            shard_capacity: shard_capacity(capacity, shards),
+            hasher: Hasher::default(),
+        }
+    }
+
+    fn shard(&self, hash: &KeyHash) -> &std::sync::RwLock<Shard> {
+        use std::hash::BuildHasher;
+        let at = self.hasher.hash_one(hash) as usize % self.shards.len();
+        &self.shards[at]
+    }
+
+    fn get(&self, hash: &KeyHash) -> Option<Cached> {
+        let shard = read(self.shard(hash));
+        let slot = shard.slots.get(hash)?;
+        if !slot.referenced.load(Ordering::Relaxed) {
+            slot.referenced.store(true, Ordering::Relaxed);
+        }
+        Some(slot.entry.clone())
+    }
+
+    fn contains(&self, hash: &KeyHash) -> bool {
+        read(self.shard(hash)).slots.contains_key(hash)
+    }
+
+    /// Inserts or replaces; a full shard first evicts the first slot the hand finds
+    /// unreferenced (clearing the reference bits it passes).
+    fn insert(&self, hash: KeyHash, entry: Cached) {
+        let mut shard = write(self.shard(&hash));
+        if let Some(slot) = shard.slots.get_mut(&hash) {
+            slot.entry = entry;
+            return;
+        }
+        if shard.slots.len() >= self.shard_capacity {
+            shard.evict_one();
+        }
+        shard.slots.insert(
+            hash,
+            Slot {
+                entry,
+                referenced: std::sync::atomic::AtomicBool::new(false),
+            },
+        );
+    }
+
+    fn remove(&self, hash: &KeyHash) {
+        write(self.shard(hash)).slots.swap_remove(hash);
+    }
+
+    fn clear(&self) {
+        for shard in &self.shards {
+            let mut shard = write(shard);
+            // A new map: the old one's memory goes back rather than staying reserved.
+            shard.slots = indexmap::IndexMap::with_hasher(Hasher::default());
+            shard.hand = 0;
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|shard| read(shard).slots.len() as u64)
+            .sum()
+    }
+}
+
+/// Each shard's bound: its share of `capacity`, plus 1/8 when there are several, so that the
+/// uneven spread of hashes over shards (a standard deviation is under 1.6 % of a share of
+/// 4 096 or more; 1/8 is eight of them) does not evict keys while the cache as a whole still
+/// has room. A sharded cache may so hold up to 1/8 more than its capacity; a single shard holds
+/// exactly it.
+fn shard_capacity(capacity: usize, shards: usize) -> usize {
+    let share = capacity.div_ceil(shards);
+    if shards == 1 {
+        share
+    } else {
+        share + share / 8
+    }
+}
+
+impl Shard {
+    fn evict_one(&mut self) {
+        // Two passes at most: the first clears every reference bit it meets.
+        for _ in 0..self.slots.len() * 2 {
+            if self.hand >= self.slots.len() {
+                self.hand = 0;
+            }
+            let Some((_, slot)) = self.slots.get_index(self.hand) else {
+                return;
+            };
+            if slot.referenced.swap(false, Ordering::Relaxed) {
+                self.hand += 1;
+            } else {
+                // The last slot moves here; the hand looks at it next.
+                self.slots.swap_remove_index(self.hand);
+                return;
+            }
+        }
+    }
+}
+
+/// A lock's guard even if a panic poisoned it: every write leaves the map consistent.
+fn read<T>(lock: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Keys by hash, in front of a [`KeyStore`].
 #[derive(Clone)]
 pub struct KeyCache {
-    known: Cache<KeyHash, Cached, Hasher>,
+    known: Arc<KeyEntries>,
     unknown: Cache<KeyHash, (), Hasher>,
     /// Store queries under way, so concurrent lookups of one hash share one query. Entries live
     /// only until their query's leader removes them.
-    in_flight: Cache<KeyHash, Option<Arc<KeyRecord>>, Hasher>,
+    in_flight: Cache<KeyHash, Option<Arc<CachedKey>>, Hasher>,
+    /// Shared values of the cached keys (see [`CachedKey`]).
+    interner: Arc<Interner>,
     epoch: Arc<AtomicU64>,
     /// Entries loaded at or before `created + revalidate_before` nanoseconds count as past their
     /// TTL (see [`KeyCache::revalidate_all`]); 0: none.
@@ -113,7 +420,7 @@ pub struct KeyCache {
 impl std::fmt::Debug for KeyCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyCache")
-            .field("known", &self.known.entry_count())
+            .field("known", &self.known.len())
             .field("unknown", &self.unknown.entry_count())
             .field("ttl", &self.ttl)
             .field("max_staleness", &self.max_staleness)
@@ -126,14 +433,12 @@ impl KeyCache {
         Self::with_clock(settings, Arc::new(SystemClock))
     }
 
-    /// A cache that reads the time from `clock` (moka still evicts on its own clock, after
-    /// `max(ttl, max_staleness)`, which only bounds memory).
+    /// A cache that reads the time from `clock`. A positive entry older than
+    /// `max(ttl, max_staleness)` is never used again (a lookup treats it as absent); its memory
+    /// is reclaimed when it is replaced, invalidated or evicted (the capacity bounds it).
     pub fn with_clock(settings: CacheSettings, clock: Arc<dyn Clock>) -> Self {
         Self {
-            known: Cache::builder()
-                .max_capacity(settings.capacity)
-                .time_to_live(settings.ttl.max(settings.max_staleness))
-                .build_with_hasher(Hasher::default()),
+            known: Arc::new(KeyEntries::new(settings.capacity)),
             unknown: Cache::builder()
                 .max_capacity(settings.negative_capacity)
                 .time_to_live(settings.negative_ttl)
@@ -143,6 +448,7 @@ impl KeyCache {
                 // Only a safety net: each query's leader removes its entry when done.
                 .time_to_live(Duration::from_secs(1))
                 .build_with_hasher(Hasher::default()),
+            interner: Arc::new(Interner::default()),
             epoch: Arc::new(AtomicU64::new(0)),
             revalidate_before: Arc::new(AtomicU64::new(0)),
             created: clock.instant(),
@@ -188,12 +494,13 @@ impl KeyCache {
         peer: Option<&str>,
     ) -> Result<(Lookup, CacheOutcome), LookupError> {
         // Positive first: on the hot path nearly every lookup is a hit.
-        let stale = match self.known.get(hash).await {
+        let stale = match self.known.get(hash) {
             Some(entry) if self.age(&entry) < self.ttl && !self.revalidation_due(&entry) => {
                 return Ok((Lookup::Found(entry.record), CacheOutcome::Hit));
             }
-            Some(entry) => Some(entry),
-            None => {
+            // Older than any use of it (stale-if-error included): as if evicted.
+            Some(entry) if self.age(&entry) < self.ttl.max(self.max_staleness) => Some(entry),
+            _ => {
                 if self.unknown.contains_key(hash) {
                     return Ok((Lookup::NotFound, CacheOutcome::NegativeHit));
                 }
@@ -230,30 +537,30 @@ impl KeyCache {
         &self,
         hash: &KeyHash,
         store: &S,
-    ) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+    ) -> Result<Option<Arc<CachedKey>>, StoreError> {
         let shared = self
             .in_flight
             .try_get_with_by_ref(hash, async {
                 let epoch = self.epoch.load(Ordering::SeqCst);
                 let found = store.find_by_hash(hash).await?;
-                match &found {
+                match found {
                     Some(record) => {
                         self.note_known(hash);
-                        let record = Arc::new(record.clone());
+                        let record = Arc::new(CachedKey::interned(record, &self.interner));
                         let entry = Cached {
                             record: record.clone(),
                             loaded_at: self.clock.instant(),
                         };
                         if self.epoch.load(Ordering::SeqCst) == epoch {
-                            self.known.insert(*hash, entry).await;
+                            self.known.insert(*hash, entry);
                             if self.epoch.load(Ordering::SeqCst) != epoch {
-                                self.known.invalidate(hash).await;
+                                self.known.remove(hash);
                             }
                         }
                         Ok(Some(record))
                     }
                     None => {
-                        self.known.invalidate(hash).await;
+                        self.known.remove(hash);
                         if self.epoch.load(Ordering::SeqCst) == epoch {
                             self.unknown.insert(*hash, ()).await;
                             if self.epoch.load(Ordering::SeqCst) != epoch {
@@ -288,7 +595,7 @@ impl KeyCache {
         self.note_known(hash);
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.in_flight.invalidate(hash).await;
-        self.known.invalidate(hash).await;
+        self.known.remove(hash);
         self.unknown.invalidate(hash).await;
     }
 
@@ -308,7 +615,7 @@ impl KeyCache {
     pub fn invalidate_all(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.in_flight.invalidate_all();
-        self.known.invalidate_all();
+        self.known.clear();
         self.unknown.invalidate_all();
     }
 
@@ -332,32 +639,31 @@ impl KeyCache {
         for record in records {
             let hash = record.key_hash;
             self.note_known(&hash);
-            if self.known.contains_key(&hash) {
+            if self.known.contains(&hash) {
                 continue;
             }
             let entry = Cached {
-                record: Arc::new(record),
+                record: Arc::new(CachedKey::interned(record, &self.interner)),
                 loaded_at,
             };
-            self.known.insert(hash, entry).await;
+            self.known.insert(hash, entry);
             self.unknown.invalidate(&hash).await;
             inserted.push(hash);
         }
         // Checked again after inserting: an invalidation may have landed meanwhile.
         if self.epoch.load(Ordering::SeqCst) != ticket.0 {
             for hash in &inserted {
-                self.known.invalidate(hash).await;
+                self.known.remove(hash);
             }
             return false;
         }
-        // So that `maas_authz_cache_entries` shows the preload as it goes (moka counts lazily).
-        self.known.run_pending_tasks().await;
         true
     }
 
-    /// Entry counts (approximate, as moka reports them): known, unknown.
+    /// Entry counts: known (entries past their use included until evicted), unknown
+    /// (approximate, as moka reports it).
     pub fn sizes(&self) -> (u64, u64) {
-        (self.known.entry_count(), self.unknown.entry_count())
+        (self.known.len(), self.unknown.entry_count())
     }
 }
 
@@ -518,7 +824,120 @@ mod tests {
         let Lookup::Found(found) = found else {
             panic!("expected the key")
         };
-        assert_eq!(found.name, "fresher");
+        assert_eq!(&*found.name, "fresher");
+    }
+
+    #[tokio::test]
+    async fn keys_of_one_user_share_one_copy_of_their_user_groups_and_subscription() {
+        let (first, second) = (hash(), hash());
+        let with_groups = |hash| KeyRecord {
+            groups: vec!["team-a".into(), "system:authenticated".into()],
+            ..record(hash)
+        };
+        let store = ScriptedStore::answering(vec![Ok(Some(with_groups(second)))]);
+        let cache = KeyCache::new(SETTINGS);
+        cache
+            .preload(cache.preload_ticket(), vec![with_groups(first)])
+            .await;
+
+        let (Lookup::Found(a), _) = cache.lookup(&first, &store, None).await.unwrap() else {
+            panic!("expected the preloaded key")
+        };
+        let (Lookup::Found(b), _) = cache.lookup(&second, &store, None).await.unwrap() else {
+            panic!("expected the queried key")
+        };
+
+        assert!(Arc::ptr_eq(&a.username, &b.username));
+        assert!(Arc::ptr_eq(&a.groups, &b.groups));
+        assert!(Arc::ptr_eq(&a.subscription, &b.subscription));
+        assert_eq!(&*a.groups, ["team-a", "system:authenticated"]);
+        assert_eq!((a.labels(), &*a.name), (None, "k"));
+    }
+
+    #[test]
+    fn a_cached_key_keeps_its_labels_and_judges_expiry_like_its_row() {
+        let mut row = record(hash());
+        row.labels = [("team".to_owned(), "search".to_owned())].into();
+        row.expires_at = Some(Utc::now() - chrono::Duration::seconds(1));
+
+        let cached = CachedKey::from(row.clone());
+
+        assert_eq!(cached.labels(), Some(&row.labels));
+        assert_eq!(cached.effective_status(Utc::now()), KeyStatus::Expired);
+        assert_eq!(
+            cached.effective_status(Utc::now()),
+            row.effective_status(Utc::now())
+        );
+    }
+
+    #[test]
+    fn the_interner_forgets_values_no_cached_key_holds_any_more() {
+        let interner = Interner::default();
+        let kept = interner.lock().string("kept-user");
+        for user in 0..INTERN_SWEEP_MIN * 3 {
+            let mut state = interner.lock();
+            drop(state.string(&format!("gone-{user}")));
+            state.sweep_if_grown();
+        }
+
+        let state = interner.lock();
+
+        assert!(
+            state.len() < INTERN_SWEEP_MIN,
+            "{} values held",
+            state.len()
+        );
+        assert!(Arc::ptr_eq(state.strings.get("kept-user").unwrap(), &kept));
+    }
+
+    fn entry() -> Cached {
+        Cached {
+            record: Arc::new(CachedKey::from(record(hash()))),
+            loaded_at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_full_cache_evicts_a_key_unused_since_the_hand_last_passed_rather_than_a_used_one() {
+        let known = KeyEntries::with_shards(3, 1);
+        let [used, unused, newer, newest] = [hash(), hash(), hash(), hash()];
+        for hash in [used, unused, newer] {
+            known.insert(hash, entry());
+        }
+        known.get(&used);
+
+        known.insert(newest, entry());
+
+        assert!(known.contains(&used));
+        assert!(!known.contains(&unused));
+        assert!(known.contains(&newer) && known.contains(&newest));
+        assert_eq!(known.len(), 3);
+    }
+
+    #[test]
+    fn a_sharded_cache_has_room_for_its_capacity_despite_an_uneven_spread_of_hashes() {
+        let capacity = 100_000;
+        let known = KeyEntries::new(capacity as u64);
+
+        let shared = entry();
+        for i in 0..capacity {
+            // Distinct digests without hashing a key each (that is slow in a debug build).
+            let hash = KeyHash::from_hex(&format!("{:064x}", i as u128 + 1)).unwrap();
+            known.insert(hash, shared.clone());
+        }
+
+        assert_eq!(known.len(), capacity as u64);
+        assert!(known.shards.len() > 1);
+    }
+
+    #[tokio::test]
+    async fn the_cache_never_holds_more_keys_than_its_capacity() {
+        let cache = KeyCache::new(SETTINGS);
+        let records = (0..SETTINGS.capacity * 3).map(|_| record(hash())).collect();
+
+        cache.preload(cache.preload_ticket(), records).await;
+
+        assert_eq!(cache.sizes().0, SETTINGS.capacity);
     }
 
     #[tokio::test]

@@ -190,8 +190,10 @@ pub struct ServeConfig {
     #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_LAST_USED_FLUSH_INTERVAL", value_name = "MAAS_AUTHZ_LAST_USED_FLUSH_INTERVAL", default_value = "5s", value_parser = positive_duration)]
     pub last_used_flush_interval: Duration,
     /// Most keys one `last_used_at` statement writes, so each finishes well inside
-    /// `MAAS_AUTHZ_DB_QUERY_TIMEOUT` however many keys were used (5 000 rows take ~50 ms).
-    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_LAST_USED_BATCH_SIZE", value_name = "MAAS_AUTHZ_LAST_USED_BATCH_SIZE", default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    /// `MAAS_AUTHZ_DB_QUERY_TIMEOUT` however many keys were used: each row rewrites the row and
+    /// its six index entries, ~0.1 ms under load, so 5 000 rows took up to ~1 s at a million
+    /// keys on 2 cores (scripts/bench-scale.sh) and 1 000 stay near 0.1–0.2 s.
+    #[arg(help_heading = EXPERT_TUNING, long, env = "MAAS_AUTHZ_LAST_USED_BATCH_SIZE", value_name = "MAAS_AUTHZ_LAST_USED_BATCH_SIZE", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub last_used_batch_size: u32,
     /// Token meter (Envoy ext_proc): add `stream_options.include_usage` to streaming chat and
     /// completion requests that lack it, so their tokens are metered; the usage chunk the client

@@ -71,6 +71,70 @@ pub struct Metrics {
     unknown_key_lookups_throttled: [IntCounter; 2],
     token_reviews_throttled: [IntCounter; 2],
     usage_ledger: UsageLedgerMetrics,
+    last_used: LastUsedMetrics,
+}
+
+/// The `last_used_at` write-behind's flushes.
+#[derive(Debug)]
+struct LastUsedMetrics {
+    flush_seconds: Histogram,
+    batch_seconds: Histogram,
+    keys_written: IntCounter,
+    write_failures: IntCounter,
+}
+
+/// A flush writes up to hundreds of thousands of keys in batches of a few thousand.
+const LAST_USED_BUCKETS: &[f64] = &[
+    0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl LastUsedMetrics {
+    fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let histogram = |name: &str, help: &str| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(LAST_USED_BUCKETS.to_vec()))
+        };
+        let metrics = Self {
+            flush_seconds: histogram(
+                "last_used_flush_seconds",
+                "Time to write every key use noted since the previous flush (all its batches)",
+            )?,
+            batch_seconds: histogram(
+                "last_used_batch_seconds",
+                "Time to write one last_used_at batch (one statement of at most \
+                 MAAS_AUTHZ_LAST_USED_BATCH_SIZE keys)",
+            )?,
+            keys_written: IntCounter::new(
+                "last_used_keys_written_total",
+                "Key uses handed to the database by the last_used_at write-behind",
+            )?,
+            write_failures: IntCounter::new(
+                "last_used_write_failures_total",
+                "last_used_at batches whose write failed (their keys are retried next flush)",
+            )?,
+        };
+        registry.register(Box::new(metrics.flush_seconds.clone()))?;
+        registry.register(Box::new(metrics.batch_seconds.clone()))?;
+        registry.register(Box::new(metrics.keys_written.clone()))?;
+        registry.register(Box::new(metrics.write_failures.clone()))?;
+        Ok(metrics)
+    }
+}
+
+impl Metrics {
+    /// One `last_used_at` batch: how long its statement took, how many keys it carried.
+    pub fn observe_last_used_batch(&self, elapsed: Duration, keys: usize, ok: bool) {
+        self.last_used.batch_seconds.observe(elapsed.as_secs_f64());
+        if ok {
+            self.last_used.keys_written.inc_by(keys as u64);
+        } else {
+            self.last_used.write_failures.inc();
+        }
+    }
+
+    /// One whole `last_used_at` flush (every batch it wrote).
+    pub fn observe_last_used_flush(&self, elapsed: Duration) {
+        self.last_used.flush_seconds.observe(elapsed.as_secs_f64());
+    }
 }
 
 /// The usage ledger's buffer and writes.
@@ -401,6 +465,7 @@ impl Metrics {
             unknown_key_lookups_throttled: by_scope(&unknown_key_lookups_throttled),
             token_reviews_throttled: by_scope(&token_reviews_throttled),
             usage_ledger: UsageLedgerMetrics::register(&registry)?,
+            last_used: LastUsedMetrics::register(&registry)?,
             registry,
         })
     }

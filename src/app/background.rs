@@ -270,11 +270,12 @@ pub(super) fn spawn_last_used_writer(
     tasks: &mut Tasks,
     tracker: Arc<LastUsedTracker>,
     store: Arc<ServedStore>,
+    metrics: Arc<Metrics>,
     writes: LastUsedWrites,
 ) {
     let shutdown = tasks.shutdown_signal();
     tasks.spawn("last-used writer", async move {
-        write_last_used(tracker, store, writes, shutdown).await;
+        write_last_used(tracker, store, metrics, writes, shutdown).await;
         Ok(())
     });
 }
@@ -433,6 +434,7 @@ async fn watch_database(
 async fn write_last_used(
     tracker: Arc<LastUsedTracker>,
     store: Arc<ServedStore>,
+    metrics: Arc<Metrics>,
     writes: LastUsedWrites,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -441,10 +443,16 @@ async fn write_last_used(
         if uses.is_empty() {
             return;
         }
+        let started = std::time::Instant::now();
         uses.sort_unstable_by_key(|(id, _)| *id);
-        let mut written = 0;
+        let (mut written, mut slowest) = (0, Duration::ZERO);
         for chunk in uses.chunks(writes.batch_size.max(1)) {
-            if let Err(error) = store.record_last_used(chunk).await {
+            let batch_started = std::time::Instant::now();
+            let outcome = store.record_last_used(chunk).await;
+            let batch_elapsed = batch_started.elapsed();
+            slowest = slowest.max(batch_elapsed);
+            metrics.observe_last_used_batch(batch_elapsed, chunk.len(), outcome.is_ok());
+            if let Err(error) = outcome {
                 // The rest waits for the next flush: a store that failed once is likely to
                 // fail again now, and the breaker should not be fed a burst of doomed queries.
                 let unwritten = uses.split_off(written);
@@ -454,6 +462,15 @@ async fn write_last_used(
             }
             written += chunk.len();
         }
+        let elapsed = started.elapsed();
+        metrics.observe_last_used_flush(elapsed);
+        tracing::debug!(
+            keys = written,
+            batches = written.div_ceil(writes.batch_size.max(1)),
+            slowest_batch_ms = slowest.as_millis() as u64,
+            elapsed_ms = elapsed.as_millis() as u64,
+            "last_used_at flushed"
+        );
     };
     let mut ticker = tokio::time::interval(writes.every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -98,6 +98,7 @@ impl Application {
             &mut tasks,
             services.last_used.clone(),
             services.store.clone(),
+            services.metrics.clone(),
             background::LastUsedWrites {
                 every: config.last_used_flush_interval,
                 batch_size: config.last_used_batch_size as usize,

@@ -206,7 +206,7 @@ pub(super) fn allow_response(
     now_unix: i64,
 ) -> CheckResponse {
     let key = &answer.key;
-    let groups_json = serde_json::to_string(&key.groups).unwrap_or_else(|_| "[]".to_owned());
+    let groups_json = serde_json::to_string(&*key.groups).unwrap_or_else(|_| "[]".to_owned());
     let key_id = key.id.to_string();
     let model = answer
         .model

@@ -266,6 +266,7 @@ mod tests {
 
     use crate::assertion::HEADER_IDENTITY_ASSERTION;
     use crate::authorizer::{CredentialHeaders, DenyReason};
+    use crate::cache::CachedKey;
     use crate::grpc::check_response::*;
     use crate::ids::{BoundSubscription, ModelRef, SubscriptionRef};
     use crate::key::ApiKey;
@@ -284,8 +285,8 @@ mod tests {
         .clone()
     }
 
-    fn record(username: &str) -> Arc<KeyRecord> {
-        Arc::new(KeyRecord {
+    fn record(username: &str) -> Arc<CachedKey> {
+        Arc::new(CachedKey::from(KeyRecord {
             id: KeyRecordId::new_random(),
             username: username.to_owned(),
             name: "laptop".to_owned(),
@@ -299,10 +300,10 @@ mod tests {
             last_used_at: None,
             ephemeral: false,
             labels: BTreeMap::new(),
-        })
+        }))
     }
 
-    fn allowed(key: &Arc<KeyRecord>) -> Box<Allowed> {
+    fn allowed(key: &Arc<CachedKey>) -> Box<Allowed> {
         Box::new(Allowed {
             answer: AllowAnswerKey {
                 key: Arc::clone(key),
@@ -378,7 +379,7 @@ mod tests {
         let key = record("alice");
         let base = allowed(&key);
         let other_user = allowed(&record("bob"));
-        let same_row_reloaded = allowed(&Arc::new(KeyRecord::clone(&key)));
+        let same_row_reloaded = allowed(&Arc::new(CachedKey::clone(&key)));
         let mut other_model = allowed(&key);
         other_model.answer.model = None;
         let mut other_credentials = allowed(&key);

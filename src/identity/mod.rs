@@ -244,11 +244,11 @@ impl<S: KeyStore> IdentityResolver<S> {
     async fn api_key_caller(&self, token: &str) -> Result<Caller, AuthError> {
         match self.authorizer.validate_key(token, Utc::now()).await {
             Ok(KeyValidity::Valid(record)) => self.caller(
-                record.username.clone(),
-                record.groups.clone(),
+                record.username.to_string(),
+                record.groups.to_vec(),
                 CredentialKind::ApiKey {
                     id: record.id,
-                    subscription: record.subscription.clone(),
+                    subscription: record.subscription.to_string(),
                 },
             ),
             Ok(KeyValidity::Invalid(why)) => {

@@ -56,6 +56,15 @@ impl KeyStatus {
         }
     }
 
+    /// The status that counts at `now` for a key stored with this status and expiry: an
+    /// active key past its expiry is expired (the one rule, for rows and cached keys alike).
+    pub fn effective(self, expires_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> KeyStatus {
+        match (self, expires_at) {
+            (KeyStatus::Active, Some(expires_at)) if expires_at <= now => KeyStatus::Expired,
+            (status, _) => status,
+        }
+    }
+
     pub fn parse(text: &str) -> Option<Self> {
         match text {
             "active" => Some(KeyStatus::Active),
@@ -89,10 +98,7 @@ impl KeyRecord {
     /// The status that counts at `now`: an active key past its expiry is expired, whatever the
     /// row says, so cached entries need no refresh to stop working on time.
     pub fn effective_status(&self, now: DateTime<Utc>) -> KeyStatus {
-        match (self.status, self.expires_at) {
-            (KeyStatus::Active, Some(expires_at)) if expires_at <= now => KeyStatus::Expired,
-            (status, _) => status,
-        }
+        self.status.effective(self.expires_at, now)
     }
 }
 

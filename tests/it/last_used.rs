@@ -54,6 +54,14 @@ async fn a_burst_of_256_checks_on_one_key_makes_one_write_of_last_used_at() {
         ),
         "exactly one write expected:\n{metrics}"
     );
+    for flushed in [
+        "maas_authz_last_used_keys_written_total 1",
+        "maas_authz_last_used_batch_seconds_count 1",
+        "maas_authz_last_used_flush_seconds_count 1",
+        "maas_authz_last_used_write_failures_total 0",
+    ] {
+        assert!(metrics.contains(flushed), "{flushed}:\n{metrics}");
+    }
 }
 
 #[tokio::test]

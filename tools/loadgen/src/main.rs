@@ -18,6 +18,7 @@ use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -71,6 +72,15 @@ struct Args {
     /// With --target and no --database-url: existing keys to use for `hit` (repeatable).
     #[arg(long = "key", value_name = "KEY")]
     existing_keys: Vec<String>,
+    /// With --target, instead of minting: the first N deterministic keys (`seeded_key(0..N)`)
+    /// that scripts/bench-scale.sh writes straight into the target's database (minting a
+    /// million keys one by one would take hours).
+    #[arg(long, value_name = "N", conflicts_with = "existing_keys", value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    seeded_keys: Option<u32>,
+    /// Use every key exactly once, in order, spread over the streams, then end the run (the
+    /// measured window still bounds it; no warm-up): e.g. to touch a million keys once each.
+    #[arg(long)]
+    sweep: bool,
     /// Concurrent in-flight requests (client tasks), spread over the connections.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     streams: u32,
@@ -265,6 +275,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     match &args.target {
         Some(target) => {
             let keys = match (args.scenario, &args.database_url) {
+                (Scenario::Hit, _) if args.seeded_keys.is_some() => {
+                    (0..args.seeded_keys.unwrap_or(0)).map(seeded_key).collect()
+                }
                 (Scenario::Hit, Some(url)) => mint_keys(url, &args.tenant, args.keys).await?,
                 (Scenario::Hit, None) if !args.existing_keys.is_empty() => {
                     args.existing_keys.clone()
@@ -396,6 +409,14 @@ fn serve_config(args: &Args, database_url: &str, raised_policy: Option<PathBuf>)
         abuse,
         ..ServeConfig::new(database_url, &policy_path)
     }
+}
+
+/// The `index`th deterministic benchmark key. scripts/bench-scale.sh stores these keys'
+/// hashes with one SQL statement: key id `bs` + the index in 10 digits, secret
+/// `benchScaleSecret` + the same 10 digits (both base62, within the format's bounds). Public
+/// by construction: benchmark databases only.
+fn seeded_key(index: u32) -> String {
+    format!("sk-oai-bs{index:010}_benchScaleSecret{index:010}")
 }
 
 /// Mints `count` free-tier keys (user `loadgen`, subscription `free`) and returns their plaintext.
@@ -699,6 +720,14 @@ impl RequestSource {
         })
     }
 
+    /// Distinct requests before they repeat (unbounded for fresh unknown keys).
+    fn len(&self) -> usize {
+        match self {
+            Self::Fixed(requests) => requests.len(),
+            Self::FreshUnknown(_) => usize::MAX,
+        }
+    }
+
     /// The encoded CheckRequest for the `n`th request (a reference-counted clone, no copy).
     fn request(&self, n: usize) -> anyhow::Result<Bytes> {
         Ok(match self {
@@ -766,8 +795,15 @@ async fn measure(args: &Args, target: &str, keys: &[String]) -> anyhow::Result<R
         channels.push(channel);
     }
     let started = Instant::now();
-    let window_start = started + args.warmup;
+    // A sweep counts every request it sends: no warm-up.
+    let window_start = started
+        + if args.sweep {
+            Duration::ZERO
+        } else {
+            args.warmup
+        };
     let window_end = window_start + args.duration;
+    let sweep = args.sweep.then(|| Arc::new(AtomicUsize::new(0)));
     let (first_error_tx, first_error_rx) = watch::channel(None::<String>);
     let mut tasks = Vec::with_capacity(args.streams as usize);
     for stream in 0..args.streams as usize {
@@ -777,11 +813,13 @@ async fn measure(args: &Args, target: &str, keys: &[String]) -> anyhow::Result<R
         // Each stream starts at a different key so the load spreads over all of them.
         let offset = stream * 7919;
         let window = (window_start, window_end);
+        let sweep = sweep.clone();
         tasks.push(match args.decode {
             DecodeMode::Status => tokio::spawn(drive_stream::<StatusOnly>(
                 channel,
                 source,
                 offset,
+                sweep,
                 window,
                 first_error,
             )),
@@ -789,6 +827,7 @@ async fn measure(args: &Args, target: &str, keys: &[String]) -> anyhow::Result<R
                 channel,
                 source,
                 offset,
+                sweep,
                 window,
                 first_error,
             )),
@@ -796,7 +835,11 @@ async fn measure(args: &Args, target: &str, keys: &[String]) -> anyhow::Result<R
     }
     drop(first_error_tx);
     let cpu_before = wait_until_and_read_cpu(window_start).await;
-    let cpu_after = wait_until_and_read_cpu(window_end).await;
+    let cpu_at_window_end = if args.sweep {
+        None
+    } else {
+        wait_until_and_read_cpu(window_end).await
+    };
     let mut latencies = Vec::new();
     let (mut allowed, mut denied, mut errors) = (0, 0, 0);
     for task in tasks {
@@ -806,6 +849,20 @@ async fn measure(args: &Args, target: &str, keys: &[String]) -> anyhow::Result<R
         denied += tally.denied;
         errors += tally.errors;
     }
+    // A sweep ends when every key was sent once (or the window closed).
+    let seconds = if args.sweep {
+        Instant::now()
+            .min(window_end)
+            .duration_since(window_start)
+            .as_secs_f64()
+    } else {
+        args.duration.as_secs_f64()
+    };
+    let cpu_after = if args.sweep {
+        process_cpu_seconds()
+    } else {
+        cpu_at_window_end
+    };
     latencies.sort_unstable();
     let cpu_seconds = match (cpu_before, cpu_after) {
         (Some(before), Some(after)) => Some(after - before),
@@ -813,7 +870,7 @@ async fn measure(args: &Args, target: &str, keys: &[String]) -> anyhow::Result<R
     };
     let first_error = first_error_rx.borrow().clone();
     Ok(Round {
-        seconds: args.duration.as_secs_f64(),
+        seconds,
         allowed,
         denied,
         errors,
@@ -823,12 +880,14 @@ async fn measure(args: &Args, target: &str, keys: &[String]) -> anyhow::Result<R
     })
 }
 
-/// One in-flight request at a time, back to back, until the window closes. Only requests sent
-/// and answered inside the window are counted.
+/// One in-flight request at a time, back to back, until the window closes (or, with a sweep,
+/// until every request was taken from its shared counter). Only requests sent and answered
+/// inside the window are counted.
 async fn drive_stream<M: ResponseStatus>(
     channel: Channel,
     source: RequestSource,
     offset: usize,
+    sweep: Option<Arc<AtomicUsize>>,
     (window_start, window_end): (Instant, Instant),
     first_error: watch::Sender<Option<String>>,
 ) -> anyhow::Result<StreamTally> {
@@ -837,6 +896,12 @@ async fn drive_stream<M: ResponseStatus>(
     let mut tally = StreamTally::default();
     let mut n = offset;
     loop {
+        if let Some(next) = &sweep {
+            n = next.fetch_add(1, Ordering::Relaxed);
+            if n >= source.len() {
+                break;
+            }
+        }
         let request = tonic::Request::new(source.request(n)?);
         n = n.wrapping_add(1);
         let sent = Instant::now();
@@ -1074,7 +1139,8 @@ fn report(args: &Args, baseline: Option<&Summary>, measured: &Summary) {
             "rounds": args.rounds,
             "warmup_s": args.warmup.as_secs_f64(),
             "duration_s": args.duration.as_secs_f64(),
-            "keys": if args.scenario == Scenario::Hit { Some(args.keys) } else { None },
+            "keys": if args.scenario == Scenario::Hit { Some(args.seeded_keys.unwrap_or(args.keys)) } else { None },
+            "sweep": args.sweep,
             "limits": args.limits.as_str(),
             "in_process_server": args.target.is_none() && !args.baseline_only,
             "cpus": cpus,
@@ -1190,6 +1256,20 @@ fn micros(us: f64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn seeded_keys_are_well_formed_and_distinct_per_index() {
+        let (first, last) = (super::seeded_key(0), super::seeded_key(999_999));
+
+        let parsed = maas_authz::key::ApiKey::parse(&last).expect("a well-formed key");
+
+        assert_eq!(first, "sk-oai-bs0000000000_benchScaleSecret0000000000");
+        assert_eq!(parsed.key_id(), "bs0000999999");
+        assert_ne!(
+            parsed.hash(),
+            maas_authz::key::ApiKey::parse(&first).unwrap().hash()
+        );
+    }
+
     #[test]
     fn json_figures_are_rounded_to_what_a_reader_can_use() {
         assert_eq!(
