@@ -23,16 +23,24 @@
 #            answers 200 a loadgen sends the same load to B (for BENCH_SCALE_ROLLING_DURATION),
 #            whether or not B's preload has finished; A ends its run and is stopped. Prints B's
 #            errors and the cache misses / key queries B made while serving. One JSON line.
+#   storm    a cold replica (no preload: MAAS_AUTHZ_CACHE_PRELOAD=off; every other setting at
+#            its default, cache capacity included) gets BENCH_SCALE_STREAMS streams of Checks over
+#            BENCH_SCALE_STORM_KEYS distinct keys from the moment its /ready answers, for
+#            BENCH_SCALE_STORM_DURATION: nearly every Check is a miss. Run twice, with the
+#            known-key set (MAAS_AUTHZ_KNOWN_KEY_FILTER) on, its default, and off. Prints errors,
+#            denials (429 unknown_key_rate_limited among them), misses and key queries.
 #
 # Usage:
 #   scripts/bench-scale.sh
 #
 # Environment:
-#   BENCH_SCALE_STEPS="memory flush rolling"
+#   BENCH_SCALE_STEPS="memory flush rolling storm"
 #   BENCH_SCALE_KEYS="0 100000 300000 1000000"   key counts of the memory step (0 first)
 #   BENCH_SCALE_FLUSH_KEYS=1000000               keys of the flush step
 #   BENCH_SCALE_ROLLING_KEYS=100000              keys of the rolling step
 #   BENCH_SCALE_STREAMS=64                       concurrent Checks of the loadgen
+#   BENCH_SCALE_STORM_KEYS=1000000               keys of the storm step
+#   BENCH_SCALE_STORM_DURATION=30s               load on each cold replica in the storm step
 #   BENCH_SCALE_ROLLING_DURATION=20s             load on B in the rolling step
 #   BENCH_SCALE_SETTLE=3                         seconds between preload end and the RSS read
 #   BENCH_AUTHZ_BIN=                             a maas-authz binary instead of this checkout's
@@ -50,7 +58,10 @@ SCRIPT_NAME="bench-scale.sh"
 # shellcheck source=scripts/lib.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 
-readonly STEPS="${BENCH_SCALE_STEPS:-memory flush rolling}"
+readonly STEPS="${BENCH_SCALE_STEPS:-memory flush rolling storm}"
+readonly STORM_KEYS="${BENCH_SCALE_STORM_KEYS:-1000000}"
+readonly STORM_DURATION="${BENCH_SCALE_STORM_DURATION:-30s}"
+SERVER_ENV_EXTRA=()
 readonly KEY_COUNTS="${BENCH_SCALE_KEYS:-0 100000 300000 1000000}"
 readonly FLUSH_KEYS="${BENCH_SCALE_FLUSH_KEYS:-1000000}"
 readonly ROLLING_KEYS="${BENCH_SCALE_ROLLING_KEYS:-100000}"
@@ -116,12 +127,14 @@ wait_port() {
     die "nothing listens on 127.0.0.1:$port after 60 s (the servers' logs are above)"
 }
 
-# start_server NAME OFFSET CAPACITY: starts maas-authz on ports BASE+OFFSET..+3, sets SERVER_PID.
+# start_server NAME OFFSET CAPACITY: starts maas-authz on ports BASE+OFFSET..+3, sets SERVER_PID
+# (CAPACITY empty: the default; SERVER_ENV_EXTRA: more VAR=value words for this server).
 start_server() {
-    local name="$1" offset="$2" capacity="$3" base=$((BASE + $2))
+    local name="$1" offset="$2" base=$((BASE + $2)) capacity=()
+    [[ -z "$3" ]] || capacity=("MAAS_AUTHZ_CACHE_CAPACITY=$3")
     env RUST_LOG="warn,maas_authz::app::background=debug" MAAS_AUTHZ_LOG_FORMAT=text NO_COLOR=1 \
         DATABASE_URL="$DB_URL" MAAS_AUTHZ_POLICY_PATH="$REPO_ROOT/examples/policy" \
-        MAAS_AUTHZ_LIMITS_ENABLED=false MAAS_AUTHZ_CACHE_CAPACITY="$capacity" \
+        MAAS_AUTHZ_LIMITS_ENABLED=false "${capacity[@]}" "${SERVER_ENV_EXTRA[@]}" \
         MAAS_AUTHZ_GRPC_ADDR="127.0.0.1:$base" MAAS_AUTHZ_HTTP_ADDR="127.0.0.1:$((base + 1))" \
         MAAS_AUTHZ_INTERNAL_ADDR="127.0.0.1:$((base + 2))" MAAS_AUTHZ_METRICS_ADDR="127.0.0.1:$((base + 3))" \
         MAAS_AUTHZ_SKIP_MIGRATIONS=true "${SERVER_ENV[@]}" \
@@ -311,6 +324,53 @@ print(json.dumps({"step": "rolling", "commit": commit, "keys": n,
 EOF
 }
 
+# storm_run NAME FILTER: one cold replica (no preload, defaults otherwise, MAAS_AUTHZ_KNOWN_KEY_FILTER
+# as FILTER) under STREAMS streams of Checks over STORM_KEYS distinct keys from the moment its
+# /ready answers; prints one line "name checks rps errors denied throttled misses queries loaded_ms".
+storm_run() {
+    local name="$1" filter="$2" port=$((BASE + 3)) out
+    SERVER_ENV_EXTRA=(MAAS_AUTHZ_CACHE_PRELOAD=off "MAAS_AUTHZ_KNOWN_KEY_FILTER=$filter")
+    start_server "$name" 0 ""
+    SERVER_ENV_EXTRA=()
+    until curl -fsS -o /dev/null "http://127.0.0.1:$((BASE + 1))/ready" 2>/dev/null; do sleep 0.1; done
+    out="$("$LOADGEN" --target "127.0.0.1:$BASE" --seeded-keys "$STORM_KEYS" --streams "$STREAMS" \
+        --duration "$STORM_DURATION" --warmup 0s --json 2>>"$STATE_DIR/loadgen.log")"
+    local throttled misses queries loaded_ms
+    throttled="$(metric "$port" 'maas_authz_check_decisions_total{outcome="deny",reason="unknown_key_rate_limited"}')"
+    misses="$(metric "$port" 'maas_authz_cache_lookups_total{result="miss"}')"
+    queries="$(metric "$port" 'maas_authz_db_query_duration_seconds_count{statement="select_key_by_hash"}')"
+    loaded_ms="$(plain "$STATE_DIR/$name.log" | sed -n 's/.*known keys loaded.*elapsed_ms=\([0-9]*\).*/\1/p' | tail -n 1)"
+    stop_server "$SERVER_PID"
+    python3 - "$name" "$out" "$throttled" "$misses" "$queries" "${loaded_ms:--1}" <<'PY'
+import json, sys
+out = json.loads(sys.argv[2])["maas_authz"]
+print(sys.argv[1], out["requests"], out["rps"], out["errors"], out["denied"],
+      *(int(float(x)) for x in sys.argv[3:7]), out["latency_us"]["p99"])
+PY
+}
+
+step_storm() {
+    seed "$STORM_KEYS"
+    local results="$STATE_DIR/storm"
+    : >"$results"
+    log "storm: a cold replica (no preload) under $STREAMS streams over $STORM_KEYS distinct keys, known-key set on, then off"
+    storm_run storm-filter-on true >>"$results"
+    storm_run storm-filter-off false >>"$results"
+    python3 - "$results" "$STORM_KEYS" "$STREAMS" "$COMMIT" <<'PY'
+import json, sys
+keys, streams, commit = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+for line in open(sys.argv[1]):
+    name, checks, rps, errors, denied, throttled, misses, queries, loaded_ms, p99 = line.split()
+    print(f"{name}: {checks} Checks at {rps}/s over {keys} keys, {streams} streams: {errors} errors, "
+          f"{denied} denied ({throttled} unknown_key_rate_limited); {misses} cache misses, {queries} key "
+          f"queries; known keys loaded {'in ' + loaded_ms + ' ms' if loaded_ms != '-1' else 'never (off)'}; p99 {p99} µs")
+    print(json.dumps({"step": "storm", "commit": commit, "run": name, "keys": keys, "streams": streams,
+                      "checks": int(checks), "rps": float(rps), "errors": int(errors), "denied": int(denied),
+                      "throttled": int(throttled), "misses": int(misses), "key_queries": int(queries),
+                      "known_keys_loaded_ms": int(loaded_ms), "p99_us": int(p99)}))
+PY
+}
+
 main() {
     case "${1:-}" in
         -h | --help)
@@ -356,7 +416,8 @@ main() {
             memory) step_memory ;;
             flush) step_flush ;;
             rolling) step_rolling ;;
-            *) die "unknown step in BENCH_SCALE_STEPS: $step (memory, flush, rolling)" ;;
+            storm) step_storm ;;
+            *) die "unknown step in BENCH_SCALE_STEPS: $step (memory, flush, rolling, storm)" ;;
         esac
     done
 }
