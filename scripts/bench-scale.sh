@@ -326,7 +326,7 @@ EOF
 
 # storm_run NAME FILTER: one cold replica (no preload, defaults otherwise, MAAS_AUTHZ_KNOWN_KEY_FILTER
 # as FILTER) under STREAMS streams of Checks over STORM_KEYS distinct keys from the moment its
-# /ready answers; prints one line "name checks rps errors denied throttled misses queries loaded_ms".
+# /ready answers; prints one JSON line.
 storm_run() {
     local name="$1" filter="$2" port=$((BASE + 3)) out
     SERVER_ENV_EXTRA=(MAAS_AUTHZ_CACHE_PRELOAD=off "MAAS_AUTHZ_KNOWN_KEY_FILTER=$filter")
@@ -341,11 +341,15 @@ storm_run() {
     queries="$(metric "$port" 'maas_authz_db_query_duration_seconds_count{statement="select_key_by_hash"}')"
     loaded_ms="$(plain "$STATE_DIR/$name.log" | sed -n 's/.*known keys loaded.*elapsed_ms=\([0-9]*\).*/\1/p' | tail -n 1)"
     stop_server "$SERVER_PID"
-    python3 - "$name" "$out" "$throttled" "$misses" "$queries" "${loaded_ms:--1}" <<'PY'
+    python3 - "$name" "$out" "$throttled" "$misses" "$queries" "${loaded_ms:--1}" "$STORM_KEYS" "$STREAMS" "$COMMIT" <<'PY'
 import json, sys
-out = json.loads(sys.argv[2])["maas_authz"]
-print(sys.argv[1], out["requests"], out["rps"], out["errors"], out["denied"],
-      *(int(float(x)) for x in sys.argv[3:7]), out["latency_us"]["p99"])
+name, out = sys.argv[1], json.loads(sys.argv[2])["maas_authz"]
+throttled, misses, queries, loaded_ms, keys, streams = (int(float(x)) for x in sys.argv[3:9])
+print(json.dumps({"step": "storm", "commit": sys.argv[9], "run": name, "keys": keys, "streams": streams,
+                  "checks": out["requests"], "rps": out["rps"], "errors": out["errors"],
+                  "first_error": out["first_error"], "denied": out["denied"], "throttled": throttled,
+                  "misses": misses, "key_queries": queries, "known_keys_loaded_ms": loaded_ms,
+                  "p99_us": out["latency_us"]["p99"]}))
 PY
 }
 
@@ -356,18 +360,16 @@ step_storm() {
     log "storm: a cold replica (no preload) under $STREAMS streams over $STORM_KEYS distinct keys, known-key set on, then off"
     storm_run storm-filter-on true >>"$results"
     storm_run storm-filter-off false >>"$results"
-    python3 - "$results" "$STORM_KEYS" "$STREAMS" "$COMMIT" <<'PY'
+    python3 - "$results" <<'PY'
 import json, sys
-keys, streams, commit = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 for line in open(sys.argv[1]):
-    name, checks, rps, errors, denied, throttled, misses, queries, loaded_ms, p99 = line.split()
-    print(f"{name}: {checks} Checks at {rps}/s over {keys} keys, {streams} streams: {errors} errors, "
-          f"{denied} denied ({throttled} unknown_key_rate_limited); {misses} cache misses, {queries} key "
-          f"queries; known keys loaded {'in ' + loaded_ms + ' ms' if loaded_ms != '-1' else 'never (off)'}; p99 {p99} µs")
-    print(json.dumps({"step": "storm", "commit": commit, "run": name, "keys": keys, "streams": streams,
-                      "checks": int(checks), "rps": float(rps), "errors": int(errors), "denied": int(denied),
-                      "throttled": int(throttled), "misses": int(misses), "key_queries": int(queries),
-                      "known_keys_loaded_ms": int(loaded_ms), "p99_us": int(p99)}))
+    r = json.loads(line)
+    loaded = f"in {r['known_keys_loaded_ms']} ms" if r["known_keys_loaded_ms"] >= 0 else "never (off)"
+    print(f"{r['run']}: {r['checks']} Checks at {r['rps']}/s over {r['keys']} keys, {r['streams']} streams: "
+          f"{r['errors']} errors (first: {r['first_error']}), {r['denied']} denied ({r['throttled']} "
+          f"unknown_key_rate_limited); {r['misses']} cache misses, {r['key_queries']} key queries; "
+          f"known keys loaded {loaded}; p99 {r['p99_us']} µs")
+    print(line.strip())
 PY
 }
 

@@ -213,22 +213,41 @@ async fn preload_cache(cache: &KeyCache, store: &ServedStore, preload: CachePrel
 /// about 1 MB on the wire and a short query on the primary key.
 const KNOWN_KEYS_PAGE: i64 = 10_000;
 
-/// Reads the hashes of every active key into the cache's known-key set in the background (see
-/// [`crate::known_keys`]). Readiness never waits for it: until a key's hash is loaded, its
-/// first lookup takes a budget token as it would without the set; a failure only ends it early.
+/// Reads the hashes of every active key into the cache's known-key set (see
+/// [`crate::known_keys`]); the receiver turns `true` when the load ended, however it ended.
+/// Until a key's hash is loaded, its first lookup takes a budget token as it would without the
+/// set; a failure only ends the load early.
 pub(super) fn spawn_known_keys_load(
     tasks: &mut Tasks,
     known: Arc<KnownKeys>,
     store: Arc<ServedStore>,
-) {
+) -> watch::Receiver<bool> {
+    let (done_tx, done) = watch::channel(false);
     let shutdown = tasks.shutdown_signal();
     tasks.spawn("known-key load", async move {
         tokio::select! {
             () = shutdown => {}
             () = load_known_keys(&known, &store) => {}
         }
+        done_tx.send_replace(true);
         Ok(())
     });
+    done
+}
+
+/// Waits up to `most` for the known-key load, so that a replica starts listening (and so takes
+/// traffic) once it knows which keys exist: a cold replica's first burst of legitimate keys then
+/// never meets the unknown-key budget. A longer load goes on in the background.
+pub(super) async fn wait_for_known_keys(mut done: watch::Receiver<bool>, most: Duration) {
+    if tokio::time::timeout(most, done.wait_for(|done| *done))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            waited = ?most,
+            "known-key load still running; serving anyway (it goes on in the background)"
+        );
+    }
 }
 
 async fn load_known_keys(known: &KnownKeys, store: &ServedStore) {

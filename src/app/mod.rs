@@ -80,9 +80,9 @@ impl Application {
             services.cache.clone(),
         )
         .await;
-        if let Some(known) = services.cache.known_keys() {
-            background::spawn_known_keys_load(&mut tasks, known.clone(), services.store.clone());
-        }
+        let known_keys_loaded = services.cache.known_keys().map(|known| {
+            background::spawn_known_keys_load(&mut tasks, known.clone(), services.store.clone())
+        });
         if let Some(used_within) = config.cache_preload.0 {
             background::spawn_cache_preload(
                 &mut tasks,
@@ -137,6 +137,9 @@ impl Application {
             ),
         }
 
+        if let Some(loaded) = known_keys_loaded {
+            background::wait_for_known_keys(loaded, config.startup_timeout).await;
+        }
         let grpc_listener = bind(config.grpc_addr, "MAAS_AUTHZ_GRPC_ADDR").await?;
         let grpc_addr = grpc_listener.local_addr()?;
         let metrics_listener = bind(config.metrics_addr, "MAAS_AUTHZ_METRICS_ADDR").await?;

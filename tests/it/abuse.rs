@@ -510,9 +510,10 @@ async fn wait_for_known_hashes(server: &TestServer, count: f64) -> String {
 
 #[tokio::test]
 async fn a_cold_replica_serves_every_existing_key_past_the_budget_while_unknown_keys_get_429() {
-    // Arrange: 30 keys in the database, a budget of 5 lookups, nothing cached.
+    // Arrange: 30 keys in the database, a budget of 5 lookups, nothing cached. The server
+    // listens only once it knows which keys exist: no wait for the load here.
     let (server, existing) = cold_replica_over(30, true).await;
-    let loaded = wait_for_known_hashes(&server, 30.0).await;
+    let loaded = http_get(server.server.metrics_addr, "/metrics").await;
     let mut client = server.check_client().await;
 
     // Act: every existing key once, then unknown keys, then a key minted and one revoked since.
