@@ -70,16 +70,6 @@ cleanup() {
     [[ -z "$STATE_DIR" ]] || rm -rf -- "$STATE_DIR"
 }
 
-wait_port() {
-    local port="$1" i
-    for ((i = 0; i < 300; i++)); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-        sleep 0.2
-    done
-    tail -n 20 "$STATE_DIR"/*.log >&2 || true
-    die "nothing listens on 127.0.0.1:$port after 60 s (the servers' logs are above)"
-}
-
 # measure NAME PORT PID STREAMS: one run; prints "NAME STREAMS rps requests cpu_us_per_check errors".
 measure() {
     local name="$1" port="$2" pid="$3" streams="$4" connections="$CONNECTIONS" before after out

@@ -117,16 +117,6 @@ commit;" >/dev/null
     log "seeded $n keys in $((SECONDS - started)) s"
 }
 
-wait_port() {
-    local port="$1" i
-    for ((i = 0; i < 300; i++)); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-        sleep 0.2
-    done
-    tail -n 20 "$STATE_DIR"/*.log >&2 || true
-    die "nothing listens on 127.0.0.1:$port after 60 s (the servers' logs are above)"
-}
-
 # start_server NAME OFFSET CAPACITY: starts maas-authz on ports BASE+OFFSET..+3, sets SERVER_PID
 # (CAPACITY empty: the default; SERVER_ENV_EXTRA: more VAR=value words for this server).
 start_server() {

@@ -208,3 +208,15 @@ cpu_ticks() {
     # Fields 14 and 15 of /proc/PID/stat, counted after the command name's closing parenthesis.
     awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"
 }
+
+# wait_port PORT: waits up to 60 s until something listens on 127.0.0.1:PORT; else shows the tail
+# of the logs in $STATE_DIR (the benchmark servers' logs) and dies.
+wait_port() {
+    local port="$1" i
+    for ((i = 0; i < 300; i++)); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+        sleep 0.2
+    done
+    [[ -z "${STATE_DIR:-}" ]] || tail -n 20 "$STATE_DIR"/*.log >&2 || true
+    die "nothing listens on 127.0.0.1:$port after 60 s (the servers' logs are above)"
+}

@@ -76,6 +76,28 @@ impl std::fmt::Debug for MemoryKeyStore {
 }
 
 impl MemoryKeyStore {
+    /// One page of the active, unexpired keys `wanted` picks, after `after` in id order, at most
+    /// `limit`: the keyset pages PostgreSQL gives (ids compared as text).
+    fn active_page(
+        &self,
+        after: Option<KeyRecordId>,
+        limit: i64,
+        wanted: impl Fn(&KeyRecord) -> bool,
+    ) -> Vec<KeyRecord> {
+        let after = after.map(|id| id.to_string()).unwrap_or_default();
+        let now = Utc::now();
+        let mut keys: Vec<(String, KeyRecord)> = self
+            .lock()
+            .values()
+            .filter(|key| key.effective_status(now) == KeyStatus::Active && wanted(key))
+            .map(|key| (key.id.to_string(), key.clone()))
+            .filter(|(id, _)| *id > after)
+            .collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        keys.truncate(non_negative(limit));
+        keys.into_iter().map(|(_, key)| key).collect()
+    }
+
     /// An empty store for `tenant`.
     pub fn new(tenant: impl Into<String>) -> Self {
         Self {
@@ -358,20 +380,9 @@ impl KeyAdminStore for MemoryKeyStore {
         after: Option<KeyRecordId>,
         limit: i64,
     ) -> Result<Vec<KeyRecord>, StoreError> {
-        // The order PostgreSQL gives: ids compared as text.
-        let after = after.map(|id| id.to_string()).unwrap_or_default();
-        let now = Utc::now();
-        let mut keys: Vec<(String, KeyRecord)> = self
-            .lock()
-            .values()
-            .filter(|key| key.effective_status(now) == KeyStatus::Active)
-            .filter(|key| key.last_used_at.is_some_and(|at| at >= used_since))
-            .map(|key| (key.id.to_string(), key.clone()))
-            .filter(|(id, _)| *id > after)
-            .collect();
-        keys.sort_by(|a, b| a.0.cmp(&b.0));
-        keys.truncate(non_negative(limit));
-        Ok(keys.into_iter().map(|(_, key)| key).collect())
+        Ok(self.active_page(after, limit, |key| {
+            key.last_used_at.is_some_and(|at| at >= used_since)
+        }))
     }
 
     async fn active_key_hashes(
@@ -379,19 +390,11 @@ impl KeyAdminStore for MemoryKeyStore {
         after: Option<KeyRecordId>,
         limit: i64,
     ) -> Result<Vec<(KeyRecordId, KeyHash)>, StoreError> {
-        // The order PostgreSQL gives: ids compared as text.
-        let after = after.map(|id| id.to_string()).unwrap_or_default();
-        let now = Utc::now();
-        let mut keys: Vec<(String, KeyRecordId, KeyHash)> = self
-            .lock()
-            .values()
-            .filter(|key| key.effective_status(now) == KeyStatus::Active)
-            .map(|key| (key.id.to_string(), key.id, key.key_hash))
-            .filter(|(id, _, _)| *id > after)
-            .collect();
-        keys.sort_by(|a, b| a.0.cmp(&b.0));
-        keys.truncate(non_negative(limit));
-        Ok(keys.into_iter().map(|(_, id, hash)| (id, hash)).collect())
+        Ok(self
+            .active_page(after, limit, |_| true)
+            .into_iter()
+            .map(|key| (key.id, key.key_hash))
+            .collect())
     }
 
     async fn record_last_used(
@@ -496,6 +499,30 @@ mod tests {
             limit: 2,
             offset: 0,
         }
+    }
+
+    #[tokio::test]
+    async fn active_key_hashes_page_through_active_keys_only_in_id_order() {
+        let store = MemoryKeyStore::new("t");
+        let day = chrono::Duration::days(1);
+        let mut active = Vec::new();
+        for name in ["a", "b", "c"] {
+            let key = new_key("alice", name, Utc::now() + day);
+            store.insert_key(&key).await.unwrap();
+            active.push((key.id, key.key_hash));
+        }
+        let expired = new_key("alice", "old", Utc::now() - chrono::Duration::seconds(1));
+        let revoked = new_key("alice", "gone", Utc::now() + day);
+        store.insert_key(&expired).await.unwrap();
+        store.insert_key(&revoked).await.unwrap();
+        store.revoke_key(revoked.id).await.unwrap();
+        active.sort_by_key(|(id, _)| id.to_string());
+
+        let first = store.active_key_hashes(None, 2).await.unwrap();
+        let rest = store.active_key_hashes(Some(first[1].0), 2).await.unwrap();
+
+        assert_eq!(first, active[..2]);
+        assert_eq!(rest, active[2..]);
     }
 
     #[tokio::test]
