@@ -310,8 +310,12 @@ EOF
     # Check alone: the token meter's per-route "off" added to the model routes' per-route
     # filter settings (each names its model for ext_authz in a `check_settings` line).
     local variant
+    # The model routes also say `meter: "off"` to ext_authz, as an operator's Check-only routes
+    # do (no identity assertion is signed for a meter that is not there).
     for variant in authz noop; do
         sed -i -E 's/^( *)  (check_settings: \{ context_extensions: .*)$/\1  \2\n\1envoy.filters.http.ext_proc: *ext_proc_off/' \
+            "$STATE_DIR/envoy-$variant.yaml"
+        sed -i -E 's/(check_settings: \{ context_extensions: \{ )(model: )/\1meter: "off", \2/' \
             "$STATE_DIR/envoy-$variant.yaml"
     done
     # No ext_authz and no meter on the model routes: both switched off in those settings.
@@ -333,6 +337,8 @@ EOF
             "${ref_metadata[@]}" "$REFERENCE_BIN" serve
         render "$STATE_DIR/envoy-reference.yaml" "$REF_ENVOY_PORT" "$REF_ADMIN_PORT" "$REF_GRPC_PORT"
         sed -i -E 's/^( *)  (check_settings: \{ context_extensions: .*)$/\1  \2\n\1envoy.filters.http.ext_proc: *ext_proc_off/' \
+            "$STATE_DIR/envoy-reference.yaml"
+        sed -i -E 's/(check_settings: \{ context_extensions: \{ )(model: )/\1meter: "off", \2/' \
             "$STATE_DIR/envoy-reference.yaml"
         "$envoy" --mode validate -c "$STATE_DIR/envoy-reference.yaml" >/dev/null 2>&1 ||
             die "could not derive the reference Envoy configuration"

@@ -35,6 +35,9 @@ pub struct CheckInput<'a> {
     /// The route's model, from the ext_authz `context_extensions` key `model` (`ns/name` or
     /// `name`), set by the operator per route: it wins over anything the client sends.
     pub route_model: Option<&'a str>,
+    /// The route runs no token meter (ext_authz `context_extensions` `meter: "off"`): the allow
+    /// answer carries no identity assertion, which only the meter reads.
+    pub route_unmetered: bool,
     /// `x-gateway-model-name`, set by a body-to-header filter ahead of us.
     pub model_header: Option<&'a str>,
     /// The request body, when Envoy is configured to send it.
@@ -63,6 +66,9 @@ pub struct AllowAnswerKey {
     pub tier: String,
     pub model: Option<ModelRef>,
     pub credentials: CredentialHeaders,
+    /// Whether the answer carries the signed identity assertion for the token meter (not on a
+    /// route marked `meter: "off"`).
+    pub metered: bool,
 }
 
 impl PartialEq for AllowAnswerKey {
@@ -74,12 +80,14 @@ impl PartialEq for AllowAnswerKey {
             tier,
             model,
             credentials,
+            metered,
         } = self;
         Arc::ptr_eq(key, &other.key)
             && *subscription == other.subscription
             && *tier == other.tier
             && *model == other.model
             && *credentials == other.credentials
+            && *metered == other.metered
     }
 }
 
@@ -95,10 +103,12 @@ impl std::hash::Hash for AllowAnswerKey {
             tier: _,
             model,
             credentials,
+            metered,
         } = self;
         std::ptr::hash(Arc::as_ptr(key), state);
         model.hash(state);
         credentials.hash(state);
+        metered.hash(state);
     }
 }
 
@@ -143,6 +153,10 @@ pub struct Allowed {
 
 /// The route-model key of ext_authz `context_extensions` (e.g. `model: llm/qwen3`).
 pub const CONTEXT_EXTENSION_MODEL: &str = "model";
+
+/// The key of ext_authz `context_extensions` that marks a route without the token meter
+/// (`meter: "off"`); any other value, or none, means the meter may run.
+pub const CONTEXT_EXTENSION_METER: &str = "meter";
 
 /// How a denial is answered; each maps to one HTTP status and OpenAI error shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -611,6 +625,7 @@ impl<S: KeyStore> Authorizer<S> {
                         tier,
                         model,
                         credentials,
+                        metered: !input.route_unmetered,
                     },
                     limits: None,
                 };

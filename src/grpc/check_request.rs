@@ -17,6 +17,9 @@ use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use prost::bytes::Bytes;
 
+/// The `meter` context extension's value for a route without the token meter.
+const METER_OFF: &str = "off";
+
 /// The request header naming the model, set by a body-to-header filter ahead of ext_authz.
 pub const HEADER_MODEL_NAME: &str = "x-gateway-model-name";
 
@@ -39,6 +42,8 @@ pub struct CheckAttributes {
     body: Bytes,
     /// `context_extensions["model"]`: the route's model, set by the operator in Envoy.
     route_model: Option<String>,
+    /// `context_extensions["meter"] == "off"`: the route runs no token meter.
+    route_unmetered: bool,
     /// `attributes.source.address.socket_address.address`, sharing the message's memory.
     source_address: Bytes,
     /// Whether the request carries one of [`crate::gateway_headers::CLIENT_FORBIDDEN_HEADERS`].
@@ -76,6 +81,7 @@ impl CheckAttributes {
             path: found.path.unwrap_or_default(),
             body,
             route_model: found.route_model,
+            route_unmetered: found.route_unmetered,
             source_address,
         })
     }
@@ -84,6 +90,11 @@ impl CheckAttributes {
     /// ([`crate::gateway_headers::CLIENT_FORBIDDEN_HEADERS`]).
     pub fn forged_identity_header(&self) -> bool {
         self.forged_identity_header
+    }
+
+    /// Whether the operator marked the route as running no token meter (`meter: "off"`).
+    pub fn route_unmetered(&self) -> bool {
+        self.route_unmetered
     }
 
     /// The model the operator set on the route (ext_authz `context_extensions` key `model`).
@@ -136,6 +147,11 @@ impl From<&CheckRequest> for CheckAttributes {
                 .get(crate::authorizer::CONTEXT_EXTENSION_MODEL)
                 .cloned()
         });
+        let route_unmetered = request.attributes.as_ref().is_some_and(|a| {
+            a.context_extensions
+                .get(crate::authorizer::CONTEXT_EXTENSION_METER)
+                .is_some_and(|value| value == METER_OFF)
+        });
         let http = request
             .attributes
             .as_ref()
@@ -156,6 +172,7 @@ impl From<&CheckRequest> for CheckAttributes {
         let Some(http) = http else {
             return Self {
                 route_model,
+                route_unmetered,
                 source_address,
                 ..Self::default()
             };
@@ -180,6 +197,7 @@ impl From<&CheckRequest> for CheckAttributes {
             headers: HEADERS.map(|name| request_header(http, name).map(str::to_owned)),
             body,
             route_model,
+            route_unmetered,
             source_address,
         }
     }
@@ -195,6 +213,7 @@ impl std::fmt::Debug for CheckAttributes {
             .field("model_header", &self.headers[MODEL_NAME])
             .field("body_bytes", &self.body.len())
             .field("route_model", &self.route_model)
+            .field("route_unmetered", &self.route_unmetered)
             .field("source_address", &self.source_address())
             .field("forged_identity_header", &self.forged_identity_header)
             .finish()
@@ -235,6 +254,8 @@ struct Found {
     text_body: Option<std::ops::Range<usize>>,
     /// `context_extensions["model"]`; the last entry with the key wins, as in a map.
     route_model: Option<String>,
+    /// `context_extensions["meter"] == "off"`; the last entry with the key wins.
+    route_unmetered: bool,
     /// `Some` while the source `Address` oneof holds a `socket_address`, with the range of its
     /// `address` once seen; another variant resets it, as prost's oneof merge does.
     source_socket: Option<Option<std::ops::Range<usize>>>,
@@ -290,6 +311,8 @@ fn decode_context_extension(entry: Reader<'_>, found: &mut Found) -> Result<(), 
         let value = std::str::from_utf8(value)
             .map_err(|_| WireError("invalid UTF-8 in a context extension"))?;
         found.route_model = Some(value.to_owned());
+    } else if key == crate::authorizer::CONTEXT_EXTENSION_METER.as_bytes() {
+        found.route_unmetered = value == METER_OFF.as_bytes();
     }
     Ok(())
 }
@@ -719,6 +742,37 @@ mod tests {
         assert_eq!(attributes.route_model(), Some("llm/qwen3"));
         assert_eq!(attributes, CheckAttributes::from(&request));
         assert_eq!(decoded(&envoy_like("Bearer k")).route_model(), None);
+    }
+
+    #[test]
+    fn only_meter_off_marks_a_route_unmetered() {
+        let http = || {
+            envoy_like("Bearer k")
+                .attributes
+                .unwrap()
+                .request
+                .unwrap()
+                .http
+                .unwrap()
+        };
+        let with_meter = |value: &str| {
+            with_extensions(
+                http(),
+                HashMap::from([("meter".to_owned(), value.to_owned())]),
+            )
+        };
+        let (off, on, typo) = (with_meter("off"), with_meter("on"), with_meter("Off "));
+
+        assert!(decoded(&off).route_unmetered());
+        assert!(!decoded(&on).route_unmetered());
+        assert!(
+            !decoded(&typo).route_unmetered(),
+            "anything else keeps the assertion"
+        );
+        assert!(!decoded(&envoy_like("Bearer k")).route_unmetered());
+        for request in [&off, &on, &typo] {
+            assert_eq!(decoded(request), CheckAttributes::from(request));
+        }
     }
 
     #[test]

@@ -215,17 +215,21 @@ pub(super) fn allow_response(
         .unwrap_or_default();
     let selected_subscription_key = answer.selected_subscription_key();
     let subscription = answer.subscription.header_value();
-    let headers = vec![
+    let mut headers = vec![
         overwrite(HEADER_USERNAME, &key.username),
         overwrite(HEADER_GROUP, &groups_json),
         overwrite(HEADER_SUBSCRIPTION, subscription),
         overwrite(HEADER_TIER, &answer.tier),
         overwrite(HEADER_KEY_ID, &key_id),
-        overwrite(
+    ];
+    // Only the token meter reads it, and it never reaches the model where the meter runs (the
+    // meter strips it); a route marked `meter: "off"` is spared signing it and carrying it.
+    if answer.metered {
+        headers.push(overwrite(
             HEADER_IDENTITY_ASSERTION,
             &signing.sign(&answer.identity_assertion(now_unix)),
-        ),
-    ];
+        ));
+    }
     let mut headers_to_remove = Vec::with_capacity(2);
     if answer.credentials.authorization {
         headers_to_remove.push("authorization".to_owned());

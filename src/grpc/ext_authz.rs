@@ -96,6 +96,7 @@ impl<S: KeyStore> ExtAuthzService<S> {
             x_api_key: request.x_api_key(),
             path: request.path(),
             route_model: request.route_model(),
+            route_unmetered: request.route_unmetered(),
             model_header: request.model_header(),
             body: request.body(),
             source_address: request.source_address(),
@@ -317,6 +318,7 @@ mod tests {
                     authorization: true,
                     x_api_key: false,
                 },
+                metered: true,
             },
             limits: None,
         })
@@ -373,6 +375,38 @@ mod tests {
     }
 
     #[test]
+    fn an_allow_on_a_route_without_the_meter_carries_no_identity_assertion_and_the_rest_unchanged()
+    {
+        let memo = ResponseMemo::new(4, false, signing());
+        let key = record("alice");
+        let mut unmetered = allowed(&key);
+        unmetered.answer.metered = false;
+        let header_names = |response: &CheckResponse| -> Vec<String> {
+            match &response.http_response {
+                Some(HttpResponse::OkResponse(ok)) => ok
+                    .headers
+                    .iter()
+                    .filter_map(|h| h.header.as_ref().map(|h| h.key.clone()))
+                    .collect(),
+                other => panic!("not an allow: {other:?}"),
+            }
+        };
+
+        let metered = memo.allow(allowed(&key), NOW).decode().unwrap();
+        let plain = memo.allow(unmetered, NOW).decode().unwrap();
+
+        let mut without = header_names(&metered);
+        assert!(without.contains(&HEADER_IDENTITY_ASSERTION.to_owned()));
+        without.retain(|name| name != HEADER_IDENTITY_ASSERTION);
+        assert_eq!(header_names(&plain), without);
+        let removed = |response: &CheckResponse| match &response.http_response {
+            Some(HttpResponse::OkResponse(ok)) => ok.headers_to_remove.clone(),
+            _ => Vec::new(),
+        };
+        assert_eq!(removed(&plain), vec!["authorization".to_owned()]);
+    }
+
+    #[test]
     fn every_input_of_the_allow_answer_gets_its_own_memo_entry() {
         // One slot, so every variant lands on the previous one's entry and must not reuse it.
         let memo = ResponseMemo::new(1, true, signing());
@@ -391,6 +425,8 @@ mod tests {
             BoundSubscription::Known(SubscriptionRef::new("models-as-a-service", "premium"));
         let mut other_namespace = allowed(&key);
         other_namespace.answer.subscription = BoundSubscription::Unresolved("free".to_owned());
+        let mut unmetered = allowed(&key);
+        unmetered.answer.metered = false;
 
         for variant in [
             base.clone(),
@@ -404,6 +440,8 @@ mod tests {
             base.clone(),
             other_subscription,
             other_namespace,
+            base.clone(),
+            unmetered,
             base,
         ] {
             let want = expected(&variant);

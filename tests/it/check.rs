@@ -974,3 +974,52 @@ async fn check_answers_403_for_a_bad_key_when_configured_as_upstream_and_401_for
         .into_inner();
     assert_eq!(denial(&missing).0, 401);
 }
+
+#[tokio::test]
+async fn check_signs_no_identity_assertion_on_a_route_marked_meter_off_and_still_stamps_the_identity()
+ {
+    // Arrange: one key, the same request on a metered route and on one marked `meter: "off"`.
+    let server = TestServer::start().await;
+    let (key, _) = mint(&server.db.store(), &FREE_USER).await;
+    let auth = bearer(&key);
+    let mut client = server.check_client().await;
+    let metered = check_request_on_route(
+        "llm/simulator",
+        "/v1/chat/completions",
+        &[("authorization", &auth)],
+        "",
+    );
+    let mut unmetered = metered.clone();
+    if let Some(attributes) = unmetered.attributes.as_mut() {
+        attributes
+            .context_extensions
+            .insert("meter".to_owned(), "off".to_owned());
+    }
+
+    // Act
+    let mut headers_of = async |request| {
+        let response = client.check(request).await.unwrap().into_inner();
+        let Some(HttpResponse::OkResponse(ok)) = response.http_response else {
+            panic!("not allowed: {response:?}");
+        };
+        let names: Vec<String> = ok
+            .headers
+            .iter()
+            .filter_map(|h| h.header.as_ref().map(|h| h.key.clone()))
+            .collect();
+        (names, ok.headers_to_remove)
+    };
+    let (with_meter, removed_with_meter) = headers_of(metered).await;
+    let (without_meter, removed_without_meter) = headers_of(unmetered).await;
+
+    // Assert: only the assertion differs; the credential is removed either way.
+    let assertion = "x-maas-identity-assertion".to_owned();
+    assert!(with_meter.contains(&assertion), "{with_meter:?}");
+    assert!(!without_meter.contains(&assertion), "{without_meter:?}");
+    let mut expected = with_meter.clone();
+    expected.retain(|name| *name != assertion);
+    assert_eq!(without_meter, expected);
+    assert!(without_meter.contains(&"x-maas-username".to_owned()));
+    assert_eq!(removed_without_meter, removed_with_meter);
+    assert!(removed_without_meter.contains(&"authorization".to_owned()));
+}
