@@ -95,24 +95,12 @@ EOF
 }
 
 main() {
-    case "${1:-}" in
-        -h | --help)
-            sed -n '2,/^$/{s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2
-            exit 0
-            ;;
-        "") ;;
-        *) die "unknown argument: $1 (see --help)" ;;
-    esac
+    bench_arguments "${BASH_SOURCE[0]}" "$@"
     cd -- "$REPO_ROOT"
     ensure_cargo
-    local port
     local last_port=$((BASE + 4))
     [[ -z "$REFERENCE_BIN" ]] || last_port=$((BASE + 8))
-    for port in $(seq "$BASE" "$last_port"); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            die "port $port on 127.0.0.1 is in use; set BENCH_PORT_BASE"
-        fi
-    done
+    require_free_ports "$BASE" "$last_port"
     local admin_url psql target_dir authz_bin
     admin_url="$(bash "$REPO_ROOT/scripts/ensure-postgres.sh")"
     psql="$(pg_tool psql)" || die "psql not found"

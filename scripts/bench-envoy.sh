@@ -233,29 +233,17 @@ measure_row() {
 }
 
 main() {
-    case "${1:-}" in
-        -h | --help)
-            sed -n '2,/^$/{s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2
-            exit 0
-            ;;
-        "") ;;
-        *) die "unknown argument: $1 (see --help)" ;;
-    esac
+    bench_arguments "${BASH_SOURCE[0]}" "$@"
     cd -- "$REPO_ROOT"
     ensure_cargo
     have curl || die "curl not found"
     ensure_wrk
-    local port
     local last_port=$((BASE + 13))
     if [[ -n "$REFERENCE_BIN" ]]; then
         [[ -x "$REFERENCE_BIN" ]] || die "BENCH_REFERENCE_BIN=$REFERENCE_BIN is not an executable"
         last_port=$((BASE + 21))
     fi
-    for port in $(seq "$BASE" "$last_port"); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            die "port $port on 127.0.0.1 is in use; set BENCH_PORT_BASE"
-        fi
-    done
+    require_free_ports "$BASE" "$last_port"
 
     local admin_url db_url envoy target_dir psql
     admin_url="$(bash "$REPO_ROOT/scripts/ensure-postgres.sh")"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # scripts/bench-scale.sh — maas-authz at scale, measured from outside: memory per cached key,
-# the last_used_at write-behind at a million keys, and warm start under a rolling deploy.
+# the last_used_at write-behind at a million keys, warm start under a rolling deploy, and a cold
+# replica under a miss storm.
 #
 # Seeds N active keys straight into PostgreSQL with one INSERT … SELECT (database
 # maas_authz_bench_scale, dropped on exit): key i is `sk-oai-bs<i, 10 digits>_benchScaleSecret<i,
@@ -364,22 +365,10 @@ PY
 }
 
 main() {
-    case "${1:-}" in
-        -h | --help)
-            sed -n '2,/^$/{s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}" >&2
-            exit 0
-            ;;
-        "") ;;
-        *) die "unknown argument: $1 (see --help)" ;;
-    esac
+    bench_arguments "${BASH_SOURCE[0]}" "$@"
     cd -- "$REPO_ROOT"
     ensure_cargo
-    local port
-    for port in $(seq "$BASE" $((BASE + 7))); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            die "port $port on 127.0.0.1 is in use; set BENCH_PORT_BASE"
-        fi
-    done
+    require_free_ports "$BASE" $((BASE + 7))
     local admin_url target_dir
     admin_url="$(bash "$REPO_ROOT/scripts/ensure-postgres.sh")"
     PSQL="$(pg_tool psql)" || die "psql not found"

@@ -220,3 +220,28 @@ wait_port() {
     [[ -z "${STATE_DIR:-}" ]] || tail -n 20 "$STATE_DIR"/*.log >&2 || true
     die "nothing listens on 127.0.0.1:$port after 60 s (the servers' logs are above)"
 }
+
+# bench_arguments SCRIPT ARGS...: a benchmark script takes no argument but --help, which prints
+# SCRIPT's header comment.
+bench_arguments() {
+    local script="$1"
+    shift
+    case "${1:-}" in
+        -h | --help)
+            sed -n '2,/^$/{s/^# \{0,1\}//;p}' "$script" >&2
+            exit 0
+            ;;
+        "") ;;
+        *) die "unknown argument: $1 (see --help)" ;;
+    esac
+}
+
+# require_free_ports FIRST LAST: dies naming the first port of 127.0.0.1:FIRST..LAST in use.
+require_free_ports() {
+    local port
+    for port in $(seq "$1" "$2"); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            die "port $port on 127.0.0.1 is in use; set BENCH_PORT_BASE"
+        fi
+    done
+}
