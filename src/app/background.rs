@@ -60,6 +60,23 @@ impl Tasks {
         self.running.push((name, tokio::spawn(task)));
     }
 
+    /// Spawns a one-off `task` under `name` that shutdown simply cuts short (a start-up read:
+    /// nothing of it needs finishing).
+    pub fn spawn_until_shutdown(
+        &mut self,
+        name: &'static str,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let shutdown = self.shutdown_signal();
+        self.spawn(name, async move {
+            tokio::select! {
+                () = shutdown => {}
+                () = task => {}
+            }
+            Ok(())
+        });
+    }
+
     /// Stops accepting, lets in-flight requests finish within `grace`, and waits for every
     /// task; whatever is still running after the grace period is cut off.
     pub async fn shut_down(self, grace: Duration) -> anyhow::Result<()> {
@@ -148,13 +165,8 @@ pub(super) fn spawn_cache_preload(
     store: Arc<ServedStore>,
     preload: CachePreload,
 ) {
-    let shutdown = tasks.shutdown_signal();
-    tasks.spawn("cache preload", async move {
-        tokio::select! {
-            () = shutdown => {}
-            () = preload_cache(&cache, &store, preload) => {}
-        }
-        Ok(())
+    tasks.spawn_until_shutdown("cache preload", async move {
+        preload_cache(&cache, &store, preload).await;
     });
 }
 
@@ -214,7 +226,8 @@ async fn preload_cache(cache: &KeyCache, store: &ServedStore, preload: CachePrel
 const KNOWN_KEYS_PAGE: i64 = 10_000;
 
 /// Reads the hashes of every active key into the cache's known-key set (see
-/// [`crate::known_keys`]); the receiver turns `true` when the load ended, however it ended.
+/// [`crate::known_keys`]); the receiver turns `true` when the load ended, however it ended
+/// (or closes, should shutdown cut it short).
 /// Until a key's hash is loaded, its first lookup takes a budget token as it would without the
 /// set; a failure only ends the load early.
 pub(super) fn spawn_known_keys_load(
@@ -222,15 +235,11 @@ pub(super) fn spawn_known_keys_load(
     known: Arc<KnownKeys>,
     store: Arc<ServedStore>,
 ) -> watch::Receiver<bool> {
+    // Cut short by shutdown, the sender is dropped, which ends a wait as well.
     let (done_tx, done) = watch::channel(false);
-    let shutdown = tasks.shutdown_signal();
-    tasks.spawn("known-key load", async move {
-        tokio::select! {
-            () = shutdown => {}
-            () = load_known_keys(&known, &store) => {}
-        }
+    tasks.spawn_until_shutdown("known-key load", async move {
+        load_known_keys(&known, &store).await;
         done_tx.send_replace(true);
-        Ok(())
     });
     done
 }
