@@ -326,14 +326,14 @@ EOF
     # Check alone: the token meter's per-route "off" added to the model routes' per-route
     # filter settings (each names its model for ext_authz in a `check_settings` line).
     local variant
-    # The model routes also say `meter: "off"` to ext_authz, as an operator's Check-only routes
-    # do (no identity assertion is signed for a meter that is not there).
-    render "$STATE_DIR/envoy-pass.yaml" "$PASS_ENVOY_PORT" "$PASS_ADMIN_PORT" "$GRPC_PORT"
     # The pass-through rows: Check alone, the model server reached through the proxy.
+    render "$STATE_DIR/envoy-pass.yaml" "$PASS_ENVOY_PORT" "$PASS_ADMIN_PORT" "$GRPC_PORT"
     sed -i -E "/^    - name: model_simulator\$/,/port_value:/ s/port_value: $SIM_PORT/port_value: $PASS_PORT/" \
         "$STATE_DIR/envoy-pass.yaml"
     grep -q "port_value: $PASS_PORT" "$STATE_DIR/envoy-pass.yaml" ||
         die "could not point the pass-through Envoy's model cluster at the proxy"
+    # The model routes also say `meter: "off"` to ext_authz, as an operator's Check-only routes
+    # do (no identity assertion is signed for a meter that is not there).
     for variant in authz noop pass; do
         sed -i -E 's/^( *)  (check_settings: \{ context_extensions: .*)$/\1  \2\n\1envoy.filters.http.ext_proc: *ext_proc_off/' \
             "$STATE_DIR/envoy-$variant.yaml"
