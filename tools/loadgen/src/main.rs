@@ -122,8 +122,8 @@ struct Args {
     /// (headers and dynamic metadata too, as Envoy does on its own CPUs).
     #[arg(long, value_enum, default_value = "status")]
     decode: DecodeMode,
-    /// Policy for the in-process server.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/policy"))]
+    /// Policy for the in-process server (default: the workspace's example policy).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/policy"))]
     policy_path: PathBuf,
     /// Limits in the in-process server: `off`, `in-process` counters or `redis` (at
     /// --redis-url). With limits on, every limit of --policy-path is raised to 10^9 per window
@@ -1256,6 +1256,22 @@ fn micros(us: f64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
+    #[test]
+    fn the_default_policy_is_the_workspace_example_policy_and_loads() {
+        let args = super::Args::try_parse_from(["maas-authz-loadgen"]).unwrap();
+
+        let policy = maas_authz::policy::Policy::load(&args.policy_path);
+
+        assert!(
+            policy.is_ok(),
+            "the default --policy-path {} does not load: {:?}",
+            args.policy_path.display(),
+            policy.err()
+        );
+    }
+
     #[test]
     fn seeded_keys_are_well_formed_and_distinct_per_index() {
         let (first, last) = (super::seeded_key(0), super::seeded_key(999_999));
