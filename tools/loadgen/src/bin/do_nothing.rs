@@ -27,7 +27,7 @@ async fn main() -> anyhow::Result<()> {
         })?,
         None => anyhow::bail!("usage: maas-authz-do-nothing HOST:PORT"),
     };
-    println!("do-nothing ext_authz listening on {addr}");
+    println!("do-nothing ext_authz and ext_proc listening on {addr}");
     tonic::transport::Server::builder()
         .add_service(AuthorizationServer::new(DoNothing))
         .add_service(ExternalProcessorServer::new(DoNothingProcessor))

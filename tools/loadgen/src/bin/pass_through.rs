@@ -42,7 +42,10 @@ async fn main() -> anyhow::Result<()> {
             accepted = listener.accept() => accepted?,
             _ = tokio::signal::ctrl_c() => return Ok(()),
         };
-        stream.set_nodelay(true)?;
+        // A connection reset before it could be set up is the client's loss, not the proxy's end.
+        if stream.set_nodelay(true).is_err() {
+            continue;
+        }
         let client = client.clone();
         tokio::spawn(async move {
             let service = service_fn(move |mut request: Request<Incoming>| {
